@@ -1,0 +1,22 @@
+//! Generates the gRPC code and the reflection descriptor set from `proto/`.
+
+use std::{env, io, path::PathBuf};
+
+const PROTOS: &[&str] = &["proto/cachelock/cache/v1/cache.proto"];
+
+fn main() -> io::Result<()> {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| io::Error::other("OUT_DIR is not set"))?);
+    let protoc = protoc_bin_vendored::protoc_bin_path().map_err(io::Error::other)?;
+
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc);
+
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("cachelock_descriptor.bin"))
+        .compile_with_config(config, PROTOS, &["proto"])?;
+
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    Ok(())
+}

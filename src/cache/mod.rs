@@ -1,0 +1,178 @@
+//! `cachelock.cache.v1.CacheService`: validates each request, runs it through
+//! [`CacheStore`], and maps the answer.
+
+mod store;
+
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+pub use store::{CacheStore, Condition, NewEntry, Stored, scripts};
+
+use crate::{
+    error::Error,
+    pb::cache::{
+        DeleteRequest, DeleteResponse, Entry, ExpireRequest, ExpireResponse, GetManyRequest, GetManyResponse,
+        GetRequest, GetResponse, IncrementRequest, IncrementResponse, SetCondition, SetManyRequest, SetManyResponse,
+        SetRequest, SetResponse, TakeRequest, TakeResponse, cache_service_server::CacheService,
+    },
+    request::{Limits, budget, ttl_from_millis},
+};
+
+/// The gRPC handlers of the cache.
+pub struct CacheApi {
+    store: CacheStore,
+    limits: Limits,
+    operation_timeout: Duration,
+}
+
+impl CacheApi {
+    /// Handlers over `store`, checking requests against `limits`.
+    pub fn new(store: CacheStore, limits: Limits, operation_timeout: Duration) -> CacheApi {
+        CacheApi {
+            store,
+            limits,
+            operation_timeout,
+        }
+    }
+
+    fn keys<'a>(&self, field: &str, keys: &'a [String]) -> Result<&'a [String], Status> {
+        self.limits.batch(field, keys.len())?;
+        for (i, key) in keys.iter().enumerate() {
+            self.limits.key(&format!("{field}[{i}]"), key)?;
+        }
+        Ok(keys)
+    }
+}
+
+#[tonic::async_trait]
+impl CacheService for CacheApi {
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let request = request.into_inner();
+        let key = self.limits.key("key", &request.key)?;
+        let response = match self.store.get(key, budget).await? {
+            Some(Stored { value, ttl_millis }) => GetResponse {
+                found: true,
+                value,
+                ttl: ttl_from_millis(ttl_millis),
+            },
+            None => GetResponse::default(),
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn get_many(&self, request: Request<GetManyRequest>) -> Result<Response<GetManyResponse>, Status> {
+        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let request = request.into_inner();
+        let keys = self.keys("keys", &request.keys)?;
+        if keys.is_empty() {
+            return Ok(Response::new(GetManyResponse::default()));
+        }
+        let found = self.store.get_many(keys, budget).await?;
+        let entries = request
+            .keys
+            .into_iter()
+            .zip(found)
+            .map(|(key, stored)| match stored {
+                Some(Stored { value, ttl_millis }) => Entry {
+                    key,
+                    found: true,
+                    value,
+                    ttl: ttl_from_millis(ttl_millis),
+                },
+                None => Entry {
+                    key,
+                    ..Entry::default()
+                },
+            })
+            .collect();
+        Ok(Response::new(GetManyResponse { entries }))
+    }
+
+    async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
+        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let request = request.into_inner();
+        let key = self.limits.key("key", &request.key)?;
+        self.limits.value("value", &request.value)?;
+        let ttl = self.limits.ttl_or_default("ttl", request.ttl.as_ref())?;
+        let condition = match SetCondition::try_from(request.condition) {
+            Ok(SetCondition::Unspecified | SetCondition::Always) => Condition::Always,
+            Ok(SetCondition::IfAbsent) => Condition::IfAbsent,
+            Ok(SetCondition::IfPresent) => Condition::IfPresent,
+            Err(_) => {
+                let reason = format!("{} is not a SetCondition", request.condition);
+                return Err(Error::invalid("condition", reason).into());
+            }
+        };
+        let stored = self.store.set(key, &request.value, ttl, condition, budget).await?;
+        Ok(Response::new(SetResponse { stored }))
+    }
+
+    async fn set_many(&self, request: Request<SetManyRequest>) -> Result<Response<SetManyResponse>, Status> {
+        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let request = request.into_inner();
+        self.limits.batch("entries", request.entries.len())?;
+        let mut entries = Vec::with_capacity(request.entries.len());
+        for (i, entry) in request.entries.iter().enumerate() {
+            let key = self.limits.key(&format!("entries[{i}].key"), &entry.key)?;
+            self.limits.value(&format!("entries[{i}].value"), &entry.value)?;
+            let ttl = self
+                .limits
+                .ttl_or_default(&format!("entries[{i}].ttl"), entry.ttl.as_ref())?;
+            entries.push(NewEntry {
+                key,
+                value: &entry.value,
+                ttl,
+            });
+        }
+        if !entries.is_empty() {
+            self.store.set_many(&entries, budget).await?;
+        }
+        let stored = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+        Ok(Response::new(SetManyResponse { stored }))
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let request = request.into_inner();
+        let keys = self.keys("keys", &request.keys)?;
+        let deleted = if keys.is_empty() {
+            0
+        } else {
+            self.store.delete(keys, budget).await?
+        };
+        Ok(Response::new(DeleteResponse {
+            deleted: u32::try_from(deleted).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn take(&self, request: Request<TakeRequest>) -> Result<Response<TakeResponse>, Status> {
+        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let request = request.into_inner();
+        let key = self.limits.key("key", &request.key)?;
+        let response = match self.store.take(key, budget).await? {
+            Some(value) => TakeResponse { found: true, value },
+            None => TakeResponse::default(),
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn increment(&self, request: Request<IncrementRequest>) -> Result<Response<IncrementResponse>, Status> {
+        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let request = request.into_inner();
+        let key = self.limits.key("key", &request.key)?;
+        let ttl = self.limits.ttl_or_default("ttl", request.ttl.as_ref())?;
+        let value = self.store.increment(key, request.delta, ttl, budget).await?;
+        Ok(Response::new(IncrementResponse { value }))
+    }
+
+    async fn expire(&self, request: Request<ExpireRequest>) -> Result<Response<ExpireResponse>, Status> {
+        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let request = request.into_inner();
+        let key = self.limits.key("key", &request.key)?;
+        let ttl = self.limits.required_ttl("ttl", request.ttl.as_ref())?;
+        let found = self.store.expire(key, ttl, budget).await?;
+        Ok(Response::new(ExpireResponse { found }))
+    }
+}

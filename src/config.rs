@@ -1,0 +1,316 @@
+//! Every setting of the service, read from flags and environment variables and
+//! validated once, before anything starts.
+//!
+//! Each setting has a flag `--kebab-name` and an environment variable
+//! `CACHELOCK_SCREAMING_NAME` (the Redis URL is plain `REDIS_URL`, the name every
+//! platform already uses). `cachelock --help` lists them with their defaults.
+
+use std::{ffi::OsString, fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The command line: `cachelock [serve] [settings]` or `cachelock probe --addr HOST:PORT`.
+#[derive(Debug, Parser)]
+#[command(name = "cachelock", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to run; the server when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The server's settings when no subcommand is given.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+/// The subcommands of the binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (the default).
+    Serve(Config),
+    /// Ask a running server's health service whether it is SERVING; exit 0 if so, 1 if not.
+    Probe(ProbeArgs),
+}
+
+/// Settings of `cachelock probe`.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// The server to ask, as HOST:PORT.
+    #[arg(long, env = "CACHELOCK_PROBE_ADDR", default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// The health service name to check; empty for the whole server.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The server's settings. Build it with [`Config::from_args`] (or parse [`Cli`] and
+/// call [`Config::validate`]) so that every rule below has been checked.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cachelock")]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "CACHELOCK_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Redis to use: redis://[user:password@]host:port[/db], rediss://… (TLS, certificates
+    /// verified) or unix:///path/to/redis.sock. Unset: start a private development redis-server.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// PEM file of the certificate authorities that sign the Redis server's TLS certificate
+    /// (rediss:// only); unset: the system's trust store.
+    #[arg(long, env = "CACHELOCK_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// First segment of every Redis key, so several deployments can share one Redis.
+    #[arg(long, env = "CACHELOCK_KEY_PREFIX", default_value = "cachelock")]
+    pub key_prefix: String,
+
+    /// Longest time one RPC waits for Redis (a shorter gRPC deadline from the caller wins).
+    #[arg(long, env = "CACHELOCK_OPERATION_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub operation_timeout: Duration,
+
+    /// Longest time one attempt to connect to Redis may take.
+    #[arg(long, env = "CACHELOCK_CONNECT_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// First delay before reconnecting to Redis; it doubles on each failed attempt.
+    #[arg(long, env = "CACHELOCK_RECONNECT_MIN_BACKOFF", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub reconnect_min_backoff: Duration,
+
+    /// Longest delay between two attempts to reconnect to Redis.
+    #[arg(long, env = "CACHELOCK_RECONNECT_MAX_BACKOFF", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub reconnect_max_backoff: Duration,
+
+    /// How often the health prober PINGs Redis.
+    #[arg(long, env = "CACHELOCK_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+
+    /// How long in-flight RPCs may run after a shutdown signal before they are cut off.
+    #[arg(long, env = "CACHELOCK_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Time to live of a cache write that gives none.
+    #[arg(long, env = "CACHELOCK_DEFAULT_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub default_ttl: Duration,
+
+    /// Longest time to live a write may ask for; longer ones are refused.
+    #[arg(long, env = "CACHELOCK_MAX_TTL", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub max_ttl: Duration,
+
+    /// Largest key, in bytes.
+    #[arg(long, env = "CACHELOCK_MAX_KEY_BYTES", default_value_t = 1024)]
+    pub max_key_bytes: usize,
+
+    /// Largest cached value, in bytes.
+    #[arg(long, env = "CACHELOCK_MAX_VALUE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_value_bytes: usize,
+
+    /// Most keys or entries in one batch RPC (GetMany, SetMany, Delete).
+    #[arg(long, env = "CACHELOCK_MAX_BATCH", default_value_t = 1000)]
+    pub max_batch: usize,
+
+    /// Log line format; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "CACHELOCK_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Largest key the service accepts at all: longer ones are almost always a bug.
+const KEY_BYTES_CEILING: usize = 64 * 1024;
+/// Redis refuses strings above 512 MiB.
+const VALUE_BYTES_CEILING: usize = 512 * 1024 * 1024;
+/// A batch above this would hold Redis's single thread for too long.
+const BATCH_CEILING: usize = 100_000;
+/// The longest key prefix; it is repeated in every key.
+const PREFIX_BYTES_CEILING: usize = 64;
+
+/// A setting that cannot be used, as one line that names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl From<clap::Error> for ConfigError {
+    fn from(error: clap::Error) -> Self {
+        // clap renders a paragraph; its first line names the flag and the value.
+        let rendered = error.render().to_string();
+        let line = rendered.lines().next().unwrap_or("invalid arguments").trim();
+        ConfigError(line.strip_prefix("error: ").unwrap_or(line).to_owned())
+    }
+}
+
+fn invalid(setting: &str, env: &str, reason: impl fmt::Display) -> ConfigError {
+    ConfigError(format!("invalid --{setting} ({env}): {reason}"))
+}
+
+impl Config {
+    /// Parses an argument list (the program name first) and the environment, then validates.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first setting that is malformed or out of range.
+    pub fn from_args<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Config::try_parse_from(args)?.validate()
+    }
+
+    /// Checks every rule that a single flag's parser cannot.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first setting that breaks a rule.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let positive = [
+            (
+                "operation-timeout",
+                "CACHELOCK_OPERATION_TIMEOUT",
+                self.operation_timeout,
+            ),
+            ("connect-timeout", "CACHELOCK_CONNECT_TIMEOUT", self.connect_timeout),
+            (
+                "reconnect-min-backoff",
+                "CACHELOCK_RECONNECT_MIN_BACKOFF",
+                self.reconnect_min_backoff,
+            ),
+            ("health-interval", "CACHELOCK_HEALTH_INTERVAL", self.health_interval),
+            ("default-ttl", "CACHELOCK_DEFAULT_TTL", self.default_ttl),
+            ("max-ttl", "CACHELOCK_MAX_TTL", self.max_ttl),
+        ];
+        for (setting, env, value) in positive {
+            if value.is_zero() {
+                return Err(invalid(setting, env, "must be greater than zero"));
+            }
+        }
+        if self.reconnect_max_backoff < self.reconnect_min_backoff {
+            return Err(invalid(
+                "reconnect-max-backoff",
+                "CACHELOCK_RECONNECT_MAX_BACKOFF",
+                format_args!(
+                    "{} is below --reconnect-min-backoff {}",
+                    humantime::format_duration(self.reconnect_max_backoff),
+                    humantime::format_duration(self.reconnect_min_backoff)
+                ),
+            ));
+        }
+        if self.default_ttl > self.max_ttl {
+            return Err(invalid(
+                "default-ttl",
+                "CACHELOCK_DEFAULT_TTL",
+                format_args!(
+                    "{} is above --max-ttl {}",
+                    humantime::format_duration(self.default_ttl),
+                    humantime::format_duration(self.max_ttl)
+                ),
+            ));
+        }
+        let limits = [
+            (
+                "max-key-bytes",
+                "CACHELOCK_MAX_KEY_BYTES",
+                self.max_key_bytes,
+                KEY_BYTES_CEILING,
+            ),
+            (
+                "max-value-bytes",
+                "CACHELOCK_MAX_VALUE_BYTES",
+                self.max_value_bytes,
+                VALUE_BYTES_CEILING,
+            ),
+            ("max-batch", "CACHELOCK_MAX_BATCH", self.max_batch, BATCH_CEILING),
+        ];
+        for (setting, env, value, ceiling) in limits {
+            if value == 0 || value > ceiling {
+                return Err(invalid(
+                    setting,
+                    env,
+                    format_args!("{value} is not between 1 and {ceiling}"),
+                ));
+            }
+        }
+        self.validate_key_prefix()?;
+        self.validate_redis()?;
+        Ok(self)
+    }
+
+    fn validate_key_prefix(&self) -> Result<(), ConfigError> {
+        let prefix = &self.key_prefix;
+        let reason = if prefix.is_empty() || prefix.len() > PREFIX_BYTES_CEILING {
+            format!("must be 1 to {PREFIX_BYTES_CEILING} bytes")
+        } else if let Some(c) = prefix
+            .chars()
+            .find(|c| matches!(c, '{' | '}') || c.is_whitespace() || c.is_control())
+        {
+            // A brace would move the Redis Cluster hash tag out of the user's part of the key.
+            format!("must not contain {c:?}")
+        } else {
+            return Ok(());
+        };
+        Err(invalid("key-prefix", "CACHELOCK_KEY_PREFIX", reason))
+    }
+
+    fn validate_redis(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.redis_url else {
+            if self.redis_ca_file.is_some() {
+                return Err(invalid(
+                    "redis-ca-file",
+                    "CACHELOCK_REDIS_CA_FILE",
+                    "needs a rediss:// --redis-url",
+                ));
+            }
+            return Ok(());
+        };
+        // The URL may hold a password: errors name its scheme, never echo it.
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        match scheme {
+            Some("redis" | "rediss" | "unix" | "redis+unix") => {}
+            _ => {
+                return Err(invalid(
+                    "redis-url",
+                    "REDIS_URL",
+                    "must start with redis://, rediss:// or unix://",
+                ));
+            }
+        }
+        if let Err(error) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+            return Err(invalid(
+                "redis-url",
+                "REDIS_URL",
+                format_args!("cannot be parsed ({})", error.category()),
+            ));
+        }
+        if let Some(ca_file) = &self.redis_ca_file {
+            if scheme != Some("rediss") {
+                return Err(invalid(
+                    "redis-ca-file",
+                    "CACHELOCK_REDIS_CA_FILE",
+                    "needs a rediss:// --redis-url",
+                ));
+            }
+            if !ca_file.is_file() {
+                return Err(invalid(
+                    "redis-ca-file",
+                    "CACHELOCK_REDIS_CA_FILE",
+                    format_args!("{} is not a readable file", ca_file.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,28 @@
+//! cachelock: a gRPC service that gives backends in any language a cache, rate
+//! limits, sessions and distributed locks over one shared Redis connection.
+//!
+//! The binary (`src/main.rs`) only parses [`config::Config`], sets up tracing
+//! and calls [`server::run`]; everything else lives in this library so that the
+//! integration tests run exactly the code that production runs.
+
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod probe;
+pub mod redis;
+pub mod request;
+pub mod server;
+
+/// Generated protobuf types and gRPC stubs, one module per package.
+pub mod pb {
+    /// `cachelock.cache.v1`
+    pub mod cache {
+        tonic::include_proto!("cachelock.cache.v1");
+    }
+
+    /// The encoded descriptors of every cachelock package, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cachelock_descriptor");
+}

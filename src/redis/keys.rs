@@ -1,0 +1,59 @@
+//! Every Redis key the service uses is built here, and nowhere else.
+//!
+//! Format: `<prefix>:<service>:{<user key>}[:<part>]`. The user's part sits inside
+//! a `{hash tag}`, so all keys derived from one user key (a lock's owner record and
+//! its fencing counter, say) hash to the same Redis Cluster slot and can be used
+//! together in one script. The prefix may not contain braces (checked in
+//! [`crate::config`]), so the first `{` of a key is always the one written here.
+//! A user key that itself contains `}` ends the tag early; keys stay distinct and
+//! the parts of one user key still share a slot, because they share that text.
+
+use std::sync::Arc;
+
+/// Builds the Redis keys of every service under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: Arc<str>,
+}
+
+impl Keys {
+    /// Keys under `prefix` (already validated by the configuration).
+    pub fn new(prefix: &str) -> Keys {
+        Keys { prefix: prefix.into() }
+    }
+
+    /// The key holding a cache entry: `<prefix>:cache:{<key>}`.
+    pub fn cache(&self, key: &str) -> String {
+        self.tagged("cache", key)
+    }
+
+    fn tagged(&self, service: &str, user_key: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + service.len() + user_key.len() + 4);
+        key.push_str(&self.prefix);
+        key.push(':');
+        key.push_str(service);
+        key.push_str(":{");
+        key.push_str(user_key);
+        key.push('}');
+        key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Keys;
+
+    #[test]
+    fn cache_keys_put_the_user_key_in_a_hash_tag() {
+        let keys = Keys::new("cachelock");
+        assert_eq!(keys.cache("user:42"), "cachelock:cache:{user:42}");
+        assert_eq!(Keys::new("tenant-a").cache("x"), "tenant-a:cache:{x}");
+    }
+
+    #[test]
+    fn distinct_user_keys_give_distinct_redis_keys() {
+        let keys = Keys::new("p");
+        assert_ne!(keys.cache("a}b"), keys.cache("a"));
+        assert_ne!(keys.cache("a}"), keys.cache("a"));
+    }
+}

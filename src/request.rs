@@ -1,0 +1,202 @@
+//! What every RPC does with its request before touching Redis: work out how long
+//! it may wait, and check the fields every service shares (keys, ttls, batches).
+
+use std::time::Duration;
+
+use tonic::metadata::MetadataMap;
+
+use crate::{config::Config, error::Error};
+
+/// The time left for an RPC's Redis work: the configured operation timeout, or
+/// the caller's gRPC deadline when that is sooner.
+///
+/// The caller's deadline is shortened by a small margin so that the answer (say,
+/// UNAVAILABLE) reaches the caller before its own timer fires.
+///
+/// # Errors
+/// [`Error::DeadlineExceeded`] when the caller's deadline leaves no time at all.
+pub fn budget(metadata: &MetadataMap, operation_timeout: Duration) -> Result<Duration, Error> {
+    let Some(caller) = caller_timeout(metadata) else {
+        return Ok(operation_timeout);
+    };
+    let margin = (caller / 10).min(Duration::from_millis(20));
+    let left = caller.saturating_sub(margin);
+    if left.is_zero() {
+        return Err(Error::DeadlineExceeded);
+    }
+    Ok(left.min(operation_timeout))
+}
+
+/// The `grpc-timeout` header: up to eight ASCII digits and a unit letter.
+fn caller_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// The limits on request fields, taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Most items in one batch.
+    pub max_batch: usize,
+    /// The ttl of a write that gives none.
+    pub default_ttl: Duration,
+    /// The longest ttl a write may ask for.
+    pub max_ttl: Duration,
+}
+
+impl From<&Config> for Limits {
+    fn from(config: &Config) -> Limits {
+        Limits {
+            max_key_bytes: config.max_key_bytes,
+            max_value_bytes: config.max_value_bytes,
+            max_batch: config.max_batch,
+            default_ttl: config.default_ttl,
+            max_ttl: config.max_ttl,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks a user key: not empty, not longer than the limit.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `field`.
+    pub fn key<'k>(&self, field: &str, key: &'k str) -> Result<&'k str, Error> {
+        if key.is_empty() {
+            return Err(Error::invalid(field, "must not be empty"));
+        }
+        if key.len() > self.max_key_bytes {
+            return Err(Error::invalid(
+                field,
+                format!("is {} bytes, above the limit of {}", key.len(), self.max_key_bytes),
+            ));
+        }
+        Ok(key)
+    }
+
+    /// Checks a value's size.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `field`.
+    pub fn value(&self, field: &str, value: &[u8]) -> Result<(), Error> {
+        if value.len() > self.max_value_bytes {
+            return Err(Error::invalid(
+                field,
+                format!("is {} bytes, above the limit of {}", value.len(), self.max_value_bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the number of items in a batch.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `field`.
+    pub fn batch(&self, field: &str, len: usize) -> Result<(), Error> {
+        if len > self.max_batch {
+            return Err(Error::invalid(
+                field,
+                format!("has {len} items, above the limit of {}", self.max_batch),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A write's ttl: the one given (positive, at most the maximum) or the default.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `field`.
+    pub fn ttl_or_default(&self, field: &str, ttl: Option<&prost_types::Duration>) -> Result<Ttl, Error> {
+        match ttl {
+            None => Ok(Ttl::from_duration(self.default_ttl)),
+            Some(ttl) => self.ttl(field, ttl),
+        }
+    }
+
+    /// A required ttl: present, positive, at most the maximum.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming `field`.
+    pub fn required_ttl(&self, field: &str, ttl: Option<&prost_types::Duration>) -> Result<Ttl, Error> {
+        let ttl = ttl.ok_or_else(|| Error::invalid(field, "is required"))?;
+        self.ttl(field, ttl)
+    }
+
+    fn ttl(&self, field: &str, ttl: &prost_types::Duration) -> Result<Ttl, Error> {
+        let duration = positive_duration(field, ttl)?;
+        if duration > self.max_ttl {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{} is above the maximum ttl of {}",
+                    humantime::format_duration(duration),
+                    humantime::format_duration(self.max_ttl)
+                ),
+            ));
+        }
+        Ok(Ttl::from_duration(duration))
+    }
+}
+
+/// Converts a protobuf duration that must be above zero.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `field` for a zero, negative or malformed duration.
+pub fn positive_duration(field: &str, duration: &prost_types::Duration) -> Result<Duration, Error> {
+    if duration.seconds < 0 || duration.nanos < 0 || (duration.seconds == 0 && duration.nanos == 0) {
+        return Err(Error::invalid(field, "must be greater than zero"));
+    }
+    if duration.nanos >= 1_000_000_000 {
+        return Err(Error::invalid(field, "has nanos outside 0..1e9"));
+    }
+    // Both parts are non-negative here, so the conversions cannot fail.
+    let seconds = u64::try_from(duration.seconds).unwrap_or(0);
+    let nanos = u32::try_from(duration.nanos).unwrap_or(0);
+    Ok(Duration::new(seconds, nanos))
+}
+
+/// A validated time to live, in whole milliseconds (what Redis's PX takes), at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttl(u64);
+
+impl Ttl {
+    /// Rounds a positive duration up to whole milliseconds, so that a ttl never shrinks.
+    fn from_duration(duration: Duration) -> Ttl {
+        let millis = duration.as_nanos().div_ceil(1_000_000);
+        Ttl(u64::try_from(millis).unwrap_or(u64::MAX).max(1))
+    }
+
+    /// The ttl in milliseconds.
+    pub fn millis(self) -> u64 {
+        self.0
+    }
+}
+
+/// Converts a remaining time to live in milliseconds (Redis PTTL) to protobuf,
+/// or `None` for a key without expiry (-1) or a missing one (-2).
+pub fn ttl_from_millis(millis: i64) -> Option<prost_types::Duration> {
+    if millis < 0 {
+        return None;
+    }
+    Some(prost_types::Duration {
+        seconds: millis / 1000,
+        nanos: i32::try_from((millis % 1000) * 1_000_000).unwrap_or(0),
+    })
+}
