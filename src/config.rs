@@ -11,7 +11,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The command line: `cachelock [serve] [settings]` or `cachelock probe --addr HOST:PORT`.
 #[derive(Debug, Parser)]
-#[command(name = "cachelock", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "cachelock",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    args_override_self = true
+)]
 pub struct Cli {
     /// What to run; the server when omitted.
     #[command(subcommand)]
@@ -56,7 +62,7 @@ pub enum LogFormat {
 /// The server's settings. Build it with [`Config::from_args`] (or parse [`Cli`] and
 /// call [`Config::validate`]) so that every rule below has been checked.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "cachelock")]
+#[command(name = "cachelock", args_override_self = true)]
 pub struct Config {
     /// Address the gRPC server listens on.
     #[arg(long, env = "CACHELOCK_LISTEN", default_value = "127.0.0.1:50051")]

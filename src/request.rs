@@ -19,7 +19,7 @@ pub fn budget(metadata: &MetadataMap, operation_timeout: Duration) -> Result<Dur
     let Some(caller) = caller_timeout(metadata) else {
         return Ok(operation_timeout);
     };
-    let margin = (caller / 10).min(Duration::from_millis(20));
+    let margin = (caller / 10).min(Duration::from_millis(50));
     let left = caller.saturating_sub(margin);
     if left.is_zero() {
         return Err(Error::DeadlineExceeded);

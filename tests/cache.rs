@@ -1,0 +1,541 @@
+//! CacheService against a real redis-server: every RPC, its limits and its bad inputs.
+
+mod common;
+
+use std::time::Duration;
+
+use cachelock::pb::cache::{
+    DeleteRequest, ExpireRequest, GetManyRequest, GetRequest, IncrementRequest, SetCondition, SetEntry, SetManyRequest,
+    SetRequest, TakeRequest,
+};
+use common::{as_millis, millis, redis_and_service};
+use redis::AsyncCommands;
+use tonic::Code;
+
+fn set(key: &str, value: &[u8], ttl_ms: Option<i64>, condition: SetCondition) -> SetRequest {
+    SetRequest {
+        key: key.to_owned(),
+        value: value.to_vec(),
+        ttl: ttl_ms.map(millis),
+        condition: condition as i32,
+    }
+}
+
+fn get(key: &str) -> GetRequest {
+    GetRequest { key: key.to_owned() }
+}
+
+#[tokio::test]
+async fn get_misses_then_hits_with_the_remaining_ttl() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut cache = service.cache();
+
+    let miss = cache.get(get("greeting")).await.unwrap().into_inner();
+    assert!(!miss.found);
+    assert!(miss.value.is_empty());
+    assert_eq!(miss.ttl, None);
+
+    let stored = cache
+        .set(set("greeting", b"hello", Some(60_000), SetCondition::Unspecified))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stored.stored);
+
+    let hit = cache.get(get("greeting")).await.unwrap().into_inner();
+    assert!(hit.found);
+    assert_eq!(hit.value, b"hello");
+    let ttl = as_millis(&hit.ttl.expect("a ttl on a hit"));
+    assert!(ttl > 55_000 && ttl <= 60_000, "ttl {ttl} ms");
+}
+
+#[tokio::test]
+async fn values_expire_after_their_ttl() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut cache = service.cache();
+
+    cache
+        .set(set("short", b"v", Some(150), SetCondition::Always))
+        .await
+        .unwrap();
+    let hit = cache.get(get("short")).await.unwrap().into_inner();
+    assert!(hit.found);
+    let left = as_millis(&hit.ttl.expect("a ttl"));
+    tokio::time::sleep(Duration::from_millis(left as u64 + 50)).await;
+
+    assert!(!cache.get(get("short")).await.unwrap().into_inner().found);
+}
+
+#[tokio::test]
+async fn a_write_without_ttl_gets_the_default() {
+    let (_redis, service) = redis_and_service(&["--default-ttl", "90s"]).await;
+    let mut cache = service.cache();
+
+    cache.set(set("k", b"v", None, SetCondition::Always)).await.unwrap();
+    let ttl = as_millis(&cache.get(get("k")).await.unwrap().into_inner().ttl.expect("a ttl"));
+    assert!(ttl > 85_000 && ttl <= 90_000, "ttl {ttl} ms");
+}
+
+#[tokio::test]
+async fn set_conditions_decide_whether_to_store() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut cache = service.cache();
+
+    let present_on_missing = cache
+        .set(set("k", b"one", None, SetCondition::IfPresent))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!present_on_missing.stored);
+    assert!(!cache.get(get("k")).await.unwrap().into_inner().found);
+
+    let absent_on_missing = cache
+        .set(set("k", b"one", None, SetCondition::IfAbsent))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(absent_on_missing.stored);
+
+    let absent_on_present = cache
+        .set(set("k", b"two", None, SetCondition::IfAbsent))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!absent_on_present.stored);
+    assert_eq!(cache.get(get("k")).await.unwrap().into_inner().value, b"one");
+
+    let present_on_present = cache
+        .set(set("k", b"three", Some(5_000), SetCondition::IfPresent))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(present_on_present.stored);
+    let hit = cache.get(get("k")).await.unwrap().into_inner();
+    assert_eq!(hit.value, b"three");
+    assert!(as_millis(&hit.ttl.expect("a ttl")) <= 5_000);
+
+    let always = cache
+        .set(set("k", b"four", None, SetCondition::Always))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(always.stored);
+    assert_eq!(cache.get(get("k")).await.unwrap().into_inner().value, b"four");
+}
+
+#[tokio::test]
+async fn take_returns_the_value_once() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut cache = service.cache();
+    cache
+        .set(set("otp", b"123456", None, SetCondition::Always))
+        .await
+        .unwrap();
+
+    let first = cache
+        .take(TakeRequest { key: "otp".to_owned() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.found);
+    assert_eq!(first.value, b"123456");
+
+    let second = cache
+        .take(TakeRequest { key: "otp".to_owned() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!second.found);
+    assert!(!cache.get(get("otp")).await.unwrap().into_inner().found);
+}
+
+#[tokio::test]
+async fn concurrent_takes_hand_the_value_to_exactly_one_caller() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    service
+        .cache()
+        .set(set("token", b"t", None, SetCondition::Always))
+        .await
+        .unwrap();
+
+    let takers: Vec<_> = (0..20)
+        .map(|_| {
+            let mut cache = service.cache();
+            tokio::spawn(async move {
+                cache
+                    .take(TakeRequest {
+                        key: "token".to_owned(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .found
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for taker in takers {
+        if taker.await.unwrap() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+}
+
+#[tokio::test]
+async fn increment_creates_with_ttl_and_adds_signed_deltas() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut cache = service.cache();
+    let increment = |delta: i64, ttl_ms: Option<i64>| IncrementRequest {
+        key: "hits".to_owned(),
+        delta,
+        ttl: ttl_ms.map(millis),
+    };
+
+    assert_eq!(
+        cache
+            .increment(increment(5, Some(30_000)))
+            .await
+            .unwrap()
+            .into_inner()
+            .value,
+        5
+    );
+    assert_eq!(
+        cache
+            .increment(increment(-8, Some(999_000)))
+            .await
+            .unwrap()
+            .into_inner()
+            .value,
+        -3
+    );
+    assert_eq!(
+        cache.increment(increment(0, None)).await.unwrap().into_inner().value,
+        -3
+    );
+
+    // The ttl is the one given when the counter was created, not the later ones.
+    let counter = cache.get(get("hits")).await.unwrap().into_inner();
+    assert_eq!(counter.value, b"-3");
+    let ttl = as_millis(&counter.ttl.expect("a ttl"));
+    assert!(ttl > 25_000 && ttl <= 30_000, "ttl {ttl} ms");
+}
+
+#[tokio::test]
+async fn increment_refuses_a_value_that_is_not_a_counter() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut cache = service.cache();
+    cache
+        .set(set("name", b"alice", None, SetCondition::Always))
+        .await
+        .unwrap();
+
+    let status = cache
+        .increment(IncrementRequest {
+            key: "name".to_owned(),
+            delta: 1,
+            ttl: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("not a 64-bit integer"),
+        "{}",
+        status.message()
+    );
+
+    cache
+        .set(set("big", i64::MAX.to_string().as_bytes(), None, SetCondition::Always))
+        .await
+        .unwrap();
+    let overflow = cache
+        .increment(IncrementRequest {
+            key: "big".to_owned(),
+            delta: 1,
+            ttl: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(overflow.code(), Code::FailedPrecondition);
+    assert!(overflow.message().contains("overflow"), "{}", overflow.message());
+}
+
+#[tokio::test]
+async fn get_many_and_set_many_handle_mixed_keys_in_order() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut cache = service.cache();
+
+    let stored = cache
+        .set_many(SetManyRequest {
+            entries: vec![
+                SetEntry {
+                    key: "a".to_owned(),
+                    value: b"1".to_vec(),
+                    ttl: Some(millis(10_000)),
+                },
+                SetEntry {
+                    key: "b".to_owned(),
+                    value: b"2".to_vec(),
+                    ttl: None,
+                },
+                SetEntry {
+                    key: "a".to_owned(),
+                    value: b"1 again".to_vec(),
+                    ttl: Some(millis(20_000)),
+                },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.stored, 3);
+
+    let keys = ["b", "missing", "a", "b"].map(str::to_owned).to_vec();
+    let entries = cache
+        .get_many(GetManyRequest { keys: keys.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let seen: Vec<(&str, bool, &[u8])> = entries
+        .iter()
+        .map(|entry| (entry.key.as_str(), entry.found, entry.value.as_slice()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("b", true, &b"2"[..]),
+            ("missing", false, &b""[..]),
+            ("a", true, &b"1 again"[..]),
+            ("b", true, &b"2"[..]),
+        ]
+    );
+    let a_ttl = as_millis(entries[2].ttl.as_ref().expect("a ttl"));
+    assert!(
+        a_ttl > 15_000 && a_ttl <= 20_000,
+        "the later entry's ttl wins: {a_ttl} ms"
+    );
+    assert_eq!(entries[1].ttl, None);
+
+    let empty = cache
+        .get_many(GetManyRequest { keys: vec![] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(empty.entries.is_empty());
+}
+
+#[tokio::test]
+async fn delete_counts_the_keys_that_existed() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut cache = service.cache();
+    for key in ["x", "y"] {
+        cache.set(set(key, b"v", None, SetCondition::Always)).await.unwrap();
+    }
+
+    let deleted = cache
+        .delete(DeleteRequest {
+            keys: ["x", "y", "z"].map(str::to_owned).to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.deleted, 2);
+    assert!(!cache.get(get("x")).await.unwrap().into_inner().found);
+
+    let again = cache
+        .delete(DeleteRequest {
+            keys: vec!["x".to_owned()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.deleted, 0);
+}
+
+#[tokio::test]
+async fn expire_sets_a_new_ttl_on_existing_keys_only() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut cache = service.cache();
+    cache
+        .set(set("k", b"v", Some(600_000), SetCondition::Always))
+        .await
+        .unwrap();
+
+    let found = cache
+        .expire(ExpireRequest {
+            key: "k".to_owned(),
+            ttl: Some(millis(2_000)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(found.found);
+    let ttl = as_millis(&cache.get(get("k")).await.unwrap().into_inner().ttl.expect("a ttl"));
+    assert!(ttl <= 2_000, "ttl {ttl} ms");
+
+    let missing = cache
+        .expire(ExpireRequest {
+            key: "nope".to_owned(),
+            ttl: Some(millis(2_000)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!missing.found);
+}
+
+#[tokio::test]
+async fn keys_live_under_the_prefix_inside_a_hash_tag() {
+    let (redis, service) = redis_and_service(&["--key-prefix", "tenant7"]).await;
+    service
+        .cache()
+        .set(set("user:42", b"v", None, SetCondition::Always))
+        .await
+        .unwrap();
+
+    let mut direct = redis.connection().await;
+    let value: Option<Vec<u8>> = direct.get("tenant7:cache:{user:42}").await.unwrap();
+    assert_eq!(value.as_deref(), Some(&b"v"[..]));
+}
+
+/// Asserts an INVALID_ARGUMENT whose message starts with the field's name.
+fn assert_invalid(status: tonic::Status, field: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with(&format!("{field}:")),
+        "message {:?} should name {field}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn bad_inputs_are_refused_naming_the_field() {
+    let (_redis, service) = redis_and_service(&[
+        "--max-key-bytes",
+        "8",
+        "--max-value-bytes",
+        "16",
+        "--max-batch",
+        "3",
+        "--max-ttl",
+        "1h",
+    ])
+    .await;
+    let mut cache = service.cache();
+
+    assert_invalid(cache.get(get("")).await.unwrap_err(), "key");
+    assert_invalid(cache.get(get("123456789")).await.unwrap_err(), "key");
+    assert_invalid(
+        cache
+            .set(set("k", &[0; 17], None, SetCondition::Always))
+            .await
+            .unwrap_err(),
+        "value",
+    );
+    assert_invalid(
+        cache
+            .set(set("k", b"v", Some(0), SetCondition::Always))
+            .await
+            .unwrap_err(),
+        "ttl",
+    );
+    assert_invalid(
+        cache
+            .set(set("k", b"v", Some(-1_000), SetCondition::Always))
+            .await
+            .unwrap_err(),
+        "ttl",
+    );
+    assert_invalid(
+        cache
+            .set(set("k", b"v", Some(3_600_001), SetCondition::Always))
+            .await
+            .unwrap_err(),
+        "ttl",
+    );
+    let mut bad_condition = set("k", b"v", None, SetCondition::Always);
+    bad_condition.condition = 42;
+    assert_invalid(cache.set(bad_condition).await.unwrap_err(), "condition");
+
+    let four_keys = ["a", "b", "c", "d"].map(str::to_owned).to_vec();
+    assert_invalid(
+        cache
+            .get_many(GetManyRequest {
+                keys: four_keys.clone(),
+            })
+            .await
+            .unwrap_err(),
+        "keys",
+    );
+    assert_invalid(
+        cache.delete(DeleteRequest { keys: four_keys }).await.unwrap_err(),
+        "keys",
+    );
+    assert_invalid(
+        cache
+            .get_many(GetManyRequest {
+                keys: vec!["ok".to_owned(), String::new()],
+            })
+            .await
+            .unwrap_err(),
+        "keys[1]",
+    );
+    let entry = |key: &str, ttl: Option<i64>| SetEntry {
+        key: key.to_owned(),
+        value: b"v".to_vec(),
+        ttl: ttl.map(millis),
+    };
+    assert_invalid(
+        cache
+            .set_many(SetManyRequest {
+                entries: vec![entry("a", None), entry("b", None), entry("c", None), entry("d", None)],
+            })
+            .await
+            .unwrap_err(),
+        "entries",
+    );
+    assert_invalid(
+        cache
+            .set_many(SetManyRequest {
+                entries: vec![entry("a", None), entry("b", Some(0))],
+            })
+            .await
+            .unwrap_err(),
+        "entries[1].ttl",
+    );
+    assert_invalid(
+        cache
+            .expire(ExpireRequest {
+                key: "k".to_owned(),
+                ttl: None,
+            })
+            .await
+            .unwrap_err(),
+        "ttl",
+    );
+    assert_invalid(
+        cache
+            .increment(IncrementRequest {
+                key: String::new(),
+                delta: 1,
+                ttl: None,
+            })
+            .await
+            .unwrap_err(),
+        "key",
+    );
+
+    // A refused SetMany wrote nothing, and the server keeps serving.
+    assert!(!cache.get(get("a")).await.unwrap().into_inner().found);
+    assert!(
+        cache
+            .set(set("k", b"v", None, SetCondition::Always))
+            .await
+            .unwrap()
+            .into_inner()
+            .stored
+    );
+}

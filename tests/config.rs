@@ -1,0 +1,182 @@
+//! Configuration parsing and the binary's behaviour as a process: exit codes,
+//! the development Redis, SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use cachelock::config::{Config, LogFormat};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_cachelock");
+
+fn parse(args: &[&str]) -> Result<Config, String> {
+    let mut all = vec!["cachelock"];
+    all.extend_from_slice(args);
+    Config::from_args(all).map_err(|error| error.to_string())
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let config = parse(&["--redis-url", "redis://127.0.0.1:6379"]).unwrap();
+    assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+    assert_eq!(config.key_prefix, "cachelock");
+    assert_eq!(config.operation_timeout, Duration::from_secs(1));
+    assert_eq!(config.health_interval, Duration::from_secs(1));
+    assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+    assert_eq!(config.default_ttl, Duration::from_secs(3600));
+    assert_eq!(config.max_batch, 1000);
+    assert_eq!(config.log_format, LogFormat::Text);
+}
+
+#[test]
+fn accepted_redis_urls() {
+    for url in [
+        "redis://127.0.0.1:6379/2",
+        "redis://user:secret@db.internal:6380",
+        "rediss://db.internal:6380",
+        "unix:///run/redis/redis.sock",
+        "redis+unix:///run/redis/redis.sock",
+    ] {
+        parse(&["--redis-url", url]).unwrap_or_else(|error| panic!("{url}: {error}"));
+    }
+}
+
+#[test]
+fn bad_values_are_refused_naming_the_setting() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--operation-timeout", "0s"], "--operation-timeout"),
+        (&["--operation-timeout", "soon"], "--operation-timeout"),
+        (&["--connect-timeout", "0ms"], "--connect-timeout"),
+        (&["--health-interval", "0s"], "--health-interval"),
+        (
+            &["--reconnect-min-backoff", "2s", "--reconnect-max-backoff", "1s"],
+            "--reconnect-max-backoff",
+        ),
+        (&["--default-ttl", "2h", "--max-ttl", "1h"], "--default-ttl"),
+        (&["--max-ttl", "0s"], "--max-ttl"),
+        (&["--max-key-bytes", "0"], "--max-key-bytes"),
+        (&["--max-value-bytes", "lots"], "--max-value-bytes"),
+        (&["--max-value-bytes", "0"], "--max-value-bytes"),
+        (&["--max-batch", "1000000"], "--max-batch"),
+        (&["--key-prefix", ""], "--key-prefix"),
+        (&["--key-prefix", "a{b"], "--key-prefix"),
+        (&["--key-prefix", "has space"], "--key-prefix"),
+        (&["--listen", "localhost"], "--listen"),
+        (&["--log-format", "xml"], "--log-format"),
+        (&["--redis-url", "http://db:6379"], "--redis-url"),
+        (
+            &["--redis-url", "redis://db:6379", "--redis-ca-file", "/etc/hostname"],
+            "--redis-ca-file",
+        ),
+        (
+            &["--redis-url", "rediss://db:6379", "--redis-ca-file", "/no/such/ca.pem"],
+            "--redis-ca-file",
+        ),
+    ];
+    for (args, setting) in cases {
+        let error = parse(args).expect_err(&format!("{args:?} should be refused"));
+        assert!(error.contains(setting), "{args:?}: {error:?} should name {setting}");
+        assert!(!error.contains('\n'), "{args:?}: one line, got {error:?}");
+    }
+}
+
+#[test]
+fn a_refused_redis_url_never_echoes_its_password() {
+    let error = parse(&["--redis-url", "http://user:hunter2@db:6379"]).unwrap_err();
+    assert!(!error.contains("hunter2"), "{error}");
+}
+
+#[test]
+fn the_binary_exits_2_with_one_line_for_bad_configuration() {
+    let output = Command::new(BINARY)
+        .args(["--max-ttl", "0s"])
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--max-ttl"), "{stderr}");
+
+    let output = Command::new(BINARY)
+        .env("CACHELOCK_OPERATION_TIMEOUT", "never")
+        .env_remove("REDIS_URL")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--operation-timeout"));
+}
+
+#[test]
+fn without_redis_url_or_redis_server_the_binary_says_what_to_install() {
+    let empty_path = tempfile::tempdir().unwrap();
+    let output = Command::new(BINARY)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env_remove("REDIS_URL")
+        .env("PATH", empty_path.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(all.contains("apt-get install redis-server"), "{all}");
+    assert!(all.contains("REDIS_URL"), "{all}");
+}
+
+/// The port the development redis-server was started on, read from the JSON log.
+fn embedded_port(line: &str) -> Option<u16> {
+    let rest = &line[line.find("\"port\":")? + 7..];
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+#[test]
+fn sigterm_drains_stops_the_development_redis_and_exits_0() {
+    let mut child = Command::new(BINARY)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env_remove("REDIS_URL")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+
+    let mut port = None;
+    let give_up = Instant::now() + Duration::from_secs(15);
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        port = port.or_else(|| embedded_port(&line));
+        if line.contains("connected to Redis") || Instant::now() > give_up {
+            break;
+        }
+    }
+    let port = port.expect("the log names the development Redis port");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "the development Redis runs"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        rest.iter()
+            .any(|line| line.contains("stopped the development redis-server")),
+        "{rest:?}"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the development Redis is gone after exit"
+    );
+}

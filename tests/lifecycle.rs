@@ -1,0 +1,143 @@
+//! Health reporting, Watch streams, reflection and graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PATIENCE, TestRedis, TestService, redis_and_service};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+use tonic_reflection::pb::{v1, v1alpha};
+
+const CACHE: &str = "cachelock.cache.v1.CacheService";
+
+#[tokio::test]
+async fn every_name_is_not_serving_until_redis_answers() {
+    let port = TestRedis::free_port();
+    let service = TestService::start(&format!("redis://127.0.0.1:{port}"), &[]).await;
+
+    assert_eq!(service.health_status("").await, Ok(ServingStatus::NotServing));
+    assert_eq!(service.health_status(CACHE).await, Ok(ServingStatus::NotServing));
+    assert_eq!(service.health_status("no.such.Service").await, Err(Code::NotFound));
+
+    let _redis = TestRedis::start_on(port).await;
+    service.wait_for_health("", ServingStatus::Serving).await;
+    service.wait_for_health(CACHE, ServingStatus::Serving).await;
+}
+
+#[tokio::test]
+async fn watch_streams_each_transition() {
+    let port = TestRedis::free_port();
+    let service = TestService::start(&format!("redis://127.0.0.1:{port}"), &[]).await;
+    let mut updates = service
+        .health()
+        .watch(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut next = async || {
+        let update = tokio::time::timeout(PATIENCE, updates.next())
+            .await
+            .expect("a health update in time")
+            .expect("the stream stays open")
+            .expect("an update, not an error");
+        ServingStatus::try_from(update.status).unwrap()
+    };
+
+    assert_eq!(next().await, ServingStatus::NotServing);
+    let mut redis = TestRedis::start_on(port).await;
+    assert_eq!(next().await, ServingStatus::Serving);
+    redis.stop().await;
+    assert_eq!(next().await, ServingStatus::NotServing);
+}
+
+#[tokio::test]
+async fn shutdown_turns_health_off_ends_watch_streams_and_completes() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    service.wait_for_health("", ServingStatus::Serving).await;
+    let mut updates = service
+        .health()
+        .watch(HealthCheckRequest {
+            service: CACHE.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = updates.next().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    service.shutdown().await.expect("a clean shutdown");
+
+    // Whatever the stream still delivers says NOT_SERVING, and then it ends.
+    let rest: Vec<_> = tokio::time::timeout(PATIENCE, updates.collect::<Vec<_>>())
+        .await
+        .expect("the Watch stream ends");
+    for update in rest.into_iter().flatten() {
+        assert_eq!(update.status, ServingStatus::NotServing as i32);
+    }
+}
+
+#[tokio::test]
+async fn shutdown_completes_while_redis_is_down() {
+    let port = TestRedis::free_port();
+    let service = TestService::start(&format!("redis://127.0.0.1:{port}"), &["--shutdown-grace", "2s"]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    service.shutdown().await.expect("a clean shutdown");
+}
+
+#[tokio::test]
+async fn reflection_lists_every_service_in_both_protocol_versions() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let wanted = [
+        CACHE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+
+    let mut client = v1::server_reflection_client::ServerReflectionClient::new(service.channel());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answers.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("a list of services");
+    };
+    let mut names: Vec<_> = list.service.into_iter().map(|service| service.name).collect();
+    names.sort();
+    assert_eq!(names, wanted);
+
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(service.channel());
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "cachelock.cache.v1.CacheService".to_owned(),
+            ),
+        ),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.next().await.unwrap().unwrap().message_response;
+    assert!(
+        matches!(
+            answer,
+            Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files))
+                if !files.file_descriptor_proto.is_empty()
+        ),
+        "{answer:?}"
+    );
+}
