@@ -2,7 +2,10 @@
 
 use std::{env, io, path::PathBuf};
 
-const PROTOS: &[&str] = &["proto/cachelock/cache/v1/cache.proto"];
+const PROTOS: &[&str] = &[
+    "proto/cachelock/cache/v1/cache.proto",
+    "proto/cachelock/ratelimit/v1/ratelimit.proto",
+];
 
 fn main() -> io::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| io::Error::other("OUT_DIR is not set"))?);

@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server (the default).
-    Serve(Config),
+    Serve(Box<Config>),
     /// Ask a running server's health service whether it is SERVING; exit 0 if so, 1 if not.
     Probe(ProbeArgs),
 }
@@ -57,6 +57,15 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+/// What a rate-limit check answers when Redis cannot decide in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutagePolicy {
+    /// Allow: availability over strictness.
+    FailOpen,
+    /// Deny: strictness over availability.
+    FailClosed,
 }
 
 /// The server's settings. Build it with [`Config::from_args`] (or parse [`Cli`] and
@@ -125,6 +134,23 @@ pub struct Config {
     /// Most keys or entries in one batch RPC (GetMany, SetMany, Delete).
     #[arg(long, env = "CACHELOCK_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,
+
+    /// What a rate-limit check answers when Redis cannot decide in time (a request may override it).
+    #[arg(
+        long,
+        env = "CACHELOCK_RATELIMIT_ON_UNAVAILABLE",
+        value_enum,
+        default_value = "fail-open"
+    )]
+    pub ratelimit_on_unavailable: OutagePolicy,
+
+    /// Longest time a rate-limit check waits for Redis before answering from the outage policy.
+    #[arg(long, env = "CACHELOCK_RATELIMIT_TIMEOUT", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub ratelimit_timeout: Duration,
+
+    /// Longest rate-limit period a check may ask for.
+    #[arg(long, env = "CACHELOCK_RATELIMIT_MAX_PERIOD", default_value = "31days", value_parser = humantime::parse_duration)]
+    pub ratelimit_max_period: Duration,
 
     /// Log line format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "CACHELOCK_LOG_FORMAT", value_enum, default_value = "text")]
@@ -198,6 +224,11 @@ impl Config {
             ("health-interval", "CACHELOCK_HEALTH_INTERVAL", self.health_interval),
             ("default-ttl", "CACHELOCK_DEFAULT_TTL", self.default_ttl),
             ("max-ttl", "CACHELOCK_MAX_TTL", self.max_ttl),
+            (
+                "ratelimit-timeout",
+                "CACHELOCK_RATELIMIT_TIMEOUT",
+                self.ratelimit_timeout,
+            ),
         ];
         for (setting, env, value) in positive {
             if value.is_zero() {
@@ -224,6 +255,13 @@ impl Config {
                     humantime::format_duration(self.default_ttl),
                     humantime::format_duration(self.max_ttl)
                 ),
+            ));
+        }
+        if self.ratelimit_max_period < Duration::from_millis(1) {
+            return Err(invalid(
+                "ratelimit-max-period",
+                "CACHELOCK_RATELIMIT_MAX_PERIOD",
+                "must be at least 1ms",
             ));
         }
         let limits = [

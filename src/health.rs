@@ -142,16 +142,19 @@ pub async fn probe_redis(
                 connected_before = true;
                 describe_server(&redis, latency, ping_timeout, event).await;
                 load_scripts(&redis, &scripts, ping_timeout).await;
+                redis.set_reachable(true);
                 health.set_all(ServingStatus::Serving).await;
                 Link::Up
             }
             (Err(error), Link::Up) => {
                 warn!(%error, "lost the connection to Redis; health is NOT_SERVING until it is back");
+                redis.set_reachable(false);
                 health.set_all(ServingStatus::NotServing).await;
                 Link::Down
             }
             (Err(error), Link::NeverReached) => {
                 warn!(%error, "Redis is not reachable yet; health stays NOT_SERVING until it is");
+                redis.set_reachable(false);
                 Link::Down
             }
             (Err(_), Link::Down) => Link::Down,

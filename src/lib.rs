@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod probe;
+pub mod ratelimit;
 pub mod redis;
 pub mod request;
 pub mod server;
@@ -21,6 +22,11 @@ pub mod pb {
     /// `cachelock.cache.v1`
     pub mod cache {
         tonic::include_proto!("cachelock.cache.v1");
+    }
+
+    /// `cachelock.ratelimit.v1`
+    pub mod ratelimit {
+        tonic::include_proto!("cachelock.ratelimit.v1");
     }
 
     /// The encoded descriptors of every cachelock package, for gRPC reflection.

@@ -10,7 +10,11 @@ use cachelock::{
     probe, server,
 };
 use clap::Parser;
-use tokio::{net::TcpListener, runtime::Runtime};
+use tokio::{
+    net::TcpListener,
+    runtime::Runtime,
+    signal::unix::{Signal, SignalKind, signal},
+};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -35,7 +39,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Probe(args)) => run_probe(&runtime, &args),
-        Some(Command::Serve(config)) => run_server(&runtime, config),
+        Some(Command::Serve(config)) => run_server(&runtime, *config),
         None => run_server(&runtime, cli.serve),
     }
 }
@@ -50,6 +54,7 @@ fn run_server(runtime: &Runtime, config: Config) -> ExitCode {
     };
     init_tracing(config.log_format);
     runtime.block_on(async {
+        let shutdown = shutdown_signal();
         let listener = match TcpListener::bind(config.listen).await {
             Ok(listener) => listener,
             Err(error) => {
@@ -57,7 +62,7 @@ fn run_server(runtime: &Runtime, config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match server::run(listener, config, shutdown_signal()).await {
+        match server::run(listener, config, shutdown).await {
             Ok(()) => {
                 info!("cachelock stopped");
                 ExitCode::SUCCESS
@@ -96,27 +101,29 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// Completes on SIGINT or SIGTERM (the signal Kubernetes and Docker send).
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
+/// Registers for SIGINT and SIGTERM (the signal Kubernetes and Docker send) at
+/// once, so that a signal arriving during start-up is not lost to the default
+/// action (which would skip the drain and leave a development Redis behind);
+/// the returned future completes on the first of them.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    let sigterm = signal(SignalKind::terminate());
+    let sigint = signal(SignalKind::interrupt());
+    async move {
+        let wait = |registered: std::io::Result<Signal>, name: &'static str| async move {
+            match registered {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                    info!("{name} received");
+                }
+                Err(error) => {
+                    warn!(%error, "cannot listen for {name}");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(error) => {
-                warn!(%error, "cannot listen for SIGTERM; only SIGINT will stop the server");
-                std::future::pending::<()>().await;
-            }
+        };
+        tokio::select! {
+            () = wait(sigterm, "SIGTERM") => {}
+            () = wait(sigint, "SIGINT") => {}
         }
-    };
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => {
-            if let Err(error) = result {
-                warn!(%error, "cannot listen for SIGINT");
-                std::future::pending::<()>().await;
-            }
-            info!("SIGINT received");
-        }
-        () = terminate => info!("SIGTERM received"),
     }
 }

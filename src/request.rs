@@ -189,6 +189,15 @@ impl Ttl {
     }
 }
 
+/// Converts a duration to protobuf.
+pub fn duration_to_proto(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        // Below one billion, so it fits.
+        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
+    }
+}
+
 /// Converts a remaining time to live in milliseconds (Redis PTTL) to protobuf,
 /// or `None` for a key without expiry (-1) or a missing one (-2).
 pub fn ttl_from_millis(millis: i64) -> Option<prost_types::Duration> {

@@ -12,7 +12,11 @@ use crate::{
     config::Config,
     error::StartError,
     health::{health_service, probe_redis},
-    pb::{self, cache::cache_service_server::CacheServiceServer},
+    pb::{
+        self, cache::cache_service_server::CacheServiceServer,
+        ratelimit::rate_limit_service_server::RateLimitServiceServer,
+    },
+    ratelimit::{self, RateLimitApi, RateLimitSettings, RateLimitStore},
     redis::{Keys, Redis, embedded::EmbeddedRedis, redacted},
     request::Limits,
 };
@@ -25,7 +29,10 @@ const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
 const CLIENT_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// The health-checked gRPC service names, besides the whole server's `""`.
-pub const SERVICE_NAMES: &[&str] = &[<CacheServiceServer<CacheApi> as NamedService>::NAME];
+pub const SERVICE_NAMES: &[&str] = &[
+    <CacheServiceServer<CacheApi> as NamedService>::NAME,
+    <RateLimitServiceServer<RateLimitApi> as NamedService>::NAME,
+];
 
 /// Serves cachelock on `listener` until `shutdown` completes.
 ///
@@ -83,17 +90,23 @@ async fn serve(
         health.clone(),
         config.health_interval,
         config.operation_timeout,
-        cache::scripts().to_vec(),
+        cache::scripts().into_iter().chain(ratelimit::scripts()).collect(),
         stop_prober_rx,
     ));
 
+    let keys = Keys::new(&config.key_prefix);
     let message_limit = (config.max_value_bytes + config.max_key_bytes + MESSAGE_OVERHEAD_BYTES).max(MIN_MESSAGE_BYTES);
     let cache = CacheServiceServer::new(CacheApi::new(
-        CacheStore::new(redis.clone(), Keys::new(&config.key_prefix)),
+        CacheStore::new(redis.clone(), keys.clone()),
         Limits::from(config),
         config.operation_timeout,
     ))
     .max_decoding_message_size(message_limit);
+    let ratelimit = RateLimitServiceServer::new(RateLimitApi::new(
+        RateLimitStore::new(redis.clone(), keys),
+        Limits::from(config),
+        RateLimitSettings::from(config),
+    ));
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -119,6 +132,7 @@ async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(cache)
+        .add_service(ratelimit)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = drained.wait_for(|draining| *draining).await;
         });

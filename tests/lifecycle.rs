@@ -19,6 +19,10 @@ async fn every_name_is_not_serving_until_redis_answers() {
 
     assert_eq!(service.health_status("").await, Ok(ServingStatus::NotServing));
     assert_eq!(service.health_status(CACHE).await, Ok(ServingStatus::NotServing));
+    assert_eq!(
+        service.health_status("cachelock.ratelimit.v1.RateLimitService").await,
+        Ok(ServingStatus::NotServing)
+    );
     assert_eq!(service.health_status("no.such.Service").await, Err(Code::NotFound));
 
     let _redis = TestRedis::start_on(port).await;
@@ -91,6 +95,7 @@ async fn reflection_lists_every_service_in_both_protocol_versions() {
     let (_redis, service) = redis_and_service(&[]).await;
     let wanted = [
         CACHE,
+        "cachelock.ratelimit.v1.RateLimitService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",

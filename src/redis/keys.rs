@@ -27,6 +27,15 @@ impl Keys {
         self.tagged("cache", key)
     }
 
+    /// The key holding one rate limit's state: `<prefix>:ratelimit:{<key>}:<algorithm>`,
+    /// where `algorithm` is a short fixed name (`tb`, `fw`, `sw`).
+    pub fn ratelimit(&self, key: &str, algorithm: &str) -> String {
+        let mut tagged = self.tagged("ratelimit", key);
+        tagged.push(':');
+        tagged.push_str(algorithm);
+        tagged
+    }
+
     fn tagged(&self, service: &str, user_key: &str) -> String {
         let mut key = String::with_capacity(self.prefix.len() + service.len() + user_key.len() + 4);
         key.push_str(&self.prefix);
@@ -48,6 +57,13 @@ mod tests {
         let keys = Keys::new("cachelock");
         assert_eq!(keys.cache("user:42"), "cachelock:cache:{user:42}");
         assert_eq!(Keys::new("tenant-a").cache("x"), "tenant-a:cache:{x}");
+    }
+
+    #[test]
+    fn rate_limit_keys_of_one_user_key_share_the_hash_tag() {
+        let keys = Keys::new("cachelock");
+        assert_eq!(keys.ratelimit("login:7", "tb"), "cachelock:ratelimit:{login:7}:tb");
+        assert_eq!(keys.ratelimit("login:7", "sw"), "cachelock:ratelimit:{login:7}:sw");
     }
 
     #[test]

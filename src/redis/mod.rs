@@ -9,7 +9,14 @@
 pub mod embedded;
 pub mod keys;
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use redis::{
     Client, IntoConnectionInfo, RedisResult, TlsCertificates,
@@ -36,6 +43,8 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Redis {
     manager: ConnectionManager,
+    /// What the health prober last saw; true until it has seen otherwise.
+    reachable: Arc<AtomicBool>,
 }
 
 impl Redis {
@@ -78,7 +87,22 @@ impl Redis {
             .set_exponent_base(2.0)
             .set_number_of_retries(RECONNECT_ATTEMPTS);
         let manager = ConnectionManager::new_lazy_with_config(client, manager_config).map_err(config_error)?;
-        Ok(Redis { manager })
+        Ok(Redis {
+            manager,
+            reachable: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
+    /// Whether the last health probe reached Redis. Callers that have a cheap
+    /// fallback (the rate limiter's outage policy) use it to skip a wait that
+    /// would only end in a timeout.
+    pub fn seems_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Records what the health prober saw.
+    pub(crate) fn set_reachable(&self, reachable: bool) {
+        self.reachable.store(reachable, Ordering::Relaxed);
     }
 
     /// A handle on the shared connection for one operation (a reference-count bump).

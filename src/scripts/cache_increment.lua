@@ -1,3 +1,4 @@
+#!lua
 -- cache_increment: adds to an integer counter, giving it a time to live when it
 -- has none (that is, when this call created it).
 --

@@ -1,0 +1,326 @@
+//! `cachelock.ratelimit.v1.RateLimitService`: validates each request, decides it
+//! through [`RateLimitStore`] within a short budget, and answers from the outage
+//! policy when Redis cannot decide in time.
+
+mod store;
+
+use std::{collections::HashSet, time::Duration};
+
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+
+pub use store::{Algorithm, Decision, LimitCheck, RateLimitStore, scripts};
+
+use crate::{
+    config::{Config, OutagePolicy},
+    error::Error,
+    pb::ratelimit::{
+        self as pb, CheckManyRequest, CheckManyResponse, CheckRequest, CheckResponse, LimitDecision, ResetRequest,
+        ResetResponse, rate_limit_service_server::RateLimitService,
+    },
+    request::{Limits, budget, duration_to_proto, positive_duration},
+};
+
+/// The largest limit and cost: keeps every count exact in the script's doubles.
+pub const MAX_LIMIT: u64 = 1_000_000_000;
+/// The shortest period.
+const MIN_PERIOD: Duration = Duration::from_millis(1);
+/// Below this much time left, Redis is not asked at all: the policy answers.
+const MIN_REDIS_BUDGET: Duration = Duration::from_millis(1);
+
+/// The rate limiter's settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct RateLimitSettings {
+    /// The default outage policy.
+    pub on_unavailable: OutagePolicy,
+    /// Longest wait for Redis in one check.
+    pub timeout: Duration,
+    /// Longest wait for Redis in a Reset.
+    pub operation_timeout: Duration,
+    /// Longest period a check may ask for.
+    pub max_period: Duration,
+    /// What a policy denial tells the caller to wait: the health probe interval,
+    /// after which the service knows more.
+    pub outage_retry_after: Duration,
+}
+
+impl From<&Config> for RateLimitSettings {
+    fn from(config: &Config) -> RateLimitSettings {
+        RateLimitSettings {
+            on_unavailable: config.ratelimit_on_unavailable,
+            timeout: config.ratelimit_timeout,
+            operation_timeout: config.operation_timeout,
+            max_period: config.ratelimit_max_period,
+            outage_retry_after: config.health_interval,
+        }
+    }
+}
+
+/// The gRPC handlers of the rate limiter.
+pub struct RateLimitApi {
+    store: RateLimitStore,
+    limits: Limits,
+    settings: RateLimitSettings,
+}
+
+/// How a request was decided.
+enum Outcome {
+    /// By Redis, one decision per limit.
+    Decided(Vec<Decision>),
+    /// By the outage policy: allowed or not.
+    Policy(bool),
+}
+
+impl RateLimitApi {
+    /// Handlers over `store`.
+    pub fn new(store: RateLimitStore, limits: Limits, settings: RateLimitSettings) -> RateLimitApi {
+        RateLimitApi {
+            store,
+            limits,
+            settings,
+        }
+    }
+
+    /// Validates one limit; `field` is the prefix of its fields' names ("" or "limits[2].").
+    fn limit_check<'a>(
+        &self,
+        field: &str,
+        key: &'a str,
+        limit: u64,
+        period: Option<&prost_types::Duration>,
+        cost: Option<u64>,
+        algorithm: i32,
+    ) -> Result<LimitCheck<'a>, Error> {
+        let key = self.limits.key(&format!("{field}key"), key)?;
+        let period_field = format!("{field}period");
+        let period = positive_duration(
+            &period_field,
+            period.ok_or_else(|| Error::invalid(&period_field, "is required"))?,
+        )?;
+        if period < MIN_PERIOD || period > self.settings.max_period {
+            return Err(Error::invalid(
+                period_field,
+                format!(
+                    "must be between 1ms and {}",
+                    humantime::format_duration(self.settings.max_period)
+                ),
+            ));
+        }
+        let period_micros = u64::try_from(period.as_micros()).unwrap_or(u64::MAX);
+        if limit == 0 || limit > MAX_LIMIT {
+            return Err(Error::invalid(
+                format!("{field}limit"),
+                format!("must be between 1 and {MAX_LIMIT}"),
+            ));
+        }
+        if limit > period_micros {
+            return Err(Error::invalid(
+                format!("{field}limit"),
+                "must be at most one per microsecond of the period",
+            ));
+        }
+        let cost = cost.unwrap_or(1);
+        if cost > MAX_LIMIT {
+            return Err(Error::invalid(
+                format!("{field}cost"),
+                format!("must be at most {MAX_LIMIT}"),
+            ));
+        }
+        let algorithm = match pb::Algorithm::try_from(algorithm) {
+            Ok(pb::Algorithm::Unspecified | pb::Algorithm::TokenBucket) => Algorithm::TokenBucket,
+            Ok(pb::Algorithm::FixedWindow) => Algorithm::FixedWindow,
+            Ok(pb::Algorithm::SlidingWindow) => Algorithm::SlidingWindow,
+            Err(_) => {
+                return Err(Error::invalid(
+                    format!("{field}algorithm"),
+                    format!("{algorithm} is not an Algorithm"),
+                ));
+            }
+        };
+        Ok(LimitCheck {
+            key,
+            algorithm,
+            limit,
+            period_micros,
+            cost,
+        })
+    }
+
+    fn policy(&self, requested: i32) -> Result<OutagePolicy, Error> {
+        match pb::OutagePolicy::try_from(requested) {
+            Ok(pb::OutagePolicy::Unspecified) => Ok(self.settings.on_unavailable),
+            Ok(pb::OutagePolicy::FailOpen) => Ok(OutagePolicy::FailOpen),
+            Ok(pb::OutagePolicy::FailClosed) => Ok(OutagePolicy::FailClosed),
+            Err(_) => Err(Error::invalid(
+                "on_unavailable",
+                format!("{requested} is not an OutagePolicy"),
+            )),
+        }
+    }
+
+    /// Asks Redis within the rate limiter's budget; falls back to `policy` when
+    /// Redis is known to be down, the caller's deadline is too near, or Redis
+    /// fails or does not answer in time.
+    async fn decide(
+        &self,
+        metadata: &MetadataMap,
+        checks: &[LimitCheck<'_>],
+        policy: OutagePolicy,
+    ) -> Result<Outcome, Status> {
+        let fallback = Outcome::Policy(policy == OutagePolicy::FailOpen);
+        let budget = match budget(metadata, self.settings.timeout) {
+            Ok(budget) if budget >= MIN_REDIS_BUDGET => budget,
+            _ => return Ok(fallback),
+        };
+        if !self.store.seems_reachable() {
+            return Ok(fallback);
+        }
+        match self.store.check(checks, budget).await {
+            Ok(decisions) => Ok(Outcome::Decided(decisions)),
+            Err(Error::Unavailable(_) | Error::Timeout { .. } | Error::OutOfMemory | Error::DeadlineExceeded) => {
+                Ok(fallback)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn policy_retry_after(&self, allowed: bool) -> Option<prost_types::Duration> {
+        Some(duration_to_proto(if allowed {
+            Duration::ZERO
+        } else {
+            self.settings.outage_retry_after
+        }))
+    }
+}
+
+fn retry_after(decision: &Decision) -> Option<prost_types::Duration> {
+    decision.retry_after.map(duration_to_proto)
+}
+
+#[tonic::async_trait]
+impl RateLimitService for RateLimitApi {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        let check = self.limit_check(
+            "",
+            &request.key,
+            request.limit,
+            request.period.as_ref(),
+            request.cost,
+            request.algorithm,
+        )?;
+        let policy = self.policy(request.on_unavailable)?;
+        let response = match self.decide(&metadata, std::slice::from_ref(&check), policy).await? {
+            Outcome::Decided(decisions) => {
+                let decision = decisions
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Status::internal("internal error"))?;
+                CheckResponse {
+                    allowed: decision.allowed,
+                    limit: check.limit,
+                    remaining: decision.remaining,
+                    reset_after: Some(duration_to_proto(decision.reset_after)),
+                    retry_after: retry_after(&decision),
+                    decided_by_outage_policy: false,
+                }
+            }
+            Outcome::Policy(allowed) => CheckResponse {
+                allowed,
+                limit: check.limit,
+                remaining: 0,
+                reset_after: Some(duration_to_proto(Duration::ZERO)),
+                retry_after: self.policy_retry_after(allowed),
+                decided_by_outage_policy: true,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn check_many(&self, request: Request<CheckManyRequest>) -> Result<Response<CheckManyResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        if request.limits.is_empty() {
+            return Err(Error::invalid("limits", "must not be empty").into());
+        }
+        self.limits.batch("limits", request.limits.len())?;
+        let mut checks = Vec::with_capacity(request.limits.len());
+        let mut seen = HashSet::with_capacity(request.limits.len());
+        for (i, limit) in request.limits.iter().enumerate() {
+            let check = self.limit_check(
+                &format!("limits[{i}]."),
+                &limit.key,
+                limit.limit,
+                limit.period.as_ref(),
+                limit.cost,
+                limit.algorithm,
+            )?;
+            // The script decides each limit on the state before any is consumed, so a
+            // repeated limit would be checked once but charged twice.
+            if !seen.insert((check.key, check.algorithm)) {
+                return Err(Error::invalid(
+                    format!("limits[{i}]"),
+                    "repeats the key and algorithm of an earlier limit",
+                )
+                .into());
+            }
+            checks.push(check);
+        }
+        let policy = self.policy(request.on_unavailable)?;
+        let response = match self.decide(&metadata, &checks, policy).await? {
+            Outcome::Decided(decisions) => {
+                let allowed = decisions.iter().all(|decision| decision.allowed);
+                let retry = if allowed {
+                    Some(Duration::ZERO)
+                } else {
+                    decisions
+                        .iter()
+                        .filter(|decision| !decision.allowed)
+                        .map(|decision| decision.retry_after)
+                        .try_fold(Duration::ZERO, |longest, retry| retry.map(|retry| longest.max(retry)))
+                };
+                CheckManyResponse {
+                    allowed,
+                    decisions: checks
+                        .iter()
+                        .zip(&decisions)
+                        .map(|(check, decision)| LimitDecision {
+                            key: check.key.to_owned(),
+                            allowed: decision.allowed,
+                            limit: check.limit,
+                            remaining: decision.remaining,
+                            reset_after: Some(duration_to_proto(decision.reset_after)),
+                            retry_after: retry_after(decision),
+                        })
+                        .collect(),
+                    retry_after: retry.map(duration_to_proto),
+                    decided_by_outage_policy: false,
+                }
+            }
+            Outcome::Policy(allowed) => CheckManyResponse {
+                allowed,
+                decisions: Vec::new(),
+                retry_after: self.policy_retry_after(allowed),
+                decided_by_outage_policy: true,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn reset(&self, request: Request<ResetRequest>) -> Result<Response<ResetResponse>, Status> {
+        // Reset has no fallback: it gets the ordinary operation timeout.
+        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let request = request.into_inner();
+        let key = self.limits.key("key", &request.key)?;
+        let algorithms: &[Algorithm] = match pb::Algorithm::try_from(request.algorithm) {
+            Ok(pb::Algorithm::Unspecified) => &Algorithm::ALL,
+            Ok(pb::Algorithm::TokenBucket) => &[Algorithm::TokenBucket],
+            Ok(pb::Algorithm::FixedWindow) => &[Algorithm::FixedWindow],
+            Ok(pb::Algorithm::SlidingWindow) => &[Algorithm::SlidingWindow],
+            Err(_) => {
+                let reason = format!("{} is not an Algorithm", request.algorithm);
+                return Err(Error::invalid("algorithm", reason).into());
+            }
+        };
+        let existed = self.store.reset(key, algorithms, budget).await?;
+        Ok(Response::new(ResetResponse { existed }))
+    }
+}

@@ -1,0 +1,145 @@
+//! The rate limiter's Redis side: one script decides every limit of a request
+//! and consumes their cost, all or nothing, in one round trip.
+
+use std::{sync::LazyLock, time::Duration};
+
+use redis::Script;
+
+use crate::{
+    error::{Effect, Error},
+    redis::{Keys, Redis, bounded},
+};
+
+static RATELIMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/ratelimit.lua")));
+
+/// The rate limiter's scripts, for loading into Redis ahead of the first request.
+pub fn scripts() -> [&'static Script; 1] {
+    [&RATELIMIT]
+}
+
+/// How a limit is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// GCRA.
+    TokenBucket,
+    /// A count per aligned window.
+    FixedWindow,
+    /// The two-window weighted approximation.
+    SlidingWindow,
+}
+
+impl Algorithm {
+    /// Every algorithm, for clearing all of a key's state.
+    pub const ALL: [Algorithm; 3] = [Algorithm::TokenBucket, Algorithm::FixedWindow, Algorithm::SlidingWindow];
+
+    /// The number the script knows it by.
+    fn code(self) -> u8 {
+        match self {
+            Algorithm::TokenBucket => 1,
+            Algorithm::FixedWindow => 2,
+            Algorithm::SlidingWindow => 3,
+        }
+    }
+
+    /// The last segment of its state key.
+    fn key_suffix(self) -> &'static str {
+        match self {
+            Algorithm::TokenBucket => "tb",
+            Algorithm::FixedWindow => "fw",
+            Algorithm::SlidingWindow => "sw",
+        }
+    }
+}
+
+/// One limit to decide, already validated.
+#[derive(Debug, Clone)]
+pub struct LimitCheck<'a> {
+    /// The user's key.
+    pub key: &'a str,
+    /// How to count.
+    pub algorithm: Algorithm,
+    /// Units per period (1 ..= period in microseconds).
+    pub limit: u64,
+    /// The period in microseconds (at least 1000).
+    pub period_micros: u64,
+    /// Units to consume; 0 decides as for 1 without consuming.
+    pub cost: u64,
+}
+
+/// One limit's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether this limit allows the request.
+    pub allowed: bool,
+    /// Units left.
+    pub remaining: u64,
+    /// Time until the full limit is available again.
+    pub reset_after: Duration,
+    /// Time until a denied request could pass: zero when allowed, `None` when never.
+    pub retry_after: Option<Duration>,
+}
+
+/// Rate-limit state in Redis, under keys from [`Keys::ratelimit`].
+#[derive(Clone)]
+pub struct RateLimitStore {
+    redis: Redis,
+    keys: Keys,
+}
+
+impl RateLimitStore {
+    /// A store on the shared connection.
+    pub fn new(redis: Redis, keys: Keys) -> RateLimitStore {
+        RateLimitStore { redis, keys }
+    }
+
+    /// Decides every limit and, if all allow, consumes every cost, atomically.
+    ///
+    /// # Errors
+    /// Redis failures and timeouts, as [`Error`]; after a timeout the cost may have been consumed.
+    pub async fn check(&self, checks: &[LimitCheck<'_>], budget: Duration) -> Result<Vec<Decision>, Error> {
+        let mut invocation = RATELIMIT.prepare_invoke();
+        for check in checks {
+            invocation
+                .key(self.keys.ratelimit(check.key, check.algorithm.key_suffix()))
+                .arg(check.algorithm.code())
+                .arg(check.limit)
+                .arg(check.period_micros)
+                .arg(check.cost);
+        }
+        let mut conn = self.redis.connection();
+        let replies: Vec<(i64, i64, i64, i64)> =
+            bounded(budget, Effect::NotIdempotent, invocation.invoke_async(&mut conn)).await?;
+        Ok(replies
+            .into_iter()
+            .map(|(allowed, remaining, reset_after, retry_after)| Decision {
+                allowed: allowed == 1,
+                remaining: u64::try_from(remaining).unwrap_or(0),
+                reset_after: micros(reset_after),
+                retry_after: (retry_after >= 0).then(|| micros(retry_after)),
+            })
+            .collect())
+    }
+
+    /// Clears the state of `key` under `algorithms`; returns whether any existed.
+    ///
+    /// # Errors
+    /// Redis failures and timeouts, as [`Error`].
+    pub async fn reset(&self, key: &str, algorithms: &[Algorithm], budget: Duration) -> Result<bool, Error> {
+        let mut command = redis::cmd("UNLINK");
+        for algorithm in algorithms {
+            command.arg(self.keys.ratelimit(key, algorithm.key_suffix()));
+        }
+        let mut conn = self.redis.connection();
+        let removed: u64 = bounded(budget, Effect::Idempotent, command.query_async(&mut conn)).await?;
+        Ok(removed > 0)
+    }
+
+    /// The shared connection's last known reachability.
+    pub fn seems_reachable(&self) -> bool {
+        self.redis.seems_reachable()
+    }
+}
+
+fn micros(micros: i64) -> Duration {
+    Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+}

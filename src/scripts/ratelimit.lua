@@ -1,0 +1,186 @@
+#!lua
+-- ratelimit: decides one or more rate limits and consumes their cost, all or nothing.
+--
+-- KEYS[i]       the i-th limit's state key (one key per user key and algorithm)
+-- ARGV[4i - 3]  the i-th algorithm: 1 token bucket (GCRA), 2 fixed window, 3 sliding window
+-- ARGV[4i - 2]  the i-th limit: units per period, 1 <= limit <= period in microseconds
+-- ARGV[4i - 1]  the i-th period in microseconds (>= 1000)
+-- ARGV[4i]      the i-th cost: units to consume; 0 decides as for 1 but consumes nothing
+-- Returns       one {allowed (0 or 1), remaining, reset_after_us, retry_after_us} per
+--               limit. retry_after_us is 0 when allowed and -1 when the cost exceeds
+--               the limit (no wait lets it pass). State is written only if every limit
+--               allows; otherwise remaining and reset_after describe the state as it is.
+--
+-- Time is the Redis server's clock (TIME), so every service instance agrees. Times
+-- are microseconds since 2024-01-01 UTC: small enough for a double to keep them to
+-- about 0.01 us, and fixed windows still align to UTC minutes, hours and days.
+--
+-- Atomicity: the script runs without interleaving, so the reads and the writes of
+-- every limit form one decision; and as a script that may write (no no-writes
+-- flag) it is refused whole when Redis is out of memory, never applied in part.
+-- Every key gets an expiry of at most two periods, so idle limits clean up.
+
+local EPOCH = 1704067200
+-- Float rounding tolerated when comparing GCRA times (microseconds).
+local SLACK = 0.5
+
+local clock = redis.call('TIME')
+local now = (tonumber(clock[1]) - EPOCH) * 1000000 + tonumber(clock[2])
+
+-- Durations are rounded up: waiting that long is always enough.
+local function up(us)
+  return math.ceil(us)
+end
+
+local function expire_ms(us)
+  return math.ceil(us / 1000) + 1
+end
+
+-- Token bucket as GCRA. The state is the theoretical arrival time (tat) of the
+-- next unit: the bucket is full when tat <= now and empty when tat >= now + period.
+-- Each unit moves tat on by period / limit, so the bucket refills smoothly.
+local function token_bucket(key, limit, period, cost)
+  local interval = period / limit
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then
+    tat = now
+  end
+  local function remaining_at(t)
+    return math.max(0, math.floor((period - (t - now) + SLACK) / interval))
+  end
+  local as_is = {remaining_at(tat), up(tat - now)}
+  local wanted = math.max(cost, 1)
+  if wanted > limit then
+    return {0, as_is[1], as_is[2], -1}, as_is
+  end
+  local allow_at = tat + wanted * interval - period
+  if allow_at - now > SLACK then
+    return {0, as_is[1], as_is[2], up(allow_at - now)}, as_is
+  end
+  if cost == 0 then
+    return {1, as_is[1], as_is[2], 0}, as_is
+  end
+  local new_tat = tat + cost * interval
+  return {1, remaining_at(new_tat), up(new_tat - now), 0}, as_is, function()
+    redis.call('SET', key, string.format('%.17g', new_tat), 'PX', expire_ms(new_tat - now))
+  end
+end
+
+-- Fixed window: a count per window of `period`; the state is {w = window, n = count}.
+local function fixed_window(key, limit, period, cost)
+  local window = math.floor(now / period)
+  local ends = (window + 1) * period
+  local state = redis.call('HMGET', key, 'w', 'n')
+  local count = 0
+  if tonumber(state[1]) == window then
+    count = tonumber(state[2]) or 0
+  end
+  local reset = 0
+  if count > 0 then
+    reset = up(ends - now)
+  end
+  local as_is = {math.max(0, limit - count), reset}
+  local wanted = math.max(cost, 1)
+  if wanted > limit then
+    return {0, as_is[1], as_is[2], -1}, as_is
+  end
+  if count + wanted > limit then
+    return {0, as_is[1], as_is[2], up(ends - now)}, as_is
+  end
+  if cost == 0 then
+    return {1, as_is[1], as_is[2], 0}, as_is
+  end
+  local new_count = count + cost
+  return {1, limit - new_count, up(ends - now), 0}, as_is, function()
+    redis.call('HSET', key, 'w', window, 'n', new_count)
+    redis.call('PEXPIRE', key, expire_ms(ends - now))
+  end
+end
+
+-- Sliding window, the two-window approximation: the estimate is the previous
+-- window's count weighted by the part of it the sliding period still covers, plus
+-- the current window's count. The state is {w = window, c = current, p = previous}.
+local function sliding_window(key, limit, period, cost)
+  local window = math.floor(now / period)
+  local weight = 1 - (now - window * period) / period
+  local state = redis.call('HMGET', key, 'w', 'c', 'p')
+  local stored_window = tonumber(state[1])
+  local current, previous = 0, 0
+  if stored_window == window then
+    current = tonumber(state[2]) or 0
+    previous = tonumber(state[3]) or 0
+  elseif stored_window == window - 1 then
+    previous = tonumber(state[2]) or 0
+  end
+  local function estimate(c)
+    return previous * weight + c
+  end
+  local function remaining_for(c)
+    return math.max(0, math.floor(limit - estimate(c) + 1e-9))
+  end
+  local function reset_for(c)
+    if c > 0 then
+      return up((window + 2) * period - now)
+    elseif previous > 0 then
+      return up((window + 1) * period - now)
+    end
+    return 0
+  end
+  local as_is = {remaining_for(current), reset_for(current)}
+  local wanted = math.max(cost, 1)
+  if wanted > limit then
+    return {0, as_is[1], as_is[2], -1}, as_is
+  end
+  if estimate(current) + wanted > limit + 1e-9 then
+    local at
+    if current + wanted <= limit then
+      -- Later in this window, once the previous window's weight has shrunk enough
+      -- (previous > 0 here, or the estimate could not exceed the limit).
+      at = (window + 1 - (limit - current - wanted) / previous) * period
+    else
+      -- In the next window, once this window's count, weighted, has shrunk enough
+      -- (current > limit - wanted >= 0 here).
+      at = (window + 2 - (limit - wanted) / current) * period
+    end
+    -- One microsecond more than the float result, so retrying then always passes.
+    return {0, as_is[1], as_is[2], up(at - now) + 1}, as_is
+  end
+  if cost == 0 then
+    return {1, as_is[1], as_is[2], 0}, as_is
+  end
+  local new_current = current + cost
+  return {1, remaining_for(new_current), reset_for(new_current), 0}, as_is, function()
+    redis.call('HSET', key, 'w', window, 'c', new_current, 'p', previous)
+    redis.call('PEXPIRE', key, expire_ms((window + 2) * period - now))
+  end
+end
+
+local algorithms = {token_bucket, fixed_window, sliding_window}
+
+local decisions, untouched, commits = {}, {}, {}
+local all_allowed = true
+for i = 1, #KEYS do
+  local base = 4 * (i - 1)
+  local decide = algorithms[tonumber(ARGV[base + 1])]
+  local decision, as_is, commit = decide(KEYS[i], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]),
+    tonumber(ARGV[base + 4]))
+  decisions[i], untouched[i], commits[i] = decision, as_is, commit
+  if decision[1] == 0 then
+    all_allowed = false
+  end
+end
+
+if all_allowed then
+  for i = 1, #KEYS do
+    if commits[i] then
+      commits[i]()
+    end
+  end
+else
+  -- Nothing is consumed, so every limit reports its state as it stands.
+  for i = 1, #KEYS do
+    decisions[i][2] = untouched[i][1]
+    decisions[i][3] = untouched[i][2]
+  end
+end
+return decisions
