@@ -5,6 +5,7 @@ use std::{env, io, path::PathBuf};
 const PROTOS: &[&str] = &[
     "proto/cachelock/cache/v1/cache.proto",
     "proto/cachelock/ratelimit/v1/ratelimit.proto",
+    "proto/cachelock/lock/v1/lock.proto",
 ];
 
 fn main() -> io::Result<()> {

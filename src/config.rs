@@ -152,6 +152,14 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_RATELIMIT_MAX_PERIOD", default_value = "31days", value_parser = humantime::parse_duration)]
     pub ratelimit_max_period: Duration,
 
+    /// Longest lease a lock may ask for.
+    #[arg(long, env = "CACHELOCK_LOCK_MAX_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub lock_max_ttl: Duration,
+
+    /// Longest time an Acquire may wait for a held lock.
+    #[arg(long, env = "CACHELOCK_LOCK_MAX_WAIT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub lock_max_wait: Duration,
+
     /// Log line format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "CACHELOCK_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -229,6 +237,7 @@ impl Config {
                 "CACHELOCK_RATELIMIT_TIMEOUT",
                 self.ratelimit_timeout,
             ),
+            ("lock-max-ttl", "CACHELOCK_LOCK_MAX_TTL", self.lock_max_ttl),
         ];
         for (setting, env, value) in positive {
             if value.is_zero() {
@@ -299,10 +308,11 @@ impl Config {
             format!("must be 1 to {PREFIX_BYTES_CEILING} bytes")
         } else if let Some(c) = prefix
             .chars()
-            .find(|c| matches!(c, '{' | '}') || c.is_whitespace() || c.is_control())
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')))
         {
-            // A brace would move the Redis Cluster hash tag out of the user's part of the key.
-            format!("must not contain {c:?}")
+            // A brace would move the Redis Cluster hash tag out of the user's part of
+            // the key; glob characters would break the lock-release channel pattern.
+            format!("may hold only letters, digits and - _ . : (found {c:?})")
         } else {
             return Ok(());
         };

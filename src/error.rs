@@ -51,6 +51,9 @@ pub enum Error {
     /// Redis refused a write because it reached `maxmemory` and may not evict.
     #[error("Redis is out of memory")]
     OutOfMemory,
+    /// A failure inside the service itself (no randomness, a malformed script reply).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// Anything else from Redis: a bug here or in a script, never the caller's fault.
     #[error("unexpected Redis error")]
     Redis(#[source] RedisError),
@@ -120,6 +123,10 @@ impl From<Error> for Status {
             )),
             Error::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
             Error::OutOfMemory => Status::resource_exhausted("Redis is out of memory and refused the write"),
+            Error::Internal(detail) => {
+                warn!(%detail, "internal error");
+                Status::internal("internal error")
+            }
             Error::Redis(source) => {
                 warn!(error = %source, "unexpected Redis error");
                 Status::internal("internal error")

@@ -11,6 +11,8 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod ids;
+pub mod lock;
 pub mod probe;
 pub mod ratelimit;
 pub mod redis;
@@ -22,6 +24,11 @@ pub mod pb {
     /// `cachelock.cache.v1`
     pub mod cache {
         tonic::include_proto!("cachelock.cache.v1");
+    }
+
+    /// `cachelock.lock.v1`
+    pub mod lock {
+        tonic::include_proto!("cachelock.lock.v1");
     }
 
     /// `cachelock.ratelimit.v1`

@@ -16,15 +16,27 @@ use crate::{config::Config, error::Error};
 /// # Errors
 /// [`Error::DeadlineExceeded`] when the caller's deadline leaves no time at all.
 pub fn budget(metadata: &MetadataMap, operation_timeout: Duration) -> Result<Duration, Error> {
+    Ok(match caller_budget(metadata)? {
+        Some(left) => left.min(operation_timeout),
+        None => operation_timeout,
+    })
+}
+
+/// The time left before the caller's gRPC deadline, less the margin; `None`
+/// when the caller set no deadline.
+///
+/// # Errors
+/// [`Error::DeadlineExceeded`] when the deadline leaves no time at all.
+pub fn caller_budget(metadata: &MetadataMap) -> Result<Option<Duration>, Error> {
     let Some(caller) = caller_timeout(metadata) else {
-        return Ok(operation_timeout);
+        return Ok(None);
     };
     let margin = (caller / 10).min(Duration::from_millis(50));
     let left = caller.saturating_sub(margin);
     if left.is_zero() {
         return Err(Error::DeadlineExceeded);
     }
-    Ok(left.min(operation_timeout))
+    Ok(Some(left))
 }
 
 /// The `grpc-timeout` header: up to eight ASCII digits and a unit letter.

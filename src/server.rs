@@ -12,8 +12,9 @@ use crate::{
     config::Config,
     error::StartError,
     health::{health_service, probe_redis},
+    lock::{self, LockApi, LockSettings, LockStore, ReleaseNotices, listen_for_releases},
     pb::{
-        self, cache::cache_service_server::CacheServiceServer,
+        self, cache::cache_service_server::CacheServiceServer, lock::lock_service_server::LockServiceServer,
         ratelimit::rate_limit_service_server::RateLimitServiceServer,
     },
     ratelimit::{self, RateLimitApi, RateLimitSettings, RateLimitStore},
@@ -32,6 +33,7 @@ const CLIENT_KEEPALIVE: Duration = Duration::from_secs(60);
 pub const SERVICE_NAMES: &[&str] = &[
     <CacheServiceServer<CacheApi> as NamedService>::NAME,
     <RateLimitServiceServer<RateLimitApi> as NamedService>::NAME,
+    <LockServiceServer<LockApi> as NamedService>::NAME,
 ];
 
 /// Serves cachelock on `listener` until `shutdown` completes.
@@ -90,11 +92,24 @@ async fn serve(
         health.clone(),
         config.health_interval,
         config.operation_timeout,
-        cache::scripts().into_iter().chain(ratelimit::scripts()).collect(),
+        cache::scripts()
+            .into_iter()
+            .chain(ratelimit::scripts())
+            .chain(lock::scripts())
+            .collect(),
+        stop_prober_rx.clone(),
+    ));
+    let keys = Keys::new(&config.key_prefix);
+    let release_notices = ReleaseNotices::default();
+    let release_listener = tokio::spawn(listen_for_releases(
+        redis.client().clone(),
+        keys.lock_released_pattern(),
+        release_notices.clone(),
+        config.connect_timeout,
+        config.reconnect_max_backoff,
         stop_prober_rx,
     ));
 
-    let keys = Keys::new(&config.key_prefix);
     let message_limit = (config.max_value_bytes + config.max_key_bytes + MESSAGE_OVERHEAD_BYTES).max(MIN_MESSAGE_BYTES);
     let cache = CacheServiceServer::new(CacheApi::new(
         CacheStore::new(redis.clone(), keys.clone()),
@@ -103,9 +118,15 @@ async fn serve(
     ))
     .max_decoding_message_size(message_limit);
     let ratelimit = RateLimitServiceServer::new(RateLimitApi::new(
-        RateLimitStore::new(redis.clone(), keys),
+        RateLimitStore::new(redis.clone(), keys.clone()),
         Limits::from(config),
         RateLimitSettings::from(config),
+    ));
+    let lock = LockServiceServer::new(LockApi::new(
+        LockStore::new(redis.clone(), keys),
+        release_notices,
+        Limits::from(config),
+        LockSettings::from(config),
     ));
 
     let reflection = || {
@@ -133,6 +154,7 @@ async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(cache)
         .add_service(ratelimit)
+        .add_service(lock)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = drained.wait_for(|draining| *draining).await;
         });
@@ -145,6 +167,7 @@ async fn serve(
             info!("shutdown requested: health is NOT_SERVING, draining in-flight calls");
             let _ = stop_prober_tx.send(true);
             let _ = prober.await;
+            let _ = release_listener.await;
             health.set_all(ServingStatus::NotServing).await;
             let _ = draining_tx.send(true);
             match timeout(config.shutdown_grace, &mut server).await {

@@ -95,6 +95,7 @@ async fn reflection_lists_every_service_in_both_protocol_versions() {
     let (_redis, service) = redis_and_service(&[]).await;
     let wanted = [
         CACHE,
+        "cachelock.lock.v1.LockService",
         "cachelock.ratelimit.v1.RateLimitService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",

@@ -36,6 +36,31 @@ impl Keys {
         tagged
     }
 
+    /// The key holding a lock's holder record: `<prefix>:lock:{<name>}`.
+    pub fn lock(&self, name: &str) -> String {
+        self.tagged("lock", name)
+    }
+
+    /// The key holding a lock's last fencing token: `<prefix>:lock:{<name>}:fence`,
+    /// in the same slot as [`Keys::lock`] so one script can use both.
+    pub fn lock_fence(&self, name: &str) -> String {
+        let mut key = self.tagged("lock", name);
+        key.push_str(":fence");
+        key
+    }
+
+    /// The pub/sub channel a lock's release is announced on:
+    /// `<prefix>:lock-released:{<name>}`.
+    pub fn lock_released(&self, name: &str) -> String {
+        self.tagged("lock-released", name)
+    }
+
+    /// The pattern matching every lock's release channel, for the one subscriber.
+    /// (The prefix holds no glob characters; see [`crate::config`].)
+    pub fn lock_released_pattern(&self) -> String {
+        format!("{}:lock-released:*", self.prefix)
+    }
+
     fn tagged(&self, service: &str, user_key: &str) -> String {
         let mut key = String::with_capacity(self.prefix.len() + service.len() + user_key.len() + 4);
         key.push_str(&self.prefix);
@@ -64,6 +89,15 @@ mod tests {
         let keys = Keys::new("cachelock");
         assert_eq!(keys.ratelimit("login:7", "tb"), "cachelock:ratelimit:{login:7}:tb");
         assert_eq!(keys.ratelimit("login:7", "sw"), "cachelock:ratelimit:{login:7}:sw");
+    }
+
+    #[test]
+    fn a_lock_and_its_fencing_counter_share_the_hash_tag() {
+        let keys = Keys::new("cachelock");
+        assert_eq!(keys.lock("job:7"), "cachelock:lock:{job:7}");
+        assert_eq!(keys.lock_fence("job:7"), "cachelock:lock:{job:7}:fence");
+        assert_eq!(keys.lock_released("job:7"), "cachelock:lock-released:{job:7}");
+        assert_eq!(keys.lock_released_pattern(), "cachelock:lock-released:*");
     }
 
     #[test]

@@ -42,6 +42,7 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// The shared Redis connection. Cloning is cheap and shares the connection.
 #[derive(Clone)]
 pub struct Redis {
+    client: Client,
     manager: ConnectionManager,
     /// What the health prober last saw; true until it has seen otherwise.
     reachable: Arc<AtomicBool>,
@@ -86,11 +87,18 @@ impl Redis {
             .set_max_delay(config.reconnect_max_backoff)
             .set_exponent_base(2.0)
             .set_number_of_retries(RECONNECT_ATTEMPTS);
-        let manager = ConnectionManager::new_lazy_with_config(client, manager_config).map_err(config_error)?;
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config).map_err(config_error)?;
         Ok(Redis {
+            client,
             manager,
             reachable: Arc::new(AtomicBool::new(true)),
         })
+    }
+
+    /// The client behind the shared connection, for the one connection that
+    /// cannot be shared: the pub/sub subscriber.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Whether the last health probe reached Redis. Callers that have a cheap

@@ -1,0 +1,252 @@
+//! `cachelock.lock.v1.LockService`: leases with fencing tokens, server-side
+//! waiting woken by release notices, and idempotent acquire.
+
+mod notices;
+mod store;
+
+use std::time::{Duration, SystemTime};
+
+use tokio::time::{Instant, sleep};
+use tonic::{Request, Response, Status};
+
+pub use notices::{ReleaseNotices, listen_for_releases};
+pub use store::{Attempt, Grant, Holder, LockStore, scripts};
+
+use crate::{
+    config::Config,
+    error::Error,
+    ids::random_token,
+    pb::lock::{
+        AcquireRequest, AcquireResponse, DescribeRequest, DescribeResponse, ExtendRequest, ExtendResponse,
+        ReleaseRequest, ReleaseResponse, lock_service_server::LockService,
+    },
+    request::{Limits, Ttl, budget, caller_budget, duration_to_proto, positive_duration},
+};
+
+/// Longest owner text.
+const MAX_OWNER_BYTES: usize = 256;
+/// Longest request id.
+const MAX_REQUEST_ID_BYTES: usize = 128;
+/// Longest token a caller can hand back (ours are 22 characters).
+const MAX_TOKEN_BYTES: usize = 64;
+/// How often a waiter re-checks while release notices are not being heard.
+const UNHEARD_RECHECK: Duration = Duration::from_millis(250);
+
+/// The lock's settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct LockSettings {
+    /// Longest lease.
+    pub max_ttl: Duration,
+    /// Longest wait.
+    pub max_wait: Duration,
+    /// Longest wait for Redis in one attempt.
+    pub operation_timeout: Duration,
+}
+
+impl From<&Config> for LockSettings {
+    fn from(config: &Config) -> LockSettings {
+        LockSettings {
+            max_ttl: config.lock_max_ttl,
+            max_wait: config.lock_max_wait,
+            operation_timeout: config.operation_timeout,
+        }
+    }
+}
+
+/// The gRPC handlers of the lock service.
+pub struct LockApi {
+    store: LockStore,
+    notices: ReleaseNotices,
+    limits: Limits,
+    settings: LockSettings,
+}
+
+impl LockApi {
+    /// Handlers over `store`, woken by `notices`.
+    pub fn new(store: LockStore, notices: ReleaseNotices, limits: Limits, settings: LockSettings) -> LockApi {
+        LockApi {
+            store,
+            notices,
+            limits,
+            settings,
+        }
+    }
+
+    fn lease(&self, ttl: Option<&prost_types::Duration>) -> Result<Ttl, Error> {
+        let lease_limits = Limits {
+            max_ttl: self.settings.max_ttl,
+            ..self.limits.clone()
+        };
+        lease_limits.required_ttl("ttl", ttl)
+    }
+
+    fn token<'a>(&self, token: &'a str) -> Result<&'a str, Error> {
+        if token.is_empty() {
+            return Err(Error::invalid("token", "must not be empty"));
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Error::invalid("token", "is not a token this service issued"));
+        }
+        Ok(token)
+    }
+}
+
+fn bounded_text<'a>(field: &str, text: &'a str, max: usize) -> Result<&'a str, Error> {
+    if text.len() > max {
+        return Err(Error::invalid(
+            field,
+            format!("is {} bytes, above the limit of {max}", text.len()),
+        ));
+    }
+    Ok(text)
+}
+
+fn expires_at(ttl: Duration) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(SystemTime::now() + ttl)
+}
+
+fn not_acquired(holder_ttl: Duration) -> AcquireResponse {
+    AcquireResponse {
+        acquired: false,
+        ttl: Some(duration_to_proto(holder_ttl)),
+        ..AcquireResponse::default()
+    }
+}
+
+fn lost_lease() -> Error {
+    Error::FailedPrecondition(
+        "the lease was lost: this token no longer holds the lock (it expired, was released, \
+         or the lock was granted to someone else since)"
+            .to_owned(),
+    )
+}
+
+#[tonic::async_trait]
+impl LockService for LockApi {
+    async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
+        let (metadata, _, request) = request.into_parts();
+        let attempt_budget = budget(&metadata, self.settings.operation_timeout)?;
+        let caller_left = caller_budget(&metadata)?;
+        let name = self.limits.key("name", &request.name)?;
+        let ttl = self.lease(request.ttl.as_ref())?;
+        let wait = match request.wait_timeout.as_ref() {
+            None => Duration::ZERO,
+            Some(wait) if wait.seconds == 0 && wait.nanos == 0 => Duration::ZERO,
+            Some(wait) => positive_duration("wait_timeout", wait)?,
+        };
+        if wait > self.settings.max_wait {
+            return Err(Error::invalid(
+                "wait_timeout",
+                format!(
+                    "{} is above the maximum wait of {}",
+                    humantime::format_duration(wait),
+                    humantime::format_duration(self.settings.max_wait)
+                ),
+            )
+            .into());
+        }
+        let owner = bounded_text("owner", &request.owner, MAX_OWNER_BYTES)?;
+        let request_id = bounded_text("request_id", &request.request_id, MAX_REQUEST_ID_BYTES)?;
+        let token = random_token()?;
+        let grant = store::Request {
+            name,
+            token: &token,
+            ttl,
+            owner,
+            request_id,
+        };
+
+        let started = Instant::now();
+        // A wait cut short by the caller's deadline ends early enough to leave the
+        // last attempt a tenth of the caller's time.
+        let wait_ends = started + caller_left.map_or(wait, |left| wait.min(left - left / 10));
+        let mut holder_ttl = Duration::ZERO;
+        // Registered before the first attempt, so no release after it goes unheard.
+        let mut registration = (!wait.is_zero()).then(|| self.notices.register(self.store.release_channel(name)));
+        loop {
+            if let Some(registration) = registration.as_mut() {
+                registration.mark_seen();
+            }
+            // An attempt may overrun the wait's end, never the caller's deadline.
+            let this_budget = match caller_left {
+                Some(left) => attempt_budget.min(left.saturating_sub(started.elapsed())),
+                None => attempt_budget,
+            };
+            if this_budget.is_zero() {
+                // Only after a first attempt: the caller's deadline ended the wait.
+                return Ok(Response::new(not_acquired(holder_ttl)));
+            }
+            holder_ttl = match self.store.try_acquire(grant, this_budget).await? {
+                Attempt::Granted(Grant {
+                    token,
+                    fencing_token,
+                    ttl,
+                }) => {
+                    return Ok(Response::new(AcquireResponse {
+                        acquired: true,
+                        token,
+                        fencing_token,
+                        expires_at: Some(expires_at(ttl)),
+                        ttl: Some(duration_to_proto(ttl)),
+                    }));
+                }
+                Attempt::Held { ttl } => ttl,
+            };
+            let now = Instant::now();
+            let Some(registration) = registration.as_mut().filter(|_| now < wait_ends) else {
+                return Ok(Response::new(not_acquired(holder_ttl)));
+            };
+            // Wake on a release, on the holder's expiry, or at the wait's end.
+            let mut nap = (wait_ends - now).min(holder_ttl);
+            if !self.notices.is_listening() {
+                nap = nap.min(UNHEARD_RECHECK);
+            }
+            tokio::select! {
+                () = registration.released() => {}
+                () = sleep(nap) => {}
+            }
+        }
+    }
+
+    async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
+        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let request = request.into_inner();
+        let name = self.limits.key("name", &request.name)?;
+        let token = self.token(&request.token)?;
+        if !self.store.release(name, token, budget).await? {
+            return Err(lost_lease().into());
+        }
+        Ok(Response::new(ReleaseResponse {}))
+    }
+
+    async fn extend(&self, request: Request<ExtendRequest>) -> Result<Response<ExtendResponse>, Status> {
+        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let request = request.into_inner();
+        let name = self.limits.key("name", &request.name)?;
+        let token = self.token(&request.token)?;
+        let ttl = self.lease(request.ttl.as_ref())?;
+        let Some(fencing_token) = self.store.extend(name, token, ttl, budget).await? else {
+            return Err(lost_lease().into());
+        };
+        let lease = Duration::from_millis(ttl.millis());
+        Ok(Response::new(ExtendResponse {
+            expires_at: Some(expires_at(lease)),
+            ttl: Some(duration_to_proto(lease)),
+            fencing_token,
+        }))
+    }
+
+    async fn describe(&self, request: Request<DescribeRequest>) -> Result<Response<DescribeResponse>, Status> {
+        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let request = request.into_inner();
+        let name = self.limits.key("name", &request.name)?;
+        let holder = self.store.describe(name, budget).await?;
+        Ok(Response::new(DescribeResponse {
+            held: holder.held,
+            owner: holder.owner,
+            ttl: holder.ttl.map(duration_to_proto),
+            expires_at: holder.ttl.map(expires_at),
+            fencing_token: holder.fencing_token,
+        }))
+    }
+}

@@ -1,0 +1,399 @@
+//! LockService against a real redis-server: mutual exclusion, expiry, waiting,
+//! idempotent acquire, fencing after data loss, bad inputs and outages.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cachelock::pb::lock::{
+    AcquireRequest, AcquireResponse, DescribeRequest, ExtendRequest, ReleaseRequest,
+    lock_service_client::LockServiceClient,
+};
+use common::{PATIENCE, TestRedis, TestService, millis, redis_and_service};
+use redis::AsyncCommands;
+use tonic::{Code, transport::Channel};
+
+fn locks(service: &TestService) -> LockServiceClient<Channel> {
+    LockServiceClient::new(service.channel())
+}
+
+fn acquire(name: &str, ttl_ms: i64, wait_ms: i64) -> AcquireRequest {
+    AcquireRequest {
+        name: name.to_owned(),
+        ttl: Some(millis(ttl_ms)),
+        wait_timeout: (wait_ms > 0).then(|| millis(wait_ms)),
+        owner: "test".to_owned(),
+        request_id: String::new(),
+    }
+}
+
+async fn take(client: &mut LockServiceClient<Channel>, request: AcquireRequest) -> AcquireResponse {
+    client.acquire(request).await.unwrap().into_inner()
+}
+
+async fn release(client: &mut LockServiceClient<Channel>, name: &str, token: &str) -> Result<(), tonic::Status> {
+    client
+        .release(ReleaseRequest {
+            name: name.to_owned(),
+            token: token.to_owned(),
+        })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contending_workers_never_overlap_and_fencing_tokens_increase_in_grant_order() {
+    let (redis, service) = redis_and_service(&[]).await;
+    let workers = 16;
+    let rounds = 50;
+
+    let tasks: Vec<_> = (0..workers)
+        .map(|worker| {
+            let mut client = locks(&service);
+            let redis_url = redis.url();
+            tokio::spawn(async move {
+                // The protected resource: a counter updated by read-then-write, which
+                // loses updates unless the lock keeps workers apart.
+                let mut resource = redis::Client::open(redis_url)
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                let mut grants = Vec::new();
+                for _ in 0..rounds {
+                    let mut request = acquire("counter", 10_000, 30_000);
+                    request.owner = format!("worker-{worker}");
+                    let grant = take(&mut client, request).await;
+                    assert!(grant.acquired, "a waiting acquire within 30 s");
+                    let seen: i64 = resource.get("resource:counter").await.unwrap_or(0);
+                    let _: () = resource.set("resource:counter", seen + 1).await.unwrap();
+                    grants.push((seen, grant.fencing_token));
+                    release(&mut client, "counter", &grant.token).await.unwrap();
+                }
+                grants
+            })
+        })
+        .collect();
+    let mut grants = Vec::new();
+    for task in tasks {
+        grants.extend(task.await.unwrap());
+    }
+
+    let mut direct = redis.connection().await;
+    let total: i64 = direct.get("resource:counter").await.unwrap();
+    assert_eq!(total, workers * rounds);
+    // The value each holder read orders the grants; their fencing tokens follow that order.
+    grants.sort_unstable();
+    assert_eq!(grants.len() as i64, workers * rounds);
+    for pair in grants.windows(2) {
+        assert_eq!(pair[1].0, pair[0].0 + 1, "each holder saw the previous holder's write");
+        assert!(pair[1].1 > pair[0].1, "fencing tokens strictly increase: {pair:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_lost_and_the_next_grant_fences_it_out() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut client = locks(&service);
+
+    let first = take(&mut client, acquire("job", 200, 0)).await;
+    assert!(first.acquired);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let second = take(&mut client, acquire("job", 10_000, 0)).await;
+    assert!(second.acquired, "the expired lease no longer blocks");
+    assert!(second.fencing_token > first.fencing_token);
+
+    let released = release(&mut client, "job", &first.token).await.unwrap_err();
+    assert_eq!(released.code(), Code::FailedPrecondition);
+    assert!(released.message().contains("lease was lost"), "{}", released.message());
+    let extended = client
+        .extend(ExtendRequest {
+            name: "job".to_owned(),
+            token: first.token.clone(),
+            ttl: Some(millis(10_000)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(extended.code(), Code::FailedPrecondition);
+
+    // The stale holder's failed calls did not disturb the new holder.
+    let described = client
+        .describe(DescribeRequest { name: "job".to_owned() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(described.held);
+    assert_eq!(described.fencing_token, second.fencing_token);
+}
+
+#[tokio::test]
+async fn extend_renews_the_lease_of_the_holder() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut client = locks(&service);
+    let grant = take(&mut client, acquire("renewed", 300, 0)).await;
+
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let extended = client
+            .extend(ExtendRequest {
+                name: "renewed".to_owned(),
+                token: grant.token.clone(),
+                ttl: Some(millis(300)),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(extended.fencing_token, grant.fencing_token);
+    }
+    // 450 ms after a 300 ms grant, and still held thanks to the extensions.
+    assert!(!take(&mut client, acquire("renewed", 300, 0)).await.acquired);
+    release(&mut client, "renewed", &grant.token).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_waiter_is_granted_promptly_after_release() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut holder = locks(&service);
+    let mut waiter = locks(&service);
+    let held = take(&mut holder, acquire("busy", 60_000, 0)).await;
+
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move { take(&mut waiter, acquire("busy", 10_000, 20_000)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the waiter waits while the lock is held");
+    release(&mut holder, "busy", &held.token).await.unwrap();
+
+    let granted = waiting.await.unwrap();
+    assert!(granted.acquired);
+    assert!(granted.fencing_token > held.fencing_token);
+    // Woken by the release, long before the holder's 60 s lease or the 20 s wait ran out.
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_waiter_is_granted_when_the_holder_expires_without_releasing() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut client = locks(&service);
+    let held = take(&mut client, acquire("abandoned", 400, 0)).await;
+
+    let started = Instant::now();
+    let granted = take(&mut client, acquire("abandoned", 10_000, 20_000)).await;
+    assert!(granted.acquired);
+    assert!(granted.fencing_token > held.fencing_token);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300),
+        "it waited for the lease: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken at the expiry, not the wait's end: {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_waiter_whose_wait_runs_out_is_not_granted() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut client = locks(&service);
+    let held = take(&mut client, acquire("long", 60_000, 0)).await;
+
+    let started = Instant::now();
+    let denied = take(&mut client, acquire("long", 10_000, 300)).await;
+    assert!(!denied.acquired);
+    assert!(denied.token.is_empty());
+    assert_eq!(denied.fencing_token, 0);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // A caller's deadline shorter than its wait ends the wait too, without an error.
+    let mut request = tonic::Request::new(acquire("long", 10_000, 30_000));
+    request.set_timeout(Duration::from_millis(500));
+    let cut_short = client.acquire(request).await.unwrap().into_inner();
+    assert!(!cut_short.acquired);
+    release(&mut client, "long", &held.token).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_request_id_gets_the_same_grant() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut client = locks(&service);
+    let with_id = |id: &str| {
+        let mut request = acquire("charge:42", 10_000, 0);
+        request.request_id = id.to_owned();
+        request
+    };
+
+    let first = take(&mut client, with_id("3f1c-retry")).await;
+    assert!(first.acquired);
+    let again = take(&mut client, with_id("3f1c-retry")).await;
+    assert!(again.acquired);
+    assert_eq!(again.token, first.token);
+    assert_eq!(again.fencing_token, first.fencing_token);
+
+    let other = take(&mut client, with_id("other-request")).await;
+    assert!(!other.acquired);
+    let anonymous = take(&mut client, acquire("charge:42", 10_000, 0)).await;
+    assert!(!anonymous.acquired);
+
+    // Once released, the old request id holds nothing: a retry is a new grant.
+    release(&mut client, "charge:42", &first.token).await.unwrap();
+    let fresh = take(&mut client, with_id("3f1c-retry")).await;
+    assert!(fresh.acquired);
+    assert_ne!(fresh.token, first.token);
+    assert!(fresh.fencing_token > first.fencing_token);
+}
+
+#[tokio::test]
+async fn fencing_tokens_keep_increasing_after_redis_loses_its_data() {
+    let (mut redis, service) = redis_and_service(&[]).await;
+    let mut client = locks(&service);
+    let before = take(&mut client, acquire("fenced", 60_000, 0)).await;
+    assert!(before.acquired);
+
+    redis.restart().await; // no persistence: every key is gone
+    service
+        .wait_for_health("", tonic_health::pb::health_check_response::ServingStatus::Serving)
+        .await;
+    let after = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match client.acquire(acquire("fenced", 60_000, 0)).await {
+                Ok(response) => return response.into_inner(),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(after.acquired, "the lock was lost with the data");
+    assert!(after.fencing_token > before.fencing_token);
+}
+
+#[tokio::test]
+async fn describe_shows_the_holder_but_never_the_token() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut client = locks(&service);
+    let describe = |name: &str| DescribeRequest { name: name.to_owned() };
+
+    let free = client.describe(describe("report")).await.unwrap().into_inner();
+    assert!(!free.held);
+    assert_eq!(free.fencing_token, 0);
+    assert_eq!(free.ttl, None);
+
+    let mut request = acquire("report", 30_000, 0);
+    request.owner = "billing-worker-3".to_owned();
+    let grant = take(&mut client, request).await;
+    let held = client.describe(describe("report")).await.unwrap().into_inner();
+    assert!(held.held);
+    assert_eq!(held.owner, "billing-worker-3");
+    assert_eq!(held.fencing_token, grant.fencing_token);
+    assert!(held.ttl.is_some() && held.expires_at.is_some());
+    assert!(
+        !format!("{held:?}").contains(&grant.token),
+        "the token never leaves Acquire"
+    );
+
+    release(&mut client, "report", &grant.token).await.unwrap();
+    let released = client.describe(describe("report")).await.unwrap().into_inner();
+    assert!(!released.held);
+    assert_eq!(released.fencing_token, grant.fencing_token, "the last token granted");
+}
+
+/// Asserts an INVALID_ARGUMENT whose message starts with the field's name.
+fn assert_invalid(status: tonic::Status, field: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with(&format!("{field}:")),
+        "message {:?} should name {field}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn bad_inputs_are_refused_naming_the_field() {
+    let (_redis, service) = redis_and_service(&["--lock-max-ttl", "1m", "--lock-max-wait", "10s"]).await;
+    let mut client = locks(&service);
+    let bad = |change: &dyn Fn(&mut AcquireRequest)| {
+        let mut request = acquire("ok", 1_000, 0);
+        change(&mut request);
+        request
+    };
+
+    let cases: Vec<(AcquireRequest, &str)> = vec![
+        (bad(&|r| r.name.clear()), "name"),
+        (bad(&|r| r.name = "n".repeat(2000)), "name"),
+        (bad(&|r| r.ttl = None), "ttl"),
+        (bad(&|r| r.ttl = Some(millis(0))), "ttl"),
+        (bad(&|r| r.ttl = Some(millis(-5))), "ttl"),
+        (bad(&|r| r.ttl = Some(millis(60_001))), "ttl"),
+        (bad(&|r| r.wait_timeout = Some(millis(10_001))), "wait_timeout"),
+        (bad(&|r| r.wait_timeout = Some(millis(-1))), "wait_timeout"),
+        (bad(&|r| r.owner = "o".repeat(257)), "owner"),
+        (bad(&|r| r.request_id = "r".repeat(129)), "request_id"),
+    ];
+    for (request, field) in cases {
+        assert_invalid(client.acquire(request).await.unwrap_err(), field);
+    }
+    assert_invalid(release(&mut client, "ok", "").await.unwrap_err(), "token");
+    assert_invalid(release(&mut client, "", "t").await.unwrap_err(), "name");
+    assert_invalid(
+        client
+            .extend(ExtendRequest {
+                name: "ok".to_owned(),
+                token: String::new(),
+                ttl: Some(millis(1_000)),
+            })
+            .await
+            .unwrap_err(),
+        "token",
+    );
+    assert_invalid(
+        client
+            .extend(ExtendRequest {
+                name: "ok".to_owned(),
+                token: "t".to_owned(),
+                ttl: None,
+            })
+            .await
+            .unwrap_err(),
+        "ttl",
+    );
+
+    // Nothing was granted by the refused requests, and the server keeps serving.
+    assert!(take(&mut client, acquire("ok", 1_000, 0)).await.acquired);
+}
+
+#[tokio::test]
+async fn redis_down_gives_unavailable_within_the_deadline() {
+    let port = TestRedis::free_port();
+    let service = TestService::start(&format!("redis://127.0.0.1:{port}"), &["--operation-timeout", "300ms"]).await;
+    let mut client = locks(&service);
+
+    for status in [
+        tokio::time::timeout(PATIENCE, client.acquire(acquire("x", 1_000, 0)))
+            .await
+            .unwrap()
+            .unwrap_err(),
+        tokio::time::timeout(PATIENCE, release(&mut client, "x", "token"))
+            .await
+            .unwrap()
+            .unwrap_err(),
+        tokio::time::timeout(PATIENCE, client.describe(DescribeRequest { name: "x".to_owned() }))
+            .await
+            .unwrap()
+            .unwrap_err(),
+    ] {
+        // An Acquire that timed out may have been granted: it says so with DEADLINE_EXCEEDED.
+        assert!(
+            matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded),
+            "{status:?}"
+        );
+    }
+
+    // A waiting Acquire also returns within its wait, not later.
+    let started = Instant::now();
+    let waited = tokio::time::timeout(PATIENCE, client.acquire(acquire("x", 1_000, 500)))
+        .await
+        .unwrap();
+    assert!(waited.is_err() || !waited.unwrap().into_inner().acquired);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
