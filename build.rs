@@ -6,6 +6,7 @@ const PROTOS: &[&str] = &[
     "proto/cachelock/cache/v1/cache.proto",
     "proto/cachelock/ratelimit/v1/ratelimit.proto",
     "proto/cachelock/lock/v1/lock.proto",
+    "proto/cachelock/session/v1/session.proto",
 ];
 
 fn main() -> io::Result<()> {

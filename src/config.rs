@@ -156,6 +156,18 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_LOCK_MAX_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub lock_max_ttl: Duration,
 
+    /// Most attributes one session may hold.
+    #[arg(long, env = "CACHELOCK_SESSION_MAX_ATTRIBUTES", default_value_t = 64)]
+    pub session_max_attributes: usize,
+
+    /// Largest session attribute value, in bytes.
+    #[arg(long, env = "CACHELOCK_SESSION_MAX_ATTRIBUTE_BYTES", default_value_t = 4096)]
+    pub session_max_attribute_bytes: usize,
+
+    /// Longest idle or absolute timeout a session may ask for.
+    #[arg(long, env = "CACHELOCK_SESSION_MAX_LIFETIME", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub session_max_lifetime: Duration,
+
     /// Longest time an Acquire may wait for a held lock.
     #[arg(long, env = "CACHELOCK_LOCK_MAX_WAIT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub lock_max_wait: Duration,
@@ -237,6 +249,11 @@ impl Config {
                 "CACHELOCK_RATELIMIT_TIMEOUT",
                 self.ratelimit_timeout,
             ),
+            (
+                "session-max-lifetime",
+                "CACHELOCK_SESSION_MAX_LIFETIME",
+                self.session_max_lifetime,
+            ),
             ("lock-max-ttl", "CACHELOCK_LOCK_MAX_TTL", self.lock_max_ttl),
         ];
         for (setting, env, value) in positive {
@@ -287,6 +304,18 @@ impl Config {
                 VALUE_BYTES_CEILING,
             ),
             ("max-batch", "CACHELOCK_MAX_BATCH", self.max_batch, BATCH_CEILING),
+            (
+                "session-max-attributes",
+                "CACHELOCK_SESSION_MAX_ATTRIBUTES",
+                self.session_max_attributes,
+                BATCH_CEILING,
+            ),
+            (
+                "session-max-attribute-bytes",
+                "CACHELOCK_SESSION_MAX_ATTRIBUTE_BYTES",
+                self.session_max_attribute_bytes,
+                VALUE_BYTES_CEILING,
+            ),
         ];
         for (setting, env, value, ceiling) in limits {
             if value == 0 || value > ceiling {

@@ -31,6 +31,12 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The thing asked for does not exist (or no longer does).
+    #[error("{0}")]
+    NotFound(String),
+    /// A conditional change lost a race (an expected version that moved on).
+    #[error("{0}")]
+    Aborted(String),
     /// The stored state does not allow the operation (a counter that is not an integer).
     #[error("{0}")]
     FailedPrecondition(String),
@@ -104,6 +110,8 @@ impl From<Error> for Status {
         match error {
             Error::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::NotFound(message) => Status::not_found(message),
+            Error::Aborted(message) => Status::aborted(message),
             // Connection state changes are logged once by the health prober, not per request.
             Error::Unavailable(_) => Status::unavailable("Redis is unavailable; retry with backoff"),
             Error::Timeout {

@@ -18,6 +18,7 @@ pub mod ratelimit;
 pub mod redis;
 pub mod request;
 pub mod server;
+pub mod session;
 
 /// Generated protobuf types and gRPC stubs, one module per package.
 pub mod pb {
@@ -34,6 +35,11 @@ pub mod pb {
     /// `cachelock.ratelimit.v1`
     pub mod ratelimit {
         tonic::include_proto!("cachelock.ratelimit.v1");
+    }
+
+    /// `cachelock.session.v1`
+    pub mod session {
+        tonic::include_proto!("cachelock.session.v1");
     }
 
     /// The encoded descriptors of every cachelock package, for gRPC reflection.

@@ -16,10 +16,12 @@ use crate::{
     pb::{
         self, cache::cache_service_server::CacheServiceServer, lock::lock_service_server::LockServiceServer,
         ratelimit::rate_limit_service_server::RateLimitServiceServer,
+        session::session_service_server::SessionServiceServer,
     },
     ratelimit::{self, RateLimitApi, RateLimitSettings, RateLimitStore},
     redis::{Keys, Redis, embedded::EmbeddedRedis, redacted},
     request::Limits,
+    session::{self, SessionApi, SessionSettings, SessionStore},
 };
 
 /// The smallest request size every service accepts (gRPC's usual 4 MiB).
@@ -34,6 +36,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     <CacheServiceServer<CacheApi> as NamedService>::NAME,
     <RateLimitServiceServer<RateLimitApi> as NamedService>::NAME,
     <LockServiceServer<LockApi> as NamedService>::NAME,
+    <SessionServiceServer<SessionApi> as NamedService>::NAME,
 ];
 
 /// Serves cachelock on `listener` until `shutdown` completes.
@@ -96,6 +99,7 @@ async fn serve(
             .into_iter()
             .chain(ratelimit::scripts())
             .chain(lock::scripts())
+            .chain(session::scripts())
             .collect(),
         stop_prober_rx.clone(),
     ));
@@ -123,10 +127,15 @@ async fn serve(
         RateLimitSettings::from(config),
     ));
     let lock = LockServiceServer::new(LockApi::new(
-        LockStore::new(redis.clone(), keys),
+        LockStore::new(redis.clone(), keys.clone()),
         release_notices,
         Limits::from(config),
         LockSettings::from(config),
+    ));
+    let session = SessionServiceServer::new(SessionApi::new(
+        SessionStore::new(redis.clone(), keys),
+        Limits::from(config),
+        SessionSettings::from(config),
     ));
 
     let reflection = || {
@@ -155,6 +164,7 @@ async fn serve(
         .add_service(cache)
         .add_service(ratelimit)
         .add_service(lock)
+        .add_service(session)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = drained.wait_for(|draining| *draining).await;
         });

@@ -61,6 +61,24 @@ impl Keys {
         format!("{}:lock-released:*", self.prefix)
     }
 
+    /// The key holding a session: `<prefix>:session:{<tag>}:<member>`, where the
+    /// tag is the session's routing tag (see [`crate::session`]).
+    pub fn session(&self, tag: &str, member: &str) -> String {
+        let mut key = self.tagged("session", tag);
+        key.push(':');
+        key.push_str(member);
+        key
+    }
+
+    /// The key holding a user's session index: `<prefix>:session-user:{<tag>}:<user id>`,
+    /// in the same slot as the user's sessions.
+    pub fn session_index(&self, tag: &str, user_id: &str) -> String {
+        let mut key = self.tagged("session-user", tag);
+        key.push(':');
+        key.push_str(user_id);
+        key
+    }
+
     fn tagged(&self, service: &str, user_key: &str) -> String {
         let mut key = String::with_capacity(self.prefix.len() + service.len() + user_key.len() + 4);
         key.push_str(&self.prefix);
@@ -98,6 +116,16 @@ mod tests {
         assert_eq!(keys.lock_fence("job:7"), "cachelock:lock:{job:7}:fence");
         assert_eq!(keys.lock_released("job:7"), "cachelock:lock-released:{job:7}");
         assert_eq!(keys.lock_released_pattern(), "cachelock:lock-released:*");
+    }
+
+    #[test]
+    fn a_session_and_its_user_index_share_the_routing_tag() {
+        let keys = Keys::new("cachelock");
+        assert_eq!(keys.session("1a2b", "RANDOM"), "cachelock:session:{1a2b}:RANDOM");
+        assert_eq!(
+            keys.session_index("1a2b", "alice"),
+            "cachelock:session-user:{1a2b}:alice"
+        );
     }
 
     #[test]

@@ -1,0 +1,39 @@
+#!lua
+-- session_create: stores a new session and adds it to its user's index.
+--
+-- KEYS[1]   the session's hash (see below)
+-- KEYS[2]   the user's index: a sorted set of session members, scored by absolute expiry
+-- ARGV[1]   the session's member in the index (the random part of its id)
+-- ARGV[2]   the user id
+-- ARGV[3]   the idle timeout in milliseconds
+-- ARGV[4]   the absolute timeout in milliseconds (>= the idle timeout)
+-- ARGV[5]   device label, ARGV[6] IP, ARGV[7] user agent
+-- ARGV[8..] attribute names and values, alternating
+-- Returns   the session hash as HGETALL would, or an empty array if the id is taken
+--
+-- The hash holds uid, created, accessed, idle, absexp (milliseconds since the
+-- epoch, by the Redis clock), ver, dev, ip, ua, and one 'a:<name>' per attribute.
+-- It expires at the earlier of accessed + idle and absexp. The index expires with
+-- the last of its sessions' absolute expiries, and entries past theirs are pruned
+-- here; ListUserSessions also drops entries whose session is gone.
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {}
+end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local idle = tonumber(ARGV[3])
+local absolute = now + tonumber(ARGV[4])
+local fields = {'uid', ARGV[2], 'created', now, 'accessed', now, 'idle', idle, 'absexp', absolute,
+  'ver', 1, 'dev', ARGV[5], 'ip', ARGV[6], 'ua', ARGV[7]}
+for i = 8, #ARGV, 2 do
+  fields[#fields + 1] = 'a:' .. ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('PEXPIREAT', KEYS[1], math.min(now + idle, absolute))
+
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZADD', KEYS[2], absolute, ARGV[1])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[2], last[2])
+return redis.call('HGETALL', KEYS[1])

@@ -1,0 +1,63 @@
+#!lua
+-- session_update: sets and removes attributes, optionally only at a given version.
+--
+-- KEYS[1]        the session's hash (see session_create)
+-- ARGV[1]        the expected version, or '' to update whatever the version
+-- ARGV[2]        the most attributes a session may hold
+-- ARGV[3]        n, the number of attributes to set
+-- ARGV[4..3+2n]  their names and values, alternating
+-- ARGV[4+2n..]   names of attributes to remove
+-- Returns        {'ok', <hash as HGETALL>...} after the update;
+--                {'missing'} when the session is unknown or expired;
+--                {'stale', version} when the version is not the expected one;
+--                {'full', count} when the update would exceed the attribute limit
+--
+-- Atomicity: the version check, the limit check and the changes are one script,
+-- so of concurrent updates expecting the same version exactly one applies.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'missing'}
+end
+local version = redis.call('HGET', KEYS[1], 'ver')
+if ARGV[1] ~= '' and version ~= ARGV[1] then
+  return {'stale', version}
+end
+
+local names = {}
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(field, 1, 2) == 'a:' then
+    names[field] = true
+  end
+end
+local to_set = tonumber(ARGV[3])
+local set_fields, remove_fields = {}, {}
+for i = 4, 3 + 2 * to_set, 2 do
+  local field = 'a:' .. ARGV[i]
+  names[field] = true
+  set_fields[#set_fields + 1] = field
+  set_fields[#set_fields + 1] = ARGV[i + 1]
+end
+for i = 4 + 2 * to_set, #ARGV do
+  local field = 'a:' .. ARGV[i]
+  names[field] = nil
+  remove_fields[#remove_fields + 1] = field
+end
+local count = 0
+for _ in pairs(names) do
+  count = count + 1
+end
+if count > tonumber(ARGV[2]) then
+  return {'full', count}
+end
+
+if #remove_fields > 0 then
+  redis.call('HDEL', KEYS[1], unpack(remove_fields))
+end
+if #set_fields > 0 then
+  redis.call('HSET', KEYS[1], unpack(set_fields))
+end
+redis.call('HINCRBY', KEYS[1], 'ver', 1)
+local reply = {'ok'}
+for _, value in ipairs(redis.call('HGETALL', KEYS[1])) do
+  reply[#reply + 1] = value
+end
+return reply

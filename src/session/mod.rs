@@ -1,0 +1,351 @@
+//! `cachelock.session.v1.SessionService`: server-side sessions with sliding
+//! idle expiry under an absolute lifetime, a per-user index, optimistic
+//! concurrency and rotation. Session ids and attribute values are never logged.
+
+mod id;
+mod store;
+
+use std::{collections::HashMap, time::Duration};
+
+use tonic::{Request, Response, Status};
+
+pub use id::{SessionId, routing_tag};
+pub use store::{NewSession, SessionStore, StoredSession, UpdateOutcome, scripts};
+
+use crate::{
+    config::Config,
+    error::Error,
+    pb::session::{
+        ClientMetadata, CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, DeleteUserSessionsRequest,
+        DeleteUserSessionsResponse, GetRequest, GetResponse, ListUserSessionsRequest, ListUserSessionsResponse,
+        RotateRequest, RotateResponse, Session, TouchRequest, TouchResponse, UpdateRequest, UpdateResponse,
+        session_service_server::SessionService,
+    },
+    request::{Limits, budget, duration_to_proto, positive_duration},
+};
+
+/// The idle timeout of a session created without one.
+const DEFAULT_IDLE: Duration = Duration::from_secs(30 * 60);
+/// The absolute lifetime of a session created without one (or the idle timeout, if longer).
+const DEFAULT_ABSOLUTE: Duration = Duration::from_secs(24 * 3600);
+/// Longest attribute name.
+const MAX_ATTRIBUTE_NAME_BYTES: usize = 128;
+/// Longest client metadata field.
+const MAX_CLIENT_FIELD_BYTES: usize = 512;
+/// Attempts at a fresh id when one is taken (128 random bits: never, in practice).
+const ID_ATTEMPTS: usize = 3;
+
+/// The session service's settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Most attributes in one session.
+    pub max_attributes: usize,
+    /// Largest attribute value.
+    pub max_attribute_bytes: usize,
+    /// Longest idle or absolute timeout.
+    pub max_lifetime: Duration,
+    /// Longest wait for Redis in one RPC.
+    pub operation_timeout: Duration,
+}
+
+impl From<&Config> for SessionSettings {
+    fn from(config: &Config) -> SessionSettings {
+        SessionSettings {
+            max_attributes: config.session_max_attributes,
+            max_attribute_bytes: config.session_max_attribute_bytes,
+            max_lifetime: config.session_max_lifetime,
+            operation_timeout: config.operation_timeout,
+        }
+    }
+}
+
+/// The gRPC handlers of the session service.
+pub struct SessionApi {
+    store: SessionStore,
+    limits: Limits,
+    settings: SessionSettings,
+}
+
+fn not_found() -> Error {
+    Error::NotFound("no such session (unknown, expired or ended)".to_owned())
+}
+
+/// Reads a session id from a request; anything that is not one of ours is simply not found.
+fn session_id(field: &str, id: &str) -> Result<SessionId, Error> {
+    if id.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    SessionId::parse(id).ok_or_else(not_found)
+}
+
+fn timestamp(millis: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+fn to_proto(id: &SessionId, stored: StoredSession) -> Session {
+    Session {
+        id: id.to_string(),
+        expires_at: Some(timestamp(stored.expiry_ms())),
+        absolute_expires_at: Some(timestamp(stored.absolute_expiry_ms)),
+        created_at: Some(timestamp(stored.created_ms)),
+        last_accessed_at: Some(timestamp(stored.accessed_ms)),
+        idle_timeout: Some(duration_to_proto(Duration::from_millis(
+            u64::try_from(stored.idle_ms).unwrap_or(0),
+        ))),
+        version: stored.version,
+        user_id: stored.user_id,
+        attributes: stored.attributes.into_iter().collect(),
+        client: Some(ClientMetadata {
+            device_label: stored.device_label,
+            ip: stored.ip,
+            user_agent: stored.user_agent,
+        }),
+    }
+}
+
+impl SessionApi {
+    /// Handlers over `store`.
+    pub fn new(store: SessionStore, limits: Limits, settings: SessionSettings) -> SessionApi {
+        SessionApi {
+            store,
+            limits,
+            settings,
+        }
+    }
+
+    fn timeout(
+        &self,
+        field: &str,
+        timeout: Option<&prost_types::Duration>,
+        default: Duration,
+    ) -> Result<Duration, Error> {
+        let timeout = match timeout {
+            Some(timeout) => positive_duration(field, timeout)?,
+            None => default,
+        };
+        if timeout > self.settings.max_lifetime {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{} is above the maximum session lifetime of {}",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(self.settings.max_lifetime)
+                ),
+            ));
+        }
+        Ok(timeout)
+    }
+
+    fn attribute(&self, field: &str, name: &str, value: Option<&str>) -> Result<(), Error> {
+        if name.is_empty() || name.len() > MAX_ATTRIBUTE_NAME_BYTES {
+            return Err(Error::invalid(
+                field,
+                format!("attribute names must be 1 to {MAX_ATTRIBUTE_NAME_BYTES} bytes"),
+            ));
+        }
+        if let Some(value) = value
+            && value.len() > self.settings.max_attribute_bytes
+        {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "the value of {name:?} is {} bytes, above the limit of {}",
+                    value.len(),
+                    self.settings.max_attribute_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn attributes(&self, field: &str, attributes: &HashMap<String, String>) -> Result<(), Error> {
+        if attributes.len() > self.settings.max_attributes {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "has {} attributes, above the limit of {}",
+                    attributes.len(),
+                    self.settings.max_attributes
+                ),
+            ));
+        }
+        for (name, value) in attributes {
+            self.attribute(field, name, Some(value))?;
+        }
+        Ok(())
+    }
+}
+
+fn client_field<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
+    if value.len() > MAX_CLIENT_FIELD_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!("is {} bytes, above the limit of {MAX_CLIENT_FIELD_BYTES}", value.len()),
+        ));
+    }
+    Ok(value)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[tonic::async_trait]
+impl SessionService for SessionApi {
+    async fn create(&self, request: Request<CreateRequest>) -> Result<Response<CreateResponse>, Status> {
+        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let request = request.into_inner();
+        let user_id = self.limits.key("user_id", &request.user_id)?;
+        self.attributes("attributes", &request.attributes)?;
+        let idle = self.timeout("idle_timeout", request.idle_timeout.as_ref(), DEFAULT_IDLE)?;
+        let absolute = self.timeout(
+            "absolute_timeout",
+            request.absolute_timeout.as_ref(),
+            DEFAULT_ABSOLUTE.max(idle),
+        )?;
+        if absolute < idle {
+            return Err(Error::invalid("absolute_timeout", "must not be below idle_timeout").into());
+        }
+        let client = request.client.unwrap_or_default();
+        let new = NewSession {
+            user_id,
+            idle_ms: millis(idle),
+            absolute_ms: millis(absolute),
+            device_label: client_field("client.device_label", &client.device_label)?,
+            ip: client_field("client.ip", &client.ip)?,
+            user_agent: client_field("client.user_agent", &client.user_agent)?,
+            attributes: &request.attributes,
+        };
+        for _ in 0..ID_ATTEMPTS {
+            let id = SessionId::generate(user_id)?;
+            if let Some(stored) = self.store.create(&id, &new, budget).await? {
+                return Ok(Response::new(CreateResponse {
+                    session: Some(to_proto(&id, stored)),
+                }));
+            }
+        }
+        Err(Error::Internal("every freshly generated session id was taken".to_owned()).into())
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let request = request.into_inner();
+        let id = session_id("id", &request.id)?;
+        let stored = self
+            .store
+            .get(&id, request.touch, budget)
+            .await?
+            .ok_or_else(not_found)?;
+        Ok(Response::new(GetResponse {
+            session: Some(to_proto(&id, stored)),
+        }))
+    }
+
+    async fn update(&self, request: Request<UpdateRequest>) -> Result<Response<UpdateResponse>, Status> {
+        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let request = request.into_inner();
+        let id = session_id("id", &request.id)?;
+        self.attributes("set", &request.set)?;
+        self.limits.batch("remove", request.remove.len())?;
+        for (i, name) in request.remove.iter().enumerate() {
+            let field = format!("remove[{i}]");
+            self.attribute(&field, name, None)?;
+            if request.set.contains_key(name) {
+                return Err(Error::invalid(field, format!("{name:?} is also in set")).into());
+            }
+        }
+        let outcome = self
+            .store
+            .update(
+                &id,
+                &request.set,
+                &request.remove,
+                request.expected_version,
+                self.settings.max_attributes,
+                budget,
+            )
+            .await?;
+        match outcome {
+            UpdateOutcome::Updated(stored) => Ok(Response::new(UpdateResponse {
+                session: Some(to_proto(&id, stored)),
+            })),
+            UpdateOutcome::Missing => Err(not_found().into()),
+            UpdateOutcome::Stale(version) => Err(Error::Aborted(format!(
+                "the session is at version {version}, not the expected one: read it again and retry"
+            ))
+            .into()),
+            UpdateOutcome::Full(count) => Err(Error::invalid(
+                "set",
+                format!(
+                    "the session would hold {count} attributes, above the limit of {}",
+                    self.settings.max_attributes
+                ),
+            )
+            .into()),
+        }
+    }
+
+    async fn touch(&self, request: Request<TouchRequest>) -> Result<Response<TouchResponse>, Status> {
+        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let id = session_id("id", &request.into_inner().id)?;
+        let stored = self.store.get(&id, true, budget).await?.ok_or_else(not_found)?;
+        Ok(Response::new(TouchResponse {
+            expires_at: Some(timestamp(stored.expiry_ms())),
+        }))
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let id = session_id("id", &request.into_inner().id)?;
+        if !self.store.delete(&id, budget).await? {
+            return Err(not_found().into());
+        }
+        Ok(Response::new(DeleteResponse {}))
+    }
+
+    async fn list_user_sessions(
+        &self,
+        request: Request<ListUserSessionsRequest>,
+    ) -> Result<Response<ListUserSessionsResponse>, Status> {
+        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let request = request.into_inner();
+        let user_id = self.limits.key("user_id", &request.user_id)?;
+        let sessions = self
+            .store
+            .list(user_id, budget)
+            .await?
+            .into_iter()
+            .map(|(id, stored)| to_proto(&id, stored))
+            .collect();
+        Ok(Response::new(ListUserSessionsResponse { sessions }))
+    }
+
+    async fn delete_user_sessions(
+        &self,
+        request: Request<DeleteUserSessionsRequest>,
+    ) -> Result<Response<DeleteUserSessionsResponse>, Status> {
+        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let request = request.into_inner();
+        let user_id = self.limits.key("user_id", &request.user_id)?;
+        // An except_id that cannot be this user's session excepts nothing.
+        let except = SessionId::parse(&request.except_id).filter(|id| id.is_for_user(user_id));
+        let deleted = self.store.delete_user(user_id, except.as_ref(), budget).await?;
+        Ok(Response::new(DeleteUserSessionsResponse {
+            deleted: u32::try_from(deleted).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn rotate(&self, request: Request<RotateRequest>) -> Result<Response<RotateResponse>, Status> {
+        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let old = session_id("id", &request.into_inner().id)?;
+        // The new id keeps the routing tag: the user, and so the slot, are the same.
+        let new = old.rotated()?;
+        let stored = self.store.rotate(&old, &new, budget).await?.ok_or_else(not_found)?;
+        Ok(Response::new(RotateResponse {
+            session: Some(to_proto(&new, stored)),
+        }))
+    }
+}
