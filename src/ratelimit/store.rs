@@ -33,7 +33,7 @@ impl Algorithm {
     pub const ALL: [Algorithm; 3] = [Algorithm::TokenBucket, Algorithm::FixedWindow, Algorithm::SlidingWindow];
 
     /// The number the script knows it by.
-    fn code(self) -> u8 {
+    pub fn code(self) -> u8 {
         match self {
             Algorithm::TokenBucket => 1,
             Algorithm::FixedWindow => 2,
@@ -42,7 +42,7 @@ impl Algorithm {
     }
 
     /// The last segment of its state key.
-    fn key_suffix(self) -> &'static str {
+    pub fn key_suffix(self) -> &'static str {
         match self {
             Algorithm::TokenBucket => "tb",
             Algorithm::FixedWindow => "fw",

@@ -1,0 +1,693 @@
+//! `cachelock-bench`: a closed-loop load generator for every hot RPC, with the
+//! same Redis work done directly through redis-rs as a baseline, and a count of
+//! the Redis commands each RPC sends.
+//!
+//! With no `--addr` it starts everything itself: a private redis-server and the
+//! `cachelock` binary next to this one, as a separate process. With `--addr` and
+//! `--redis-url` it measures a service that is already running.
+
+#![forbid(unsafe_code)]
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{ExitCode, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use cachelock::{
+    config::ProbeArgs,
+    pb::{
+        cache::{GetRequest, SetEntry, SetManyRequest, SetRequest, cache_service_client::CacheServiceClient},
+        lock::{AcquireRequest, ReleaseRequest, lock_service_client::LockServiceClient},
+        ratelimit::{self as rl, CheckRequest, rate_limit_service_client::RateLimitServiceClient},
+        session::{CreateRequest, GetRequest as SessionGetRequest, session_service_client::SessionServiceClient},
+    },
+    probe,
+    ratelimit::Algorithm,
+    redis::{Keys, embedded::EmbeddedRedis},
+};
+use clap::{Parser, ValueEnum};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use redis::aio::MultiplexedConnection;
+use tokio::{
+    process::{Child, Command},
+    time::{Instant, sleep},
+};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// Every scenario the tool knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Cache Get of keys that exist, over the key space.
+    CacheGet,
+    /// Cache Set over the key space.
+    CacheSet,
+    /// RateLimit Check, token bucket, over the key space.
+    RatelimitTokenBucket,
+    /// RateLimit Check, fixed window, over the key space.
+    RatelimitFixedWindow,
+    /// RateLimit Check, sliding window, over the key space.
+    RatelimitSlidingWindow,
+    /// Session Get with touch, over a set of live sessions.
+    SessionGet,
+    /// Lock Acquire then Release, uncontended, over a name space (one iteration = two RPCs).
+    LockAcquireRelease,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 7] = [
+        Scenario::CacheGet,
+        Scenario::CacheSet,
+        Scenario::RatelimitTokenBucket,
+        Scenario::RatelimitFixedWindow,
+        Scenario::RatelimitSlidingWindow,
+        Scenario::SessionGet,
+        Scenario::LockAcquireRelease,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::CacheGet => "cache-get",
+            Scenario::CacheSet => "cache-set",
+            Scenario::RatelimitTokenBucket => "ratelimit-token-bucket",
+            Scenario::RatelimitFixedWindow => "ratelimit-fixed-window",
+            Scenario::RatelimitSlidingWindow => "ratelimit-sliding-window",
+            Scenario::SessionGet => "session-get",
+            Scenario::LockAcquireRelease => "lock-acquire-release",
+        }
+    }
+
+    fn algorithm(self) -> Option<Algorithm> {
+        match self {
+            Scenario::RatelimitTokenBucket => Some(Algorithm::TokenBucket),
+            Scenario::RatelimitFixedWindow => Some(Algorithm::FixedWindow),
+            Scenario::RatelimitSlidingWindow => Some(Algorithm::SlidingWindow),
+            _ => None,
+        }
+    }
+
+    /// Whether the same Redis work can be done directly for a baseline.
+    fn has_direct(self) -> bool {
+        matches!(self, Scenario::CacheGet | Scenario::CacheSet) || self.algorithm().is_some()
+    }
+}
+
+/// Load-tests a cachelock service and compares it with Redis itself.
+#[derive(Debug, Parser)]
+#[command(name = "cachelock-bench", version)]
+struct Args {
+    /// The service to measure; unset: start a private redis-server and cachelock.
+    #[arg(long, requires = "redis_url")]
+    addr: Option<String>,
+    /// The Redis the service uses (for the direct baseline and the command count).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// The key prefix the service uses.
+    #[arg(long, default_value = "cachelock")]
+    key_prefix: String,
+    /// Scenarios to run, comma-separated; all when unset.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenarios: Vec<Scenario>,
+    /// Requests in flight (closed loop), comma-separated for several runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    concurrency: Vec<usize>,
+    /// HTTP/2 connections to the service.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Warm-up before each measurement.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Length of each measurement.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Keys (and session, lock names) the requests spread over.
+    #[arg(long, default_value_t = 10_000)]
+    keys: usize,
+    /// Requests sent one at a time under MONITOR to count Redis commands per request.
+    #[arg(long, default_value_t = 200)]
+    count_requests: usize,
+    /// Skip the direct redis-rs baseline.
+    #[arg(long)]
+    no_direct: bool,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The clients of one run.
+#[derive(Clone)]
+struct Clients {
+    channels: Vec<Channel>,
+    redis: MultiplexedConnection,
+    keys: Keys,
+    sessions: Arc<Vec<String>>,
+    key_space: usize,
+}
+
+/// What a run measured.
+struct Measured {
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+impl Measured {
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn micros(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Service,
+    Direct,
+}
+
+const VALUE: [u8; 100] = [b'x'; 100];
+/// High enough that no key is ever denied during a run (and at most one per microsecond of the period).
+const RATE_LIMIT: u64 = 10_000_000;
+const RATE_PERIOD_MICROS: u64 = 60_000_000;
+
+fn key_for(worker: usize, i: u64, space: usize) -> usize {
+    // Spreads requests over the key space without a random number generator.
+    ((worker as u64).wrapping_mul(7919).wrapping_add(i.wrapping_mul(104_729)) % space as u64) as usize
+}
+
+impl Clients {
+    fn channel(&self, worker: usize) -> Channel {
+        self.channels[worker % self.channels.len()].clone()
+    }
+
+    /// One request of `scenario`; `Err` on any failure.
+    async fn once(&self, scenario: Scenario, target: Target, worker: usize, i: u64) -> Result<(), String> {
+        let k = key_for(worker, i, self.key_space);
+        let key = format!("bench:{k}");
+        match (target, scenario) {
+            (Target::Service, Scenario::CacheGet) => {
+                let found = CacheServiceClient::new(self.channel(worker))
+                    .get(GetRequest { key })
+                    .await
+                    .map_err(|status| status.to_string())?
+                    .into_inner()
+                    .found;
+                if found { Ok(()) } else { Err("cache miss".to_owned()) }
+            }
+            (Target::Service, Scenario::CacheSet) => CacheServiceClient::new(self.channel(worker))
+                .set(SetRequest {
+                    key,
+                    value: VALUE.to_vec(),
+                    ttl: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+                    condition: 0,
+                })
+                .await
+                .map(|_| ())
+                .map_err(|status| status.to_string()),
+            (Target::Service, Scenario::SessionGet) => SessionServiceClient::new(self.channel(worker))
+                .get(SessionGetRequest {
+                    id: self.sessions[k % self.sessions.len()].clone(),
+                    touch: true,
+                })
+                .await
+                .map(|_| ())
+                .map_err(|status| status.to_string()),
+            (Target::Service, Scenario::LockAcquireRelease) => {
+                // Worker w only uses names w, w + W, …: uncontended.
+                let name = format!("bench:{worker}:{}", i % 64);
+                let mut client = LockServiceClient::new(self.channel(worker));
+                let grant = client
+                    .acquire(AcquireRequest {
+                        name: name.clone(),
+                        ttl: Some(prost_types::Duration { seconds: 10, nanos: 0 }),
+                        ..AcquireRequest::default()
+                    })
+                    .await
+                    .map_err(|status| status.to_string())?
+                    .into_inner();
+                if !grant.acquired {
+                    return Err("lock not acquired".to_owned());
+                }
+                client
+                    .release(ReleaseRequest {
+                        name,
+                        token: grant.token,
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| status.to_string())
+            }
+            (Target::Service, scenario) => {
+                let algorithm = scenario.algorithm().ok_or("no such scenario")?;
+                let algorithm = match algorithm {
+                    Algorithm::TokenBucket => rl::Algorithm::TokenBucket,
+                    Algorithm::FixedWindow => rl::Algorithm::FixedWindow,
+                    Algorithm::SlidingWindow => rl::Algorithm::SlidingWindow,
+                };
+                let response = RateLimitServiceClient::new(self.channel(worker))
+                    .check(CheckRequest {
+                        key,
+                        limit: RATE_LIMIT,
+                        period: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+                        cost: None,
+                        algorithm: algorithm as i32,
+                        on_unavailable: rl::OutagePolicy::FailClosed as i32,
+                    })
+                    .await
+                    .map_err(|status| status.to_string())?
+                    .into_inner();
+                if response.decided_by_outage_policy {
+                    Err("decided by the outage policy".to_owned())
+                } else {
+                    Ok(())
+                }
+            }
+            (Target::Direct, Scenario::CacheGet) => {
+                let mut conn = self.redis.clone();
+                let value: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(self.keys.cache(&key))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                value.map(|_| ()).ok_or_else(|| "miss".to_owned())
+            }
+            (Target::Direct, Scenario::CacheSet) => {
+                let mut conn = self.redis.clone();
+                redis::cmd("SET")
+                    .arg(self.keys.cache(&key))
+                    .arg(&VALUE[..])
+                    .arg("PX")
+                    .arg(600_000)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            (Target::Direct, scenario) => {
+                let algorithm = scenario.algorithm().ok_or("no direct baseline")?;
+                let mut conn = self.redis.clone();
+                cachelock::ratelimit::scripts()[0]
+                    .key(self.keys.ratelimit(&key, algorithm.key_suffix()))
+                    .arg(algorithm.code())
+                    .arg(RATE_LIMIT)
+                    .arg(RATE_PERIOD_MICROS)
+                    .arg(1)
+                    .invoke_async::<Vec<(i64, i64, i64, i64)>>(&mut conn)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// Runs `concurrency` closed-loop workers for a warm-up and a measured period.
+async fn run(
+    clients: &Clients,
+    scenario: Scenario,
+    target: Target,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Measured {
+    let started = Instant::now();
+    let measure_from = started + warmup;
+    let stop_at = measure_from + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let clients = clients.clone();
+            tokio::spawn(async move {
+                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+                let (mut requests, mut errors) = (0u64, 0u64);
+                let mut i = 0u64;
+                loop {
+                    let sent = Instant::now();
+                    if sent >= stop_at {
+                        break;
+                    }
+                    let result = clients.once(scenario, target, worker, i).await;
+                    i += 1;
+                    if sent >= measure_from {
+                        requests += 1;
+                        if result.is_err() {
+                            errors += 1;
+                        }
+                        let _ = latency.record(u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX));
+                    }
+                }
+                (requests, errors, latency)
+            })
+        })
+        .collect();
+    let mut total = Measured {
+        requests: 0,
+        errors: 0,
+        elapsed: duration,
+        latency: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+    };
+    for worker in workers {
+        if let Ok((requests, errors, latency)) = worker.await {
+            total.requests += requests;
+            total.errors += errors;
+            let _ = total.latency.add(latency);
+        }
+    }
+    total
+}
+
+/// Counts the top-level Redis commands `scenario` sends per request, by watching
+/// MONITOR while sending requests one at a time. Commands that scripts run show
+/// up under the `lua` client and are not counted; nor are the health prober's PING
+/// and INFO.
+async fn commands_per_request(clients: &Clients, redis: &redis::Client, scenario: Scenario, requests: usize) -> f64 {
+    let Ok(monitor) = redis.get_async_monitor().await else {
+        return f64::NAN;
+    };
+    let counter = tokio::spawn(async move {
+        let mut lines = monitor.into_on_message::<String>();
+        let mut counted = 0u64;
+        while let Some(line) = lines.next().await {
+            if line.contains("\"bench-count-end\"") {
+                break;
+            }
+            let Some((client, command)) = line.split_once("] \"") else {
+                continue;
+            };
+            let command = command.split('"').next().unwrap_or("").to_ascii_lowercase();
+            let internal = client.ends_with(" lua") || matches!(command.as_str(), "ping" | "info" | "echo");
+            if !internal {
+                counted += 1;
+            }
+        }
+        counted
+    });
+    sleep(Duration::from_millis(100)).await;
+    for i in 0..requests {
+        let _ = clients.once(scenario, Target::Service, 0, i as u64).await;
+    }
+    let mut conn = clients.redis.clone();
+    let _: Result<String, _> = redis::cmd("ECHO").arg("bench-count-end").query_async(&mut conn).await;
+    match tokio::time::timeout(Duration::from_secs(10), counter).await {
+        Ok(Ok(counted)) => counted as f64 / requests as f64,
+        _ => f64::NAN,
+    }
+}
+
+/// Prepares the data a scenario reads.
+async fn prepare(clients: &mut Clients, scenario: Scenario) -> Result<(), String> {
+    match scenario {
+        Scenario::CacheGet => {
+            let mut cache = CacheServiceClient::new(clients.channel(0));
+            for chunk in (0..clients.key_space).collect::<Vec<_>>().chunks(500) {
+                let entries = chunk
+                    .iter()
+                    .map(|k| SetEntry {
+                        key: format!("bench:{k}"),
+                        value: VALUE.to_vec(),
+                        ttl: Some(prost_types::Duration {
+                            seconds: 3600,
+                            nanos: 0,
+                        }),
+                    })
+                    .collect();
+                cache
+                    .set_many(SetManyRequest { entries })
+                    .await
+                    .map_err(|status| status.to_string())?;
+            }
+        }
+        Scenario::SessionGet if clients.sessions.is_empty() => {
+            let mut sessions = SessionServiceClient::new(clients.channel(0));
+            let mut ids = Vec::with_capacity(1000);
+            for user in 0..1000 {
+                let session = sessions
+                    .create(CreateRequest {
+                        user_id: format!("bench-user-{user}"),
+                        ..CreateRequest::default()
+                    })
+                    .await
+                    .map_err(|status| status.to_string())?
+                    .into_inner()
+                    .session
+                    .ok_or("no session")?;
+                ids.push(session.id);
+            }
+            clients.sessions = Arc::new(ids);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The service and Redis the run talks to, and what must be stopped afterwards.
+struct Setup {
+    addr: String,
+    redis_url: String,
+    _redis: Option<EmbeddedRedis>,
+    service: Option<Child>,
+}
+
+async fn set_up(args: &Args) -> Result<Setup, String> {
+    if let (Some(addr), Some(redis_url)) = (&args.addr, &args.redis_url) {
+        return Ok(Setup {
+            addr: addr.clone(),
+            redis_url: redis_url.clone(),
+            _redis: None,
+            service: None,
+        });
+    }
+    let redis = EmbeddedRedis::start().await.map_err(|e| e.to_string())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let binary = sibling_binary("cachelock")?;
+    let service = Command::new(&binary)
+        .args(["--listen", &addr, "--redis-url", &redis.url()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    let probe_args = ProbeArgs {
+        addr: addr.clone(),
+        service: String::new(),
+        timeout: Duration::from_secs(1),
+    };
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while probe::check(&probe_args).await != Ok(ServingStatus::Serving) {
+        if Instant::now() > give_up {
+            return Err("the service did not become SERVING within 20 s".to_owned());
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Setup {
+        addr,
+        redis_url: redis.url(),
+        _redis: Some(redis),
+        service: Some(service),
+    })
+}
+
+fn sibling_binary(name: &str) -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let binary = me.with_file_name(name);
+    if binary.exists() {
+        Ok(binary)
+    } else {
+        Err(format!(
+            "{} not found: build it first (cargo build --release)",
+            binary.display()
+        ))
+    }
+}
+
+fn print_row(
+    args: &Args,
+    scenario: Scenario,
+    concurrency: usize,
+    target: Target,
+    measured: &Measured,
+    extra: (f64, Option<f64>, Option<f64>),
+) {
+    let (commands, throughput_ratio, p50_ratio) = extra;
+    let target_name = match target {
+        Target::Service => "service",
+        Target::Direct => "direct",
+    };
+    if args.json {
+        let line = serde_json::json!({
+            "scenario": scenario.name(),
+            "target": target_name,
+            "concurrency": concurrency,
+            "requests": measured.requests,
+            "errors": measured.errors,
+            "requests_per_second": measured.per_second().round(),
+            "p50_us": measured.micros(0.5),
+            "p90_us": measured.micros(0.9),
+            "p99_us": measured.micros(0.99),
+            "p999_us": measured.micros(0.999),
+            "redis_commands_per_request": if commands.is_nan() { serde_json::Value::Null } else { commands.into() },
+            "throughput_vs_direct": throughput_ratio,
+            "p50_vs_direct": p50_ratio,
+        });
+        println!("{line}");
+    } else {
+        let ratio = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}x"));
+        let commands = if commands.is_nan() {
+            "-".to_owned()
+        } else {
+            format!("{commands:.2}")
+        };
+        println!(
+            "{:<26} {:<8} {:>5} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>6} {:>9} {:>9}",
+            scenario.name(),
+            target_name,
+            concurrency,
+            measured.per_second(),
+            measured.micros(0.5),
+            measured.micros(0.9),
+            measured.micros(0.99),
+            measured.micros(0.999),
+            measured.errors,
+            commands,
+            ratio(throughput_ratio),
+            ratio(p50_ratio),
+        );
+    }
+}
+
+async fn bench(args: Args) -> Result<(), String> {
+    let setup = set_up(&args).await?;
+    let redis_client = redis::Client::open(setup.redis_url.as_str()).map_err(|e| e.to_string())?;
+    let redis = redis_client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr: SocketAddr = setup.addr.parse().map_err(|e| format!("--addr: {e}"))?;
+    let mut channels = Vec::with_capacity(args.connections.max(1));
+    for _ in 0..args.connections.max(1) {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        channels.push(channel);
+    }
+    let mut clients = Clients {
+        channels,
+        redis,
+        keys: Keys::new(&args.key_prefix),
+        sessions: Arc::new(Vec::new()),
+        key_space: args.keys.max(1),
+    };
+    let scenarios = if args.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        args.scenarios.clone()
+    };
+    if !args.json {
+        println!(
+            "{:<26} {:<8} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>9} {:>9}",
+            "scenario",
+            "target",
+            "conc",
+            "req/s",
+            "p50 µs",
+            "p90 µs",
+            "p99 µs",
+            "p99.9 µs",
+            "errors",
+            "cmds",
+            "rps/dir",
+            "p50/dir"
+        );
+    }
+    for scenario in scenarios {
+        prepare(&mut clients, scenario).await?;
+        let commands = commands_per_request(&clients, &redis_client, scenario, args.count_requests).await;
+        for &concurrency in &args.concurrency {
+            let concurrency = concurrency.max(1);
+            let service = run(
+                &clients,
+                scenario,
+                Target::Service,
+                concurrency,
+                args.warmup,
+                args.duration,
+            )
+            .await;
+            let direct = if scenario.has_direct() && !args.no_direct {
+                Some(
+                    run(
+                        &clients,
+                        scenario,
+                        Target::Direct,
+                        concurrency,
+                        args.warmup,
+                        args.duration,
+                    )
+                    .await,
+                )
+            } else {
+                None
+            };
+            let ratios = direct.as_ref().map(|direct| {
+                (
+                    service.per_second() / direct.per_second(),
+                    service.micros(0.5) / direct.micros(0.5),
+                )
+            });
+            print_row(
+                &args,
+                scenario,
+                concurrency,
+                Target::Service,
+                &service,
+                (commands, ratios.map(|r| r.0), ratios.map(|r| r.1)),
+            );
+            if let Some(direct) = &direct {
+                print_row(
+                    &args,
+                    scenario,
+                    concurrency,
+                    Target::Direct,
+                    direct,
+                    (f64::NAN, None, None),
+                );
+            }
+        }
+    }
+    if let Some(mut service) = setup.service {
+        let _ = service.kill().await;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cachelock-bench: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cachelock-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Keeps the benchmark tool working: every scenario runs for a moment against a
+//! private Redis and service, and completes with no errors. (Speed is measured
+//! by running the tool, never asserted here.)
+
+use std::process::Command;
+
+#[test]
+fn every_scenario_runs_without_errors() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cachelock-bench"))
+        .args(["--json", "--warmup", "0s", "--duration", "150ms", "--concurrency", "2"])
+        .args(["--keys", "50", "--count-requests", "5"])
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("the benchmark runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let scenarios = [
+        "cache-get",
+        "cache-set",
+        "ratelimit-token-bucket",
+        "ratelimit-fixed-window",
+        "ratelimit-sliding-window",
+        "session-get",
+        "lock-acquire-release",
+    ];
+    for scenario in scenarios {
+        let service = rows
+            .iter()
+            .find(|row| row["scenario"] == scenario && row["target"] == "service")
+            .unwrap_or_else(|| panic!("a row for {scenario}: {stdout}"));
+        assert!(service["requests"].as_u64().unwrap() > 0, "{service}");
+        assert_eq!(service["errors"], 0, "{service}");
+        let commands = service["redis_commands_per_request"].as_f64().expect("a command count");
+        let expected = if scenario == "lock-acquire-release" { 2.0 } else { 1.0 };
+        assert_eq!(commands, expected, "{scenario} sends one Redis command per RPC");
+    }
+    for row in rows.iter().filter(|row| row["target"] == "direct") {
+        assert_eq!(row["errors"], 0, "{row}");
+    }
+}
