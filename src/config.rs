@@ -172,6 +172,10 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_LOCK_MAX_WAIT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub lock_max_wait: Duration,
 
+    /// Threads serving requests; unset: one per CPU core.
+    #[arg(long, env = "CACHELOCK_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
     /// Log line format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "CACHELOCK_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -325,6 +329,13 @@ impl Config {
                     format_args!("{value} is not between 1 and {ceiling}"),
                 ));
             }
+        }
+        if self.worker_threads == Some(0) {
+            return Err(invalid(
+                "worker-threads",
+                "CACHELOCK_WORKER_THREADS",
+                "must be at least 1",
+            ));
         }
         self.validate_key_prefix()?;
         self.validate_redis()?;

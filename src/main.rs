@@ -30,27 +30,39 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let runtime = match Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cachelock: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
     match cli.command {
-        Some(Command::Probe(args)) => run_probe(&runtime, &args),
-        Some(Command::Serve(config)) => run_server(&runtime, *config),
-        None => run_server(&runtime, cli.serve),
+        Some(Command::Probe(args)) => run_probe(&args),
+        Some(Command::Serve(config)) => run_server(*config),
+        None => run_server(cli.serve),
     }
 }
 
-fn run_server(runtime: &Runtime, config: Config) -> ExitCode {
+/// A multi-threaded runtime with `worker_threads` workers (one per core when unset).
+fn runtime(worker_threads: Option<usize>) -> Option<Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = worker_threads {
+        builder.worker_threads(threads);
+    }
+    match builder.build() {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            eprintln!("cachelock: cannot start the async runtime: {error}");
+            None
+        }
+    }
+}
+
+fn run_server(config: Config) -> ExitCode {
     let config = match config.validate() {
         Ok(config) => config,
         Err(error) => {
             eprintln!("cachelock: {error}");
             return ExitCode::from(2);
         }
+    };
+    let Some(runtime) = runtime(config.worker_threads) else {
+        return ExitCode::FAILURE;
     };
     init_tracing(config.log_format);
     runtime.block_on(async {
@@ -75,7 +87,10 @@ fn run_server(runtime: &Runtime, config: Config) -> ExitCode {
     })
 }
 
-fn run_probe(runtime: &Runtime, args: &ProbeArgs) -> ExitCode {
+fn run_probe(args: &ProbeArgs) -> ExitCode {
+    let Some(runtime) = runtime(Some(1)) else {
+        return ExitCode::FAILURE;
+    };
     match runtime.block_on(probe::check(args)) {
         Ok(status) => {
             println!("{}", status.as_str_name());

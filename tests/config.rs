@@ -66,6 +66,7 @@ fn bad_values_are_refused_naming_the_setting() {
         (&["--key-prefix", "has space"], "--key-prefix"),
         (&["--key-prefix", "glob*"], "--key-prefix"),
         (&["--lock-max-ttl", "0s"], "--lock-max-ttl"),
+        (&["--worker-threads", "0"], "--worker-threads"),
         (&["--ratelimit-timeout", "0s"], "--ratelimit-timeout"),
         (&["--ratelimit-max-period", "0s"], "--ratelimit-max-period"),
         (&["--ratelimit-on-unavailable", "maybe"], "--ratelimit-on-unavailable"),

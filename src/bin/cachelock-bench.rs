@@ -37,11 +37,13 @@ use tokio::{
     time::{Instant, sleep},
 };
 use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 /// Every scenario the tool knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
+    /// grpc.health.v1 Check: a gRPC round trip that never reaches Redis (the floor).
+    GrpcFloor,
     /// Cache Get of keys that exist, over the key space.
     CacheGet,
     /// Cache Set over the key space.
@@ -59,7 +61,8 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 8] = [
+        Scenario::GrpcFloor,
         Scenario::CacheGet,
         Scenario::CacheSet,
         Scenario::RatelimitTokenBucket,
@@ -71,6 +74,7 @@ impl Scenario {
 
     fn name(self) -> &'static str {
         match self {
+            Scenario::GrpcFloor => "grpc-floor",
             Scenario::CacheGet => "cache-get",
             Scenario::CacheSet => "cache-set",
             Scenario::RatelimitTokenBucket => "ratelimit-token-bucket",
@@ -193,6 +197,11 @@ impl Clients {
         let k = key_for(worker, i, self.key_space);
         let key = format!("bench:{k}");
         match (target, scenario) {
+            (Target::Service, Scenario::GrpcFloor) => HealthClient::new(self.channel(worker))
+                .check(HealthCheckRequest::default())
+                .await
+                .map(|_| ())
+                .map_err(|status| status.to_string()),
             (Target::Service, Scenario::CacheGet) => {
                 let found = CacheServiceClient::new(self.channel(worker))
                     .get(GetRequest { key })
