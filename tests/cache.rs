@@ -8,7 +8,7 @@ use cachelock::pb::cache::{
     DeleteRequest, ExpireRequest, GetManyRequest, GetRequest, IncrementRequest, SetCondition, SetEntry, SetManyRequest,
     SetRequest, TakeRequest,
 };
-use common::{as_millis, millis, redis_and_service};
+use common::{as_millis, assert_invalid, millis, redis_and_service};
 use redis::AsyncCommands;
 use tonic::Code;
 
@@ -399,16 +399,6 @@ async fn keys_live_under_the_prefix_inside_a_hash_tag() {
     let mut direct = redis.connection().await;
     let value: Option<Vec<u8>> = direct.get("tenant7:cache:{user:42}").await.unwrap();
     assert_eq!(value.as_deref(), Some(&b"v"[..]));
-}
-
-/// Asserts an INVALID_ARGUMENT whose message starts with the field's name.
-fn assert_invalid(status: tonic::Status, field: &str) {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(
-        status.message().starts_with(&format!("{field}:")),
-        "message {:?} should name {field}",
-        status.message()
-    );
 }
 
 #[tokio::test]

@@ -186,3 +186,24 @@ fn sigterm_drains_stops_the_development_redis_and_exits_0() {
         "the development Redis is gone after exit"
     );
 }
+
+#[test]
+fn the_readme_opens_with_the_commands_that_run_the_service_and_the_tests() {
+    // `cargo run --release` must pick the service among the crate's binaries.
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    assert!(manifest.contains("default-run = \"cachelock\""));
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let opening: Vec<&str> = readme
+        .lines()
+        .skip_while(|line| !line.starts_with("```"))
+        .skip(1)
+        .take(2)
+        .collect();
+    assert!(opening[0].starts_with("cargo run --release"), "{opening:?}");
+    assert!(opening[1].starts_with("cargo test"), "{opening:?}");
+    let ci = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/run")).unwrap();
+    assert!(
+        ci.lines().any(|line| line.trim() == "cargo test"),
+        "CI runs the README's test command"
+    );
+}

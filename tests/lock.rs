@@ -9,7 +9,7 @@ use cachelock::pb::lock::{
     AcquireRequest, AcquireResponse, DescribeRequest, ExtendRequest, ReleaseRequest,
     lock_service_client::LockServiceClient,
 };
-use common::{PATIENCE, TestRedis, TestService, millis, redis_and_service};
+use common::{PATIENCE, TestRedis, TestService, assert_invalid, millis, redis_and_service};
 use redis::AsyncCommands;
 use tonic::{Code, transport::Channel};
 
@@ -296,16 +296,6 @@ async fn describe_shows_the_holder_but_never_the_token() {
     let released = client.describe(describe("report")).await.unwrap().into_inner();
     assert!(!released.held);
     assert_eq!(released.fencing_token, grant.fencing_token, "the last token granted");
-}
-
-/// Asserts an INVALID_ARGUMENT whose message starts with the field's name.
-fn assert_invalid(status: tonic::Status, field: &str) {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(
-        status.message().starts_with(&format!("{field}:")),
-        "message {:?} should name {field}",
-        status.message()
-    );
 }
 
 #[tokio::test]

@@ -9,8 +9,8 @@ use cachelock::pb::ratelimit::{
     Algorithm, CheckManyRequest, CheckRequest, CheckResponse, Limit, OutagePolicy, ResetRequest,
     rate_limit_service_client::RateLimitServiceClient,
 };
-use common::{PATIENCE, TestRedis, TestService, millis, redis_and_service};
-use tonic::{Code, Request, transport::Channel};
+use common::{PATIENCE, TestRedis, TestService, assert_invalid, hung_redis, millis, redis_and_service};
+use tonic::{Request, transport::Channel};
 
 const ALGORITHMS: [Algorithm; 3] = [Algorithm::TokenBucket, Algorithm::FixedWindow, Algorithm::SlidingWindow];
 
@@ -507,14 +507,7 @@ async fn when_redis_is_down_the_outage_policy_answers_promptly() {
 
 #[tokio::test]
 async fn a_hung_redis_is_answered_by_the_policy_within_the_ratelimit_timeout() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("redis://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    let url = hung_redis().await;
     let service = TestService::start(&url, &["--ratelimit-timeout", "100ms", "--operation-timeout", "30s"]).await;
     let mut client = ratelimit(&service);
 
@@ -529,16 +522,6 @@ async fn a_hung_redis_is_answered_by_the_policy_within_the_ratelimit_timeout() {
     .unwrap()
     .into_inner();
     assert!(answer.allowed && answer.decided_by_outage_policy);
-}
-
-/// Asserts an INVALID_ARGUMENT whose message starts with the field's name.
-fn assert_invalid(status: tonic::Status, field: &str) {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(
-        status.message().starts_with(&format!("{field}:")),
-        "message {:?} should name {field}",
-        status.message()
-    );
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use cachelock::pb::cache::{GetRequest, IncrementRequest, SetCondition, SetEntry, SetManyRequest, SetRequest};
-use common::{PATIENCE, TestRedis, TestService, redis_and_service};
+use common::{PATIENCE, TestRedis, TestService, hung_redis, redis_and_service};
 use tonic::{Code, Request};
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -86,19 +86,6 @@ async fn a_caller_deadline_shorter_than_the_operation_timeout_still_gets_unavail
     request.set_timeout(Duration::from_secs(2));
     let status = returns(cache.get(request)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-}
-
-/// A "Redis" that accepts connections and never answers, as a hung server does.
-async fn hung_redis() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("redis://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    url
 }
 
 #[tokio::test]

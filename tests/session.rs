@@ -13,7 +13,7 @@ use cachelock::pb::session::{
     ClientMetadata, CreateRequest, DeleteRequest, DeleteUserSessionsRequest, GetRequest, ListUserSessionsRequest,
     RotateRequest, Session, TouchRequest, UpdateRequest, session_service_client::SessionServiceClient,
 };
-use common::{PATIENCE, TestRedis, TestService, millis, redis_and_service};
+use common::{PATIENCE, TestRedis, TestService, assert_invalid, millis, redis_and_service};
 use tonic::{Code, transport::Channel};
 
 fn sessions(service: &TestService) -> SessionServiceClient<Channel> {
@@ -347,16 +347,6 @@ async fn ten_thousand_ids_are_distinct_and_carry_128_random_bits() {
         }
     }
     assert_eq!(ids.len(), 10_000);
-}
-
-/// Asserts an INVALID_ARGUMENT whose message starts with the field's name.
-fn assert_invalid(status: tonic::Status, field: &str) {
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(
-        status.message().starts_with(&format!("{field}:")),
-        "message {:?} should name {field}",
-        status.message()
-    );
 }
 
 #[tokio::test]

@@ -220,3 +220,27 @@ pub fn millis(millis: i64) -> prost_types::Duration {
 pub fn as_millis(duration: &prost_types::Duration) -> i64 {
     duration.seconds * 1000 + i64::from(duration.nanos) / 1_000_000
 }
+
+/// Asserts an INVALID_ARGUMENT whose message starts with the field's name.
+pub fn assert_invalid(status: tonic::Status, field: &str) {
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with(&format!("{field}:")),
+        "message {:?} should name {field}",
+        status.message()
+    );
+}
+
+/// A "Redis" that accepts connections and never answers, as a hung server does;
+/// returns its URL. It lives until the test's runtime ends.
+pub async fn hung_redis() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let url = format!("redis://{}", listener.local_addr().expect("a local address"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    url
+}
