@@ -1,0 +1,157 @@
+//! The ways to reach a production Redis: rediss:// with a CA file (certificates
+//! verified, an untrusted server refused) and a unix socket.
+
+mod common;
+
+use std::{path::Path, process::Stdio, time::Duration};
+
+use cachelock::pb::cache::{GetRequest, SetRequest};
+use common::{PATIENCE, TestRedis, TestService};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use tokio::process::{Child, Command};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// Writes a CA and a server certificate for localhost signed by it; returns the
+/// paths of the CA, the server certificate and its key.
+fn certificates(dir: &Path) -> (String, String, String) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "cachelock test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(path("server.pem"), server.pem()).unwrap();
+    std::fs::write(path("server.key"), server_key.serialize_pem()).unwrap();
+    (path("ca.pem"), path("server.pem"), path("server.key"))
+}
+
+/// Starts redis-server with `args` (killed when the child is dropped) and waits
+/// until `ready` can be connected to.
+async fn redis_server(args: &[&str], ready: impl AsyncFn() -> bool) -> Child {
+    let child = Command::new("redis-server")
+        .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server on PATH (apt-get install redis-server)");
+    let give_up = tokio::time::Instant::now() + PATIENCE;
+    while !ready().await {
+        assert!(tokio::time::Instant::now() < give_up, "redis-server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
+async fn set_then_get(service: &TestService) {
+    let mut cache = service.cache();
+    cache
+        .set(SetRequest {
+            key: "over-tls".to_owned(),
+            value: b"v".to_vec(),
+            ttl: None,
+            condition: 0,
+        })
+        .await
+        .unwrap();
+    let read = cache
+        .get(GetRequest {
+            key: "over-tls".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.value, b"v");
+}
+
+#[tokio::test]
+async fn rediss_with_the_servers_ca_verifies_and_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let port = TestRedis::free_port();
+    let port_text = port.to_string();
+    let _redis = redis_server(
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port_text,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ],
+        async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
+    )
+    .await;
+
+    let service = TestService::start(&format!("rediss://localhost:{port}"), &["--redis-ca-file", &ca]).await;
+    service.wait_for_health("", ServingStatus::Serving).await;
+    set_then_get(&service).await;
+}
+
+#[tokio::test]
+async fn rediss_refuses_a_server_whose_certificate_it_cannot_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let port = TestRedis::free_port();
+    let port_text = port.to_string();
+    let _redis = redis_server(
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port_text,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ],
+        async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
+    )
+    .await;
+
+    // The system trust store does not know the test CA: the connection must fail.
+    let service = TestService::start(&format!("rediss://localhost:{port}"), &["--operation-timeout", "300ms"]).await;
+    let status = tokio::time::timeout(PATIENCE, service.cache().get(GetRequest { key: "k".to_owned() }))
+        .await
+        .expect("returns")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(service.health_status("").await, Ok(ServingStatus::NotServing));
+}
+
+#[tokio::test]
+async fn a_unix_socket_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock");
+    let socket_text = socket.to_string_lossy().into_owned();
+    let _redis = redis_server(
+        &["--port", "0", "--unixsocket", &socket_text, "--unixsocketperm", "700"],
+        async || tokio::net::UnixStream::connect(&socket).await.is_ok(),
+    )
+    .await;
+
+    let service = TestService::start(&format!("unix://{socket_text}"), &[]).await;
+    service.wait_for_health("", ServingStatus::Serving).await;
+    set_then_get(&service).await;
+}
