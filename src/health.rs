@@ -108,7 +108,7 @@ enum Link {
 }
 
 /// PINGs Redis every `interval` (each PING bounded by `ping_timeout`) and sets
-/// every health name from the answer, until `stop` becomes true.
+/// every health name from the answer; runs until its task is aborted.
 ///
 /// On each (re)connection it logs the Redis version and ping latency, warns
 /// about an eviction policy that could drop keys without a ttl, and loads
@@ -119,7 +119,6 @@ pub async fn probe_redis(
     interval: Duration,
     ping_timeout: Duration,
     scripts: Vec<&'static Script>,
-    mut stop: watch::Receiver<bool>,
 ) {
     let mut link = Link::NeverReached;
     let mut connected_before = false;
@@ -159,10 +158,7 @@ pub async fn probe_redis(
             }
             (Err(_), Link::Down) => Link::Down,
         };
-        tokio::select! {
-            () = sleep(interval) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
-        }
+        sleep(interval).await;
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use tokio::{net::TcpListener, sync::watch, time::timeout};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::timeout};
 use tonic::{server::NamedService, transport::Server, transport::server::TcpIncoming};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
@@ -88,7 +88,6 @@ async fn serve(
     let redis = Redis::connect_lazily(url, config)?;
 
     let (draining_tx, draining_rx) = watch::channel(false);
-    let (stop_prober_tx, stop_prober_rx) = watch::channel(false);
     let (health, health_server) = health_service(SERVICE_NAMES, draining_rx.clone()).await;
     let prober = tokio::spawn(probe_redis(
         redis.clone(),
@@ -101,7 +100,6 @@ async fn serve(
             .chain(lock::scripts())
             .chain(session::scripts())
             .collect(),
-        stop_prober_rx.clone(),
     ));
     let keys = Keys::new(&config.key_prefix);
     let release_notices = ReleaseNotices::default();
@@ -111,8 +109,8 @@ async fn serve(
         release_notices.clone(),
         config.connect_timeout,
         config.reconnect_max_backoff,
-        stop_prober_rx,
     ));
+    let mut background = Some((prober, release_listener));
 
     let message_limit = (config.max_value_bytes + config.max_key_bytes + MESSAGE_OVERHEAD_BYTES).max(MIN_MESSAGE_BYTES);
     let cache = CacheServiceServer::new(CacheApi::new(
@@ -131,6 +129,7 @@ async fn serve(
         release_notices,
         Limits::from(config),
         LockSettings::from(config),
+        draining_rx.clone(),
     ));
     let session = SessionServiceServer::new(SessionApi::new(
         SessionStore::new(redis.clone(), keys),
@@ -175,9 +174,8 @@ async fn serve(
         result = &mut server => result,
         () = &mut shutdown => {
             info!("shutdown requested: health is NOT_SERVING, draining in-flight calls");
-            let _ = stop_prober_tx.send(true);
-            let _ = prober.await;
-            let _ = release_listener.await;
+            // Once the prober is gone, nothing can set a name back to SERVING.
+            stop_background(&mut background).await;
             health.set_all(ServingStatus::NotServing).await;
             let _ = draining_tx.send(true);
             match timeout(config.shutdown_grace, &mut server).await {
@@ -185,13 +183,25 @@ async fn serve(
                 Err(_) => {
                     warn!(
                         grace = %humantime::format_duration(config.shutdown_grace),
-                        "in-flight calls did not finish within the shutdown grace; cutting them off"
+                        "in-flight calls did not finish within the shutdown grace; stopping without them"
                     );
                     Ok(())
                 }
             }
         }
     };
-    let _ = stop_prober_tx.send(true);
+    stop_background(&mut background).await;
     result.map_err(StartError::from)
+}
+
+/// Stops the health prober and the lock-release listener and waits until they
+/// have. They are aborted rather than asked: either may be inside a Redis call
+/// bounded only by a long timeout, and neither holds state worth finishing.
+async fn stop_background(background: &mut Option<(JoinHandle<()>, JoinHandle<()>)>) {
+    if let Some((prober, release_listener)) = background.take() {
+        prober.abort();
+        release_listener.abort();
+        let _ = prober.await;
+        let _ = release_listener.await;
+    }
 }

@@ -148,3 +148,92 @@ async fn reflection_lists_every_service_in_both_protocol_versions() {
         "{answer:?}"
     );
 }
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_calls_finish_with_their_own_answer() {
+    let service = TestService::start(
+        &common::hung_redis().await,
+        &["--operation-timeout", "800ms", "--shutdown-grace", "20s"],
+    )
+    .await;
+    let mut cache = service.cache();
+    let in_flight = tokio::spawn(async move {
+        cache
+            .get(cachelock::pb::cache::GetRequest { key: "k".to_owned() })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    service.shutdown().await.expect("a clean shutdown");
+    // The call was answered by its handler (Redis did not answer in time), not cut off.
+    let status = in_flight.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("did not answer"), "{status:?}");
+}
+
+#[tokio::test]
+async fn the_grace_period_bounds_the_drain() {
+    let service = TestService::start(
+        &common::hung_redis().await,
+        &[
+            "--operation-timeout",
+            "60s",
+            "--connect-timeout",
+            "60s",
+            "--shutdown-grace",
+            "300ms",
+        ],
+    )
+    .await;
+    let mut cache = service.cache();
+    let in_flight = tokio::spawn(async move {
+        cache
+            .get(cachelock::pb::cache::GetRequest { key: "k".to_owned() })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The call would take a minute; the server stops after its 300 ms grace anyway
+    // (in the binary, returning from run ends the process and so the call).
+    let started = std::time::Instant::now();
+    service.shutdown().await.expect("the server stops");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        !in_flight.is_finished(),
+        "the call was still running: the grace, not the call, ended the drain"
+    );
+    in_flight.abort();
+}
+
+#[tokio::test]
+async fn a_waiting_acquire_ends_at_shutdown_instead_of_holding_the_drain() {
+    use cachelock::pb::lock::{AcquireRequest, lock_service_client::LockServiceClient};
+    let (_redis, service) = redis_and_service(&["--shutdown-grace", "60s"]).await;
+    let acquire = |wait_seconds: i64| AcquireRequest {
+        name: "busy".to_owned(),
+        ttl: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+        wait_timeout: Some(prost_types::Duration {
+            seconds: wait_seconds,
+            nanos: 0,
+        }),
+        ..AcquireRequest::default()
+    };
+    let mut holder = LockServiceClient::new(service.channel());
+    assert!(holder.acquire(acquire(0)).await.unwrap().into_inner().acquired);
+    let mut waiter = LockServiceClient::new(service.channel());
+    let waiting = tokio::spawn(async move { waiter.acquire(acquire(50)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = std::time::Instant::now();
+    service.shutdown().await.expect("a clean shutdown");
+    let answer = waiting
+        .await
+        .unwrap()
+        .expect("an answer, not a cut-off call")
+        .into_inner();
+    assert!(!answer.acquired);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the drain did not wait for the 50 s wait"
+    );
+}

@@ -12,6 +12,10 @@ use cachelock::pb::ratelimit::{
 use common::{PATIENCE, TestRedis, TestService, assert_invalid, hung_redis, millis, redis_and_service};
 use tonic::{Request, transport::Channel};
 
+/// Settings for tests of Redis's decisions: a budget so long that even a busy
+/// machine never falls back to the outage policy (tested on its own below).
+const DECIDED_BY_REDIS: &[&str] = &["--ratelimit-timeout", "30s", "--operation-timeout", "30s"];
+
 const ALGORITHMS: [Algorithm; 3] = [Algorithm::TokenBucket, Algorithm::FixedWindow, Algorithm::SlidingWindow];
 
 fn check(key: &str, limit: u64, period_ms: i64, algorithm: Algorithm) -> CheckRequest {
@@ -56,7 +60,7 @@ async fn consume_until_denied(client: &mut RateLimitServiceClient<Channel>, requ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_checks_allow_exactly_the_limit_for_every_algorithm() {
-    let (_redis, service) = redis_and_service(&[]).await;
+    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
     // Several HTTP/2 connections, so requests really race in the service and in Redis.
     let clients: Vec<_> = (0..6).map(|_| ratelimit(&service)).collect();
 
@@ -94,7 +98,7 @@ async fn concurrent_checks_allow_exactly_the_limit_for_every_algorithm() {
 
 #[tokio::test]
 async fn a_denied_request_retried_after_retry_after_is_allowed() {
-    let (_redis, service) = redis_and_service(&[]).await;
+    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
 
     for algorithm in ALGORITHMS {
@@ -115,7 +119,7 @@ async fn a_denied_request_retried_after_retry_after_is_allowed() {
 
 #[tokio::test]
 async fn the_full_limit_is_back_after_reset_after() {
-    let (_redis, service) = redis_and_service(&[]).await;
+    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
 
     for algorithm in ALGORITHMS {
@@ -134,7 +138,7 @@ async fn the_full_limit_is_back_after_reset_after() {
 
 #[tokio::test]
 async fn the_token_bucket_refills_one_token_per_interval() {
-    let (_redis, service) = redis_and_service(&[]).await;
+    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
     // 10 per 5 seconds: a token every 500 ms, spaced wide enough that a busy
     // machine's scheduling delays between two calls cannot pass for a refill.
@@ -167,7 +171,7 @@ async fn the_token_bucket_refills_one_token_per_interval() {
 
 #[tokio::test]
 async fn the_fixed_window_starts_afresh_at_the_window_edge() {
-    let (_redis, service) = redis_and_service(&[]).await;
+    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
     let request = || check("fixed", 3, 500, Algorithm::FixedWindow);
 
@@ -196,7 +200,7 @@ async fn the_fixed_window_starts_afresh_at_the_window_edge() {
 
 #[tokio::test]
 async fn the_sliding_window_weighs_the_previous_window() {
-    let (_redis, service) = redis_and_service(&[]).await;
+    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
     let request = || check("sliding", 10, 2000, Algorithm::SlidingWindow);
 
@@ -225,7 +229,7 @@ async fn the_sliding_window_weighs_the_previous_window() {
 
 #[tokio::test]
 async fn cost_zero_reports_and_a_cost_above_the_limit_never_passes() {
-    let (_redis, service) = redis_and_service(&[]).await;
+    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
 
     for algorithm in ALGORITHMS {
@@ -262,7 +266,7 @@ fn limit(key: &str, limit: u64, algorithm: Algorithm) -> Limit {
 
 #[tokio::test]
 async fn check_many_consumes_nothing_unless_every_limit_allows() {
-    let (_redis, service) = redis_and_service(&[]).await;
+    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
 
     let both = client
@@ -311,8 +315,8 @@ async fn check_many_consumes_nothing_unless_every_limit_allows() {
 #[tokio::test]
 async fn two_instances_on_one_redis_enforce_one_combined_limit() {
     let redis = TestRedis::start().await;
-    let first = TestService::start(&redis.url(), &[]).await;
-    let second = TestService::start(&redis.url(), &[]).await;
+    let first = TestService::start(&redis.url(), DECIDED_BY_REDIS).await;
+    let second = TestService::start(&redis.url(), DECIDED_BY_REDIS).await;
     let mut clients = [ratelimit(&first), ratelimit(&second)];
 
     for algorithm in ALGORITHMS {
@@ -332,7 +336,7 @@ async fn two_instances_on_one_redis_enforce_one_combined_limit() {
 
 #[tokio::test]
 async fn reset_makes_the_full_limit_available() {
-    let (_redis, service) = redis_and_service(&[]).await;
+    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
     for algorithm in ALGORITHMS {
         assert!(ask(&mut client, check("r", 1, 86_400_000, algorithm)).await.allowed);
@@ -384,7 +388,7 @@ async fn reset_makes_the_full_limit_available() {
 
 #[tokio::test]
 async fn idle_keys_expire_on_their_own() {
-    let (redis, service) = redis_and_service(&[]).await;
+    let (redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
     let mut direct = redis.connection().await;
 

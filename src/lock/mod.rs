@@ -6,7 +6,10 @@ mod store;
 
 use std::time::{Duration, SystemTime};
 
-use tokio::time::{Instant, sleep};
+use tokio::{
+    sync::watch,
+    time::{Instant, sleep},
+};
 use tonic::{Request, Response, Status};
 
 pub use notices::{ReleaseNotices, listen_for_releases};
@@ -59,16 +62,25 @@ pub struct LockApi {
     notices: ReleaseNotices,
     limits: Limits,
     settings: LockSettings,
+    draining: watch::Receiver<bool>,
 }
 
 impl LockApi {
-    /// Handlers over `store`, woken by `notices`.
-    pub fn new(store: LockStore, notices: ReleaseNotices, limits: Limits, settings: LockSettings) -> LockApi {
+    /// Handlers over `store`, woken by `notices`. Waiting Acquires end (not
+    /// acquired) once `draining` turns true, so a shutdown does not wait for them.
+    pub fn new(
+        store: LockStore,
+        notices: ReleaseNotices,
+        limits: Limits,
+        settings: LockSettings,
+        draining: watch::Receiver<bool>,
+    ) -> LockApi {
         LockApi {
             store,
             notices,
             limits,
             settings,
+            draining,
         }
     }
 
@@ -201,9 +213,12 @@ impl LockService for LockApi {
             if !self.notices.is_listening() {
                 nap = nap.min(UNHEARD_RECHECK);
             }
+            let mut draining = self.draining.clone();
             tokio::select! {
                 () = registration.released() => {}
                 () = sleep(nap) => {}
+                // The caller can retry on another instance rather than be cut off at the grace's end.
+                _ = draining.wait_for(|draining| *draining) => return Ok(Response::new(not_acquired(holder_ttl))),
             }
         }
     }

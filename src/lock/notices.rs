@@ -124,15 +124,14 @@ impl Drop for Registration {
     }
 }
 
-/// Keeps one pattern subscription to `pattern` alive until `stop` becomes true,
-/// announcing every message to `notices`; reconnects with `backoff` between attempts.
+/// Keeps one pattern subscription to `pattern` alive, announcing every message to
+/// `notices`; reconnects with `backoff` between attempts. Runs until its task is aborted.
 pub async fn listen_for_releases(
     client: Client,
     pattern: String,
     notices: ReleaseNotices,
     connect_timeout: Duration,
     backoff: Duration,
-    mut stop: watch::Receiver<bool>,
 ) {
     let mut ever_listened = false;
     loop {
@@ -153,14 +152,8 @@ pub async fn listen_for_releases(
                 }
                 ever_listened = true;
                 let mut messages = pubsub.into_on_message();
-                loop {
-                    tokio::select! {
-                        message = messages.next() => match message {
-                            Some(message) => notices.announce(message.get_channel_name()),
-                            None => break,
-                        },
-                        _ = stop.wait_for(|stop| *stop) => return,
-                    }
+                while let Some(message) = messages.next().await {
+                    notices.announce(message.get_channel_name());
                 }
                 notices.set_listening(false);
                 warn!("lost the lock-release subscription; waiting Acquires re-check periodically until it is back");
@@ -168,9 +161,6 @@ pub async fn listen_for_releases(
             // Redis being unreachable is already logged by the health prober.
             Ok(Err(_)) | Err(_) => notices.set_listening(false),
         }
-        tokio::select! {
-            () = sleep(backoff) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
-        }
+        sleep(backoff).await;
     }
 }
