@@ -107,6 +107,11 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_RECONNECT_MAX_BACKOFF", default_value = "2s", value_parser = humantime::parse_duration)]
     pub reconnect_max_backoff: Duration,
 
+    /// Idle time before TCP keepalive probes on the Redis connection: below the idle
+    /// timeout of any load balancer or NAT gateway between the service and Redis.
+    #[arg(long, env = "CACHELOCK_REDIS_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub redis_keepalive: Duration,
+
     /// How often the health prober PINGs Redis.
     #[arg(long, env = "CACHELOCK_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
@@ -248,6 +253,7 @@ impl Config {
             ("health-interval", "CACHELOCK_HEALTH_INTERVAL", self.health_interval),
             ("default-ttl", "CACHELOCK_DEFAULT_TTL", self.default_ttl),
             ("max-ttl", "CACHELOCK_MAX_TTL", self.max_ttl),
+            ("redis-keepalive", "CACHELOCK_REDIS_KEEPALIVE", self.redis_keepalive),
             (
                 "ratelimit-timeout",
                 "CACHELOCK_RATELIMIT_TIMEOUT",

@@ -30,6 +30,10 @@ const MIN_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
 /// Idle time before TCP keepalive probes on client connections.
 const CLIENT_KEEPALIVE: Duration = Duration::from_secs(60);
+/// How often the server pings idle HTTP/2 connections, and how long it waits for
+/// the answer: a Watch stream from a peer that vanished is closed instead of kept.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The health-checked gRPC service names, besides the whole server's `""`.
 pub const SERVICE_NAMES: &[&str] = &[
@@ -157,6 +161,8 @@ async fn serve(
         .with_keepalive(Some(CLIENT_KEEPALIVE));
     let mut drained = draining_rx;
     let server = Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_PING_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_PING_TIMEOUT))
         .add_service(health_server)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

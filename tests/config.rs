@@ -67,6 +67,7 @@ fn bad_values_are_refused_naming_the_setting() {
         (&["--key-prefix", "glob*"], "--key-prefix"),
         (&["--lock-max-ttl", "0s"], "--lock-max-ttl"),
         (&["--worker-threads", "0"], "--worker-threads"),
+        (&["--redis-keepalive", "0s"], "--redis-keepalive"),
         (&["--ratelimit-timeout", "0s"], "--ratelimit-timeout"),
         (&["--ratelimit-max-period", "0s"], "--ratelimit-max-period"),
         (&["--ratelimit-on-unavailable", "maybe"], "--ratelimit-on-unavailable"),
@@ -206,4 +207,26 @@ fn the_readme_opens_with_the_commands_that_run_the_service_and_the_tests() {
         ci.lines().any(|line| line.trim() == "cargo test"),
         "CI runs the README's test command"
     );
+}
+
+#[test]
+fn the_readme_configuration_table_lists_exactly_the_flags_of_help() {
+    let help = Command::new(BINARY).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let mut from_help: Vec<&str> = help
+        .lines()
+        .map(str::trim_start)
+        .filter(|line| line.starts_with("--"))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut from_readme: Vec<&str> = readme
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split('`').next())
+        .filter(|flag| flag.starts_with("--"))
+        .collect();
+    from_help.sort_unstable();
+    from_readme.sort_unstable();
+    assert_eq!(from_help, from_readme);
 }

@@ -34,9 +34,7 @@ pub use keys::Keys;
 /// How many reconnect attempts one outage triggers before the next command or
 /// health probe starts a fresh series.
 const RECONNECT_ATTEMPTS: usize = 8;
-/// Idle time before the kernel starts TCP keepalive probes: below the idle
-/// timeouts of common cloud load balancers and NAT gateways.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Time between TCP keepalive probes once they have started.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The shared Redis connection. Cloning is cheap and shares the connection.
@@ -58,7 +56,7 @@ impl Redis {
         let config_error = |e: redis::RedisError| StartError::RedisConfig(e.category().to_owned());
         let tcp = TcpSettings::default().set_nodelay(true).set_keepalive(
             TcpKeepalive::new()
-                .with_time(KEEPALIVE_IDLE)
+                .with_time(config.redis_keepalive)
                 .with_interval(KEEPALIVE_INTERVAL),
         );
         let info = url.into_connection_info().map_err(config_error)?.set_tcp_settings(tcp);
