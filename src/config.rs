@@ -237,7 +237,11 @@ impl Config {
     ///
     /// # Errors
     /// A [`ConfigError`] naming the first setting that breaks a rule.
-    pub fn validate(self) -> Result<Config, ConfigError> {
+    pub fn validate(mut self) -> Result<Config, ConfigError> {
+        // `REDIS_URL=` (set but empty, as env templates often leave it) means unset.
+        if self.redis_url.as_deref().is_some_and(|url| url.trim().is_empty()) {
+            self.redis_url = None;
+        }
         let positive = [
             (
                 "operation-timeout",

@@ -45,6 +45,11 @@ fn accepted_redis_urls() {
 }
 
 #[test]
+fn an_empty_redis_url_means_the_development_redis() {
+    assert_eq!(parse(&["--redis-url", ""]).unwrap().redis_url, None);
+}
+
+#[test]
 fn bad_values_are_refused_naming_the_setting() {
     let cases: &[(&[&str], &str)] = &[
         (&["--operation-timeout", "0s"], "--operation-timeout"),
