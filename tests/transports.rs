@@ -53,6 +53,48 @@ async fn redis_server(args: &[&str], ready: impl AsyncFn() -> bool) -> Child {
     child
 }
 
+/// A redis-server listening only for TLS, with a certificate for localhost
+/// signed by a CA made for the test.
+struct TlsRedis {
+    port: u16,
+    ca: String,
+    _server: Child,
+    _certificates: tempfile::TempDir,
+}
+
+impl TlsRedis {
+    async fn start() -> TlsRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = certificates(dir.path());
+        let port = TestRedis::free_port();
+        let port_text = port.to_string();
+        let server = redis_server(
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port_text,
+                "--tls-cert-file",
+                &cert,
+                "--tls-key-file",
+                &key,
+                "--tls-ca-cert-file",
+                &ca,
+                "--tls-auth-clients",
+                "no",
+            ],
+            async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
+        )
+        .await;
+        TlsRedis {
+            port,
+            ca,
+            _server: server,
+            _certificates: dir,
+        }
+    }
+}
+
 async fn set_then_get(service: &TestService) {
     let mut cache = service.cache();
     cache
@@ -76,61 +118,27 @@ async fn set_then_get(service: &TestService) {
 
 #[tokio::test]
 async fn rediss_with_the_servers_ca_verifies_and_works() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(dir.path());
-    let port = TestRedis::free_port();
-    let port_text = port.to_string();
-    let _redis = redis_server(
-        &[
-            "--port",
-            "0",
-            "--tls-port",
-            &port_text,
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-            "--tls-auth-clients",
-            "no",
-        ],
-        async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
+    let tls = TlsRedis::start().await;
+
+    let service = TestService::start(
+        &format!("rediss://localhost:{}", tls.port),
+        &["--redis-ca-file", &tls.ca],
     )
     .await;
-
-    let service = TestService::start(&format!("rediss://localhost:{port}"), &["--redis-ca-file", &ca]).await;
     service.wait_for_health("", ServingStatus::Serving).await;
     set_then_get(&service).await;
 }
 
 #[tokio::test]
 async fn rediss_refuses_a_server_whose_certificate_it_cannot_verify() {
-    let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(dir.path());
-    let port = TestRedis::free_port();
-    let port_text = port.to_string();
-    let _redis = redis_server(
-        &[
-            "--port",
-            "0",
-            "--tls-port",
-            &port_text,
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-            "--tls-auth-clients",
-            "no",
-        ],
-        async || tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok(),
-    )
-    .await;
+    let tls = TlsRedis::start().await;
 
     // The system trust store does not know the test CA: the connection must fail.
-    let service = TestService::start(&format!("rediss://localhost:{port}"), &["--operation-timeout", "300ms"]).await;
+    let service = TestService::start(
+        &format!("rediss://localhost:{}", tls.port),
+        &["--operation-timeout", "300ms"],
+    )
+    .await;
     let status = tokio::time::timeout(PATIENCE, service.cache().get(GetRequest { key: "k".to_owned() }))
         .await
         .expect("returns")

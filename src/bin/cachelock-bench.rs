@@ -317,6 +317,12 @@ impl Clients {
     }
 }
 
+/// A histogram of latencies in nanoseconds, from 1 ns to a minute, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    // Fixed, valid bounds: construction cannot fail.
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid constant bounds")
+}
+
 /// Runs `concurrency` closed-loop workers for a warm-up and a measured period.
 async fn run(
     clients: &Clients,
@@ -333,7 +339,7 @@ async fn run(
         .map(|worker| {
             let clients = clients.clone();
             tokio::spawn(async move {
-                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+                let mut latency = latency_histogram();
                 let (mut requests, mut errors) = (0u64, 0u64);
                 let mut i = 0u64;
                 loop {
@@ -359,7 +365,7 @@ async fn run(
         requests: 0,
         errors: 0,
         elapsed: duration,
-        latency: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+        latency: latency_histogram(),
     };
     for worker in workers {
         if let Ok((requests, errors, latency)) = worker.await {
