@@ -99,12 +99,13 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_CONNECT_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
 
-    /// First delay before reconnecting to Redis; it doubles on each failed attempt.
-    #[arg(long, env = "CACHELOCK_RECONNECT_MIN_BACKOFF", default_value = "100ms", value_parser = humantime::parse_duration)]
+    /// First delay before reconnecting to Redis after a failed attempt; it doubles on each
+    /// further failure. Also the shortest delay while requests are waiting for Redis.
+    #[arg(long, env = "CACHELOCK_RECONNECT_MIN_BACKOFF", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub reconnect_min_backoff: Duration,
 
-    /// Longest delay between two attempts to reconnect to Redis.
-    #[arg(long, env = "CACHELOCK_RECONNECT_MAX_BACKOFF", default_value = "2s", value_parser = humantime::parse_duration)]
+    /// Longest delay between two attempts to reconnect to Redis (attempts never stop).
+    #[arg(long, env = "CACHELOCK_RECONNECT_MAX_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration)]
     pub reconnect_max_backoff: Duration,
 
     /// Idle time before TCP keepalive probes on the Redis connection: below the idle
@@ -112,11 +113,21 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_REDIS_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub redis_keepalive: Duration,
 
-    /// How often the health prober PINGs Redis.
+    /// How often the health prober inspects Redis while it serves (every 100ms while it does not).
     #[arg(long, env = "CACHELOCK_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub health_interval: Duration,
 
-    /// How long in-flight RPCs may run after a shutdown signal before they are cut off.
+    /// Keep health NOT_SERVING while Redis's maxmemory-policy is not noeviction (any other
+    /// policy may evict held locks and live sessions).
+    #[arg(long, env = "CACHELOCK_REQUIRE_NOEVICTION")]
+    pub require_noeviction: bool,
+
+    /// After a shutdown signal, how long health says NOT_SERVING while calls are still served,
+    /// so that load balancers stop sending before the listener closes. A second signal skips it.
+    #[arg(long, env = "CACHELOCK_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// How long in-flight RPCs may run after the shutdown delay before they are cut off.
     #[arg(long, env = "CACHELOCK_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
@@ -157,9 +168,14 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_RATELIMIT_MAX_PERIOD", default_value = "31days", value_parser = humantime::parse_duration)]
     pub ratelimit_max_period: Duration,
 
-    /// Longest lease a lock may ask for.
+    /// Longest lease a lock may ask for. After Redis loses its data, lock grants pause this long.
     #[arg(long, env = "CACHELOCK_LOCK_MAX_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub lock_max_ttl: Duration,
+
+    /// How long a lock's fencing counter is kept after its lease: fencing tokens stay
+    /// increasing across a Redis clock step back of up to this much.
+    #[arg(long, env = "CACHELOCK_LOCK_FENCE_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub lock_fence_retention: Duration,
 
     /// Most attributes one session may hold.
     #[arg(long, env = "CACHELOCK_SESSION_MAX_ATTRIBUTES", default_value_t = 64)]
@@ -168,6 +184,10 @@ pub struct Config {
     /// Largest session attribute value, in bytes.
     #[arg(long, env = "CACHELOCK_SESSION_MAX_ATTRIBUTE_BYTES", default_value_t = 4096)]
     pub session_max_attribute_bytes: usize,
+
+    /// Most live sessions one user may have; Create ends the least recently used beyond it.
+    #[arg(long, env = "CACHELOCK_SESSION_MAX_PER_USER", default_value_t = 100)]
+    pub session_max_per_user: usize,
 
     /// Longest idle or absolute timeout a session may ask for.
     #[arg(long, env = "CACHELOCK_SESSION_MAX_LIFETIME", default_value = "30days", value_parser = humantime::parse_duration)]
@@ -194,6 +214,15 @@ const VALUE_BYTES_CEILING: usize = 512 * 1024 * 1024;
 const BATCH_CEILING: usize = 100_000;
 /// The longest key prefix; it is repeated in every key.
 const PREFIX_BYTES_CEILING: usize = 64;
+/// Most sessions per user: Create reads them all when a user goes over the limit.
+const SESSIONS_PER_USER_CEILING: usize = 10_000;
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+/// humantime's year: 365.25 days.
+const YEAR: Duration = Duration::from_secs(31_557_600);
 
 /// A setting that cannot be used, as one line that names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,37 +271,134 @@ impl Config {
         if self.redis_url.as_deref().is_some_and(|url| url.trim().is_empty()) {
             self.redis_url = None;
         }
-        let positive = [
+        // Every duration is bounded: a huge one would overflow Redis's PX, lose
+        // precision in a script's doubles, or panic when added to a clock.
+        let ranges = [
             (
                 "operation-timeout",
                 "CACHELOCK_OPERATION_TIMEOUT",
                 self.operation_timeout,
+                Duration::from_millis(1),
+                MINUTE,
             ),
-            ("connect-timeout", "CACHELOCK_CONNECT_TIMEOUT", self.connect_timeout),
+            (
+                "connect-timeout",
+                "CACHELOCK_CONNECT_TIMEOUT",
+                self.connect_timeout,
+                Duration::from_millis(1),
+                MINUTE,
+            ),
             (
                 "reconnect-min-backoff",
                 "CACHELOCK_RECONNECT_MIN_BACKOFF",
                 self.reconnect_min_backoff,
+                Duration::from_millis(1),
+                MINUTE,
             ),
-            ("health-interval", "CACHELOCK_HEALTH_INTERVAL", self.health_interval),
-            ("default-ttl", "CACHELOCK_DEFAULT_TTL", self.default_ttl),
-            ("max-ttl", "CACHELOCK_MAX_TTL", self.max_ttl),
-            ("redis-keepalive", "CACHELOCK_REDIS_KEEPALIVE", self.redis_keepalive),
+            (
+                "reconnect-max-backoff",
+                "CACHELOCK_RECONNECT_MAX_BACKOFF",
+                self.reconnect_max_backoff,
+                Duration::from_millis(1),
+                MINUTE,
+            ),
+            (
+                "redis-keepalive",
+                "CACHELOCK_REDIS_KEEPALIVE",
+                self.redis_keepalive,
+                SECOND,
+                HOUR,
+            ),
+            (
+                "health-interval",
+                "CACHELOCK_HEALTH_INTERVAL",
+                self.health_interval,
+                Duration::from_millis(1),
+                MINUTE,
+            ),
+            (
+                "shutdown-delay",
+                "CACHELOCK_SHUTDOWN_DELAY",
+                self.shutdown_delay,
+                Duration::ZERO,
+                10 * MINUTE,
+            ),
+            (
+                "shutdown-grace",
+                "CACHELOCK_SHUTDOWN_GRACE",
+                self.shutdown_grace,
+                Duration::ZERO,
+                HOUR,
+            ),
+            (
+                "default-ttl",
+                "CACHELOCK_DEFAULT_TTL",
+                self.default_ttl,
+                Duration::from_millis(1),
+                10 * YEAR,
+            ),
+            (
+                "max-ttl",
+                "CACHELOCK_MAX_TTL",
+                self.max_ttl,
+                Duration::from_millis(1),
+                10 * YEAR,
+            ),
             (
                 "ratelimit-timeout",
                 "CACHELOCK_RATELIMIT_TIMEOUT",
                 self.ratelimit_timeout,
+                Duration::from_millis(1),
+                MINUTE,
+            ),
+            (
+                "ratelimit-max-period",
+                "CACHELOCK_RATELIMIT_MAX_PERIOD",
+                self.ratelimit_max_period,
+                Duration::from_millis(1),
+                YEAR,
+            ),
+            (
+                "lock-max-ttl",
+                "CACHELOCK_LOCK_MAX_TTL",
+                self.lock_max_ttl,
+                Duration::from_millis(1),
+                DAY,
+            ),
+            (
+                "lock-fence-retention",
+                "CACHELOCK_LOCK_FENCE_RETENTION",
+                self.lock_fence_retention,
+                SECOND,
+                30 * DAY,
+            ),
+            (
+                "lock-max-wait",
+                "CACHELOCK_LOCK_MAX_WAIT",
+                self.lock_max_wait,
+                Duration::ZERO,
+                HOUR,
             ),
             (
                 "session-max-lifetime",
                 "CACHELOCK_SESSION_MAX_LIFETIME",
                 self.session_max_lifetime,
+                SECOND,
+                10 * YEAR,
             ),
-            ("lock-max-ttl", "CACHELOCK_LOCK_MAX_TTL", self.lock_max_ttl),
         ];
-        for (setting, env, value) in positive {
-            if value.is_zero() {
-                return Err(invalid(setting, env, "must be greater than zero"));
+        for (setting, env, value, min, max) in ranges {
+            if value < min || value > max {
+                let reason = if min.is_zero() {
+                    format!("must be at most {}", humantime::format_duration(max))
+                } else {
+                    format!(
+                        "must be between {} and {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    )
+                };
+                return Err(invalid(setting, env, reason));
             }
         }
         if self.reconnect_max_backoff < self.reconnect_min_backoff {
@@ -295,13 +421,6 @@ impl Config {
                     humantime::format_duration(self.default_ttl),
                     humantime::format_duration(self.max_ttl)
                 ),
-            ));
-        }
-        if self.ratelimit_max_period < Duration::from_millis(1) {
-            return Err(invalid(
-                "ratelimit-max-period",
-                "CACHELOCK_RATELIMIT_MAX_PERIOD",
-                "must be at least 1ms",
             ));
         }
         let limits = [
@@ -329,6 +448,12 @@ impl Config {
                 "CACHELOCK_SESSION_MAX_ATTRIBUTE_BYTES",
                 self.session_max_attribute_bytes,
                 VALUE_BYTES_CEILING,
+            ),
+            (
+                "session-max-per-user",
+                "CACHELOCK_SESSION_MAX_PER_USER",
+                self.session_max_per_user,
+                SESSIONS_PER_USER_CEILING,
             ),
         ];
         for (setting, env, value, ceiling) in limits {
@@ -376,6 +501,19 @@ impl Config {
                     "redis-ca-file",
                     "CACHELOCK_REDIS_CA_FILE",
                     "needs a rediss:// --redis-url",
+                ));
+            }
+            // A development Redis behind a public listener is almost always a
+            // mistyped or missing REDIS_URL on a real host.
+            if !self.listen.ip().is_loopback() {
+                return Err(invalid(
+                    "redis-url",
+                    "REDIS_URL",
+                    format_args!(
+                        "is not set, and the private development redis-server is only started for a \
+                         loopback --listen address, not {}: set REDIS_URL",
+                        self.listen
+                    ),
                 ));
             }
             return Ok(());

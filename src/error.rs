@@ -6,19 +6,11 @@
 
 use std::{io, time::Duration};
 
-use redis::{ErrorKind, RedisError, ServerErrorKind};
+use redis::RedisError;
 use tonic::Status;
 use tracing::warn;
 
-/// Whether repeating an operation is harmless, which decides what a caller is
-/// told when Redis does not answer in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Effect {
-    /// A read, or a write that lands on the same state when repeated.
-    Idempotent,
-    /// A write whose repetition changes the outcome (an increment, a take).
-    NotIdempotent,
-}
+use crate::redis::{Cause, Effect};
 
 /// Why an RPC failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,17 +32,27 @@ pub enum Error {
     /// The stored state does not allow the operation (a counter that is not an integer).
     #[error("{0}")]
     FailedPrecondition(String),
-    /// Redis cannot be reached, or is failing over, loading or refusing the login.
-    #[error("Redis is unavailable")]
-    Unavailable(#[source] RedisError),
+    /// Redis could not run the command, so nothing was applied: it was not
+    /// reachable in time, or refused the command without running it (BUSY,
+    /// LOADING, READONLY, an ACL refusal).
+    #[error("Redis is unavailable: {0}")]
+    Unavailable(Cause),
     /// Redis did not answer within the RPC's budget.
-    #[error("Redis did not answer within {}", humantime::format_duration(*.waited))]
+    #[error("Redis did not answer within {}", whole_millis(*.waited))]
     Timeout {
-        /// The budget that ran out.
+        /// How long the RPC waited.
         waited: Duration,
-        /// Whether the command may have been applied although no answer came.
+        /// What the command does: unless the caller may retry it, it may still apply.
         effect: Effect,
     },
+    /// The connection dropped while a write that must not be repeated was in
+    /// flight: it may or may not have been applied.
+    #[error("the connection to Redis was lost ({0}) while the change was in flight")]
+    MayHaveApplied(Cause),
+    /// Lock grants are paused because Redis lost its data and a lease granted
+    /// before may still be in use; this much of the pause is left.
+    #[error("lock grants are paused for {}", humantime::format_duration(*.0))]
+    LocksPaused(Duration),
     /// The caller's deadline had passed before any work began.
     #[error("the deadline passed before the request was handled")]
     DeadlineExceeded,
@@ -73,35 +75,39 @@ impl Error {
             reason: reason.into(),
         }
     }
+
+    /// Whether Redis could not answer (unreachable, refusing, too slow, full):
+    /// what the rate limiter's outage policy stands in for.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable(_)
+                | Error::Timeout { .. }
+                | Error::MayHaveApplied(_)
+                | Error::OutOfMemory
+                | Error::DeadlineExceeded
+        )
+    }
 }
 
-/// Classifies a Redis failure as transient (the caller may retry), a full
-/// memory, or unexpected.
+/// Classifies an error reply or client error from Redis.
 impl From<RedisError> for Error {
     fn from(error: RedisError) -> Error {
-        if error.code() == Some("OOM") {
-            return Error::OutOfMemory;
+        match error.code() {
+            Some("OOM") => return Error::OutOfMemory,
+            Some(
+                "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "NOAUTH" | "WRONGPASS"
+                | "NOPERM",
+            ) => return Error::Unavailable(Cause::of(&error)),
+            _ => {}
         }
-        let transient = error.is_io_error()
+        if error.is_io_error()
             || error.is_connection_dropped()
-            || error.is_connection_refusal()
-            || error.is_timeout()
-            || matches!(
-                error.kind(),
-                ErrorKind::AuthenticationFailed
-                    | ErrorKind::Server(
-                        ServerErrorKind::BusyLoading
-                            | ServerErrorKind::TryAgain
-                            | ServerErrorKind::ClusterDown
-                            | ServerErrorKind::MasterDown
-                            | ServerErrorKind::ReadOnly
-                    )
-            );
-        if transient {
-            Error::Unavailable(error)
-        } else {
-            Error::Redis(error)
+            || error.kind() == redis::ErrorKind::AuthenticationFailed
+        {
+            return Error::Unavailable(Cause::of(&error));
         }
+        Error::Redis(error)
     }
 }
 
@@ -113,21 +119,27 @@ impl From<Error> for Status {
             Error::NotFound(message) => Status::not_found(message),
             Error::Aborted(message) => Status::aborted(message),
             // Connection state changes are logged once by the health prober, not per request.
-            Error::Unavailable(_) => Status::unavailable("Redis is unavailable; retry with backoff"),
-            Error::Timeout {
-                waited,
-                effect: Effect::Idempotent,
-            } => Status::unavailable(format!(
+            Error::Unavailable(cause) => Status::unavailable(format!(
+                "Redis is unavailable ({cause}); nothing was applied, retry with backoff"
+            )),
+            Error::Timeout { waited, effect } if effect.caller_may_retry() => Status::unavailable(format!(
                 "Redis did not answer within {}; retry with backoff",
-                humantime::format_duration(waited)
+                whole_millis(waited)
             )),
             // gRPC's own meaning of DEADLINE_EXCEEDED: the change may have happened.
-            Error::Timeout {
-                waited,
-                effect: Effect::NotIdempotent,
-            } => Status::deadline_exceeded(format!(
+            Error::Timeout { waited, .. } => Status::deadline_exceeded(format!(
                 "Redis did not answer within {}; the change may or may not have been applied",
-                humantime::format_duration(waited)
+                whole_millis(waited)
+            )),
+            Error::MayHaveApplied(cause) => Status::deadline_exceeded(format!(
+                "the connection to Redis was lost ({cause}) while the change was in flight; \
+                 it may or may not have been applied"
+            )),
+            Error::LocksPaused(left) => Status::unavailable(format!(
+                "lock grants are paused for {} more: Redis lost its data (a restart without \
+                 persistence or a failover to an empty replica), and a lease granted before may still \
+                 be in use until the longest lease has run out; retry after that",
+                humantime::format_duration(Duration::from_secs(left.as_secs() + 1))
             )),
             Error::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
             Error::OutOfMemory => Status::resource_exhausted("Redis is out of memory and refused the write"),
@@ -141,6 +153,13 @@ impl From<Error> for Status {
             }
         }
     }
+}
+
+/// A duration rounded to whole milliseconds, for messages.
+fn whole_millis(duration: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_millis(
+        u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+    ))
 }
 
 /// Why the service could not start or stopped abnormally.

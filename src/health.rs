@@ -1,21 +1,26 @@
-//! `grpc.health.v1`, driven by a background prober that PINGs Redis.
+//! `grpc.health.v1`, driven by a background prober that watches the Redis
+//! connections and inspects the server.
 //!
 //! Every name (`""` and each service) starts NOT_SERVING, because tonic-health
 //! would otherwise report `""` as SERVING before Redis was ever reached. The
-//! prober PINGs every interval and sets all names SERVING or NOT_SERVING; Check
-//! answers from that cached state at once. It is also the one place that logs
-//! Redis connection changes (connected, lost, reconnected), so an outage is one
-//! log line, not one per failed request. On shutdown every name goes
-//! NOT_SERVING and open Watch streams end, so that clients move elsewhere
-//! before the listener closes.
+//! prober sets all names SERVING while Redis is a writable primary that answers
+//! — not loading, not BUSY with a script, and with `--require-noeviction` not
+//! configured to evict — and NOT_SERVING otherwise; Check answers from that
+//! cached state at once. It reacts the moment a connection drops or comes back,
+//! and polls every `--health-interval` (every 100 ms while not serving).
+//!
+//! It is also the one place that logs what Redis is doing — connected, lost and
+//! why (refused, authentication, TLS, DNS, timeout), replica, busy, full,
+//! evicting — once per change, not once per failed request. On shutdown every
+//! name goes NOT_SERVING and open Watch streams end, so that clients move
+//! elsewhere before the listener closes.
 
 use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt, stream};
-use redis::Script;
 use tokio::{
     sync::watch,
-    time::{Instant, sleep, timeout},
+    time::{Instant, sleep},
 };
 use tonic::{Request, Response, Status};
 use tonic_health::{
@@ -28,20 +33,41 @@ use tonic_health::{
 };
 use tracing::{info, warn};
 
-use crate::redis::Redis;
+use crate::{
+    error::Error,
+    redis::{Op, Patience, Redis, Role, State, epoch::DataEpoch},
+};
+
+/// How often the prober looks while Redis is not serving.
+const FAST_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The serving status of every registered name, shared by the prober and shutdown.
 #[derive(Clone)]
 pub struct HealthStatus {
     reporter: HealthReporter,
     names: Arc<[&'static str]>,
+    /// Set once shutdown begins; from then on nothing sets a name SERVING again.
+    closed: Arc<tokio::sync::Mutex<bool>>,
 }
 
 impl HealthStatus {
-    /// Sets every registered name to `status`.
+    /// Sets every registered name to `status` (unless shutting down, for SERVING).
     pub async fn set_all(&self, status: ServingStatus) {
+        let closed = self.closed.lock().await;
+        if *closed && status == ServingStatus::Serving {
+            return;
+        }
         for name in self.names.iter() {
             self.reporter.set_service_status(name, status).await;
+        }
+    }
+
+    /// Sets every name NOT_SERVING for good: the process is shutting down.
+    pub async fn close(&self) {
+        let mut closed = self.closed.lock().await;
+        *closed = true;
+        for name in self.names.iter() {
+            self.reporter.set_service_status(name, ServingStatus::NotServing).await;
         }
     }
 }
@@ -56,7 +82,11 @@ pub async fn health_service(
 ) -> (HealthStatus, HealthServer<DrainingHealth>) {
     let reporter = HealthReporter::new();
     let names: Arc<[&'static str]> = std::iter::once("").chain(services.iter().copied()).collect();
-    let status = HealthStatus { reporter, names };
+    let status = HealthStatus {
+        reporter,
+        names,
+        closed: Arc::default(),
+    };
     status.set_all(ServingStatus::NotServing).await;
     let service = DrainingHealth {
         inner: HealthService::from_health_reporter(status.reporter.clone()),
@@ -99,91 +129,167 @@ impl Health for DrainingHealth {
     }
 }
 
-/// What the prober last saw of Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Link {
-    NeverReached,
-    Up,
-    Down,
+/// What the prober needs to know.
+#[derive(Debug, Clone)]
+pub struct ProbeSettings {
+    /// Time between probes while serving.
+    pub interval: Duration,
+    /// Longest wait for one probe's answer.
+    pub timeout: Duration,
+    /// Whether an eviction policy other than `noeviction` makes the service NOT_SERVING.
+    pub require_noeviction: bool,
 }
 
-/// PINGs Redis every `interval` (each PING bounded by `ping_timeout`) and sets
-/// every health name from the answer; runs until its task is aborted.
-///
-/// On each (re)connection it logs the Redis version and ping latency, warns
-/// about an eviction policy that could drop keys without a ttl, and loads
-/// `scripts` so that the first requests need no extra round trip.
-pub async fn probe_redis(
-    redis: Redis,
-    health: HealthStatus,
-    interval: Duration,
-    ping_timeout: Duration,
-    scripts: Vec<&'static Script>,
-) {
-    let mut link = Link::NeverReached;
-    let mut connected_before = false;
+/// What a probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Assessment {
+    /// A connection attempt is under way: no news yet.
+    Connecting,
+    /// Redis can serve.
+    Ready(Facts),
+    /// Redis cannot serve, and why, in words for the log.
+    NotReady(String),
+}
+
+/// What INFO said, beyond readiness.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Facts {
+    version: String,
+    observed: Observed,
+}
+
+/// What the last INFO said, for logging changes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Observed {
+    policy: String,
+    full: bool,
+}
+
+/// Watches Redis and sets every health name from what it sees; runs until its
+/// task is aborted. `epoch` is checked at every probe while Redis is ready.
+pub async fn probe_redis(redis: Redis, health: HealthStatus, epoch: DataEpoch, settings: ProbeSettings) {
+    let [mut reads, mut writes] = redis.watch();
+    let mut serving = false;
+    let mut ever_served = false;
+    let mut last_reason: Option<String> = None;
+    let mut observed = Observed::default();
     loop {
-        let started = Instant::now();
-        let mut conn = redis.connection();
-        let ping = match timeout(ping_timeout, redis::cmd("PING").query_async::<String>(&mut conn)).await {
-            Ok(Ok(_)) => Ok(started.elapsed()),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!("no answer within {}", humantime::format_duration(ping_timeout))),
+        match assess(&redis, &settings).await {
+            Assessment::Connecting => {}
+            Assessment::Ready(facts) => {
+                if !serving {
+                    let event = if ever_served {
+                        "Redis is serving again"
+                    } else {
+                        "connected to Redis"
+                    };
+                    info!(
+                        redis = %redis.address(),
+                        redis_version = %facts.version,
+                        maxmemory_policy = %facts.observed.policy,
+                        "{event}; health is SERVING"
+                    );
+                    health.set_all(ServingStatus::Serving).await;
+                    serving = true;
+                    ever_served = true;
+                }
+                last_reason = None;
+                log_changes(&observed, &facts.observed);
+                observed = facts.observed;
+                let deadline = Instant::now() + settings.timeout;
+                if let Err(error) = redis.check_epoch(&epoch, deadline).await {
+                    tracing::debug!(%error, "could not check the data epoch");
+                }
+            }
+            Assessment::NotReady(reason) => {
+                // Once per change of cause, not once per probe.
+                if last_reason.as_ref() != Some(&reason) {
+                    warn!(redis = %redis.address(), %reason, "Redis cannot serve; health is NOT_SERVING");
+                    last_reason = Some(reason);
+                }
+                if serving {
+                    health.set_all(ServingStatus::NotServing).await;
+                    serving = false;
+                }
+            }
+        }
+        let pause = if serving {
+            settings.interval
+        } else {
+            settings.interval.min(FAST_INTERVAL)
         };
-        link = match (ping, link) {
-            (Ok(_), Link::Up) => Link::Up,
-            (Ok(latency), _) => {
-                let event = if connected_before {
-                    "reconnected to Redis"
-                } else {
-                    "connected to Redis"
-                };
-                connected_before = true;
-                describe_server(&redis, latency, ping_timeout, event).await;
-                load_scripts(&redis, &scripts, ping_timeout).await;
-                redis.set_reachable(true);
-                health.set_all(ServingStatus::Serving).await;
-                Link::Up
-            }
-            (Err(error), Link::Up) => {
-                warn!(%error, "lost the connection to Redis; health is NOT_SERVING until it is back");
-                redis.set_reachable(false);
-                health.set_all(ServingStatus::NotServing).await;
-                Link::Down
-            }
-            (Err(error), Link::NeverReached) => {
-                warn!(%error, "Redis is not reachable yet; health stays NOT_SERVING until it is");
-                redis.set_reachable(false);
-                Link::Down
-            }
-            (Err(_), Link::Down) => Link::Down,
-        };
-        sleep(interval).await;
+        tokio::select! {
+            () = sleep(pause) => {}
+            _ = reads.changed() => {}
+            _ = writes.changed() => {}
+        }
     }
 }
 
-/// Logs what the service is talking to, and warns about a risky eviction policy.
-async fn describe_server(redis: &Redis, latency: Duration, budget: Duration, event: &str) {
-    let mut conn = redis.connection();
-    let text = match timeout(budget, redis::cmd("INFO").query_async::<String>(&mut conn)).await {
-        Ok(Ok(text)) => text,
-        _ => String::new(),
+async fn assess(redis: &Redis, settings: &ProbeSettings) -> Assessment {
+    for role in [Role::Writes, Role::Reads] {
+        match redis.state(role) {
+            State::Up { .. } => {}
+            State::Connecting(_) => return Assessment::Connecting,
+            State::Down { cause, .. } => return Assessment::NotReady(format!("cannot connect: {cause}")),
+        }
+    }
+    let mut command = redis::cmd("INFO");
+    command
+        .arg("server")
+        .arg("replication")
+        .arg("memory")
+        .arg("persistence");
+    let deadline = Instant::now() + settings.timeout;
+    let text: String = match redis
+        .run_with(Op::read("health_info"), Patience::Current, deadline, (&command).into())
+        .await
+    {
+        Ok(text) => text,
+        Err(Error::Unavailable(cause)) => return Assessment::NotReady(cause.to_string()),
+        Err(error) => return Assessment::NotReady(error.to_string()),
     };
     let info = parse_info(&text);
-    let field = |name: &str| info.get(name).copied().unwrap_or("unknown").to_owned();
-    let policy = field("maxmemory_policy");
-    info!(
-        redis_version = %field("redis_version"),
-        ping_micros = latency.as_micros() as u64,
-        maxmemory_policy = %policy,
-        "{event}"
-    );
-    if policy.starts_with("allkeys-") {
+    let field = |name: &str| info.get(name).copied().unwrap_or_default();
+    let number = |name: &str| field(name).parse::<u64>().unwrap_or(0);
+    let observed = Observed {
+        policy: field("maxmemory_policy").to_owned(),
+        full: number("maxmemory") > 0 && number("used_memory") >= number("maxmemory"),
+    };
+    if field("role") != "master" {
+        Assessment::NotReady(format!(
+            "the node is a read-only replica (role:{}): writes would fail until a writable primary is reached",
+            field("role")
+        ))
+    } else if field("loading") == "1" {
+        Assessment::NotReady("Redis is loading its dataset".to_owned())
+    } else if settings.require_noeviction && observed.policy != "noeviction" {
+        Assessment::NotReady(format!(
+            "maxmemory-policy is {}, and --require-noeviction is set: Redis could evict locks and sessions",
+            observed.policy
+        ))
+    } else {
+        Assessment::Ready(Facts {
+            version: field("redis_version").to_owned(),
+            observed,
+        })
+    }
+}
+
+/// Logs what changed in Redis's configuration or memory since the last probe.
+fn log_changes(before: &Observed, now: &Observed) {
+    if now.policy != before.policy && now.policy != "noeviction" && !now.policy.is_empty() {
         warn!(
-            maxmemory_policy = %policy,
-            "Redis may evict keys that carry no ttl under memory pressure; \
-             set maxmemory-policy to noeviction or a volatile-* policy"
+            maxmemory_policy = %now.policy,
+            "Redis may evict keys under memory pressure: every key cachelock writes has a ttl, so any \
+             volatile-* or allkeys-* policy can drop held locks, live sessions and rate-limit state. \
+             Set maxmemory-policy to noeviction"
         );
+    }
+    if now.full && !before.full {
+        warn!("Redis is out of memory (used_memory >= maxmemory): writes are refused, reads and deletes still work");
+    } else if !now.full && before.full {
+        info!("Redis has memory again: writes are accepted");
     }
 }
 
@@ -192,17 +298,4 @@ fn parse_info(info: &str) -> HashMap<&str, &str> {
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| line.trim_end().split_once(':'))
         .collect()
-}
-
-async fn load_scripts(redis: &Redis, scripts: &[&'static Script], budget: Duration) {
-    let mut conn = redis.connection();
-    for script in scripts {
-        // A failure here only costs the first request a NOSCRIPT round trip.
-        if let Err(error) = timeout(budget, script.load_async(&mut conn))
-            .await
-            .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "script load timed out"))))
-        {
-            warn!(error = %error, "could not preload a Lua script");
-        }
-    }
 }

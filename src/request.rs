@@ -22,6 +22,14 @@ pub fn budget(metadata: &MetadataMap, operation_timeout: Duration) -> Result<Dur
     })
 }
 
+/// The instant by which an RPC's Redis work must be done: [`budget`] from now.
+///
+/// # Errors
+/// [`Error::DeadlineExceeded`] when the caller's deadline leaves no time at all.
+pub fn deadline(metadata: &MetadataMap, operation_timeout: Duration) -> Result<tokio::time::Instant, Error> {
+    Ok(tokio::time::Instant::now() + budget(metadata, operation_timeout)?)
+}
+
 /// The time left before the caller's gRPC deadline, less the margin; `None`
 /// when the caller set no deadline.
 ///

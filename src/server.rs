@@ -2,16 +2,16 @@
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle, time::timeout};
+use futures_util::{Stream, StreamExt, stream};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::{server::NamedService, transport::Server, transport::server::TcpIncoming};
-use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::{
     cache::{self, CacheApi, CacheStore},
     config::Config,
     error::StartError,
-    health::{health_service, probe_redis},
+    health::{ProbeSettings, health_service, probe_redis},
     lock::{self, LockApi, LockSettings, LockStore, ReleaseNotices, listen_for_releases},
     pb::{
         self, cache::cache_service_server::CacheServiceServer, lock::lock_service_server::LockServiceServer,
@@ -19,7 +19,10 @@ use crate::{
         session::session_service_server::SessionServiceServer,
     },
     ratelimit::{self, RateLimitApi, RateLimitSettings, RateLimitStore},
-    redis::{Keys, Redis, embedded::EmbeddedRedis, redacted},
+    redis::{
+        Backoff, ConnectSettings, Endpoint, Keys, LuaScript, Redis, embedded::EmbeddedRedis, epoch, epoch::DataEpoch,
+        keys::DEFAULT_TENANT, redacted,
+    },
     request::Limits,
     session::{self, SessionApi, SessionSettings, SessionStore},
 };
@@ -43,20 +46,42 @@ pub const SERVICE_NAMES: &[&str] = &[
     <SessionServiceServer<SessionApi> as NamedService>::NAME,
 ];
 
+/// Every Lua script the services run, loaded on each new Redis connection.
+fn all_scripts() -> Vec<&'static LuaScript> {
+    cache::scripts()
+        .into_iter()
+        .chain(ratelimit::scripts())
+        .chain(lock::scripts())
+        .chain(session::scripts())
+        .chain(epoch::scripts())
+        .collect()
+}
+
 /// Serves cachelock on `listener` until `shutdown` completes.
+///
+/// # Errors
+/// See [`run_until_signals`].
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    run_until_signals(listener, config, stream::once(shutdown)).await
+}
+
+/// Serves cachelock on `listener` until `signals` yields; a second item cuts the
+/// remaining shutdown delay and grace short.
 ///
 /// With no `redis_url` in `config`, it first starts a private development
 /// redis-server and stops it again on the way out. On shutdown every health
-/// name goes NOT_SERVING, open Watch streams end, and in-flight calls get
-/// `config.shutdown_grace` to finish.
+/// name goes NOT_SERVING; calls are still served for `config.shutdown_delay` (so
+/// that load balancers notice first); then open Watch streams and waiting
+/// Acquires end, and in-flight calls get `config.shutdown_grace` to finish.
 ///
 /// # Errors
 /// A [`StartError`] when the development Redis, the Redis client or the gRPC
 /// server cannot be set up, or the server fails.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    // rediss:// needs a rustls crypto provider; a second install is a harmless no-op.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-
+pub async fn run_until_signals(
+    listener: TcpListener,
+    config: Config,
+    signals: impl Stream<Item = ()>,
+) -> Result<(), StartError> {
     let (url, embedded) = match &config.redis_url {
         Some(url) => (url.clone(), None),
         None => {
@@ -69,7 +94,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             (redis.url(), Some(redis))
         }
     };
-    let result = serve(listener, &config, &url, shutdown).await;
+    let result = serve(listener, &config, &url, signals).await;
     if let Some(redis) = embedded {
         redis.stop().await;
         info!("stopped the development redis-server");
@@ -77,11 +102,44 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     result
 }
 
+/// The server's background tasks: stopped and joined together by [`Background::stop`],
+/// aborted if dropped on an early return.
+#[derive(Default)]
+struct Background {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(task));
+    }
+
+    /// Aborts every task and waits until each has stopped. They are aborted rather
+    /// than asked: each may be inside a Redis call bounded only by a timeout, and
+    /// none holds state worth finishing.
+    async fn stop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 async fn serve(
     listener: TcpListener,
     config: &Config,
     url: &str,
-    shutdown: impl Future<Output = ()>,
+    signals: impl Stream<Item = ()>,
 ) -> Result<(), StartError> {
     let local_addr: Option<SocketAddr> = listener.local_addr().ok();
     info!(
@@ -89,58 +147,16 @@ async fn serve(
         redis = %redacted(url),
         "cachelock starting"
     );
-    let redis = Redis::connect_lazily(url, config)?;
 
-    let (draining_tx, draining_rx) = watch::channel(false);
-    let (health, health_server) = health_service(SERVICE_NAMES, draining_rx.clone()).await;
-    let prober = tokio::spawn(probe_redis(
-        redis.clone(),
-        health.clone(),
-        config.health_interval,
-        config.operation_timeout,
-        cache::scripts()
-            .into_iter()
-            .chain(ratelimit::scripts())
-            .chain(lock::scripts())
-            .chain(session::scripts())
-            .collect(),
-    ));
-    let keys = Keys::new(&config.key_prefix);
-    let release_notices = ReleaseNotices::default();
-    let release_listener = tokio::spawn(listen_for_releases(
-        redis.client().clone(),
-        keys.lock_released_pattern(),
-        release_notices.clone(),
-        config.connect_timeout,
-        config.reconnect_max_backoff,
-    ));
-    let mut background = Some((prober, release_listener));
-
-    let message_limit = (config.max_value_bytes + config.max_key_bytes + MESSAGE_OVERHEAD_BYTES).max(MIN_MESSAGE_BYTES);
-    let cache = CacheServiceServer::new(CacheApi::new(
-        CacheStore::new(redis.clone(), keys.clone()),
-        Limits::from(config),
-        config.operation_timeout,
-    ))
-    .max_decoding_message_size(message_limit);
-    let ratelimit = RateLimitServiceServer::new(RateLimitApi::new(
-        RateLimitStore::new(redis.clone(), keys.clone()),
-        Limits::from(config),
-        RateLimitSettings::from(config),
-    ));
-    let lock = LockServiceServer::new(LockApi::new(
-        LockStore::new(redis.clone(), keys.clone()),
-        release_notices,
-        Limits::from(config),
-        LockSettings::from(config),
-        draining_rx.clone(),
-    ));
-    let session = SessionServiceServer::new(SessionApi::new(
-        SessionStore::new(redis.clone(), keys),
-        Limits::from(config),
-        SessionSettings::from(config),
-    ));
-
+    // Everything that can fail comes first, so that nothing is left running on an early return.
+    let endpoint = Endpoint::from_url(
+        url,
+        &ConnectSettings {
+            ca_file: config.redis_ca_file.clone(),
+            keepalive: config.redis_keepalive,
+            connect_timeout: config.connect_timeout,
+        },
+    )?;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -155,6 +171,65 @@ async fn serve(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
+
+    let backoff = Backoff {
+        min: config.reconnect_min_backoff,
+        max: config.reconnect_max_backoff,
+    };
+    let keys = Keys::new(&config.key_prefix);
+    let epoch = DataEpoch::new(keys.epoch(), config.lock_max_ttl);
+    let redis = Redis::start(endpoint.clone(), &all_scripts(), backoff, epoch.clone());
+    let (draining_tx, draining_rx) = watch::channel(false);
+    let (health, health_server) = health_service(SERVICE_NAMES, draining_rx.clone()).await;
+    let release_notices = ReleaseNotices::default();
+    let mut background = Background::default();
+    background.spawn(probe_redis(
+        redis.clone(),
+        health.clone(),
+        epoch.clone(),
+        ProbeSettings {
+            interval: config.health_interval,
+            timeout: config.operation_timeout,
+            require_noeviction: config.require_noeviction,
+        },
+    ));
+    background.spawn(listen_for_releases(
+        endpoint,
+        keys.lock_released_pattern(),
+        release_notices.clone(),
+        backoff,
+    ));
+
+    let space = keys.space(DEFAULT_TENANT);
+    let message_limit = (config.max_value_bytes + config.max_key_bytes + MESSAGE_OVERHEAD_BYTES).max(MIN_MESSAGE_BYTES);
+    let cache = CacheServiceServer::new(CacheApi::new(
+        CacheStore::new(redis.clone()),
+        space.clone(),
+        Limits::from(config),
+        config.operation_timeout,
+    ))
+    .max_decoding_message_size(message_limit);
+    let ratelimit = RateLimitServiceServer::new(RateLimitApi::new(
+        RateLimitStore::new(redis.clone()),
+        space.clone(),
+        Limits::from(config),
+        RateLimitSettings::from(config),
+    ));
+    let lock = LockServiceServer::new(LockApi::new(
+        LockStore::new(redis.clone(), config.lock_fence_retention),
+        space.clone(),
+        release_notices,
+        epoch,
+        Limits::from(config),
+        LockSettings::from(config),
+        draining_rx.clone(),
+    ));
+    let session = SessionServiceServer::new(SessionApi::new(
+        SessionStore::new(redis),
+        space,
+        Limits::from(config),
+        SessionSettings::from(config),
+    ));
 
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
@@ -173,41 +248,42 @@ async fn serve(
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = drained.wait_for(|draining| *draining).await;
         });
-    tokio::pin!(server);
-    tokio::pin!(shutdown);
-
-    let result = tokio::select! {
-        result = &mut server => result,
-        () = &mut shutdown => {
-            info!("shutdown requested: health is NOT_SERVING, draining in-flight calls");
-            // Once the prober is gone, nothing can set a name back to SERVING.
-            stop_background(&mut background).await;
-            health.set_all(ServingStatus::NotServing).await;
-            let _ = draining_tx.send(true);
-            match timeout(config.shutdown_grace, &mut server).await {
-                Ok(result) => result,
-                Err(_) => {
-                    warn!(
-                        grace = %humantime::format_duration(config.shutdown_grace),
-                        "in-flight calls did not finish within the shutdown grace; stopping without them"
-                    );
-                    Ok(())
-                }
-            }
+    let mut signals = std::pin::pin!(signals);
+    // The next signal; a stream that ends sends no more.
+    let mut next_signal = async || {
+        if signals.next().await.is_none() {
+            std::future::pending::<()>().await;
         }
     };
-    stop_background(&mut background).await;
+    // The server is polled throughout: it keeps serving during the delay and drains after it.
+    let shutdown = async {
+        next_signal().await;
+        health.close().await;
+        if !config.shutdown_delay.is_zero() {
+            info!(
+                delay = %humantime::format_duration(config.shutdown_delay),
+                "shutdown requested: health is NOT_SERVING; still serving calls while load balancers \
+                 notice (signal again to stop now)"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(config.shutdown_delay) => {}
+                () = next_signal() => info!("second signal: skipping the rest of the delay"),
+            }
+        }
+        info!("draining in-flight calls");
+        let _ = draining_tx.send(true);
+        tokio::select! {
+            () = tokio::time::sleep(config.shutdown_grace) => warn!(
+                grace = %humantime::format_duration(config.shutdown_grace),
+                "in-flight calls did not finish within the shutdown grace; stopping without them"
+            ),
+            () = next_signal() => warn!("another signal: stopping without waiting for in-flight calls"),
+        }
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = shutdown => Ok(()),
+    };
+    background.stop().await;
     result.map_err(StartError::from)
-}
-
-/// Stops the health prober and the lock-release listener and waits until they
-/// have. They are aborted rather than asked: either may be inside a Redis call
-/// bounded only by a long timeout, and neither holds state worth finishing.
-async fn stop_background(background: &mut Option<(JoinHandle<()>, JoinHandle<()>)>) {
-    if let Some((prober, release_listener)) = background.take() {
-        prober.abort();
-        release_listener.abort();
-        let _ = prober.await;
-        let _ = release_listener.await;
-    }
 }

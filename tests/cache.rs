@@ -223,6 +223,36 @@ async fn increment_creates_with_ttl_and_adds_signed_deltas() {
 }
 
 #[tokio::test]
+async fn increment_is_exact_across_the_whole_64_bit_range() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut cache = service.cache();
+    // Above 2^53 a Lua number (a double) cannot hold every integer: the answer must still be exact.
+    for start in [
+        9_223_372_036_854_775_800_i64,
+        9_007_199_254_740_993,
+        -9_223_372_036_854_775_800,
+    ] {
+        cache
+            .set(set("big", start.to_string().as_bytes(), None, SetCondition::Always))
+            .await
+            .unwrap();
+        let value = cache
+            .increment(IncrementRequest {
+                key: "big".to_owned(),
+                delta: 1,
+                ttl: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .value;
+        assert_eq!(value, start + 1);
+        let stored = cache.get(get("big")).await.unwrap().into_inner().value;
+        assert_eq!(stored, (start + 1).to_string().as_bytes());
+    }
+}
+
+#[tokio::test]
 async fn increment_refuses_a_value_that_is_not_a_counter() {
     let (_redis, service) = redis_and_service(&[]).await;
     let mut cache = service.cache();
@@ -397,7 +427,11 @@ async fn keys_live_under_the_prefix_inside_a_hash_tag() {
         .unwrap();
 
     let mut direct = redis.connection().await;
-    let value: Option<Vec<u8>> = direct.get("tenant7:cache:{user:42}").await.unwrap();
+    let tag = cachelock::redis::keys::slot_tag("user:42");
+    let value: Option<Vec<u8>> = direct
+        .get(format!("tenant7:default:cache:{{{tag}}}:user:42"))
+        .await
+        .unwrap();
     assert_eq!(value.as_deref(), Some(&b"v"[..]));
 }
 

@@ -79,6 +79,22 @@ fn bad_values_are_refused_naming_the_setting() {
         (&["--listen", "localhost"], "--listen"),
         (&["--log-format", "xml"], "--log-format"),
         (&["--redis-url", "http://db:6379"], "--redis-url"),
+        // Every duration has a ceiling: beyond it PX overflows, doubles lose
+        // precision, or adding it to a clock panics.
+        (&["--max-ttl", "11years"], "--max-ttl"),
+        (&["--max-ttl", "100000000000years"], "--max-ttl"),
+        (&["--ratelimit-max-period", "2years"], "--ratelimit-max-period"),
+        (&["--lock-max-wait", "2h"], "--lock-max-wait"),
+        (&["--lock-max-wait", "1000000000years"], "--lock-max-wait"),
+        (&["--lock-max-ttl", "2days"], "--lock-max-ttl"),
+        (&["--lock-fence-retention", "0s"], "--lock-fence-retention"),
+        (&["--session-max-lifetime", "11years"], "--session-max-lifetime"),
+        (&["--operation-timeout", "2h"], "--operation-timeout"),
+        (&["--shutdown-delay", "1h"], "--shutdown-delay"),
+        (&["--session-max-per-user", "0"], "--session-max-per-user"),
+        (&["--session-max-per-user", "20000"], "--session-max-per-user"),
+        // A development Redis behind a public address is a mistyped REDIS_URL.
+        (&["--listen", "0.0.0.0:50051"], "--redis-url"),
         (
             &["--redis-url", "redis://db:6379", "--redis-ca-file", "/etc/hostname"],
             "--redis-ca-file",
@@ -93,6 +109,31 @@ fn bad_values_are_refused_naming_the_setting() {
         assert!(error.contains(setting), "{args:?}: {error:?} should name {setting}");
         assert!(!error.contains('\n'), "{args:?}: one line, got {error:?}");
     }
+}
+
+#[test]
+fn the_ceilings_themselves_are_accepted() {
+    parse(&[
+        "--redis-url",
+        "redis://db:6379",
+        "--max-ttl",
+        "10years",
+        "--default-ttl",
+        "10years",
+        "--ratelimit-max-period",
+        "1year",
+        "--lock-max-wait",
+        "1h",
+        "--lock-max-ttl",
+        "1day",
+        "--session-max-lifetime",
+        "10years",
+        "--session-max-per-user",
+        "10000",
+        "--listen",
+        "0.0.0.0:50051",
+    ])
+    .unwrap();
 }
 
 #[test]

@@ -244,10 +244,55 @@ async fn a_retry_with_the_same_request_id_gets_the_same_grant() {
 }
 
 #[tokio::test]
-async fn fencing_tokens_keep_increasing_after_redis_loses_its_data() {
-    let (mut redis, service) = redis_and_service(&[]).await;
+async fn a_request_id_returns_the_grant_only_to_the_same_owner() {
+    let (_redis, service) = redis_and_service(&[]).await;
     let mut client = locks(&service);
-    let before = take(&mut client, acquire("fenced", 60_000, 0)).await;
+    let mut mine = acquire("payout:7", 10_000, 0);
+    mine.request_id = "retry-key".to_owned();
+    let granted = take(&mut client, mine.clone()).await;
+    assert!(granted.acquired);
+
+    let mut stranger = mine.clone();
+    stranger.owner = "someone-else".to_owned();
+    let refused = take(&mut client, stranger).await;
+    assert!(
+        !refused.acquired,
+        "another owner replaying the request id is a new contender"
+    );
+    assert!(refused.token.is_empty());
+    assert_eq!(take(&mut client, mine).await.token, granted.token);
+}
+
+#[tokio::test]
+async fn lock_names_with_braces_keep_their_keys_in_one_slot() {
+    let (redis, service) = redis_and_service(&[]).await;
+    let mut client = locks(&service);
+    for name in ["}", "{", "a}b{c", "{}", "{x}y"] {
+        let grant = take(&mut client, acquire(name, 10_000, 0)).await;
+        assert!(grant.acquired, "{name}");
+        let keys: Vec<String> = redis.command(&["KEYS", &format!("cachelock:*:lock*:{name}")]).await;
+        // What Redis Cluster hashes: the text between the first `{` and the next `}`.
+        let hashed: std::collections::HashSet<&str> = keys
+            .iter()
+            .map(|key| {
+                let open = key.find('{').unwrap();
+                let close = open + key[open..].find('}').unwrap();
+                &key[open + 1..close]
+            })
+            .collect();
+        assert_eq!(keys.len(), 2, "{name}: {keys:?}");
+        assert_eq!(hashed.len(), 1, "{name}: {keys:?} span slots");
+        assert!(hashed.iter().all(|tag| tag.len() == 4), "{name}: {hashed:?}");
+        release(&mut client, name, &grant.token).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn fencing_tokens_keep_increasing_after_redis_loses_its_data() {
+    // Grants pause for the longest lease after a data loss; keep it short here.
+    let (mut redis, service) = redis_and_service(&["--lock-max-ttl", "1s"]).await;
+    let mut client = locks(&service);
+    let before = take(&mut client, acquire("fenced", 1_000, 0)).await;
     assert!(before.acquired);
 
     redis.restart().await; // no persistence: every key is gone
@@ -256,7 +301,7 @@ async fn fencing_tokens_keep_increasing_after_redis_loses_its_data() {
         .await;
     let after = tokio::time::timeout(PATIENCE, async {
         loop {
-            match client.acquire(acquire("fenced", 60_000, 0)).await {
+            match client.acquire(acquire("fenced", 1_000, 0)).await {
                 Ok(response) => return response.into_inner(),
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }

@@ -344,10 +344,7 @@ async fn reset_makes_the_full_limit_available() {
     }
 
     let one = client
-        .reset(ResetRequest {
-            key: "r".to_owned(),
-            algorithm: Algorithm::FixedWindow as i32,
-        })
+        .reset(reset("r", 1, 86_400_000, Algorithm::FixedWindow))
         .await
         .unwrap()
         .into_inner();
@@ -364,10 +361,7 @@ async fn reset_makes_the_full_limit_available() {
     );
 
     let all = client
-        .reset(ResetRequest {
-            key: "r".to_owned(),
-            algorithm: Algorithm::Unspecified as i32,
-        })
+        .reset(reset("r", 1, 86_400_000, Algorithm::Unspecified))
         .await
         .unwrap()
         .into_inner();
@@ -376,14 +370,48 @@ async fn reset_makes_the_full_limit_available() {
         assert!(ask(&mut client, check("r", 1, 86_400_000, algorithm)).await.allowed);
     }
     let nothing = client
-        .reset(ResetRequest {
-            key: "never-used".to_owned(),
-            algorithm: 0,
-        })
+        .reset(reset("never-used", 1, 86_400_000, Algorithm::Unspecified))
         .await
         .unwrap()
         .into_inner();
     assert!(!nothing.existed);
+}
+
+fn reset(key: &str, limit: u64, period_ms: i64, algorithm: Algorithm) -> ResetRequest {
+    ResetRequest {
+        key: key.to_owned(),
+        algorithm: algorithm as i32,
+        limit,
+        period: Some(millis(period_ms)),
+    }
+}
+
+#[tokio::test]
+async fn limits_of_different_size_on_one_key_keep_separate_state() {
+    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
+    let mut client = ratelimit(&service);
+    for algorithm in ALGORITHMS {
+        let key = format!("login-{}", algorithm.as_str_name());
+        // One check under a generous daily limit must not drain a per-second one.
+        let daily = ask(&mut client, check(&key, 1000, 86_400_000, algorithm)).await;
+        assert!(daily.allowed);
+        assert_eq!(daily.remaining, 999, "{algorithm:?}");
+        for expected in (0..10).rev() {
+            let per_second = ask(&mut client, check(&key, 10, 1000, algorithm)).await;
+            assert!(per_second.allowed, "{algorithm:?}");
+            assert_eq!(per_second.remaining, expected, "{algorithm:?}");
+        }
+        assert!(!ask(&mut client, check(&key, 10, 1000, algorithm)).await.allowed);
+        // Resetting the per-second limiter leaves the daily one as it was.
+        let reset_one = client
+            .reset(reset(&key, 10, 1000, algorithm))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(reset_one.existed);
+        let daily = ask(&mut client, check(&key, 1000, 86_400_000, algorithm)).await;
+        assert_eq!(daily.remaining, 998, "{algorithm:?}");
+    }
 }
 
 #[tokio::test]
@@ -394,11 +422,15 @@ async fn idle_keys_expire_on_their_own() {
 
     for (algorithm, suffix) in ALGORITHMS.into_iter().zip(["tb", "fw", "sw"]) {
         assert!(ask(&mut client, check("idle", 1, 500, algorithm)).await.allowed);
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(format!("cachelock:ratelimit:{{idle}}:{suffix}"))
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("cachelock:default:ratelimit:*:{suffix}:1:500000:idle"))
             .query_async(&mut direct)
             .await
             .unwrap();
+        let ttl: i64 = match keys.first() {
+            Some(key) => redis::cmd("PTTL").arg(key).query_async(&mut direct).await.unwrap(),
+            None => -2,
+        };
         // -2: already gone (a fixed window may have just ended); -1 would never expire.
         assert!(
             ttl == -2 || (0..=1001).contains(&ttl),
@@ -408,7 +440,7 @@ async fn idle_keys_expire_on_their_own() {
 
     tokio::time::sleep(Duration::from_millis(1050)).await;
     let left: Vec<String> = redis::cmd("KEYS")
-        .arg("cachelock:ratelimit:*")
+        .arg("cachelock:default:ratelimit:*")
         .query_async(&mut direct)
         .await
         .unwrap();
@@ -585,7 +617,7 @@ async fn bad_inputs_are_refused_naming_the_field() {
     assert_invalid(client.check_many(many(three)).await.unwrap_err(), "limits");
     let repeated = vec![
         limit("a", 1, Algorithm::TokenBucket),
-        limit("a", 5, Algorithm::Unspecified),
+        limit("a", 1, Algorithm::Unspecified),
     ];
     assert_invalid(client.check_many(many(repeated)).await.unwrap_err(), "limits[1]");
     let mut no_period = limit("b", 1, Algorithm::TokenBucket);
@@ -599,14 +631,21 @@ async fn bad_inputs_are_refused_naming_the_field() {
     );
     assert_invalid(
         client
-            .reset(ResetRequest {
-                key: String::new(),
-                algorithm: 0,
-            })
+            .reset(reset("", 1, 1000, Algorithm::Unspecified))
             .await
             .unwrap_err(),
         "key",
     );
+    assert_invalid(
+        client
+            .reset(reset("k", 0, 1000, Algorithm::Unspecified))
+            .await
+            .unwrap_err(),
+        "limit",
+    );
+    let mut no_period = reset("k", 1, 1000, Algorithm::Unspecified);
+    no_period.period = None;
+    assert_invalid(client.reset(no_period).await.unwrap_err(), "period");
 
     // The server keeps serving, and refused requests consumed nothing.
     let fine = ask(&mut client, good()).await;

@@ -16,21 +16,24 @@ use crate::{
         GetRequest, GetResponse, IncrementRequest, IncrementResponse, SetCondition, SetManyRequest, SetManyResponse,
         SetRequest, SetResponse, TakeRequest, TakeResponse, cache_service_server::CacheService,
     },
-    request::{Limits, budget, ttl_from_millis},
+    redis::KeySpace,
+    request::{Limits, deadline, ttl_from_millis},
 };
 
 /// The gRPC handlers of the cache.
 pub struct CacheApi {
     store: CacheStore,
+    space: KeySpace,
     limits: Limits,
     operation_timeout: Duration,
 }
 
 impl CacheApi {
-    /// Handlers over `store`, checking requests against `limits`.
-    pub fn new(store: CacheStore, limits: Limits, operation_timeout: Duration) -> CacheApi {
+    /// Handlers over `store` in key space `space`, checking requests against `limits`.
+    pub fn new(store: CacheStore, space: KeySpace, limits: Limits, operation_timeout: Duration) -> CacheApi {
         CacheApi {
             store,
+            space,
             limits,
             operation_timeout,
         }
@@ -48,10 +51,10 @@ impl CacheApi {
 #[tonic::async_trait]
 impl CacheService for CacheApi {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.operation_timeout)?;
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
-        let response = match self.store.get(key, budget).await? {
+        let response = match self.store.get(&self.space, key, deadline).await? {
             Some(Stored { value, ttl_millis }) => GetResponse {
                 found: true,
                 value,
@@ -63,13 +66,13 @@ impl CacheService for CacheApi {
     }
 
     async fn get_many(&self, request: Request<GetManyRequest>) -> Result<Response<GetManyResponse>, Status> {
-        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.operation_timeout)?;
         let request = request.into_inner();
         let keys = self.keys("keys", &request.keys)?;
         if keys.is_empty() {
             return Ok(Response::new(GetManyResponse::default()));
         }
-        let found = self.store.get_many(keys, budget).await?;
+        let found = self.store.get_many(&self.space, keys, deadline).await?;
         let entries = request
             .keys
             .into_iter()
@@ -91,7 +94,7 @@ impl CacheService for CacheApi {
     }
 
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
-        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.operation_timeout)?;
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
         self.limits.value("value", &request.value)?;
@@ -105,12 +108,15 @@ impl CacheService for CacheApi {
                 return Err(Error::invalid("condition", reason).into());
             }
         };
-        let stored = self.store.set(key, &request.value, ttl, condition, budget).await?;
+        let stored = self
+            .store
+            .set(&self.space, key, &request.value, ttl, condition, deadline)
+            .await?;
         Ok(Response::new(SetResponse { stored }))
     }
 
     async fn set_many(&self, request: Request<SetManyRequest>) -> Result<Response<SetManyResponse>, Status> {
-        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.operation_timeout)?;
         let request = request.into_inner();
         self.limits.batch("entries", request.entries.len())?;
         let mut entries = Vec::with_capacity(request.entries.len());
@@ -127,20 +133,20 @@ impl CacheService for CacheApi {
             });
         }
         if !entries.is_empty() {
-            self.store.set_many(&entries, budget).await?;
+            self.store.set_many(&self.space, &entries, deadline).await?;
         }
         let stored = u32::try_from(entries.len()).unwrap_or(u32::MAX);
         Ok(Response::new(SetManyResponse { stored }))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.operation_timeout)?;
         let request = request.into_inner();
         let keys = self.keys("keys", &request.keys)?;
         let deleted = if keys.is_empty() {
             0
         } else {
-            self.store.delete(keys, budget).await?
+            self.store.delete(&self.space, keys, deadline).await?
         };
         Ok(Response::new(DeleteResponse {
             deleted: u32::try_from(deleted).unwrap_or(u32::MAX),
@@ -148,10 +154,10 @@ impl CacheService for CacheApi {
     }
 
     async fn take(&self, request: Request<TakeRequest>) -> Result<Response<TakeResponse>, Status> {
-        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.operation_timeout)?;
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
-        let response = match self.store.take(key, budget).await? {
+        let response = match self.store.take(&self.space, key, deadline).await? {
             Some(value) => TakeResponse { found: true, value },
             None => TakeResponse::default(),
         };
@@ -159,20 +165,23 @@ impl CacheService for CacheApi {
     }
 
     async fn increment(&self, request: Request<IncrementRequest>) -> Result<Response<IncrementResponse>, Status> {
-        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.operation_timeout)?;
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
         let ttl = self.limits.ttl_or_default("ttl", request.ttl.as_ref())?;
-        let value = self.store.increment(key, request.delta, ttl, budget).await?;
+        let value = self
+            .store
+            .increment(&self.space, key, request.delta, ttl, deadline)
+            .await?;
         Ok(Response::new(IncrementResponse { value }))
     }
 
     async fn expire(&self, request: Request<ExpireRequest>) -> Result<Response<ExpireResponse>, Status> {
-        let budget = budget(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.operation_timeout)?;
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
         let ttl = self.limits.required_ttl("ttl", request.ttl.as_ref())?;
-        let found = self.store.expire(key, ttl, budget).await?;
+        let found = self.store.expire(&self.space, key, ttl, deadline).await?;
         Ok(Response::new(ExpireResponse { found }))
     }
 }

@@ -1,22 +1,21 @@
 //! The cache's Redis commands: each operation is one command, so one round trip.
 
-use std::{sync::LazyLock, time::Duration};
-
-use redis::{Script, Value};
+use redis::Value;
+use tokio::time::Instant;
 
 use crate::{
-    error::{Effect, Error},
-    redis::{Keys, Redis, bounded},
+    error::Error,
+    redis::{KeySpace, LuaScript, Op, Redis},
     request::Ttl,
 };
 
-static GET: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/cache_get.lua")));
-static GET_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/cache_get_many.lua")));
-static SET_MANY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/cache_set_many.lua")));
-static INCREMENT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/cache_increment.lua")));
+static GET: LuaScript = LuaScript::new("cache_get", include_str!("../scripts/cache_get.lua"));
+static GET_MANY: LuaScript = LuaScript::new("cache_get_many", include_str!("../scripts/cache_get_many.lua"));
+static SET_MANY: LuaScript = LuaScript::new("cache_set_many", include_str!("../scripts/cache_set_many.lua"));
+static INCREMENT: LuaScript = LuaScript::new("cache_increment", include_str!("../scripts/cache_increment.lua"));
 
 /// The cache's scripts, for loading into Redis ahead of the first request.
-pub fn scripts() -> [&'static Script; 4] {
+pub fn scripts() -> [&'static LuaScript; 4] {
     [&GET, &GET_MANY, &SET_MANY, &INCREMENT]
 }
 
@@ -51,31 +50,26 @@ pub struct NewEntry<'a> {
     pub ttl: Ttl,
 }
 
-/// Cache entries in Redis, under keys from [`Keys::cache`].
+/// Cache entries in Redis, under keys from [`KeySpace::cache`].
 #[derive(Clone)]
 pub struct CacheStore {
     redis: Redis,
-    keys: Keys,
 }
 
 impl CacheStore {
-    /// A store on the shared connection.
-    pub fn new(redis: Redis, keys: Keys) -> CacheStore {
-        CacheStore { redis, keys }
+    /// A store on the shared connections.
+    pub fn new(redis: Redis) -> CacheStore {
+        CacheStore { redis }
     }
 
     /// Reads one entry.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
-    pub async fn get(&self, key: &str, budget: Duration) -> Result<Option<Stored>, Error> {
-        let mut conn = self.redis.connection();
-        let reply: (Option<Vec<u8>>, i64) = bounded(
-            budget,
-            Effect::Idempotent,
-            GET.key(self.keys.cache(key)).invoke_async(&mut conn),
-        )
-        .await?;
+    pub async fn get(&self, space: &KeySpace, key: &str, deadline: Instant) -> Result<Option<Stored>, Error> {
+        let mut invocation = GET.prepare();
+        invocation.key(space.cache(key));
+        let reply: (Option<Vec<u8>>, i64) = self.redis.run(Op::read(GET.name()), deadline, &invocation).await?;
         Ok(stored(reply))
     }
 
@@ -83,42 +77,51 @@ impl CacheStore {
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
-    pub async fn get_many(&self, keys: &[String], budget: Duration) -> Result<Vec<Option<Stored>>, Error> {
-        let mut invocation = GET_MANY.prepare_invoke();
+    pub async fn get_many(
+        &self,
+        space: &KeySpace,
+        keys: &[String],
+        deadline: Instant,
+    ) -> Result<Vec<Option<Stored>>, Error> {
+        let mut invocation = GET_MANY.prepare();
         for key in keys {
-            invocation.key(self.keys.cache(key));
+            invocation.key(space.cache(key));
         }
-        let mut conn = self.redis.connection();
         let replies: Vec<(Option<Vec<u8>>, i64)> =
-            bounded(budget, Effect::Idempotent, invocation.invoke_async(&mut conn)).await?;
+            self.redis.run(Op::read(GET_MANY.name()), deadline, &invocation).await?;
         Ok(replies.into_iter().map(stored).collect())
     }
 
     /// Writes one entry if `condition` holds; returns whether it wrote.
     ///
+    /// A conditional write is not repeated after a lost connection: its repetition
+    /// would answer "not stored" for a write that happened.
+    ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`]; a full Redis as [`Error::OutOfMemory`].
     pub async fn set(
         &self,
+        space: &KeySpace,
         key: &str,
         value: &[u8],
         ttl: Ttl,
         condition: Condition,
-        budget: Duration,
+        deadline: Instant,
     ) -> Result<bool, Error> {
         let mut command = redis::cmd("SET");
-        command.arg(self.keys.cache(key)).arg(value).arg("PX").arg(ttl.millis());
-        match condition {
-            Condition::Always => {}
+        command.arg(space.cache(key)).arg(value).arg("PX").arg(ttl.millis());
+        let op = match condition {
+            Condition::Always => Op::idempotent("cache_set"),
             Condition::IfAbsent => {
                 command.arg("NX");
+                Op::write("cache_set_if_absent")
             }
             Condition::IfPresent => {
                 command.arg("XX");
+                Op::write("cache_set_if_present")
             }
-        }
-        let mut conn = self.redis.connection();
-        let reply: Value = bounded(budget, Effect::Idempotent, command.query_async(&mut conn)).await?;
+        };
+        let reply: Value = self.redis.run(op, deadline, &command).await?;
         Ok(!matches!(reply, Value::Nil))
     }
 
@@ -127,42 +130,43 @@ impl CacheStore {
     /// # Errors
     /// Redis failures and timeouts, as [`Error`]; a full Redis as [`Error::OutOfMemory`],
     /// in which case nothing was written.
-    pub async fn set_many(&self, entries: &[NewEntry<'_>], budget: Duration) -> Result<(), Error> {
-        let mut invocation = SET_MANY.prepare_invoke();
+    pub async fn set_many(&self, space: &KeySpace, entries: &[NewEntry<'_>], deadline: Instant) -> Result<(), Error> {
+        let mut invocation = SET_MANY.prepare();
         for entry in entries {
             invocation
-                .key(self.keys.cache(entry.key))
+                .key(space.cache(entry.key))
                 .arg(entry.value)
                 .arg(entry.ttl.millis());
         }
-        let mut conn = self.redis.connection();
-        let _written: u64 = bounded(budget, Effect::Idempotent, invocation.invoke_async(&mut conn)).await?;
+        let _written: u64 = self
+            .redis
+            .run(Op::idempotent(SET_MANY.name()), deadline, &invocation)
+            .await?;
         Ok(())
     }
 
     /// Deletes keys; returns how many existed.
     ///
     /// # Errors
-    /// Redis failures and timeouts, as [`Error`].
-    pub async fn delete(&self, keys: &[String], budget: Duration) -> Result<u64, Error> {
+    /// Redis failures and timeouts, as [`Error`]. Not repeated after a lost
+    /// connection, since a repetition would count zero.
+    pub async fn delete(&self, space: &KeySpace, keys: &[String], deadline: Instant) -> Result<u64, Error> {
         // UNLINK frees large values off Redis's main thread; it counts like DEL.
         let mut command = redis::cmd("UNLINK");
         for key in keys {
-            command.arg(self.keys.cache(key));
+            command.arg(space.cache(key));
         }
-        let mut conn = self.redis.connection();
-        bounded(budget, Effect::Idempotent, command.query_async(&mut conn)).await
+        self.redis.run(Op::write("cache_delete"), deadline, &command).await
     }
 
     /// Reads and deletes one entry atomically (GETDEL).
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`]. After a timeout the value may be gone.
-    pub async fn take(&self, key: &str, budget: Duration) -> Result<Option<Vec<u8>>, Error> {
-        let mut conn = self.redis.connection();
+    pub async fn take(&self, space: &KeySpace, key: &str, deadline: Instant) -> Result<Option<Vec<u8>>, Error> {
         let mut command = redis::cmd("GETDEL");
-        command.arg(self.keys.cache(key));
-        bounded(budget, Effect::NotIdempotent, command.query_async(&mut conn)).await
+        command.arg(space.cache(key));
+        self.redis.run(Op::write("cache_take"), deadline, &command).await
     }
 
     /// Adds `delta` to a counter, creating it with `ttl`; returns the new value.
@@ -170,19 +174,22 @@ impl CacheStore {
     /// # Errors
     /// [`Error::FailedPrecondition`] when the stored value is not an integer or the
     /// sum overflows; Redis failures and timeouts, as [`Error`].
-    pub async fn increment(&self, key: &str, delta: i64, ttl: Ttl, budget: Duration) -> Result<i64, Error> {
-        let mut conn = self.redis.connection();
-        let result = bounded(
-            budget,
-            Effect::NotIdempotent,
-            INCREMENT
-                .key(self.keys.cache(key))
-                .arg(delta)
-                .arg(ttl.millis())
-                .invoke_async(&mut conn),
-        )
-        .await;
+    pub async fn increment(
+        &self,
+        space: &KeySpace,
+        key: &str,
+        delta: i64,
+        ttl: Ttl,
+        deadline: Instant,
+    ) -> Result<i64, Error> {
+        let mut invocation = INCREMENT.prepare();
+        invocation.key(space.cache(key)).arg(delta).arg(ttl.millis());
+        let result: Result<String, Error> = self.redis.run(Op::write(INCREMENT.name()), deadline, &invocation).await;
         match result {
+            // The script returns the stored text: a Lua number would lose precision above 2^53.
+            Ok(text) => text
+                .parse()
+                .map_err(|_| Error::Internal("the counter's new value is not an integer".to_owned())),
             Err(Error::Redis(error)) => {
                 let detail = error.detail().unwrap_or_default();
                 if detail.contains("not an integer") {
@@ -197,7 +204,7 @@ impl CacheStore {
                     Err(Error::Redis(error))
                 }
             }
-            other => other,
+            Err(other) => Err(other),
         }
     }
 
@@ -205,11 +212,10 @@ impl CacheStore {
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
-    pub async fn expire(&self, key: &str, ttl: Ttl, budget: Duration) -> Result<bool, Error> {
-        let mut conn = self.redis.connection();
+    pub async fn expire(&self, space: &KeySpace, key: &str, ttl: Ttl, deadline: Instant) -> Result<bool, Error> {
         let mut command = redis::cmd("PEXPIRE");
-        command.arg(self.keys.cache(key)).arg(ttl.millis());
-        bounded(budget, Effect::Idempotent, command.query_async(&mut conn)).await
+        command.arg(space.cache(key)).arg(ttl.millis());
+        self.redis.run(Op::idempotent("cache_expire"), deadline, &command).await
     }
 }
 

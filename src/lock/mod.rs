@@ -23,7 +23,8 @@ use crate::{
         AcquireRequest, AcquireResponse, DescribeRequest, DescribeResponse, ExtendRequest, ExtendResponse,
         ReleaseRequest, ReleaseResponse, lock_service_server::LockService,
     },
-    request::{Limits, Ttl, budget, caller_budget, duration_to_proto, positive_duration},
+    redis::{KeySpace, epoch::DataEpoch},
+    request::{Limits, Ttl, caller_budget, deadline, duration_to_proto, positive_duration},
 };
 
 /// Longest owner text.
@@ -59,25 +60,85 @@ impl From<&Config> for LockSettings {
 /// The gRPC handlers of the lock service.
 pub struct LockApi {
     store: LockStore,
+    space: KeySpace,
     notices: ReleaseNotices,
+    epoch: DataEpoch,
     limits: Limits,
     settings: LockSettings,
     draining: watch::Receiver<bool>,
 }
 
+/// The clocks of one Acquire, and the rules between them: attempts run until
+/// the lock is granted or the wait ends; an attempt may run past the wait's end
+/// (it started in time) but never past the caller's deadline.
+struct WaitPlan {
+    /// No attempt starts after this.
+    wait_ends: Instant,
+    /// Nothing runs after this: the caller's gRPC deadline, less a margin.
+    caller_deadline: Option<Instant>,
+    /// Longest time one attempt may take.
+    attempt_timeout: Duration,
+}
+
+impl WaitPlan {
+    fn new(wait: Duration, caller_left: Option<Duration>, attempt_timeout: Duration) -> WaitPlan {
+        let now = Instant::now();
+        // A wait cut short by the caller's deadline ends early enough to leave the
+        // last attempt a tenth of the caller's time.
+        let wait = caller_left.map_or(wait, |left| wait.min(left - left / 10));
+        WaitPlan {
+            wait_ends: now + wait,
+            caller_deadline: caller_left.map(|left| now + left),
+            attempt_timeout,
+        }
+    }
+
+    /// The deadline of an attempt starting now; `None` when the caller's deadline has passed.
+    fn attempt_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let deadline = now + self.attempt_timeout;
+        match self.caller_deadline {
+            Some(caller) if caller <= now => None,
+            Some(caller) => Some(deadline.min(caller)),
+            None => Some(deadline),
+        }
+    }
+
+    /// How long to wait before the next attempt, at most `until_next_chance`;
+    /// `None` when the wait is over.
+    fn pause(&self, until_next_chance: Duration) -> Option<Duration> {
+        let left = self
+            .wait_ends
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())?;
+        Some(left.min(until_next_chance))
+    }
+
+    /// Whether the wait lasts at least `span` more.
+    fn covers(&self, span: Duration) -> bool {
+        Instant::now() + span <= self.wait_ends
+    }
+}
+
 impl LockApi {
-    /// Handlers over `store`, woken by `notices`. Waiting Acquires end (not
-    /// acquired) once `draining` turns true, so a shutdown does not wait for them.
+    /// Handlers over `store` in key space `space`, woken by `notices`, with
+    /// grants paused while `epoch` says Redis recently lost its data. Waiting
+    /// Acquires end (not acquired) once `draining` turns true, so a shutdown
+    /// does not wait for them.
     pub fn new(
         store: LockStore,
+        space: KeySpace,
         notices: ReleaseNotices,
+        epoch: DataEpoch,
         limits: Limits,
         settings: LockSettings,
         draining: watch::Receiver<bool>,
     ) -> LockApi {
         LockApi {
             store,
+            space,
             notices,
+            epoch,
             limits,
             settings,
             draining,
@@ -100,6 +161,24 @@ impl LockApi {
             return Err(Error::invalid("token", "is not a token this service issued"));
         }
         Ok(token)
+    }
+
+    /// Waits out a pause of grants after Redis lost its data, if the wait covers it.
+    ///
+    /// # Errors
+    /// [`Error::LocksPaused`] when it does not.
+    async fn sit_out_pause(&self, plan: &WaitPlan) -> Result<bool, Error> {
+        let Some(left) = self.epoch.paused_for() else {
+            return Ok(true);
+        };
+        if !plan.covers(left) {
+            return Err(Error::LocksPaused(left));
+        }
+        let mut draining = self.draining.clone();
+        tokio::select! {
+            () = sleep(left) => Ok(true),
+            _ = draining.wait_for(|draining| *draining) => Ok(false),
+        }
     }
 }
 
@@ -137,7 +216,6 @@ fn lost_lease() -> Error {
 impl LockService for LockApi {
     async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
         let (metadata, _, request) = request.into_parts();
-        let attempt_budget = budget(&metadata, self.settings.operation_timeout)?;
         let caller_left = caller_budget(&metadata)?;
         let name = self.limits.key("name", &request.name)?;
         let ttl = self.lease(request.ttl.as_ref())?;
@@ -167,28 +245,23 @@ impl LockService for LockApi {
             owner,
             request_id,
         };
+        let plan = WaitPlan::new(wait, caller_left, self.settings.operation_timeout);
+        if !self.sit_out_pause(&plan).await? {
+            return Ok(Response::new(not_acquired(Duration::ZERO)));
+        }
 
-        let started = Instant::now();
-        // A wait cut short by the caller's deadline ends early enough to leave the
-        // last attempt a tenth of the caller's time.
-        let wait_ends = started + caller_left.map_or(wait, |left| wait.min(left - left / 10));
         let mut holder_ttl = Duration::ZERO;
         // Registered before the first attempt, so no release after it goes unheard.
-        let mut registration = (!wait.is_zero()).then(|| self.notices.register(self.store.release_channel(name)));
+        let mut registration = (!wait.is_zero()).then(|| self.notices.register(self.space.lock_released(name)));
         loop {
             if let Some(registration) = registration.as_mut() {
                 registration.mark_seen();
             }
-            // An attempt may overrun the wait's end, never the caller's deadline.
-            let this_budget = match caller_left {
-                Some(left) => attempt_budget.min(left.saturating_sub(started.elapsed())),
-                None => attempt_budget,
-            };
-            if this_budget.is_zero() {
+            let Some(deadline) = plan.attempt_deadline() else {
                 // Only after a first attempt: the caller's deadline ended the wait.
                 return Ok(Response::new(not_acquired(holder_ttl)));
-            }
-            holder_ttl = match self.store.try_acquire(grant, this_budget).await? {
+            };
+            holder_ttl = match self.store.try_acquire(&self.space, grant, deadline).await? {
                 Attempt::Granted(Grant {
                     token,
                     fencing_token,
@@ -204,12 +277,10 @@ impl LockService for LockApi {
                 }
                 Attempt::Held { ttl } => ttl,
             };
-            let now = Instant::now();
-            let Some(registration) = registration.as_mut().filter(|_| now < wait_ends) else {
+            // Wake on a release, on the holder's expiry, or at the wait's end.
+            let (Some(registration), Some(mut nap)) = (registration.as_mut(), plan.pause(holder_ttl)) else {
                 return Ok(Response::new(not_acquired(holder_ttl)));
             };
-            // Wake on a release, on the holder's expiry, or at the wait's end.
-            let mut nap = (wait_ends - now).min(holder_ttl);
             if !self.notices.is_listening() {
                 nap = nap.min(UNHEARD_RECHECK);
             }
@@ -224,23 +295,23 @@ impl LockService for LockApi {
     }
 
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
-        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let request = request.into_inner();
         let name = self.limits.key("name", &request.name)?;
         let token = self.token(&request.token)?;
-        if !self.store.release(name, token, budget).await? {
+        if !self.store.release(&self.space, name, token, deadline).await? {
             return Err(lost_lease().into());
         }
         Ok(Response::new(ReleaseResponse {}))
     }
 
     async fn extend(&self, request: Request<ExtendRequest>) -> Result<Response<ExtendResponse>, Status> {
-        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let request = request.into_inner();
         let name = self.limits.key("name", &request.name)?;
         let token = self.token(&request.token)?;
         let ttl = self.lease(request.ttl.as_ref())?;
-        let Some(fencing_token) = self.store.extend(name, token, ttl, budget).await? else {
+        let Some(fencing_token) = self.store.extend(&self.space, name, token, ttl, deadline).await? else {
             return Err(lost_lease().into());
         };
         let lease = Duration::from_millis(ttl.millis());
@@ -252,10 +323,10 @@ impl LockService for LockApi {
     }
 
     async fn describe(&self, request: Request<DescribeRequest>) -> Result<Response<DescribeResponse>, Status> {
-        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let request = request.into_inner();
         let name = self.limits.key("name", &request.name)?;
-        let holder = self.store.describe(name, budget).await?;
+        let holder = self.store.describe(&self.space, name, deadline).await?;
         Ok(Response::new(DescribeResponse {
             held: holder.held,
             owner: holder.owner,

@@ -15,16 +15,16 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
 };
 
 use futures_util::StreamExt;
-use redis::Client;
 use tokio::{
     sync::watch,
     time::{sleep, timeout},
 };
 use tracing::{info, warn};
+
+use crate::redis::{Backoff, Cause, Endpoint};
 
 /// Waiters registered per release channel, and whether the subscriber is listening.
 #[derive(Clone, Default)]
@@ -125,25 +125,21 @@ impl Drop for Registration {
 }
 
 /// Keeps one pattern subscription to `pattern` alive, announcing every message to
-/// `notices`; reconnects with `backoff` between attempts. Runs until its task is aborted.
-pub async fn listen_for_releases(
-    client: Client,
-    pattern: String,
-    notices: ReleaseNotices,
-    connect_timeout: Duration,
-    backoff: Duration,
-) {
+/// `notices`; reconnects with `backoff` between failed attempts, forever. Runs
+/// until its task is aborted.
+pub async fn listen_for_releases(endpoint: Endpoint, pattern: String, notices: ReleaseNotices, backoff: Backoff) {
     let mut ever_listened = false;
+    let mut delay = backoff.min;
     loop {
-        let subscribed = timeout(connect_timeout, async {
-            let mut pubsub = client.get_async_pubsub().await?;
+        let subscribed = async {
+            let mut pubsub = endpoint.subscriber().await?;
             // Returns once Redis has confirmed the subscription.
-            pubsub.psubscribe(&pattern).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        })
-        .await;
-        match subscribed {
+            pubsub.psubscribe(&pattern).await.map_err(|e| Cause::of(&e))?;
+            Ok::<_, Cause>(pubsub)
+        };
+        match timeout(endpoint.connect_timeout(), subscribed).await {
             Ok(Ok(pubsub)) => {
+                delay = backoff.min;
                 notices.set_listening(true);
                 // Releases while nobody listened went unheard: let every waiter look again.
                 notices.announce_everywhere();
@@ -158,9 +154,12 @@ pub async fn listen_for_releases(
                 notices.set_listening(false);
                 warn!("lost the lock-release subscription; waiting Acquires re-check periodically until it is back");
             }
-            // Redis being unreachable is already logged by the health prober.
-            Ok(Err(_)) | Err(_) => notices.set_listening(false),
+            // Why Redis is unreachable is logged by the health prober.
+            Ok(Err(_)) | Err(_) => {
+                notices.set_listening(false);
+                sleep(delay).await;
+                delay = (delay * 2).min(backoff.max);
+            }
         }
-        sleep(backoff).await;
     }
 }

@@ -1,26 +1,22 @@
 //! The lock's Redis side: each operation is one script, so one round trip.
 
-use std::{sync::LazyLock, time::Duration};
+use std::time::Duration;
 
-use redis::Script;
+use tokio::time::Instant;
 
 use crate::{
-    error::{Effect, Error},
-    redis::{Keys, Redis, bounded},
+    error::Error,
+    redis::{KeySpace, LuaScript, Op, Redis},
     request::Ttl,
 };
 
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/lock_acquire.lua")));
-static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/lock_release.lua")));
-static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/lock_extend.lua")));
-static DESCRIBE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/lock_describe.lua")));
-
-/// How long a lock's fencing counter outlives its last grant. Past that, the
-/// next grant's token comes from the Redis clock, which is still larger.
-const FENCE_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+static ACQUIRE: LuaScript = LuaScript::new("lock_acquire", include_str!("../scripts/lock_acquire.lua"));
+static RELEASE: LuaScript = LuaScript::new("lock_release", include_str!("../scripts/lock_release.lua"));
+static EXTEND: LuaScript = LuaScript::new("lock_extend", include_str!("../scripts/lock_extend.lua"));
+static DESCRIBE: LuaScript = LuaScript::new("lock_describe", include_str!("../scripts/lock_describe.lua"));
 
 /// The lock's scripts, for loading into Redis ahead of the first request.
-pub fn scripts() -> [&'static Script; 4] {
+pub fn scripts() -> [&'static LuaScript; 4] {
     [&ACQUIRE, &RELEASE, &EXTEND, &DESCRIBE]
 }
 
@@ -65,7 +61,8 @@ pub struct Holder {
 pub struct Request<'a> {
     /// The lock's name.
     pub name: &'a str,
-    /// The token to grant with.
+    /// The token to grant with, fresh for each Acquire call: sending the same
+    /// attempt again after a lost connection finds its own grant.
     pub token: &'a str,
     /// The lease.
     pub ttl: Ttl,
@@ -75,45 +72,48 @@ pub struct Request<'a> {
     pub request_id: &'a str,
 }
 
-/// Locks in Redis, under keys from [`Keys::lock`] and [`Keys::lock_fence`].
+/// Locks in Redis, under keys from [`KeySpace::lock`] and [`KeySpace::lock_fence`].
 #[derive(Clone)]
 pub struct LockStore {
     redis: Redis,
-    keys: Keys,
+    /// How long a fencing counter outlives the lease it was last used for.
+    fence_retention: Duration,
 }
 
 impl LockStore {
-    /// A store on the shared connection.
-    pub fn new(redis: Redis, keys: Keys) -> LockStore {
-        LockStore { redis, keys }
+    /// A store on the shared connections.
+    pub fn new(redis: Redis, fence_retention: Duration) -> LockStore {
+        LockStore { redis, fence_retention }
     }
 
-    /// The channel a release of `name` is announced on.
-    pub fn release_channel(&self, name: &str) -> String {
-        self.keys.lock_released(name)
+    fn retention_millis(&self) -> u64 {
+        u64::try_from(self.fence_retention.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Takes the lock if it is free (or already granted to `request.request_id`).
+    /// Takes the lock if it is free (or already granted to this request).
     ///
     /// # Errors
-    /// Redis failures and timeouts, as [`Error`]; after a timeout the lock may have
-    /// been granted, which a retry with the same request id recovers.
-    pub async fn try_acquire(&self, request: Request<'_>, budget: Duration) -> Result<Attempt, Error> {
-        let mut conn = self.redis.connection();
-        let (granted, token, fencing_token, ttl): (i64, String, u64, i64) = bounded(
-            budget,
-            Effect::NotIdempotent,
-            ACQUIRE
-                .key(self.keys.lock(request.name))
-                .key(self.keys.lock_fence(request.name))
-                .arg(request.token)
-                .arg(request.ttl.millis())
-                .arg(request.owner)
-                .arg(request.request_id)
-                .arg(FENCE_RETENTION.as_millis() as u64)
-                .invoke_async(&mut conn),
-        )
-        .await?;
+    /// Redis failures and timeouts, as [`Error`]. Sent again after a lost
+    /// connection: the token makes a repeated attempt find its own grant.
+    pub async fn try_acquire(
+        &self,
+        space: &KeySpace,
+        request: Request<'_>,
+        deadline: Instant,
+    ) -> Result<Attempt, Error> {
+        let mut invocation = ACQUIRE.prepare();
+        invocation
+            .key(space.lock(request.name))
+            .key(space.lock_fence(request.name))
+            .arg(request.token)
+            .arg(request.ttl.millis())
+            .arg(request.owner)
+            .arg(request.request_id)
+            .arg(self.retention_millis());
+        let (granted, token, fencing_token, ttl): (i64, String, u64, i64) = self
+            .redis
+            .run(Op::replayable(ACQUIRE.name()), deadline, &invocation)
+            .await?;
         let ttl = millis(ttl);
         Ok(if granted == 1 {
             Attempt::Granted(Grant {
@@ -126,22 +126,23 @@ impl LockStore {
         })
     }
 
-    /// Releases the lock if `token` holds it; returns whether it did.
+    /// Releases the lock if `token` holds it; returns whether it did (or had
+    /// already, by this same token).
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
-    pub async fn release(&self, name: &str, token: &str, budget: Duration) -> Result<bool, Error> {
-        let mut conn = self.redis.connection();
-        let released: i64 = bounded(
-            budget,
-            Effect::Idempotent,
-            RELEASE
-                .key(self.keys.lock(name))
-                .arg(token)
-                .arg(self.keys.lock_released(name))
-                .invoke_async(&mut conn),
-        )
-        .await?;
+    pub async fn release(&self, space: &KeySpace, name: &str, token: &str, deadline: Instant) -> Result<bool, Error> {
+        let mut invocation = RELEASE.prepare();
+        invocation
+            .key(space.lock(name))
+            .key(space.lock_fence(name))
+            .arg(token)
+            .arg(space.lock_released(name))
+            .arg(self.retention_millis());
+        let released: i64 = self
+            .redis
+            .run(Op::idempotent(RELEASE.name()), deadline, &invocation)
+            .await?;
         Ok(released == 1)
     }
 
@@ -149,18 +150,25 @@ impl LockStore {
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
-    pub async fn extend(&self, name: &str, token: &str, ttl: Ttl, budget: Duration) -> Result<Option<u64>, Error> {
-        let mut conn = self.redis.connection();
-        let fencing_token: u64 = bounded(
-            budget,
-            Effect::Idempotent,
-            EXTEND
-                .key(self.keys.lock(name))
-                .arg(token)
-                .arg(ttl.millis())
-                .invoke_async(&mut conn),
-        )
-        .await?;
+    pub async fn extend(
+        &self,
+        space: &KeySpace,
+        name: &str,
+        token: &str,
+        ttl: Ttl,
+        deadline: Instant,
+    ) -> Result<Option<u64>, Error> {
+        let mut invocation = EXTEND.prepare();
+        invocation
+            .key(space.lock(name))
+            .key(space.lock_fence(name))
+            .arg(token)
+            .arg(ttl.millis())
+            .arg(self.retention_millis());
+        let fencing_token: u64 = self
+            .redis
+            .run(Op::idempotent(EXTEND.name()), deadline, &invocation)
+            .await?;
         Ok((fencing_token > 0).then_some(fencing_token))
     }
 
@@ -168,17 +176,11 @@ impl LockStore {
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
-    pub async fn describe(&self, name: &str, budget: Duration) -> Result<Holder, Error> {
-        let mut conn = self.redis.connection();
-        let (held, owner, fencing_token, ttl): (i64, String, u64, i64) = bounded(
-            budget,
-            Effect::Idempotent,
-            DESCRIBE
-                .key(self.keys.lock(name))
-                .key(self.keys.lock_fence(name))
-                .invoke_async(&mut conn),
-        )
-        .await?;
+    pub async fn describe(&self, space: &KeySpace, name: &str, deadline: Instant) -> Result<Holder, Error> {
+        let mut invocation = DESCRIBE.prepare();
+        invocation.key(space.lock(name)).key(space.lock_fence(name));
+        let (held, owner, fencing_token, ttl): (i64, String, u64, i64) =
+            self.redis.run(Op::read(DESCRIBE.name()), deadline, &invocation).await?;
         Ok(Holder {
             held: held == 1,
             owner,

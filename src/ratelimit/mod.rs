@@ -4,9 +4,14 @@
 
 mod store;
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tracing::warn;
 
 pub use store::{Algorithm, Decision, LimitCheck, RateLimitStore, scripts};
 
@@ -17,7 +22,8 @@ use crate::{
         self as pb, CheckManyRequest, CheckManyResponse, CheckRequest, CheckResponse, LimitDecision, ResetRequest,
         ResetResponse, rate_limit_service_server::RateLimitService,
     },
-    request::{Limits, budget, duration_to_proto, positive_duration},
+    redis::KeySpace,
+    request::{Limits, budget, deadline, duration_to_proto, positive_duration},
 };
 
 /// The largest limit and cost: keeps every count exact in the script's doubles.
@@ -26,6 +32,8 @@ pub const MAX_LIMIT: u64 = 1_000_000_000;
 const MIN_PERIOD: Duration = Duration::from_millis(1);
 /// Below this much time left, Redis is not asked at all: the policy answers.
 const MIN_REDIS_BUDGET: Duration = Duration::from_millis(1);
+/// How often answers given by the outage policy are logged (with their count).
+const POLICY_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The rate limiter's settings, from the configuration.
 #[derive(Debug, Clone)]
@@ -58,8 +66,53 @@ impl From<&Config> for RateLimitSettings {
 /// The gRPC handlers of the rate limiter.
 pub struct RateLimitApi {
     store: RateLimitStore,
+    space: KeySpace,
     limits: Limits,
     settings: RateLimitSettings,
+    policy_log: PolicyLog,
+}
+
+/// Answers given by the outage policy, logged at most once per interval so that
+/// a limiter silently failing open (Redis down, full, or too slow) is visible
+/// without a log line per request.
+struct PolicyLog {
+    state: Mutex<PolicyLogState>,
+}
+
+struct PolicyLogState {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl PolicyLog {
+    fn new() -> PolicyLog {
+        PolicyLog {
+            state: Mutex::new(PolicyLogState {
+                last_logged: None,
+                unlogged: 0,
+            }),
+        }
+    }
+
+    fn record(&self, cause: &Error, allowed: bool) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.unlogged += 1;
+        if state
+            .last_logged
+            .is_some_and(|last| last.elapsed() < POLICY_LOG_INTERVAL)
+        {
+            return;
+        }
+        let answers = std::mem::take(&mut state.unlogged);
+        state.last_logged = Some(Instant::now());
+        drop(state);
+        warn!(
+            answers,
+            latest = if allowed { "allowed" } else { "denied" },
+            cause = %cause,
+            "rate-limit checks answered by the outage policy, not by Redis"
+        );
+    }
 }
 
 /// How a request was decided.
@@ -71,12 +124,14 @@ enum Outcome {
 }
 
 impl RateLimitApi {
-    /// Handlers over `store`.
-    pub fn new(store: RateLimitStore, limits: Limits, settings: RateLimitSettings) -> RateLimitApi {
+    /// Handlers over `store` in key space `space`.
+    pub fn new(store: RateLimitStore, space: KeySpace, limits: Limits, settings: RateLimitSettings) -> RateLimitApi {
         RateLimitApi {
             store,
+            space,
             limits,
             settings,
+            policy_log: PolicyLog::new(),
         }
     }
 
@@ -158,26 +213,28 @@ impl RateLimitApi {
     }
 
     /// Asks Redis within the rate limiter's budget; falls back to `policy` when
-    /// Redis is known to be down, the caller's deadline is too near, or Redis
-    /// fails or does not answer in time.
+    /// the last connection attempt failed, the caller's deadline is too near, or
+    /// Redis fails, is full, or does not answer in time.
     async fn decide(
         &self,
         metadata: &MetadataMap,
         checks: &[LimitCheck<'_>],
         policy: OutagePolicy,
     ) -> Result<Outcome, Status> {
-        let fallback = Outcome::Policy(policy == OutagePolicy::FailOpen);
+        let allowed = policy == OutagePolicy::FailOpen;
         let budget = match budget(metadata, self.settings.timeout) {
             Ok(budget) if budget >= MIN_REDIS_BUDGET => budget,
-            _ => return Ok(fallback),
+            Ok(_) | Err(_) => {
+                self.policy_log.record(&Error::DeadlineExceeded, allowed);
+                return Ok(Outcome::Policy(allowed));
+            }
         };
-        if !self.store.seems_reachable() {
-            return Ok(fallback);
-        }
-        match self.store.check(checks, budget).await {
+        let deadline = tokio::time::Instant::now() + budget;
+        match self.store.check(&self.space, checks, deadline).await {
             Ok(decisions) => Ok(Outcome::Decided(decisions)),
-            Err(Error::Unavailable(_) | Error::Timeout { .. } | Error::OutOfMemory | Error::DeadlineExceeded) => {
-                Ok(fallback)
+            Err(error) if error.is_outage() => {
+                self.policy_log.record(&error, allowed);
+                Ok(Outcome::Policy(allowed))
             }
             Err(error) => Err(error.into()),
         }
@@ -255,10 +312,10 @@ impl RateLimitService for RateLimitApi {
             )?;
             // The script decides each limit on the state before any is consumed, so a
             // repeated limit would be checked once but charged twice.
-            if !seen.insert((check.key, check.algorithm)) {
+            if !seen.insert((check.key, check.algorithm, check.limit, check.period_micros)) {
                 return Err(Error::invalid(
                     format!("limits[{i}]"),
-                    "repeats the key and algorithm of an earlier limit",
+                    "repeats the key, algorithm, limit and period of an earlier limit",
                 )
                 .into());
             }
@@ -307,9 +364,16 @@ impl RateLimitService for RateLimitApi {
 
     async fn reset(&self, request: Request<ResetRequest>) -> Result<Response<ResetResponse>, Status> {
         // Reset has no fallback: it gets the ordinary operation timeout.
-        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let request = request.into_inner();
-        let key = self.limits.key("key", &request.key)?;
+        let check = self.limit_check(
+            "",
+            &request.key,
+            request.limit,
+            request.period.as_ref(),
+            None,
+            pb::Algorithm::Unspecified as i32,
+        )?;
         let algorithms: &[Algorithm] = match pb::Algorithm::try_from(request.algorithm) {
             Ok(pb::Algorithm::Unspecified) => &Algorithm::ALL,
             Ok(pb::Algorithm::TokenBucket) => &[Algorithm::TokenBucket],
@@ -320,7 +384,17 @@ impl RateLimitService for RateLimitApi {
                 return Err(Error::invalid("algorithm", reason).into());
             }
         };
-        let existed = self.store.reset(key, algorithms, budget).await?;
+        let existed = self
+            .store
+            .reset(
+                &self.space,
+                check.key,
+                check.limit,
+                check.period_micros,
+                algorithms,
+                deadline,
+            )
+            .await?;
         Ok(Response::new(ResetResponse { existed }))
     }
 }

@@ -1,19 +1,19 @@
 //! The rate limiter's Redis side: one script decides every limit of a request
 //! and consumes their cost, all or nothing, in one round trip.
 
-use std::{sync::LazyLock, time::Duration};
+use std::time::Duration;
 
-use redis::Script;
+use tokio::time::Instant;
 
 use crate::{
-    error::{Effect, Error},
-    redis::{Keys, Redis, bounded},
+    error::Error,
+    redis::{KeySpace, LuaScript, Op, Redis},
 };
 
-static RATELIMIT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/ratelimit.lua")));
+static RATELIMIT: LuaScript = LuaScript::new("ratelimit", include_str!("../scripts/ratelimit.lua"));
 
 /// The rate limiter's scripts, for loading into Redis ahead of the first request.
-pub fn scripts() -> [&'static Script; 1] {
+pub fn scripts() -> [&'static LuaScript; 1] {
     [&RATELIMIT]
 }
 
@@ -79,36 +79,46 @@ pub struct Decision {
     pub retry_after: Option<Duration>,
 }
 
-/// Rate-limit state in Redis, under keys from [`Keys::ratelimit`].
+/// Rate-limit state in Redis, under keys from [`KeySpace::ratelimit`].
 #[derive(Clone)]
 pub struct RateLimitStore {
     redis: Redis,
-    keys: Keys,
 }
 
 impl RateLimitStore {
-    /// A store on the shared connection.
-    pub fn new(redis: Redis, keys: Keys) -> RateLimitStore {
-        RateLimitStore { redis, keys }
+    /// A store on the shared connections.
+    pub fn new(redis: Redis) -> RateLimitStore {
+        RateLimitStore { redis }
     }
 
     /// Decides every limit and, if all allow, consumes every cost, atomically.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`]; after a timeout the cost may have been consumed.
-    pub async fn check(&self, checks: &[LimitCheck<'_>], budget: Duration) -> Result<Vec<Decision>, Error> {
-        let mut invocation = RATELIMIT.prepare_invoke();
+    pub async fn check(
+        &self,
+        space: &KeySpace,
+        checks: &[LimitCheck<'_>],
+        deadline: Instant,
+    ) -> Result<Vec<Decision>, Error> {
+        let mut invocation = RATELIMIT.prepare();
         for check in checks {
             invocation
-                .key(self.keys.ratelimit(check.key, check.algorithm.key_suffix()))
+                .key(space.ratelimit(
+                    check.key,
+                    check.algorithm.key_suffix(),
+                    check.limit,
+                    check.period_micros,
+                ))
                 .arg(check.algorithm.code())
                 .arg(check.limit)
                 .arg(check.period_micros)
                 .arg(check.cost);
         }
-        let mut conn = self.redis.connection();
-        let replies: Vec<(i64, i64, i64, i64)> =
-            bounded(budget, Effect::NotIdempotent, invocation.invoke_async(&mut conn)).await?;
+        let replies: Vec<(i64, i64, i64, i64)> = self
+            .redis
+            .run(Op::write(RATELIMIT.name()), deadline, &invocation)
+            .await?;
         Ok(replies
             .into_iter()
             .map(|(allowed, remaining, reset_after, retry_after)| Decision {
@@ -120,23 +130,26 @@ impl RateLimitStore {
             .collect())
     }
 
-    /// Clears the state of `key` under `algorithms`; returns whether any existed.
+    /// Clears the state of the limiters of `key` with `limit` per `period_micros`
+    /// under `algorithms`; returns whether any existed.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
-    pub async fn reset(&self, key: &str, algorithms: &[Algorithm], budget: Duration) -> Result<bool, Error> {
+    pub async fn reset(
+        &self,
+        space: &KeySpace,
+        key: &str,
+        limit: u64,
+        period_micros: u64,
+        algorithms: &[Algorithm],
+        deadline: Instant,
+    ) -> Result<bool, Error> {
         let mut command = redis::cmd("UNLINK");
         for algorithm in algorithms {
-            command.arg(self.keys.ratelimit(key, algorithm.key_suffix()));
+            command.arg(space.ratelimit(key, algorithm.key_suffix(), limit, period_micros));
         }
-        let mut conn = self.redis.connection();
-        let removed: u64 = bounded(budget, Effect::Idempotent, command.query_async(&mut conn)).await?;
+        let removed: u64 = self.redis.run(Op::write("ratelimit_reset"), deadline, &command).await?;
         Ok(removed > 0)
-    }
-
-    /// The shared connection's last known reachability.
-    pub fn seems_reachable(&self) -> bool {
-        self.redis.seems_reachable()
     }
 }
 

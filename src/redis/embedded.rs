@@ -42,10 +42,19 @@ impl EmbeddedRedis {
     /// [`StartError::RedisServerMissing`] when there is no redis-server on PATH;
     /// [`StartError::EmbeddedRedis`] when it does not come up.
     pub async fn start() -> Result<EmbeddedRedis, StartError> {
+        EmbeddedRedis::start_with(&[]).await
+    }
+
+    /// Starts `redis-server` with `extra` settings (`["--maxmemory", "1mb"]`) on a
+    /// free loopback port, as [`EmbeddedRedis::start`] does.
+    ///
+    /// # Errors
+    /// As [`EmbeddedRedis::start`].
+    pub async fn start_with(extra: &[&str]) -> Result<EmbeddedRedis, StartError> {
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            match EmbeddedRedis::start_on(port).await {
+            match EmbeddedRedis::start_on_with(port, extra).await {
                 Ok(redis) => return Ok(redis),
                 Err(StartError::RedisServerMissing) => return Err(StartError::RedisServerMissing),
                 Err(error) => last_error = Some(error),
@@ -59,11 +68,20 @@ impl EmbeddedRedis {
     /// # Errors
     /// As [`EmbeddedRedis::start`].
     pub async fn start_on(port: u16) -> Result<EmbeddedRedis, StartError> {
+        EmbeddedRedis::start_on_with(port, &[]).await
+    }
+
+    /// Starts `redis-server` on `port` of 127.0.0.1 with `extra` settings.
+    ///
+    /// # Errors
+    /// As [`EmbeddedRedis::start`].
+    pub async fn start_on_with(port: u16, extra: &[&str]) -> Result<EmbeddedRedis, StartError> {
         let log_file = std::env::temp_dir().join(format!("cachelock-redis-{port}.log"));
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
             .args(["--daemonize", "no", "--loglevel", "warning"])
+            .args(extra)
             .arg("--logfile")
             .arg(&log_file)
             .arg("--dir")

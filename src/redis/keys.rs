@@ -1,16 +1,29 @@
-//! Every Redis key the service uses is built here, and nowhere else.
+//! Every Redis key and channel the service uses is built here, and nowhere else.
 //!
-//! Format: `<prefix>:<service>:{<user key>}[:<part>]`. The user's part sits inside
-//! a `{hash tag}`, so all keys derived from one user key (a lock's owner record and
-//! its fencing counter, say) hash to the same Redis Cluster slot and can be used
-//! together in one script. The prefix may not contain braces (checked in
-//! [`crate::config`]), so the first `{` of a key is always the one written here.
-//! A user key that itself contains `}` ends the tag early; keys stay distinct and
-//! the parts of one user key still share a slot, because they share that text.
+//! Format: `<prefix>:<tenant>:<kind>:{<tag>}:<fixed fields>:<user key>`.
+//!
+//! - The tenant segment keeps tenants apart: no key of one tenant can be spelled
+//!   by a request of another.
+//! - The `{tag}` is a Redis Cluster hash tag: 4 hex digits of SHA-256 of the user
+//!   key, so every key derived from one user key (a lock and its fencing counter)
+//!   hashes to the same slot whatever characters the user key holds. When the
+//!   user key itself carries a non-empty `{…}` section, only that section is
+//!   hashed — Redis's own rule — so callers can co-locate related keys
+//!   (`{user:42}:login` and `{user:42}:otp`) as they would on a plain Cluster.
+//! - The user key comes last and whole, after fields of fixed form, so two
+//!   different requests never build the same key.
+//!
+//! The prefix and tenant hold no braces, colons-only-as-separators or glob
+//! characters (checked in [`crate::config`]), so the first `{` of a key is the tag.
 
-use std::sync::Arc;
+use std::{fmt::Write as _, sync::Arc};
 
-/// Builds the Redis keys of every service under one prefix.
+use sha2::{Digest, Sha256};
+
+/// The tenant every request uses when no auth file assigns one.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Builds the keys of every tenant under one prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: Arc<str>,
@@ -22,116 +35,180 @@ impl Keys {
         Keys { prefix: prefix.into() }
     }
 
-    /// The key holding a cache entry: `<prefix>:cache:{<key>}`.
+    /// The key space of `tenant` (already validated).
+    pub fn space(&self, tenant: &str) -> KeySpace {
+        KeySpace {
+            base: format!("{}:{tenant}:", self.prefix).into(),
+        }
+    }
+
+    /// The pattern matching every tenant's lock-release channels, for the one subscriber.
+    pub fn lock_released_pattern(&self) -> String {
+        format!("{}:*:lock-released:*", self.prefix)
+    }
+
+    /// The key recording which copy of the data this Redis holds (see
+    /// [`crate::redis::epoch`]). One per deployment, not per tenant.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+}
+
+/// One tenant's keys. Cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct KeySpace {
+    base: Arc<str>,
+}
+
+impl KeySpace {
+    /// `<prefix>:<tenant>:<kind>:{<tag>}:` with room for `rest` bytes more.
+    fn start(&self, kind: &str, tag: &str, rest: usize) -> String {
+        let mut key = String::with_capacity(self.base.len() + kind.len() + tag.len() + rest + 4);
+        key.push_str(&self.base);
+        key.push_str(kind);
+        key.push_str(":{");
+        key.push_str(tag);
+        key.push_str("}:");
+        key
+    }
+
+    fn tagged(&self, kind: &str, user_key: &str) -> String {
+        let tag = slot_tag(user_key);
+        let mut key = self.start(kind, &tag, user_key.len());
+        key.push_str(user_key);
+        key
+    }
+
+    /// The key holding a cache entry.
     pub fn cache(&self, key: &str) -> String {
         self.tagged("cache", key)
     }
 
-    /// The key holding one rate limit's state: `<prefix>:ratelimit:{<key>}:<algorithm>`,
-    /// where `algorithm` is a short fixed name (`tb`, `fw`, `sw`).
-    pub fn ratelimit(&self, key: &str, algorithm: &str) -> String {
-        let mut tagged = self.tagged("ratelimit", key);
-        tagged.push(':');
-        tagged.push_str(algorithm);
-        tagged
+    /// The key holding one rate limiter's state. The algorithm, the limit and the
+    /// period are part of its identity: a 10-per-second and a 1000-per-day limit
+    /// on one key are two limiters, never one shared bucket.
+    pub fn ratelimit(&self, key: &str, algorithm: &str, limit: u64, period_micros: u64) -> String {
+        let tag = slot_tag(key);
+        let mut redis_key = self.start("ratelimit", &tag, algorithm.len() + key.len() + 42);
+        // Writing into a String cannot fail.
+        let _ = write!(redis_key, "{algorithm}:{limit}:{period_micros}:{key}");
+        redis_key
     }
 
-    /// The key holding a lock's holder record: `<prefix>:lock:{<name>}`.
+    /// The key holding a lock's holder record.
     pub fn lock(&self, name: &str) -> String {
         self.tagged("lock", name)
     }
 
-    /// The key holding a lock's last fencing token: `<prefix>:lock:{<name>}:fence`,
-    /// in the same slot as [`Keys::lock`] so one script can use both.
+    /// The key holding a lock's last fencing token, in the same slot as [`KeySpace::lock`].
     pub fn lock_fence(&self, name: &str) -> String {
-        let mut key = self.tagged("lock", name);
-        key.push_str(":fence");
-        key
+        self.tagged("lock-fence", name)
     }
 
-    /// The pub/sub channel a lock's release is announced on:
-    /// `<prefix>:lock-released:{<name>}`.
+    /// The channel a lock's release is announced on.
     pub fn lock_released(&self, name: &str) -> String {
         self.tagged("lock-released", name)
     }
 
-    /// The pattern matching every lock's release channel, for the one subscriber.
-    /// (The prefix holds no glob characters; see [`crate::config`].)
-    pub fn lock_released_pattern(&self) -> String {
-        format!("{}:lock-released:*", self.prefix)
-    }
-
-    /// The key holding a session: `<prefix>:session:{<tag>}:<member>`, where the
-    /// tag is the session's routing tag (see [`crate::session`]).
-    pub fn session(&self, tag: &str, member: &str) -> String {
-        let mut key = self.tagged("session", tag);
-        key.push(':');
+    /// The key holding a session; `routing_tag` is the session's own (see [`crate::session`]).
+    pub fn session(&self, routing_tag: &str, member: &str) -> String {
+        let mut key = self.start("session", routing_tag, member.len());
         key.push_str(member);
         key
     }
 
-    /// The key holding a user's session index: `<prefix>:session-user:{<tag>}:<user id>`,
-    /// in the same slot as the user's sessions.
-    pub fn session_index(&self, tag: &str, user_id: &str) -> String {
-        let mut key = self.tagged("session-user", tag);
-        key.push(':');
+    /// The key holding a user's session index, in the same slot as the user's sessions.
+    pub fn session_index(&self, routing_tag: &str, user_id: &str) -> String {
+        let mut key = self.start("session-user", routing_tag, user_id.len());
         key.push_str(user_id);
-        key
-    }
-
-    fn tagged(&self, service: &str, user_key: &str) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + service.len() + user_key.len() + 4);
-        key.push_str(&self.prefix);
-        key.push(':');
-        key.push_str(service);
-        key.push_str(":{");
-        key.push_str(user_key);
-        key.push('}');
         key
     }
 }
 
+/// The hash tag of a user key: 4 hex digits of SHA-256 of the part Redis
+/// Cluster would hash (the first non-empty `{…}` section, or the whole key).
+pub fn slot_tag(user_key: &str) -> String {
+    let digest = Sha256::digest(hashed_part(user_key).as_bytes());
+    format!("{:02x}{:02x}", digest[0], digest[1])
+}
+
+/// Redis Cluster's rule: the text between the first `{` and the first `}` after
+/// it, when that is not empty; otherwise the whole key.
+fn hashed_part(key: &str) -> &str {
+    if let Some(open) = key.find('{')
+        && let Some(length) = key[open + 1..].find('}')
+        && length > 0
+    {
+        return &key[open + 1..open + 1 + length];
+    }
+    key
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Keys;
+    use super::{Keys, hashed_part, slot_tag};
 
-    #[test]
-    fn cache_keys_put_the_user_key_in_a_hash_tag() {
-        let keys = Keys::new("cachelock");
-        assert_eq!(keys.cache("user:42"), "cachelock:cache:{user:42}");
-        assert_eq!(Keys::new("tenant-a").cache("x"), "tenant-a:cache:{x}");
+    fn tag_of(key: &str) -> &str {
+        let open = key.find('{').unwrap();
+        let close = key[open..].find('}').unwrap() + open;
+        &key[open + 1..close]
     }
 
     #[test]
-    fn rate_limit_keys_of_one_user_key_share_the_hash_tag() {
-        let keys = Keys::new("cachelock");
-        assert_eq!(keys.ratelimit("login:7", "tb"), "cachelock:ratelimit:{login:7}:tb");
-        assert_eq!(keys.ratelimit("login:7", "sw"), "cachelock:ratelimit:{login:7}:sw");
-    }
-
-    #[test]
-    fn a_lock_and_its_fencing_counter_share_the_hash_tag() {
-        let keys = Keys::new("cachelock");
-        assert_eq!(keys.lock("job:7"), "cachelock:lock:{job:7}");
-        assert_eq!(keys.lock_fence("job:7"), "cachelock:lock:{job:7}:fence");
-        assert_eq!(keys.lock_released("job:7"), "cachelock:lock-released:{job:7}");
-        assert_eq!(keys.lock_released_pattern(), "cachelock:lock-released:*");
-    }
-
-    #[test]
-    fn a_session_and_its_user_index_share_the_routing_tag() {
-        let keys = Keys::new("cachelock");
-        assert_eq!(keys.session("1a2b", "RANDOM"), "cachelock:session:{1a2b}:RANDOM");
+    fn keys_carry_prefix_tenant_kind_tag_and_the_whole_user_key() {
+        let space = Keys::new("cachelock").space("default");
+        let tag = slot_tag("user:42");
         assert_eq!(
-            keys.session_index("1a2b", "alice"),
-            "cachelock:session-user:{1a2b}:alice"
+            space.cache("user:42"),
+            format!("cachelock:default:cache:{{{tag}}}:user:42")
+        );
+        assert_eq!(
+            space.ratelimit("login", "tb", 10, 1_000_000),
+            format!(
+                "cachelock:default:ratelimit:{{{}}}:tb:10:1000000:login",
+                slot_tag("login")
+            )
         );
     }
 
     #[test]
-    fn distinct_user_keys_give_distinct_redis_keys() {
+    fn every_key_of_one_lock_shares_a_well_formed_tag_whatever_its_name() {
+        let space = Keys::new("p").space("t");
+        for name in ["job:7", "}", "{", "a}b{c", "{}", "x{y}z", "é{}"] {
+            let lock = space.lock(name);
+            let fence = space.lock_fence(name);
+            let channel = space.lock_released(name);
+            assert_eq!(tag_of(&lock), tag_of(&fence), "{name}");
+            assert_eq!(tag_of(&lock), tag_of(&channel), "{name}");
+            assert_eq!(tag_of(&lock).len(), 4, "{name}");
+            assert!(lock.ends_with(name));
+        }
+    }
+
+    #[test]
+    fn a_user_hash_tag_co_locates_keys_as_on_a_plain_cluster() {
+        assert_eq!(hashed_part("{user:42}:login"), "user:42");
+        assert_eq!(hashed_part("{}:x"), "{}:x");
+        assert_eq!(hashed_part("a}b{c"), "a}b{c");
+        assert_eq!(slot_tag("{user:42}:login"), slot_tag("{user:42}:otp"));
+    }
+
+    #[test]
+    fn tenants_and_limits_never_share_a_key() {
         let keys = Keys::new("p");
-        assert_ne!(keys.cache("a}b"), keys.cache("a"));
-        assert_ne!(keys.cache("a}"), keys.cache("a"));
+        assert_ne!(keys.space("a").cache("k"), keys.space("b").cache("k"));
+        let space = keys.space("a");
+        assert_ne!(
+            space.ratelimit("k", "tb", 10, 1_000_000),
+            space.ratelimit("k", "tb", 1000, 86_400_000_000)
+        );
+        assert_ne!(space.cache("a}b"), space.cache("a"));
+    }
+
+    #[test]
+    fn the_release_pattern_matches_every_tenants_channels() {
+        let keys = Keys::new("p");
+        assert_eq!(keys.lock_released_pattern(), "p:*:lock-released:*");
+        assert!(keys.space("t").lock_released("x").starts_with("p:t:lock-released:{"));
     }
 }

@@ -3,15 +3,17 @@
 -- has none (that is, when this call created it).
 --
 -- KEYS[1]  the counter's key
--- ARGV[1]  the signed delta (a 64-bit integer)
+-- ARGV[1]  the signed delta (a 64-bit integer, as text)
 -- ARGV[2]  the time to live in milliseconds for a new counter
--- Returns  the counter's new value; an error reply (from INCRBY) when the value
---          is not an integer or the result would overflow 64 bits
+-- Returns  the counter's new value as text; an error reply (from INCRBY) when
+--          the value is not an integer or the result would overflow 64 bits
 --
+-- The value is returned as Redis stores it (text), not as INCRBY's reply: Lua
+-- numbers are doubles, which cannot hold every 64-bit integer above 2^53.
 -- INCRBY and the PEXPIRE run in one script, so no reader ever sees a new
 -- counter without its time to live, and a crash between them cannot leave one.
-local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('INCRBY', KEYS[1], ARGV[1])
 if redis.call('PTTL', KEYS[1]) == -1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return value
+return redis.call('GET', KEYS[1])

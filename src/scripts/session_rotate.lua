@@ -9,8 +9,14 @@
 --          unknown, expired or not the user's; {'taken'} when the new id exists
 --
 -- Atomicity: RENAME carries data and expiry over in one step, and the index moves
--- with it in the same script, so no reader sees both ids or neither.
+-- with it in the same script, so no reader sees both ids or neither. The new id
+-- is 128 fresh random bits chosen for this call, so when the old id is gone and
+-- the new one holds the user's session, this is the same Rotate sent again after
+-- a lost connection: it returns the session under the new id.
 if redis.call('HGET', KEYS[1], 'uid') ~= ARGV[3] then
+  if redis.call('HGET', KEYS[2], 'uid') == ARGV[3] then
+    return redis.call('HGETALL', KEYS[2])
+  end
   return {}
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then

@@ -49,11 +49,12 @@ if count > tonumber(ARGV[2]) then
   return {'full', count}
 end
 
-if #remove_fields > 0 then
-  redis.call('HDEL', KEYS[1], unpack(remove_fields))
+-- unpack() of more than a few thousand values fails: change in even-sized chunks.
+for first = 1, #remove_fields, 1000 do
+  redis.call('HDEL', KEYS[1], unpack(remove_fields, first, math.min(first + 999, #remove_fields)))
 end
-if #set_fields > 0 then
-  redis.call('HSET', KEYS[1], unpack(set_fields))
+for first = 1, #set_fields, 1000 do
+  redis.call('HSET', KEYS[1], unpack(set_fields, first, math.min(first + 999, #set_fields)))
 end
 redis.call('HINCRBY', KEYS[1], 'ver', 1)
 local reply = {'ok'}

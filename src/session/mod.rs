@@ -10,7 +10,7 @@ use std::{collections::HashMap, time::Duration};
 use tonic::{Request, Response, Status};
 
 pub use id::{SessionId, routing_tag};
-pub use store::{NewSession, SessionStore, StoredSession, UpdateOutcome, scripts};
+pub use store::{Created, NewSession, SessionStore, StoredSession, UpdateOutcome, scripts};
 
 use crate::{
     config::Config,
@@ -21,7 +21,8 @@ use crate::{
         RotateRequest, RotateResponse, Session, TouchRequest, TouchResponse, UpdateRequest, UpdateResponse,
         session_service_server::SessionService,
     },
-    request::{Limits, budget, duration_to_proto, positive_duration},
+    redis::KeySpace,
+    request::{Limits, deadline, duration_to_proto, positive_duration},
 };
 
 /// The idle timeout of a session created without one.
@@ -32,8 +33,6 @@ const DEFAULT_ABSOLUTE: Duration = Duration::from_secs(24 * 3600);
 const MAX_ATTRIBUTE_NAME_BYTES: usize = 128;
 /// Longest client metadata field.
 const MAX_CLIENT_FIELD_BYTES: usize = 512;
-/// Attempts at a fresh id when one is taken (128 random bits: never, in practice).
-const ID_ATTEMPTS: usize = 3;
 
 /// The session service's settings, from the configuration.
 #[derive(Debug, Clone)]
@@ -44,6 +43,8 @@ pub struct SessionSettings {
     pub max_attribute_bytes: usize,
     /// Longest idle or absolute timeout.
     pub max_lifetime: Duration,
+    /// Most live sessions per user; Create ends the least recently used beyond it.
+    pub max_per_user: usize,
     /// Longest wait for Redis in one RPC.
     pub operation_timeout: Duration,
 }
@@ -54,6 +55,7 @@ impl From<&Config> for SessionSettings {
             max_attributes: config.session_max_attributes,
             max_attribute_bytes: config.session_max_attribute_bytes,
             max_lifetime: config.session_max_lifetime,
+            max_per_user: config.session_max_per_user,
             operation_timeout: config.operation_timeout,
         }
     }
@@ -62,6 +64,7 @@ impl From<&Config> for SessionSettings {
 /// The gRPC handlers of the session service.
 pub struct SessionApi {
     store: SessionStore,
+    space: KeySpace,
     limits: Limits,
     settings: SessionSettings,
 }
@@ -107,10 +110,11 @@ fn to_proto(id: &SessionId, stored: StoredSession) -> Session {
 }
 
 impl SessionApi {
-    /// Handlers over `store`.
-    pub fn new(store: SessionStore, limits: Limits, settings: SessionSettings) -> SessionApi {
+    /// Handlers over `store` in key space `space`.
+    pub fn new(store: SessionStore, space: KeySpace, limits: Limits, settings: SessionSettings) -> SessionApi {
         SessionApi {
             store,
+            space,
             limits,
             settings,
         }
@@ -196,7 +200,7 @@ fn millis(duration: Duration) -> u64 {
 #[tonic::async_trait]
 impl SessionService for SessionApi {
     async fn create(&self, request: Request<CreateRequest>) -> Result<Response<CreateResponse>, Status> {
-        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let request = request.into_inner();
         let user_id = self.limits.key("user_id", &request.user_id)?;
         self.attributes("attributes", &request.attributes)?;
@@ -219,24 +223,24 @@ impl SessionService for SessionApi {
             user_agent: client_field("client.user_agent", &client.user_agent)?,
             attributes: &request.attributes,
         };
-        for _ in 0..ID_ATTEMPTS {
-            let id = SessionId::generate(user_id)?;
-            if let Some(stored) = self.store.create(&id, &new, budget).await? {
-                return Ok(Response::new(CreateResponse {
-                    session: Some(to_proto(&id, stored)),
-                }));
-            }
-        }
-        Err(Error::Internal("every freshly generated session id was taken".to_owned()).into())
+        let id = SessionId::generate(user_id)?;
+        let Created { session, ended } = self
+            .store
+            .create(&self.space, &id, &new, self.settings.max_per_user, deadline)
+            .await?;
+        Ok(Response::new(CreateResponse {
+            session: Some(to_proto(&id, session)),
+            ended_sessions: ended,
+        }))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let request = request.into_inner();
         let id = session_id("id", &request.id)?;
         let stored = self
             .store
-            .get(&id, request.touch, budget)
+            .get(&self.space, &id, request.touch, deadline)
             .await?
             .ok_or_else(not_found)?;
         Ok(Response::new(GetResponse {
@@ -245,7 +249,7 @@ impl SessionService for SessionApi {
     }
 
     async fn update(&self, request: Request<UpdateRequest>) -> Result<Response<UpdateResponse>, Status> {
-        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let request = request.into_inner();
         let id = session_id("id", &request.id)?;
         self.attributes("set", &request.set)?;
@@ -260,12 +264,13 @@ impl SessionService for SessionApi {
         let outcome = self
             .store
             .update(
+                &self.space,
                 &id,
                 &request.set,
                 &request.remove,
                 request.expected_version,
                 self.settings.max_attributes,
-                budget,
+                deadline,
             )
             .await?;
         match outcome {
@@ -289,18 +294,22 @@ impl SessionService for SessionApi {
     }
 
     async fn touch(&self, request: Request<TouchRequest>) -> Result<Response<TouchResponse>, Status> {
-        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let id = session_id("id", &request.into_inner().id)?;
-        let stored = self.store.get(&id, true, budget).await?.ok_or_else(not_found)?;
+        let stored = self
+            .store
+            .get(&self.space, &id, true, deadline)
+            .await?
+            .ok_or_else(not_found)?;
         Ok(Response::new(TouchResponse {
             expires_at: Some(timestamp(stored.expiry_ms())),
         }))
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let id = session_id("id", &request.into_inner().id)?;
-        if !self.store.delete(&id, budget).await? {
+        if !self.store.delete(&self.space, &id, deadline).await? {
             return Err(not_found().into());
         }
         Ok(Response::new(DeleteResponse {}))
@@ -310,12 +319,12 @@ impl SessionService for SessionApi {
         &self,
         request: Request<ListUserSessionsRequest>,
     ) -> Result<Response<ListUserSessionsResponse>, Status> {
-        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let request = request.into_inner();
         let user_id = self.limits.key("user_id", &request.user_id)?;
         let sessions = self
             .store
-            .list(user_id, budget)
+            .list(&self.space, user_id, deadline)
             .await?
             .into_iter()
             .map(|(id, stored)| to_proto(&id, stored))
@@ -327,23 +336,36 @@ impl SessionService for SessionApi {
         &self,
         request: Request<DeleteUserSessionsRequest>,
     ) -> Result<Response<DeleteUserSessionsResponse>, Status> {
-        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let request = request.into_inner();
         let user_id = self.limits.key("user_id", &request.user_id)?;
-        // An except_id that cannot be this user's session excepts nothing.
-        let except = SessionId::parse(&request.except_id).filter(|id| id.is_for_user(user_id));
-        let deleted = self.store.delete_user(user_id, except.as_ref(), budget).await?;
+        let except = if request.except_id.is_empty() {
+            None
+        } else {
+            let except = SessionId::parse(&request.except_id)
+                .filter(|id| id.is_for_user(user_id))
+                .ok_or_else(|| Error::invalid("except_id", "is not a session id of this user"))?;
+            Some(except)
+        };
+        let deleted = self
+            .store
+            .delete_user(&self.space, user_id, except.as_ref(), deadline)
+            .await?;
         Ok(Response::new(DeleteUserSessionsResponse {
             deleted: u32::try_from(deleted).unwrap_or(u32::MAX),
         }))
     }
 
     async fn rotate(&self, request: Request<RotateRequest>) -> Result<Response<RotateResponse>, Status> {
-        let budget = budget(request.metadata(), self.settings.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let old = session_id("id", &request.into_inner().id)?;
         // The new id keeps the routing tag: the user, and so the slot, are the same.
         let new = old.rotated()?;
-        let stored = self.store.rotate(&old, &new, budget).await?.ok_or_else(not_found)?;
+        let stored = self
+            .store
+            .rotate(&self.space, &old, &new, deadline)
+            .await?
+            .ok_or_else(not_found)?;
         Ok(Response::new(RotateResponse {
             session: Some(to_proto(&new, stored)),
         }))

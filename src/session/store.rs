@@ -1,36 +1,37 @@
-//! The session service's Redis side. Create, Get, Touch, Update and Delete are
-//! one command each; Rotate, ListUserSessions and DeleteUserSessions first read
-//! (the user id, or the user's index) and then change things in one script.
+//! The session service's Redis side. Get, Touch, Update and Delete are one
+//! command each; Create is one, plus one more when it ends the user's least
+//! recently used sessions beyond the limit; Rotate, ListUserSessions and
+//! DeleteUserSessions first read (the user id, or the user's index) and then
+//! act, in scripts that check again what they read.
 
-use std::{
-    collections::{BTreeMap, HashMap, HashSet},
-    sync::LazyLock,
-    time::Duration,
-};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use redis::Script;
+use tokio::time::Instant;
 
 use super::id::{SessionId, routing_tag};
 use crate::{
-    error::{Effect, Error},
-    redis::{Keys, Redis, bounded},
+    error::Error,
+    redis::{KeySpace, LuaScript, Op, Redis},
 };
 
-static CREATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/session_create.lua")));
-static READ: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/session_read.lua")));
-static TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/session_touch.lua")));
-static UPDATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/session_update.lua")));
-static ROTATE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/session_rotate.lua")));
-static INDEX: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/session_index.lua")));
-static END: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../scripts/session_end.lua")));
+static CREATE: LuaScript = LuaScript::new("session_create", include_str!("../scripts/session_create.lua"));
+static EVICT: LuaScript = LuaScript::new("session_evict", include_str!("../scripts/session_evict.lua"));
+static READ: LuaScript = LuaScript::new("session_read", include_str!("../scripts/session_read.lua"));
+static TOUCH: LuaScript = LuaScript::new("session_touch", include_str!("../scripts/session_touch.lua"));
+static UPDATE: LuaScript = LuaScript::new("session_update", include_str!("../scripts/session_update.lua"));
+static ROTATE: LuaScript = LuaScript::new("session_rotate", include_str!("../scripts/session_rotate.lua"));
+static INDEX: LuaScript = LuaScript::new("session_index", include_str!("../scripts/session_index.lua"));
+static END: LuaScript = LuaScript::new("session_end", include_str!("../scripts/session_end.lua"));
 
 /// How many times "log out everywhere" re-reads the index for sessions created
 /// while it ran.
 const DELETE_USER_ROUNDS: usize = 3;
+/// Sessions ended per script call, so that no call holds Redis for long.
+const END_CHUNK: usize = 256;
 
 /// The session service's scripts, for loading into Redis ahead of the first request.
-pub fn scripts() -> [&'static Script; 7] {
-    [&CREATE, &READ, &TOUCH, &UPDATE, &ROTATE, &INDEX, &END]
+pub fn scripts() -> [&'static LuaScript; 8] {
+    [&CREATE, &EVICT, &READ, &TOUCH, &UPDATE, &ROTATE, &INDEX, &END]
 }
 
 /// A session as stored (times in milliseconds since the epoch, by the Redis clock).
@@ -133,37 +134,48 @@ pub enum UpdateOutcome {
     Full(u64),
 }
 
-/// Sessions in Redis, under keys from [`Keys::session`] and [`Keys::session_index`].
+/// A session just created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// The session.
+    pub session: StoredSession,
+    /// How many of the user's least recently used sessions were ended to stay
+    /// within the limit of sessions per user.
+    pub ended: u32,
+}
+
+/// Sessions in Redis, under keys from [`KeySpace::session`] and [`KeySpace::session_index`].
 #[derive(Clone)]
 pub struct SessionStore {
     redis: Redis,
-    keys: Keys,
 }
 
 impl SessionStore {
-    /// A store on the shared connection.
-    pub fn new(redis: Redis, keys: Keys) -> SessionStore {
-        SessionStore { redis, keys }
+    /// A store on the shared connections.
+    pub fn new(redis: Redis) -> SessionStore {
+        SessionStore { redis }
     }
 
-    fn key(&self, id: &SessionId) -> String {
-        self.keys.session(id.tag(), id.member())
-    }
-
-    /// Stores a new session under `id`; `None` if the id is taken (retry with another).
+    /// Stores a new session under `id`, then ends the user's least recently used
+    /// sessions beyond `max_per_user`.
     ///
     /// # Errors
-    /// Redis failures and timeouts, as [`Error`].
+    /// [`Error::Internal`] if the id is another user's (never, with 128 random
+    /// bits); Redis failures and timeouts, as [`Error`]. Sent again after a lost
+    /// connection: the fresh id makes a repeated Create find its own session.
     pub async fn create(
         &self,
+        space: &KeySpace,
         id: &SessionId,
         new: &NewSession<'_>,
-        budget: Duration,
-    ) -> Result<Option<StoredSession>, Error> {
-        let mut invocation = CREATE.prepare_invoke();
+        max_per_user: usize,
+        deadline: Instant,
+    ) -> Result<Created, Error> {
+        let index = space.session_index(id.tag(), new.user_id);
+        let mut invocation = CREATE.prepare();
         invocation
-            .key(self.key(id))
-            .key(self.keys.session_index(id.tag(), new.user_id))
+            .key(space.session(id.tag(), id.member()))
+            .key(&index)
             .arg(id.member())
             .arg(new.user_id)
             .arg(new.idle_ms)
@@ -174,25 +186,66 @@ impl SessionStore {
         for (name, value) in new.attributes {
             invocation.arg(name).arg(value);
         }
-        let mut conn = self.redis.connection();
-        let fields: Vec<(String, String)> =
-            bounded(budget, Effect::NotIdempotent, invocation.invoke_async(&mut conn)).await?;
-        Ok(StoredSession::from_fields(fields))
+        let (count, fields): (i64, Vec<(String, String)>) = self
+            .redis
+            .run(Op::replayable(CREATE.name()), deadline, &invocation)
+            .await?;
+        let session = StoredSession::from_fields(fields)
+            .ok_or_else(|| Error::Internal("a freshly generated session id was taken".to_owned()))?;
+        let mut ended = 0;
+        if usize::try_from(count).unwrap_or(0) > max_per_user {
+            ended = self.evict(space, id, &index, max_per_user, deadline).await?;
+        }
+        Ok(Created { session, ended })
+    }
+
+    /// Ends the least recently used sessions of the index beyond `max`, never `keep`.
+    async fn evict(
+        &self,
+        space: &KeySpace,
+        keep: &SessionId,
+        index: &str,
+        max: usize,
+        deadline: Instant,
+    ) -> Result<u32, Error> {
+        let mut listing = INDEX.prepare();
+        listing.key(index);
+        let members: Vec<String> = self.redis.run(Op::idempotent(INDEX.name()), deadline, &listing).await?;
+        let mut invocation = EVICT.prepare();
+        invocation.key(index);
+        for member in &members {
+            invocation.key(space.session(keep.tag(), member));
+        }
+        invocation.arg(max).arg(keep.member());
+        for member in &members {
+            invocation.arg(member);
+        }
+        let ended: Vec<String> = self
+            .redis
+            .run(Op::idempotent(EVICT.name()), deadline, &invocation)
+            .await?;
+        Ok(u32::try_from(ended.len()).unwrap_or(u32::MAX))
     }
 
     /// Reads a session; with `touch`, slides its idle expiry first.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
-    pub async fn get(&self, id: &SessionId, touch: bool, budget: Duration) -> Result<Option<StoredSession>, Error> {
-        let script: &Script = if touch { &TOUCH } else { &READ };
-        let mut conn = self.redis.connection();
-        let fields: Vec<(String, String)> = bounded(
-            budget,
-            Effect::Idempotent,
-            script.key(self.key(id)).invoke_async(&mut conn),
-        )
-        .await?;
+    pub async fn get(
+        &self,
+        space: &KeySpace,
+        id: &SessionId,
+        touch: bool,
+        deadline: Instant,
+    ) -> Result<Option<StoredSession>, Error> {
+        let (script, op) = if touch {
+            (&TOUCH, Op::idempotent(TOUCH.name()))
+        } else {
+            (&READ, Op::read(READ.name()))
+        };
+        let mut invocation = script.prepare();
+        invocation.key(space.session(id.tag(), id.member()));
+        let fields: Vec<(String, String)> = self.redis.run(op, deadline, &invocation).await?;
         Ok(StoredSession::from_fields(fields))
     }
 
@@ -200,18 +253,20 @@ impl SessionStore {
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
+    #[allow(clippy::too_many_arguments)]
     pub async fn update(
         &self,
+        space: &KeySpace,
         id: &SessionId,
         set: &HashMap<String, String>,
         remove: &[String],
         expected: Option<u64>,
         max_attributes: usize,
-        budget: Duration,
+        deadline: Instant,
     ) -> Result<UpdateOutcome, Error> {
-        let mut invocation = UPDATE.prepare_invoke();
+        let mut invocation = UPDATE.prepare();
         invocation
-            .key(self.key(id))
+            .key(space.session(id.tag(), id.member()))
             .arg(expected.map(|version| version.to_string()).unwrap_or_default())
             .arg(max_attributes)
             .arg(set.len());
@@ -221,8 +276,7 @@ impl SessionStore {
         for name in remove {
             invocation.arg(name);
         }
-        let mut conn = self.redis.connection();
-        let reply: Vec<String> = bounded(budget, Effect::NotIdempotent, invocation.invoke_async(&mut conn)).await?;
+        let reply: Vec<String> = self.redis.run(Op::write(UPDATE.name()), deadline, &invocation).await?;
         let mut reply = reply.into_iter();
         let status = reply.next().unwrap_or_default();
         let number = |value: Option<String>| value.and_then(|value| value.parse().ok()).unwrap_or(0);
@@ -242,11 +296,10 @@ impl SessionStore {
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
-    pub async fn delete(&self, id: &SessionId, budget: Duration) -> Result<bool, Error> {
-        let mut conn = self.redis.connection();
+    pub async fn delete(&self, space: &KeySpace, id: &SessionId, deadline: Instant) -> Result<bool, Error> {
         let mut command = redis::cmd("UNLINK");
-        command.arg(self.key(id));
-        let deleted: u64 = bounded(budget, Effect::Idempotent, command.query_async(&mut conn)).await?;
+        command.arg(space.session(id.tag(), id.member()));
+        let deleted: u64 = self.redis.run(Op::write("session_delete"), deadline, &command).await?;
         Ok(deleted > 0)
     }
 
@@ -257,39 +310,35 @@ impl SessionStore {
     /// failures and timeouts, as [`Error`].
     pub async fn rotate(
         &self,
+        space: &KeySpace,
         old: &SessionId,
         new: &SessionId,
-        budget: Duration,
+        deadline: Instant,
     ) -> Result<Option<StoredSession>, Error> {
-        let mut conn = self.redis.connection();
-        let rotation = async {
-            let user_id: Option<String> = redis::cmd("HGET")
-                .arg(self.key(old))
-                .arg("uid")
-                .query_async(&mut conn)
-                .await?;
-            let Some(user_id) = user_id else {
-                return Ok(None);
-            };
-            // The script checks the user id again, in case the session changed in between.
-            let reply: Vec<String> = ROTATE
-                .key(self.key(old))
-                .key(self.key(new))
-                .key(self.keys.session_index(old.tag(), &user_id))
-                .arg(old.member())
-                .arg(new.member())
-                .arg(&user_id)
-                .invoke_async(&mut conn)
-                .await?;
-            Ok(Some(reply))
+        let old_key = space.session(old.tag(), old.member());
+        let mut lookup = redis::cmd("HGET");
+        lookup.arg(&old_key).arg("uid");
+        let user_id: Option<String> = self.redis.run(Op::read("session_owner"), deadline, &lookup).await?;
+        let Some(user_id) = user_id else {
+            return Ok(None);
         };
-        match bounded(budget, Effect::NotIdempotent, rotation).await? {
-            None => Ok(None),
-            Some(reply) if reply.first().is_some_and(|status| status == "taken") => {
-                Err(Error::Internal("a freshly generated session id was taken".to_owned()))
-            }
-            Some(reply) => Ok(StoredSession::from_fields(pairs(reply))),
+        // The script checks the user id again, in case the session changed in between.
+        let mut invocation = ROTATE.prepare();
+        invocation
+            .key(&old_key)
+            .key(space.session(new.tag(), new.member()))
+            .key(space.session_index(old.tag(), &user_id))
+            .arg(old.member())
+            .arg(new.member())
+            .arg(&user_id);
+        let reply: Vec<String> = self
+            .redis
+            .run(Op::replayable(ROTATE.name()), deadline, &invocation)
+            .await?;
+        if reply.first().is_some_and(|status| status == "taken") {
+            return Err(Error::Internal("a freshly generated session id was taken".to_owned()));
         }
+        Ok(StoredSession::from_fields(pairs(reply)))
     }
 
     /// Every live session of `user_id`, newest first; prunes index entries of
@@ -297,41 +346,43 @@ impl SessionStore {
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
-    pub async fn list(&self, user_id: &str, budget: Duration) -> Result<Vec<(SessionId, StoredSession)>, Error> {
+    pub async fn list(
+        &self,
+        space: &KeySpace,
+        user_id: &str,
+        deadline: Instant,
+    ) -> Result<Vec<(SessionId, StoredSession)>, Error> {
         let tag = routing_tag(user_id);
-        let index = self.keys.session_index(&tag, user_id);
-        let mut conn = self.redis.connection();
-        let listing = async {
-            let members: Vec<String> = INDEX.key(&index).invoke_async(&mut conn).await?;
-            if members.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut reads = redis::pipe();
-            for member in &members {
-                reads.cmd("HGETALL").arg(self.keys.session(&tag, member));
-            }
-            let hashes: Vec<Vec<(String, String)>> = reads.query_async(&mut conn).await?;
-            let mut live = Vec::with_capacity(members.len());
-            let mut gone = Vec::new();
-            for (member, fields) in members.into_iter().zip(hashes) {
-                match StoredSession::from_fields(fields) {
-                    Some(session) if session.user_id == user_id => live.push((member, session)),
-                    _ => gone.push(member),
+        let index = space.session_index(&tag, user_id);
+        let mut listing = INDEX.prepare();
+        listing.key(&index);
+        let members: Vec<String> = self.redis.run(Op::idempotent(INDEX.name()), deadline, &listing).await?;
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut reads = redis::pipe();
+        for member in &members {
+            reads.cmd("HGETALL").arg(space.session(&tag, member));
+        }
+        let hashes: Vec<Vec<(String, String)>> = self.redis.run(Op::read("session_list"), deadline, &reads).await?;
+        let mut sessions = Vec::with_capacity(members.len());
+        let mut gone = Vec::new();
+        for (member, fields) in members.into_iter().zip(hashes) {
+            match StoredSession::from_fields(fields) {
+                Some(session) if session.user_id == user_id => {
+                    sessions.push((SessionId::from_parts(&tag, member), session));
                 }
+                _ => gone.push(member),
             }
-            if !gone.is_empty() {
-                let _: u64 = redis::cmd("ZREM").arg(&index).arg(&gone).query_async(&mut conn).await?;
-            }
-            Ok(live)
-        };
-        let live = bounded(budget, Effect::Idempotent, listing).await?;
-        let mut sessions: Vec<(SessionId, StoredSession)> = live
-            .into_iter()
-            .map(|(member, session)| {
-                let id = SessionId::from_parts(&tag, member);
-                (id, session)
-            })
-            .collect();
+        }
+        if !gone.is_empty() {
+            let mut prune = redis::cmd("ZREM");
+            prune.arg(&index).arg(&gone);
+            let _: u64 = self
+                .redis
+                .run(Op::idempotent("session_prune"), deadline, &prune)
+                .await?;
+        }
         sessions.sort_by_key(|(_, session)| std::cmp::Reverse(session.created_ms));
         Ok(sessions)
     }
@@ -339,37 +390,45 @@ impl SessionStore {
     /// Ends every session of `user_id` but `except`; returns how many it ended.
     ///
     /// # Errors
-    /// Redis failures and timeouts, as [`Error`].
-    pub async fn delete_user(&self, user_id: &str, except: Option<&SessionId>, budget: Duration) -> Result<u64, Error> {
+    /// Redis failures and timeouts, as [`Error`]. Sessions are ended in chunks,
+    /// each atomic with its index entries, so a failure part way leaves every
+    /// session either ended and unlisted or alive and listed.
+    pub async fn delete_user(
+        &self,
+        space: &KeySpace,
+        user_id: &str,
+        except: Option<&SessionId>,
+        deadline: Instant,
+    ) -> Result<u64, Error> {
         let tag = routing_tag(user_id);
-        let index = self.keys.session_index(&tag, user_id);
+        let index = space.session_index(&tag, user_id);
         let keep: HashSet<&str> = except.map(SessionId::member).into_iter().collect();
-        let mut conn = self.redis.connection();
-        let ending = async {
-            let mut ended = 0;
-            // A session created while this runs is caught by the next round.
-            for _ in 0..DELETE_USER_ROUNDS {
-                let members: Vec<String> = INDEX.key(&index).invoke_async(&mut conn).await?;
-                let doomed: Vec<&String> = members
-                    .iter()
-                    .filter(|member| !keep.contains(member.as_str()))
-                    .collect();
-                if doomed.is_empty() {
-                    break;
-                }
-                let mut invocation = END.prepare_invoke();
+        let mut ended = 0;
+        // A session created while this runs is caught by the next round.
+        for _ in 0..DELETE_USER_ROUNDS {
+            let mut listing = INDEX.prepare();
+            listing.key(&index);
+            let members: Vec<String> = self.redis.run(Op::idempotent(INDEX.name()), deadline, &listing).await?;
+            let doomed: Vec<&String> = members
+                .iter()
+                .filter(|member| !keep.contains(member.as_str()))
+                .collect();
+            if doomed.is_empty() {
+                break;
+            }
+            for chunk in doomed.chunks(END_CHUNK) {
+                let mut invocation = END.prepare();
                 invocation.key(&index);
-                for member in &doomed {
-                    invocation.key(self.keys.session(&tag, member));
+                for member in chunk {
+                    invocation.key(space.session(&tag, member));
                 }
-                for member in &doomed {
+                for member in chunk {
                     invocation.arg(member.as_str());
                 }
-                let count: u64 = invocation.invoke_async(&mut conn).await?;
+                let count: u64 = self.redis.run(Op::write(END.name()), deadline, &invocation).await?;
                 ended += count;
             }
-            Ok(ended)
-        };
-        bounded(budget, Effect::Idempotent, ending).await
+        }
+        Ok(ended)
     }
 }

@@ -10,8 +10,15 @@
 use std::{net::SocketAddr, time::Duration};
 
 use cachelock::{
-    config::Config, error::StartError, pb::cache::cache_service_client::CacheServiceClient,
-    redis::embedded::EmbeddedRedis, server,
+    config::Config,
+    error::StartError,
+    pb::{
+        cache::cache_service_client::CacheServiceClient, lock::lock_service_client::LockServiceClient,
+        ratelimit::rate_limit_service_client::RateLimitServiceClient,
+        session::session_service_client::SessionServiceClient,
+    },
+    redis::embedded::EmbeddedRedis,
+    server,
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle, time::Instant};
 use tonic::transport::{Channel, Endpoint};
@@ -24,19 +31,31 @@ pub const PATIENCE: Duration = Duration::from_secs(15);
 pub struct TestRedis {
     server: Option<EmbeddedRedis>,
     port: u16,
+    extra: Vec<String>,
 }
 
 impl TestRedis {
     /// Starts a redis-server on a free port; panics with install instructions if there is none.
     pub async fn start() -> TestRedis {
-        let server = EmbeddedRedis::start()
+        TestRedis::start_with(&[]).await
+    }
+
+    /// Starts a redis-server with `extra` settings (kept across restarts).
+    pub async fn start_with(extra: &[&str]) -> TestRedis {
+        let server = EmbeddedRedis::start_with(extra)
             .await
             .unwrap_or_else(|error| panic!("cannot start a test redis-server: {error}"));
         let port = server.port();
         TestRedis {
             server: Some(server),
             port,
+            extra: extra.iter().map(|arg| (*arg).to_owned()).collect(),
         }
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// A free port with no Redis on it yet (start one there with [`TestRedis::start_on`]).
@@ -55,6 +74,7 @@ impl TestRedis {
         TestRedis {
             server: Some(server),
             port,
+            extra: Vec::new(),
         }
     }
 
@@ -73,18 +93,40 @@ impl TestRedis {
     /// Starts a fresh, empty server on the same port.
     pub async fn restart(&mut self) {
         self.stop().await;
+        self.start_again().await;
+    }
+
+    /// Starts the server again on its port after [`TestRedis::stop`].
+    pub async fn start_again(&mut self) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
         self.server = Some(
-            EmbeddedRedis::start_on(self.port)
+            EmbeddedRedis::start_on_with(self.port, &extra)
                 .await
                 .unwrap_or_else(|error| panic!("cannot restart the test redis-server: {error}")),
         );
     }
 
+    /// Runs one command on a fresh direct connection and returns its reply.
+    pub async fn command<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut connection = self.connection().await;
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_else(|error| panic!("{args:?}: {error}"))
+    }
+
     /// A direct connection, for arranging and inspecting state behind the service's back.
+    /// It waits as long as Redis takes (no response timeout), so a `DEBUG SLEEP`
+    /// sent on it returns when the sleep is over.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
         redis::Client::open(self.url())
             .expect("a valid URL")
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .expect("a direct connection to the test redis-server")
     }
@@ -108,6 +150,8 @@ const TEST_ARGS: &[&str] = &[
     "200ms",
     "--connect-timeout",
     "500ms",
+    "--shutdown-delay",
+    "0s",
 ];
 
 impl TestService {
@@ -135,6 +179,38 @@ impl TestService {
         }
     }
 
+    /// Starts the service against `redis_url` with `args`, stopped by signals
+    /// sent on the returned sender (as SIGTERM would be), not by dropping it.
+    pub async fn start_with_signals(
+        redis_url: &str,
+        args: &[&str],
+    ) -> (TestService, tokio::sync::mpsc::UnboundedSender<()>) {
+        let mut all = vec!["cachelock", "--redis-url", redis_url];
+        all.extend_from_slice(TEST_ARGS);
+        all.extend_from_slice(args);
+        let config = Config::from_args(all).unwrap_or_else(|error| panic!("test configuration: {error}"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("a local address");
+        let (signal, signals) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let signals = tokio_stream::wrappers::UnboundedReceiverStream::new(signals);
+        let task = tokio::spawn(server::run_until_signals(listener, config, signals));
+        let service = TestService {
+            addr,
+            shutdown: None,
+            task: Some(task),
+        };
+        (service, signal)
+    }
+
+    /// Waits for the server to stop by itself; returns its result.
+    pub async fn stopped(mut self) -> Result<(), StartError> {
+        let task = self.task.take().expect("the server task");
+        tokio::time::timeout(PATIENCE, task)
+            .await
+            .expect("the server stops within the patience")
+            .expect("the server task does not panic")
+    }
+
     /// A channel to the service (connects on first use).
     pub fn channel(&self) -> Channel {
         Endpoint::from_shared(format!("http://{}", self.addr))
@@ -145,6 +221,21 @@ impl TestService {
     /// A cache client on a new connection.
     pub fn cache(&self) -> CacheServiceClient<Channel> {
         CacheServiceClient::new(self.channel())
+    }
+
+    /// A lock client on a new connection.
+    pub fn locks(&self) -> LockServiceClient<Channel> {
+        LockServiceClient::new(self.channel())
+    }
+
+    /// A session client on a new connection.
+    pub fn sessions(&self) -> SessionServiceClient<Channel> {
+        SessionServiceClient::new(self.channel())
+    }
+
+    /// A rate-limit client on a new connection.
+    pub fn ratelimit(&self) -> RateLimitServiceClient<Channel> {
+        RateLimitServiceClient::new(self.channel())
     }
 
     /// A health client on a new connection.
@@ -198,6 +289,9 @@ impl Drop for TestService {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 
@@ -243,4 +337,203 @@ pub async fn hung_redis() -> String {
         }
     });
     url
+}
+
+/// A TCP proxy between the service and a real Redis that a test can make
+/// misbehave: hold the requests (they never reach Redis), hold the replies (the
+/// commands run but no answer comes back), or cut every connection. It reports
+/// when held bytes arrive, so tests synchronise on that event instead of sleeping.
+pub struct FaultyLink {
+    /// `redis://127.0.0.1:<port>` of the proxy.
+    pub url: String,
+    control: std::sync::Arc<LinkControl>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct LinkControl {
+    hold_requests: tokio::sync::watch::Sender<bool>,
+    hold_replies: tokio::sync::watch::Sender<bool>,
+    /// Signalled when bytes arrive while held.
+    held: tokio::sync::Notify,
+    /// The task of every open connection.
+    connections: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl FaultyLink {
+    /// Starts a proxy in front of the Redis on `upstream_port`.
+    pub async fn start(upstream_port: u16) -> FaultyLink {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let url = format!("redis://{}", listener.local_addr().expect("a local address"));
+        let control = std::sync::Arc::new(LinkControl::default());
+        let shared = control.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let control = shared.clone();
+                let connection = tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await else {
+                        return;
+                    };
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    let requests = pump(
+                        client_read,
+                        server_write,
+                        control.hold_requests.subscribe(),
+                        &control.held,
+                    );
+                    let replies = pump(
+                        server_read,
+                        client_write,
+                        control.hold_replies.subscribe(),
+                        &control.held,
+                    );
+                    tokio::select! {
+                        () = requests => {}
+                        () = replies => {}
+                    }
+                });
+                shared
+                    .connections
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(connection);
+            }
+        });
+        FaultyLink { url, control, task }
+    }
+
+    /// Requests are held (true) or passed on (false).
+    pub fn hold_requests(&self, hold: bool) {
+        self.control.hold_requests.send_replace(hold);
+    }
+
+    /// Replies are held (true) or passed on (false).
+    pub fn hold_replies(&self, hold: bool) {
+        self.control.hold_replies.send_replace(hold);
+    }
+
+    /// Ends every connection through the proxy, dropping what it held, and
+    /// returns once they are all closed (new ones are accepted).
+    pub async fn cut(&self) {
+        let connections: Vec<JoinHandle<()>> = std::mem::take(
+            &mut *self
+                .control
+                .connections
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for connection in &connections {
+            connection.abort();
+        }
+        for connection in connections {
+            let _ = connection.await;
+        }
+    }
+
+    /// Completes once bytes arrived that are being held.
+    pub async fn held_bytes_arrived(&self) {
+        tokio::time::timeout(PATIENCE, self.control.held.notified())
+            .await
+            .expect("held bytes arrive at the proxy");
+    }
+}
+
+impl Drop for FaultyLink {
+    fn drop(&mut self) {
+        self.task.abort();
+        for connection in self
+            .control
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            connection.abort();
+        }
+    }
+}
+
+/// Copies `from` to `to`; while `hold` is true, bytes read are kept back (and
+/// `held` notified) until it turns false.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut hold: tokio::sync::watch::Receiver<bool>,
+    held: &tokio::sync::Notify,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if *hold.borrow_and_update() {
+            held.notify_waiters();
+            held.notify_one();
+            if hold.wait_for(|hold| !*hold).await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The log lines the service writes during a test, captured in memory.
+///
+/// Works with `#[tokio::test]`'s default current-thread runtime: the service's
+/// tasks then run on the test's thread, where the capturing subscriber is set.
+#[derive(Clone, Default)]
+pub struct CapturedLogs {
+    buffer: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl CapturedLogs {
+    /// Captures every log line at `level` or above until the guard is dropped.
+    pub fn start(level: tracing::Level) -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
+        let logs = CapturedLogs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        (logs, guard)
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buffer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned()
+    }
+
+    /// Waits until the log contains `needle`; panics after [`PATIENCE`] with what it holds.
+    pub async fn wait_for(&self, needle: &str) {
+        let give_up = Instant::now() + PATIENCE;
+        while !self.text().contains(needle) {
+            assert!(
+                Instant::now() < give_up,
+                "the log never said {needle:?}:\n{}",
+                self.text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

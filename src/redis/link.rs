@@ -1,0 +1,231 @@
+//! One supervised connection to Redis.
+//!
+//! A background task (the supervisor) opens the connection, hands it out while it
+//! is up, and opens a new one the moment the socket closes — it awaits the
+//! connection's driver, so a close is noticed when it happens, not at the next
+//! command. Failed attempts are repeated forever, with exponential backoff
+//! capped at the configured maximum; a call waiting for the connection cuts the
+//! backoff short (down to the minimum), so recovery is seen within one minimum
+//! backoff while there is traffic.
+//!
+//! A call is refused only by an attempt that *began after it arrived*: a call
+//! never fails on stale news, so none fails after Redis is back. While Redis is
+//! down that means a call waits for the next attempt — at most the minimum
+//! backoff plus the attempt itself.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use redis::aio::MultiplexedConnection;
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+    time::{sleep, sleep_until, timeout, timeout_at},
+};
+
+use super::{
+    connect::{Cause, Endpoint, Opened},
+    epoch::DataEpoch,
+    scripts::LuaScript,
+};
+
+/// What a link is doing.
+#[derive(Clone)]
+pub enum State {
+    /// An attempt to connect began at this instant and has not finished.
+    Connecting(Instant),
+    /// Connected; the generation counts connections made so far.
+    Up {
+        /// The connection (clones share its socket).
+        connection: MultiplexedConnection,
+        /// 1 for the first connection, 2 after the first reconnect, and so on.
+        generation: u64,
+    },
+    /// The attempt that began at `started` failed.
+    Down {
+        /// Why.
+        cause: Cause,
+        /// When the failed attempt began.
+        started: Instant,
+    },
+}
+
+impl State {
+    /// The generation when up.
+    pub fn generation(&self) -> Option<u64> {
+        match self {
+            State::Up { generation, .. } => Some(*generation),
+            _ => None,
+        }
+    }
+}
+
+/// Reconnection timing.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// The first delay after a failed attempt, and the shortest when a call is waiting.
+    pub min: Duration,
+    /// The longest delay between attempts.
+    pub max: Duration,
+}
+
+struct Shared {
+    state: watch::Sender<State>,
+    /// A call is waiting for a connection: attempt again soon.
+    demand: Notify,
+    /// The highest generation a call found broken while its driver still ran.
+    abandon: watch::Sender<u64>,
+}
+
+/// A supervised connection; dropping it stops the supervisor.
+pub struct Link {
+    shared: Arc<Shared>,
+    supervisor: JoinHandle<()>,
+}
+
+impl Link {
+    /// Starts connecting to `endpoint` in the background, as client `name`,
+    /// loading `scripts` on every new connection and, when given, checking
+    /// `epoch` before handing it out (so no lock is granted on a Redis that lost
+    /// its data before the loss is known).
+    pub fn start(
+        endpoint: Endpoint,
+        name: &'static str,
+        scripts: Arc<[&'static LuaScript]>,
+        backoff: Backoff,
+        epoch: Option<DataEpoch>,
+    ) -> Link {
+        let shared = Arc::new(Shared {
+            state: watch::Sender::new(State::Connecting(Instant::now())),
+            demand: Notify::new(),
+            abandon: watch::Sender::new(0),
+        });
+        let supervisor = tokio::spawn(supervise(shared.clone(), endpoint, name, scripts, backoff, epoch));
+        Link { shared, supervisor }
+    }
+
+    /// What the link is doing now.
+    pub fn state(&self) -> State {
+        self.shared.state.borrow().clone()
+    }
+
+    /// A receiver that sees every change of state.
+    pub fn watch(&self) -> watch::Receiver<State> {
+        self.shared.state.subscribe()
+    }
+
+    /// The connection, once it is up and not of generation `avoid`.
+    ///
+    /// `fresh_since`: a failed attempt that began before this instant does not
+    /// count (the call waits for the next one); `None`: any failed attempt counts,
+    /// for callers with a cheap fallback that prefer an answer now.
+    ///
+    /// # Errors
+    /// The cause of the failed attempt that decided it, or [`Cause::Timeout`] when
+    /// `deadline` came first.
+    pub async fn connection(
+        &self,
+        fresh_since: Option<Instant>,
+        avoid: Option<u64>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(MultiplexedConnection, u64), Cause> {
+        let mut state = self.shared.state.subscribe();
+        let waiting_since = Instant::now();
+        loop {
+            let last_cause = {
+                let current = state.borrow_and_update();
+                match &*current {
+                    State::Up { connection, generation } if Some(*generation) != avoid => {
+                        return Ok((connection.clone(), *generation));
+                    }
+                    State::Down { cause, started } if fresh_since.is_none_or(|since| *started >= since) => {
+                        return Err(cause.clone());
+                    }
+                    State::Down { cause, .. } => {
+                        self.shared.demand.notify_one();
+                        Some(cause.clone())
+                    }
+                    State::Up { .. } | State::Connecting(_) => None,
+                }
+            };
+            match timeout_at(deadline, state.changed()).await {
+                Ok(Ok(())) => {}
+                // The supervisor is gone: the process is stopping.
+                Ok(Err(_)) => return Err(Cause::Closed),
+                Err(_) => return Err(last_cause.unwrap_or(Cause::Timeout(waiting_since.elapsed()))),
+            }
+        }
+    }
+
+    /// Reports that a command found connection `generation` unusable although its
+    /// socket is still open; the supervisor replaces it.
+    pub fn abandon(&self, generation: u64) {
+        self.shared.abandon.send_if_modified(|highest| {
+            let newer = generation > *highest;
+            if newer {
+                *highest = generation;
+            }
+            newer
+        });
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+    }
+}
+
+async fn supervise(
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    name: &'static str,
+    scripts: Arc<[&'static LuaScript]>,
+    backoff: Backoff,
+    epoch: Option<DataEpoch>,
+) {
+    let mut generation = 0;
+    let mut failures: u32 = 0;
+    let mut abandon = shared.abandon.subscribe();
+    loop {
+        let started = Instant::now();
+        shared.state.send_replace(State::Connecting(started));
+        match endpoint.connect(name, &scripts).await {
+            Ok(Opened { mut connection, driver }) => {
+                if let Some(epoch) = &epoch {
+                    // Bounded: during a CLIENT PAUSE WRITE the check waits, and the
+                    // health prober checks again anyway.
+                    let _ = timeout(endpoint.connect_timeout(), epoch.check(&mut connection)).await;
+                }
+                generation += 1;
+                failures = 0;
+                shared.state.send_replace(State::Up { connection, generation });
+                let mut driver = driver;
+                tokio::select! {
+                    _ = &mut driver => {}
+                    _ = abandon.wait_for(|highest| *highest >= generation) => driver.abort(),
+                }
+                // Reconnect at once: most losses are a restart, a failover or an
+                // idle timeout, and the next attempt usually succeeds.
+            }
+            Err(cause) => {
+                shared.state.send_replace(State::Down { cause, started });
+                let delay = jittered(backoff.min.saturating_mul(1 << failures.min(16)).min(backoff.max));
+                failures = failures.saturating_add(1);
+                let ended = tokio::time::Instant::now();
+                tokio::select! {
+                    () = sleep(delay) => {}
+                    () = shared.demand.notified() => sleep_until(ended + backoff.min.min(delay)).await,
+                }
+            }
+        }
+    }
+}
+
+/// Between half and all of `delay`, so that many instances do not reconnect in step.
+fn jittered(delay: Duration) -> Duration {
+    let fraction = getrandom::u32().map_or(0.75, |random| 0.5 + f64::from(random) / f64::from(u32::MAX) / 2.0);
+    delay.mul_f64(fraction)
+}
