@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PATIENCE, TestRedis, TestService, redis_and_service};
+use common::{FaultyLink, PATIENCE, TestRedis, TestService, redis_and_service};
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
@@ -149,49 +149,49 @@ async fn reflection_lists_every_service_in_both_protocol_versions() {
     );
 }
 
-#[tokio::test]
-async fn shutdown_lets_in_flight_calls_finish_with_their_own_answer() {
-    let service = TestService::start(
-        &common::hung_redis().await,
-        &["--operation-timeout", "800ms", "--shutdown-grace", "20s"],
-    )
-    .await;
+/// A service whose Redis connection holds every request from now on, with a Get
+/// in flight (it has reached the held connection).
+async fn a_call_in_flight(
+    args: &[&str],
+) -> (
+    TestRedis,
+    FaultyLink,
+    TestService,
+    tokio::task::JoinHandle<Result<tonic::Response<cachelock::pb::cache::GetResponse>, tonic::Status>>,
+) {
+    let redis = TestRedis::start().await;
+    let link = FaultyLink::start(redis.port()).await;
+    let mut all = vec!["--health-interval", "60s"];
+    all.extend_from_slice(args);
+    let service = TestService::start(&link.url, &all).await;
+    service.wait_for_health("", ServingStatus::Serving).await;
     let mut cache = service.cache();
+    link.hold_requests(true);
     let in_flight = tokio::spawn(async move {
         cache
             .get(cachelock::pb::cache::GetRequest { key: "k".to_owned() })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    link.held_bytes_arrived().await;
+    (redis, link, service, in_flight)
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_calls_finish_with_their_own_answer() {
+    let (_redis, _link, service, in_flight) =
+        a_call_in_flight(&["--operation-timeout", "800ms", "--shutdown-grace", "20s"]).await;
 
     service.shutdown().await.expect("a clean shutdown");
     // The call was answered by its handler (Redis did not answer in time), not cut off.
     let status = in_flight.await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(status.message().contains("no answer within"), "{status:?}");
+    assert!(status.message().contains("did not answer"), "{status:?}");
 }
 
 #[tokio::test]
 async fn the_grace_period_bounds_the_drain() {
-    let service = TestService::start(
-        &common::hung_redis().await,
-        &[
-            "--operation-timeout",
-            "60s",
-            "--connect-timeout",
-            "60s",
-            "--shutdown-grace",
-            "300ms",
-        ],
-    )
-    .await;
-    let mut cache = service.cache();
-    let in_flight = tokio::spawn(async move {
-        cache
-            .get(cachelock::pb::cache::GetRequest { key: "k".to_owned() })
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_redis, _link, service, in_flight) =
+        a_call_in_flight(&["--operation-timeout", "60s", "--shutdown-grace", "300ms"]).await;
 
     // The call would take a minute; the server stops after its 300 ms grace anyway
     // (in the binary, returning from run ends the process and so the call).
@@ -208,7 +208,7 @@ async fn the_grace_period_bounds_the_drain() {
 #[tokio::test]
 async fn a_waiting_acquire_ends_at_shutdown_instead_of_holding_the_drain() {
     use cachelock::pb::lock::{AcquireRequest, lock_service_client::LockServiceClient};
-    let (_redis, service) = redis_and_service(&["--shutdown-grace", "60s"]).await;
+    let (redis, service) = redis_and_service(&["--shutdown-grace", "60s", "--health-interval", "60s"]).await;
     let acquire = |wait_seconds: i64| AcquireRequest {
         name: "busy".to_owned(),
         ttl: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
@@ -221,8 +221,10 @@ async fn a_waiting_acquire_ends_at_shutdown_instead_of_holding_the_drain() {
     let mut holder = LockServiceClient::new(service.channel());
     assert!(holder.acquire(acquire(0)).await.unwrap().into_inner().acquired);
     let mut waiter = LockServiceClient::new(service.channel());
+    let attempts_before = redis.calls("evalsha").await;
     let waiting = tokio::spawn(async move { waiter.acquire(acquire(50)).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The waiter's first attempt has run: it is now waiting in the server.
+    redis.wait_for_calls("evalsha", attempts_before + 1).await;
 
     let started = std::time::Instant::now();
     service.shutdown().await.expect("a clean shutdown");

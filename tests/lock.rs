@@ -131,23 +131,22 @@ async fn an_expired_lease_is_lost_and_the_next_grant_fences_it_out() {
 async fn extend_renews_the_lease_of_the_holder() {
     let (_redis, service) = redis_and_service(&[]).await;
     let mut client = locks(&service);
-    let grant = take(&mut client, acquire("renewed", 300, 0)).await;
+    let granted_at = Instant::now();
+    let grant = take(&mut client, acquire("renewed", 1_000, 0)).await;
 
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        let extended = client
-            .extend(ExtendRequest {
-                name: "renewed".to_owned(),
-                token: grant.token.clone(),
-                ttl: Some(millis(300)),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(extended.fencing_token, grant.fencing_token);
-    }
-    // 450 ms after a 300 ms grant, and still held thanks to the extensions.
-    assert!(!take(&mut client, acquire("renewed", 300, 0)).await.acquired);
+    let extended = client
+        .extend(ExtendRequest {
+            name: "renewed".to_owned(),
+            token: grant.token.clone(),
+            ttl: Some(millis(5_000)),
+        })
+        .await
+        .expect("extended within the first lease")
+        .into_inner();
+    assert_eq!(extended.fencing_token, grant.fencing_token);
+    // Past the first lease, and still held thanks to the extension.
+    tokio::time::sleep(Duration::from_millis(1_200).saturating_sub(granted_at.elapsed())).await;
+    assert!(!take(&mut client, acquire("renewed", 1_000, 0)).await.acquired);
     release(&mut client, "renewed", &grant.token).await.unwrap();
 }
 

@@ -106,6 +106,27 @@ impl TestRedis {
         );
     }
 
+    /// How many times Redis has run `command` (lower case, as `INFO commandstats` names it).
+    pub async fn calls(&self, command: &str) -> u64 {
+        let stats: String = self.command(&["INFO", "commandstats"]).await;
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|calls| calls.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until Redis has run `command` at least `count` times in all.
+    pub async fn wait_for_calls(&self, command: &str, count: u64) {
+        let give_up = Instant::now() + PATIENCE;
+        while self.calls(command).await < count {
+            assert!(Instant::now() < give_up, "Redis never ran {command} {count} times");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Runs one command on a fresh direct connection and returns its reply.
     pub async fn command<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
         let mut connection = self.connection().await;
