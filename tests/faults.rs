@@ -883,6 +883,8 @@ async fn each_connection_failure_is_logged_with_its_own_cause() {
     logs.wait_for("connection refused").await;
     let _unknown_host = TestService::start("redis://no-such-host.invalid:6379", &[]).await;
     logs.wait_for("DNS lookup failed").await;
+    let _hung = TestService::start(&common::hung_redis().await, &[]).await;
+    logs.wait_for("no answer within").await;
     assert!(!logs.text().contains("wrong"), "the password never reaches the log");
 }
 
