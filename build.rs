@@ -17,6 +17,8 @@ fn main() -> io::Result<()> {
     config.protoc_executable(protoc);
 
     tonic_prost_build::configure()
+        // Requests that are not valid protobuf are the caller's error: INVALID_ARGUMENT.
+        .codec_path("crate::admission::CheckedCodec")
         .file_descriptor_set_path(out_dir.join("cachelock_descriptor.bin"))
         .compile_with_config(config, PROTOS, &["proto"])?;
 

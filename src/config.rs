@@ -147,9 +147,36 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_MAX_VALUE_BYTES", default_value_t = 1024 * 1024)]
     pub max_value_bytes: usize,
 
-    /// Most keys or entries in one batch RPC (GetMany, SetMany, Delete).
+    /// Most keys or entries in one GetMany, SetMany or Delete.
     #[arg(long, env = "CACHELOCK_MAX_BATCH", default_value_t = 1000)]
     pub max_batch: usize,
+
+    /// Largest request message, in bytes; larger ones are refused (RESOURCE_EXHAUSTED) before
+    /// they are read.
+    #[arg(long, env = "CACHELOCK_MAX_REQUEST_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+
+    /// Largest response message, in bytes (gRPC clients accept 4 MiB by default): a GetMany
+    /// whose values would not fit is refused (RESOURCE_EXHAUSTED) before Redis reads them.
+    #[arg(long, env = "CACHELOCK_MAX_RESPONSE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_response_bytes: usize,
+
+    /// Most requests handled at once (health checks aside); beyond it requests are refused at
+    /// once with RESOURCE_EXHAUSTED instead of queueing.
+    #[arg(long, env = "CACHELOCK_MAX_IN_FLIGHT", default_value_t = 4096)]
+    pub max_in_flight: usize,
+
+    /// Most concurrent gRPC calls (HTTP/2 streams) one client connection may open.
+    #[arg(long, env = "CACHELOCK_MAX_CONCURRENT_STREAMS", default_value_t = 512)]
+    pub max_concurrent_streams: u32,
+
+    /// Most client connections at once; beyond it new connections wait in the listen backlog.
+    #[arg(long, env = "CACHELOCK_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Most open health Watch streams.
+    #[arg(long, env = "CACHELOCK_MAX_WATCH_STREAMS", default_value_t = 1024)]
+    pub max_watch_streams: usize,
 
     /// What a rate-limit check answers when Redis cannot decide in time (a request may override it).
     #[arg(
@@ -159,6 +186,10 @@ pub struct Config {
         default_value = "fail-open"
     )]
     pub ratelimit_on_unavailable: OutagePolicy,
+
+    /// Most limits in one CheckMany: each costs Redis about 7 µs of script time.
+    #[arg(long, env = "CACHELOCK_RATELIMIT_MAX_BATCH", default_value_t = 100)]
+    pub ratelimit_max_batch: usize,
 
     /// Longest time a rate-limit check waits for Redis before answering from the outage policy.
     #[arg(long, env = "CACHELOCK_RATELIMIT_TIMEOUT", default_value = "250ms", value_parser = humantime::parse_duration)]
@@ -197,6 +228,14 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_LOCK_MAX_WAIT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub lock_max_wait: Duration,
 
+    /// Most Acquires waiting for held locks at once; beyond it: RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CACHELOCK_LOCK_MAX_WAITERS", default_value_t = 2048)]
+    pub lock_max_waiters: usize,
+
+    /// Most Acquires waiting for one lock name at once; beyond it: RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CACHELOCK_LOCK_MAX_WAITERS_PER_NAME", default_value_t = 256)]
+    pub lock_max_waiters_per_name: usize,
+
     /// Threads serving requests; unset: one per CPU core.
     #[arg(long, env = "CACHELOCK_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
@@ -211,7 +250,13 @@ const KEY_BYTES_CEILING: usize = 64 * 1024;
 /// Redis refuses strings above 512 MiB.
 const VALUE_BYTES_CEILING: usize = 512 * 1024 * 1024;
 /// A batch above this would hold Redis's single thread for too long.
-const BATCH_CEILING: usize = 100_000;
+const BATCH_CEILING: usize = 10_000;
+/// The largest message gRPC framing can carry comfortably.
+const MESSAGE_BYTES_CEILING: usize = 512 * 1024 * 1024;
+/// Room for the protobuf framing around the largest key and value in one message.
+pub const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
+/// A ceiling for counts of concurrent things (requests, connections, waiters, streams).
+const CONCURRENCY_CEILING: usize = 1_000_000;
 /// The longest key prefix; it is repeated in every key.
 const PREFIX_BYTES_CEILING: usize = 64;
 /// Most sessions per user: Create reads them all when a user goes over the limit.
@@ -438,6 +483,12 @@ impl Config {
             ),
             ("max-batch", "CACHELOCK_MAX_BATCH", self.max_batch, BATCH_CEILING),
             (
+                "ratelimit-max-batch",
+                "CACHELOCK_RATELIMIT_MAX_BATCH",
+                self.ratelimit_max_batch,
+                BATCH_CEILING,
+            ),
+            (
                 "session-max-attributes",
                 "CACHELOCK_SESSION_MAX_ATTRIBUTES",
                 self.session_max_attributes,
@@ -455,6 +506,54 @@ impl Config {
                 self.session_max_per_user,
                 SESSIONS_PER_USER_CEILING,
             ),
+            (
+                "max-request-bytes",
+                "CACHELOCK_MAX_REQUEST_BYTES",
+                self.max_request_bytes,
+                MESSAGE_BYTES_CEILING,
+            ),
+            (
+                "max-response-bytes",
+                "CACHELOCK_MAX_RESPONSE_BYTES",
+                self.max_response_bytes,
+                MESSAGE_BYTES_CEILING,
+            ),
+            (
+                "max-in-flight",
+                "CACHELOCK_MAX_IN_FLIGHT",
+                self.max_in_flight,
+                CONCURRENCY_CEILING,
+            ),
+            (
+                "max-connections",
+                "CACHELOCK_MAX_CONNECTIONS",
+                self.max_connections,
+                CONCURRENCY_CEILING,
+            ),
+            (
+                "max-watch-streams",
+                "CACHELOCK_MAX_WATCH_STREAMS",
+                self.max_watch_streams,
+                CONCURRENCY_CEILING,
+            ),
+            (
+                "lock-max-waiters",
+                "CACHELOCK_LOCK_MAX_WAITERS",
+                self.lock_max_waiters,
+                CONCURRENCY_CEILING,
+            ),
+            (
+                "lock-max-waiters-per-name",
+                "CACHELOCK_LOCK_MAX_WAITERS_PER_NAME",
+                self.lock_max_waiters_per_name,
+                CONCURRENCY_CEILING,
+            ),
+            (
+                "max-concurrent-streams",
+                "CACHELOCK_MAX_CONCURRENT_STREAMS",
+                self.max_concurrent_streams as usize,
+                CONCURRENCY_CEILING,
+            ),
         ];
         for (setting, env, value, ceiling) in limits {
             if value == 0 || value > ceiling {
@@ -462,6 +561,31 @@ impl Config {
                     setting,
                     env,
                     format_args!("{value} is not between 1 and {ceiling}"),
+                ));
+            }
+        }
+        // Every single value must fit in a request (Set) and in a response (Get, Take).
+        let largest_value = self.max_value_bytes + self.max_key_bytes + MESSAGE_OVERHEAD_BYTES;
+        for (setting, env, limit) in [
+            (
+                "max-request-bytes",
+                "CACHELOCK_MAX_REQUEST_BYTES",
+                self.max_request_bytes,
+            ),
+            (
+                "max-response-bytes",
+                "CACHELOCK_MAX_RESPONSE_BYTES",
+                self.max_response_bytes,
+            ),
+        ] {
+            if limit < largest_value {
+                return Err(invalid(
+                    setting,
+                    env,
+                    format_args!(
+                        "{limit} cannot carry the largest value: it must be at least --max-value-bytes plus \
+                         --max-key-bytes plus {MESSAGE_OVERHEAD_BYTES} ({largest_value})"
+                    ),
                 ));
             }
         }

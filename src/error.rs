@@ -59,6 +59,9 @@ pub enum Error {
     /// Redis refused a write because it reached `maxmemory` and may not evict.
     #[error("Redis is out of memory")]
     OutOfMemory,
+    /// A limit of the service was reached; the text names it and its setting.
+    #[error("{0}")]
+    Exhausted(String),
     /// A failure inside the service itself (no randomness, a malformed script reply).
     #[error("internal error: {0}")]
     Internal(String),
@@ -90,10 +93,23 @@ impl Error {
     }
 }
 
+/// The error code Redis answered with; for a pipeline or an aborted
+/// transaction, the code of its first failed command (EXECABORT hides the OOM
+/// that caused it).
+fn server_code(error: &RedisError) -> Option<String> {
+    match error.code() {
+        Some(code) if code != "EXECABORT" => Some(code.to_owned()),
+        _ => error
+            .clone()
+            .into_server_errors()
+            .and_then(|errors| errors.first().map(|(_, error)| error.code().to_owned())),
+    }
+}
+
 /// Classifies an error reply or client error from Redis.
 impl From<RedisError> for Error {
     fn from(error: RedisError) -> Error {
-        match error.code() {
+        match server_code(&error).as_deref() {
             Some("OOM") => return Error::OutOfMemory,
             Some(
                 "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "NOAUTH" | "WRONGPASS"
@@ -143,6 +159,7 @@ impl From<Error> for Status {
             )),
             Error::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
             Error::OutOfMemory => Status::resource_exhausted("Redis is out of memory and refused the write"),
+            Error::Exhausted(message) => Status::resource_exhausted(message),
             Error::Internal(detail) => {
                 warn!(%detail, "internal error");
                 Status::internal("internal error")

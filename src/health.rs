@@ -19,7 +19,7 @@ use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt, stream};
 use tokio::{
-    sync::watch,
+    sync::{Semaphore, watch},
     time::{Instant, sleep},
 };
 use tonic::{Request, Response, Status};
@@ -34,6 +34,7 @@ use tonic_health::{
 use tracing::{info, warn};
 
 use crate::{
+    admission::RefusalLog,
     error::Error,
     redis::{Op, Patience, Redis, Role, State, epoch::DataEpoch},
 };
@@ -74,11 +75,12 @@ impl HealthStatus {
 
 /// Registers `""` and `services` as NOT_SERVING and builds the health service.
 ///
-/// Watch streams opened on it end (after a last NOT_SERVING) once `draining`
-/// becomes true.
+/// At most `max_watch_streams` Watch streams are open at once. They end (after a
+/// last NOT_SERVING) once `draining` becomes true.
 pub async fn health_service(
     services: &[&'static str],
     draining: watch::Receiver<bool>,
+    max_watch_streams: usize,
 ) -> (HealthStatus, HealthServer<DrainingHealth>) {
     let reporter = HealthReporter::new();
     let names: Arc<[&'static str]> = std::iter::once("").chain(services.iter().copied()).collect();
@@ -91,16 +93,24 @@ pub async fn health_service(
     let service = DrainingHealth {
         inner: HealthService::from_health_reporter(status.reporter.clone()),
         draining,
+        watchers: Arc::new(Semaphore::new(max_watch_streams)),
+        max_watch_streams,
     };
     (status, HealthServer::new(service))
 }
 
 /// tonic-health's service, with Watch streams that end when the server drains
-/// (a plain Watch stream would hold the graceful shutdown open until its grace ran out).
+/// (a plain Watch stream would hold the graceful shutdown open until its grace
+/// ran out), and a cap on how many are open.
 pub struct DrainingHealth {
     inner: HealthService,
     draining: watch::Receiver<bool>,
+    watchers: Arc<Semaphore>,
+    max_watch_streams: usize,
 }
+
+static WATCHES_FULL: RefusalLog =
+    RefusalLog::new("health Watch streams refused with RESOURCE_EXHAUSTED: --max-watch-streams are open");
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
 
@@ -113,6 +123,13 @@ impl Health for DrainingHealth {
     type WatchStream = WatchStream;
 
     async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<WatchStream>, Status> {
+        let Ok(permit) = self.watchers.clone().try_acquire_owned() else {
+            WATCHES_FULL.record();
+            return Err(Status::resource_exhausted(format!(
+                "{} health Watch streams are open (--max-watch-streams); use Check, or retry later",
+                self.max_watch_streams
+            )));
+        };
         let statuses = self.inner.watch(request).await?.into_inner();
         let mut draining = self.draining.clone();
         let drained = async move {
@@ -122,9 +139,11 @@ impl Health for DrainingHealth {
         let last = HealthCheckResponse {
             status: health_check_response::ServingStatus::NotServing as i32,
         };
-        let stream = statuses
-            .take_until(drained)
-            .chain(stream::once(async move { Ok(last) }));
+        let stream = statuses.take_until(drained).chain(stream::once(async move {
+            // The place is given back when the stream ends or is dropped.
+            drop(permit);
+            Ok(last)
+        }));
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -75,6 +75,8 @@ pub struct Limits {
     pub max_value_bytes: usize,
     /// Most items in one batch.
     pub max_batch: usize,
+    /// Largest response, in bytes.
+    pub max_response_bytes: usize,
     /// The ttl of a write that gives none.
     pub default_ttl: Duration,
     /// The longest ttl a write may ask for.
@@ -87,6 +89,7 @@ impl From<&Config> for Limits {
             max_key_bytes: config.max_key_bytes,
             max_value_bytes: config.max_value_bytes,
             max_batch: config.max_batch,
+            max_response_bytes: config.max_response_bytes,
             default_ttl: config.default_ttl,
             max_ttl: config.max_ttl,
         }

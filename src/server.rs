@@ -8,8 +8,9 @@ use tonic::{server::NamedService, transport::Server, transport::server::TcpIncom
 use tracing::{info, warn};
 
 use crate::{
+    admission::{AdmissionLayer, limit_connections},
     cache::{self, CacheApi, CacheStore},
-    config::Config,
+    config::{Config, MESSAGE_OVERHEAD_BYTES},
     error::StartError,
     health::{ProbeSettings, health_service, probe_redis},
     lock::{self, LockApi, LockSettings, LockStore, ReleaseNotices, listen_for_releases},
@@ -27,10 +28,6 @@ use crate::{
     session::{self, SessionApi, SessionSettings, SessionStore},
 };
 
-/// The smallest request size every service accepts (gRPC's usual 4 MiB).
-const MIN_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-/// Room for the protobuf framing around the largest key and value.
-const MESSAGE_OVERHEAD_BYTES: usize = 64 * 1024;
 /// Idle time before TCP keepalive probes on client connections.
 const CLIENT_KEEPALIVE: Duration = Duration::from_secs(60);
 /// How often the server pings idle HTTP/2 connections, and how long it waits for
@@ -180,8 +177,8 @@ async fn serve(
     let epoch = DataEpoch::new(keys.epoch(), config.lock_max_ttl);
     let redis = Redis::start(endpoint.clone(), &all_scripts(), backoff, epoch.clone());
     let (draining_tx, draining_rx) = watch::channel(false);
-    let (health, health_server) = health_service(SERVICE_NAMES, draining_rx.clone()).await;
-    let release_notices = ReleaseNotices::default();
+    let (health, health_server) = health_service(SERVICE_NAMES, draining_rx.clone(), config.max_watch_streams).await;
+    let release_notices = ReleaseNotices::new(config.lock_max_waiters, config.lock_max_waiters_per_name);
     let mut background = Background::default();
     background.spawn(probe_redis(
         redis.clone(),
@@ -201,20 +198,28 @@ async fn serve(
     ));
 
     let space = keys.space(DEFAULT_TENANT);
-    let message_limit = (config.max_value_bytes + config.max_key_bytes + MESSAGE_OVERHEAD_BYTES).max(MIN_MESSAGE_BYTES);
+    // Every service reads requests up to the same size and writes responses up to
+    // the same size (the response budget is enforced before Redis reads; this is the backstop).
+    let (requests, responses) = (
+        config.max_request_bytes,
+        config.max_response_bytes + MESSAGE_OVERHEAD_BYTES,
+    );
     let cache = CacheServiceServer::new(CacheApi::new(
         CacheStore::new(redis.clone()),
         space.clone(),
         Limits::from(config),
         config.operation_timeout,
     ))
-    .max_decoding_message_size(message_limit);
+    .max_decoding_message_size(requests)
+    .max_encoding_message_size(responses);
     let ratelimit = RateLimitServiceServer::new(RateLimitApi::new(
         RateLimitStore::new(redis.clone()),
         space.clone(),
         Limits::from(config),
         RateLimitSettings::from(config),
-    ));
+    ))
+    .max_decoding_message_size(requests)
+    .max_encoding_message_size(responses);
     let lock = LockServiceServer::new(LockApi::new(
         LockStore::new(redis.clone(), config.lock_fence_retention),
         space.clone(),
@@ -223,21 +228,28 @@ async fn serve(
         Limits::from(config),
         LockSettings::from(config),
         draining_rx.clone(),
-    ));
+    ))
+    .max_decoding_message_size(requests)
+    .max_encoding_message_size(responses);
     let session = SessionServiceServer::new(SessionApi::new(
         SessionStore::new(redis),
         space,
         Limits::from(config),
         SessionSettings::from(config),
-    ));
+    ))
+    .max_decoding_message_size(requests)
+    .max_encoding_message_size(responses);
 
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(CLIENT_KEEPALIVE));
+    let incoming = limit_connections(incoming, config.max_connections);
     let mut drained = draining_rx;
     let server = Server::builder()
         .http2_keepalive_interval(Some(HTTP2_PING_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_PING_TIMEOUT))
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .layer(AdmissionLayer::new(config.max_in_flight))
         .add_service(health_server)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

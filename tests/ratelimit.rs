@@ -562,7 +562,7 @@ async fn a_hung_redis_is_answered_by_the_policy_within_the_ratelimit_timeout() {
 
 #[tokio::test]
 async fn bad_inputs_are_refused_naming_the_field() {
-    let (_redis, service) = redis_and_service(&["--ratelimit-max-period", "2days", "--max-batch", "2"]).await;
+    let (_redis, service) = redis_and_service(&["--ratelimit-max-period", "2days", "--ratelimit-max-batch", "2"]).await;
     let mut client = ratelimit(&service);
     let good = || check("k", 10, 1000, Algorithm::TokenBucket);
     let bad = |change: &dyn Fn(&mut CheckRequest)| {

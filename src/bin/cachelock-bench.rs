@@ -140,6 +140,10 @@ struct Args {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Instead of load: run every batch RPC once at the service's default limits and print
+    /// how long Redis spent on it (from SLOWLOG), the worst a single request can cost Redis.
+    #[arg(long)]
+    batch_worst_case: bool,
 }
 
 /// The clients of one run.
@@ -615,6 +619,13 @@ async fn bench(args: Args) -> Result<(), String> {
         sessions: Arc::new(Vec::new()),
         key_space: args.keys.max(1),
     };
+    if args.batch_worst_case {
+        let result = batch_worst_case(&clients, &redis_client).await;
+        if let Some(mut service) = setup.service {
+            let _ = service.kill().await;
+        }
+        return result;
+    }
     let scenarios = if args.scenarios.is_empty() {
         Scenario::ALL.to_vec()
     } else {
@@ -694,6 +705,163 @@ async fn bench(args: Args) -> Result<(), String> {
     }
     if let Some(mut service) = setup.service {
         let _ = service.kill().await;
+    }
+    Ok(())
+}
+
+/// The default limits the worst cases are measured at (see `cachelock --help`).
+const MAX_BATCH: usize = 1000;
+const MAX_CHECK_BATCH: usize = 100;
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+const MAX_ATTRIBUTES: usize = 64;
+const MAX_ATTRIBUTE_BYTES: usize = 4096;
+const MAX_SESSIONS_PER_USER: usize = 100;
+
+/// Runs each batch RPC once at the default limits and prints the longest time
+/// Redis spent on one command (script) of it, as SLOWLOG records it.
+async fn batch_worst_case(clients: &Clients, redis: &redis::Client) -> Result<(), String> {
+    use cachelock::pb::{
+        cache::{DeleteRequest, GetManyRequest},
+        ratelimit::{CheckManyRequest, Limit},
+        session::{DeleteUserSessionsRequest, ListUserSessionsRequest},
+    };
+    let mut admin = redis
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut config = redis::cmd("CONFIG");
+    config
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(0)
+        .arg("slowlog-max-len")
+        .arg(100_000);
+    let _: () = config.query_async(&mut admin).await.map_err(|e| e.to_string())?;
+    let channel = clients.channel(0);
+    let mut cache = CacheServiceClient::new(channel.clone())
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let mut ratelimit = RateLimitServiceClient::new(channel.clone());
+    let mut sessions = SessionServiceClient::new(channel);
+    // The largest SetMany a request can carry: MAX_BATCH values filling MAX_REQUEST_BYTES.
+    let value_bytes = MAX_REQUEST_BYTES / MAX_BATCH - 128;
+    let keys: Vec<String> = (0..MAX_BATCH).map(|i| format!("worst:{i}")).collect();
+    let entries: Vec<SetEntry> = keys
+        .iter()
+        .map(|key| SetEntry {
+            key: key.clone(),
+            value: vec![b'x'; value_bytes],
+            ttl: None,
+        })
+        .collect();
+    let algorithms = [
+        rl::Algorithm::TokenBucket,
+        rl::Algorithm::FixedWindow,
+        rl::Algorithm::SlidingWindow,
+    ];
+    let limits: Vec<Limit> = (0..MAX_CHECK_BATCH)
+        .map(|i| Limit {
+            key: format!("worst:{i}"),
+            limit: 1_000_000,
+            period: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+            cost: None,
+            algorithm: algorithms[i % 3] as i32,
+        })
+        .collect();
+    let attributes: std::collections::HashMap<String, String> = (0..MAX_ATTRIBUTES)
+        .map(|i| (format!("attribute-{i}"), "v".repeat(MAX_ATTRIBUTE_BYTES)))
+        .collect();
+    let create = |attributes: &std::collections::HashMap<String, String>| CreateRequest {
+        user_id: "worst-user".to_owned(),
+        attributes: attributes.clone(),
+        ..CreateRequest::default()
+    };
+    let status = |status: tonic::Status| status.to_string();
+
+    let mut rows: Vec<(String, u64, u64)> = Vec::new();
+    let mut measure = async |name: &str, admin: &mut MultiplexedConnection| -> Result<(), String> {
+        // Each entry: id, time, duration in µs, arguments, client address, client name.
+        let entries: Vec<Vec<redis::Value>> = redis::cmd("SLOWLOG")
+            .arg("GET")
+            .arg(-1)
+            .query_async(admin)
+            .await
+            .map_err(|e| e.to_string())?;
+        let durations: Vec<u64> = entries
+            .iter()
+            .filter_map(|entry| match entry.get(2) {
+                Some(redis::Value::Int(micros)) => u64::try_from(*micros).ok(),
+                _ => None,
+            })
+            .collect();
+        let longest = durations.iter().copied().max().unwrap_or(0);
+        rows.push((name.to_owned(), longest, durations.iter().sum()));
+        let _: () = redis::cmd("SLOWLOG")
+            .arg("RESET")
+            .query_async(admin)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    };
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut admin)
+        .await
+        .map_err(|e| e.to_string())?;
+    cache.set_many(SetManyRequest { entries }).await.map_err(status)?;
+    measure("SetMany: 1000 entries, 4 MiB", &mut admin).await?;
+    cache
+        .get_many(GetManyRequest { keys: keys.clone() })
+        .await
+        .map_err(status)?;
+    measure("GetMany: 1000 keys, 4 MiB of values", &mut admin).await?;
+    ratelimit
+        .check_many(CheckManyRequest {
+            limits,
+            on_unavailable: rl::OutagePolicy::FailClosed as i32,
+        })
+        .await
+        .map_err(status)?;
+    measure("CheckMany: 100 limits", &mut admin).await?;
+    cache.delete(DeleteRequest { keys }).await.map_err(status)?;
+    measure("Delete: 1000 keys of 4 KiB", &mut admin).await?;
+    for _ in 0..MAX_SESSIONS_PER_USER {
+        sessions.create(create(&attributes)).await.map_err(status)?;
+    }
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(&mut admin)
+        .await
+        .map_err(|e| e.to_string())?;
+    sessions.create(create(&attributes)).await.map_err(status)?;
+    measure(
+        "session Create: 64 attributes of 4 KiB, ending the LRU of 100",
+        &mut admin,
+    )
+    .await?;
+    sessions
+        .list_user_sessions(ListUserSessionsRequest {
+            user_id: "worst-user".to_owned(),
+        })
+        .await
+        .map_err(status)?;
+    measure("ListUserSessions: 100 sessions", &mut admin).await?;
+    sessions
+        .delete_user_sessions(DeleteUserSessionsRequest {
+            user_id: "worst-user".to_owned(),
+            except_id: String::new(),
+        })
+        .await
+        .map_err(status)?;
+    measure("DeleteUserSessions: 100 sessions", &mut admin).await?;
+
+    // A MULTI/EXEC runs all its commands at once: its total is how long Redis was held.
+    println!(
+        "{:<64} {:>18} {:>16}",
+        "batch RPC at the default limits", "longest command µs", "all commands µs"
+    );
+    for (name, longest, total) in rows {
+        println!("{name:<64} {longest:>18} {total:>16}");
     }
     Ok(())
 }

@@ -20,6 +20,10 @@ use crate::{
     request::{Limits, deadline, ttl_from_millis},
 };
 
+/// Protobuf framing of one GetMany entry besides its key and value: tags,
+/// lengths, `found` and the ttl.
+const ENTRY_FRAMING_BYTES: usize = 32;
+
 /// The gRPC handlers of the cache.
 pub struct CacheApi {
     store: CacheStore,
@@ -72,7 +76,25 @@ impl CacheService for CacheApi {
         if keys.is_empty() {
             return Ok(Response::new(GetManyResponse::default()));
         }
-        let found = self.store.get_many(&self.space, keys, deadline).await?;
+        // What the response holds besides the values: each key, and protobuf framing.
+        let framing: usize = keys.iter().map(|key| key.len() + ENTRY_FRAMING_BYTES).sum::<usize>() + 64;
+        let value_budget = self.limits.max_response_bytes.saturating_sub(framing);
+        let found = match self
+            .store
+            .get_many(&self.space, keys, value_budget, self.limits.max_value_bytes, deadline)
+            .await?
+        {
+            Ok(found) => found,
+            Err(total) => {
+                return Err(Error::Exhausted(format!(
+                    "the values of these {} keys total {total} bytes: with the keys, above the response limit \
+                     of {} bytes (--max-response-bytes); ask for fewer keys at once",
+                    keys.len(),
+                    self.limits.max_response_bytes
+                ))
+                .into());
+            }
+        };
         let entries = request
             .keys
             .into_iter()

@@ -1,4 +1,7 @@
-//! The cache's Redis commands: each operation is one command, so one round trip.
+//! The cache's Redis commands. Each operation is one round trip: one command, a
+//! pipeline, or a MULTI/EXEC transaction — native commands where they can do the
+//! job, because a Lua script copies every value it touches twice (into Lua and
+//! back out), which makes bulk reads and writes several times slower for Redis.
 
 use redis::Value;
 use tokio::time::Instant;
@@ -10,13 +13,11 @@ use crate::{
 };
 
 static GET: LuaScript = LuaScript::new("cache_get", include_str!("../scripts/cache_get.lua"));
-static GET_MANY: LuaScript = LuaScript::new("cache_get_many", include_str!("../scripts/cache_get_many.lua"));
-static SET_MANY: LuaScript = LuaScript::new("cache_set_many", include_str!("../scripts/cache_set_many.lua"));
 static INCREMENT: LuaScript = LuaScript::new("cache_increment", include_str!("../scripts/cache_increment.lua"));
 
 /// The cache's scripts, for loading into Redis ahead of the first request.
-pub fn scripts() -> [&'static LuaScript; 4] {
-    [&GET, &GET_MANY, &SET_MANY, &INCREMENT]
+pub fn scripts() -> [&'static LuaScript; 2] {
+    [&GET, &INCREMENT]
 }
 
 /// A stored value and its remaining time to live.
@@ -73,7 +74,15 @@ impl CacheStore {
         Ok(stored(reply))
     }
 
-    /// Reads several entries, answering in the order of `keys`.
+    /// Reads several entries, answering in the order of `keys`, if their values
+    /// total at most `value_budget` bytes; `Err(total)` inside `Ok` when they do
+    /// not. `max_value_bytes` is the largest a value can be: when the keys cannot
+    /// hold more than the budget, they are read at once; otherwise their sizes are
+    /// read first (STRLEN is O(1)), so that Redis never builds a reply nobody may
+    /// receive.
+    ///
+    /// The values come from one MGET, a consistent snapshot; each ttl is read a
+    /// moment later in the same round trip.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
@@ -81,15 +90,47 @@ impl CacheStore {
         &self,
         space: &KeySpace,
         keys: &[String],
+        value_budget: usize,
+        max_value_bytes: usize,
         deadline: Instant,
-    ) -> Result<Vec<Option<Stored>>, Error> {
-        let mut invocation = GET_MANY.prepare();
-        for key in keys {
-            invocation.key(space.cache(key));
+    ) -> Result<Result<Vec<Option<Stored>>, u64>, Error> {
+        let redis_keys: Vec<String> = keys.iter().map(|key| space.cache(key)).collect();
+        if keys.len().saturating_mul(max_value_bytes) > value_budget {
+            let mut sizes = redis::pipe();
+            for key in &redis_keys {
+                sizes.cmd("STRLEN").arg(key);
+            }
+            let sizes: Vec<u64> = self.redis.run(Op::read("cache_sizes"), deadline, &sizes).await?;
+            let total: u64 = sizes.iter().sum();
+            if total > value_budget as u64 {
+                return Ok(Err(total));
+            }
         }
-        let replies: Vec<(Option<Vec<u8>>, i64)> =
-            self.redis.run(Op::read(GET_MANY.name()), deadline, &invocation).await?;
-        Ok(replies.into_iter().map(stored).collect())
+        let mut read = redis::pipe();
+        read.cmd("MGET").arg(&redis_keys);
+        for key in &redis_keys {
+            read.cmd("PTTL").arg(key);
+        }
+        let mut replies: Vec<redis::Value> = self.redis.run(Op::read("cache_get_many"), deadline, &read).await?;
+        let ttls: Vec<i64> = redis::from_redis_value(redis::Value::Array(replies.split_off(1)))
+            .map_err(|e| Error::Internal(format!("unexpected PTTL replies: {e}")))?;
+        let values: Vec<Option<Vec<u8>>> = match replies.pop() {
+            Some(values) => {
+                redis::from_redis_value(values).map_err(|e| Error::Internal(format!("unexpected MGET reply: {e}")))?
+            }
+            None => return Err(Error::Internal("no MGET reply".to_owned())),
+        };
+        // A value that grew between the sizes and the read (a concurrent write) can
+        // still push the reply past the budget: it is refused rather than sent.
+        let total: u64 = values.iter().flatten().map(|value| value.len() as u64).sum();
+        if total > value_budget as u64 {
+            return Ok(Err(total));
+        }
+        Ok(Ok(values
+            .into_iter()
+            .zip(ttls)
+            .map(|(value, ttl_millis)| stored((value, ttl_millis)))
+            .collect()))
     }
 
     /// Writes one entry if `condition` holds; returns whether it wrote.
@@ -125,22 +166,28 @@ impl CacheStore {
         Ok(!matches!(reply, Value::Nil))
     }
 
-    /// Writes every entry, atomically.
+    /// Writes every entry, atomically: one MULTI/EXEC transaction. A full Redis
+    /// refuses each SET as it is queued and then the whole EXEC, so either every
+    /// entry is written or none is.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`]; a full Redis as [`Error::OutOfMemory`],
     /// in which case nothing was written.
     pub async fn set_many(&self, space: &KeySpace, entries: &[NewEntry<'_>], deadline: Instant) -> Result<(), Error> {
-        let mut invocation = SET_MANY.prepare();
+        let mut transaction = redis::pipe();
+        transaction.atomic();
         for entry in entries {
-            invocation
-                .key(space.cache(entry.key))
+            transaction
+                .cmd("SET")
+                .arg(space.cache(entry.key))
                 .arg(entry.value)
-                .arg(entry.ttl.millis());
+                .arg("PX")
+                .arg(entry.ttl.millis())
+                .ignore();
         }
-        let _written: u64 = self
+        let () = self
             .redis
-            .run(Op::idempotent(SET_MANY.name()), deadline, &invocation)
+            .run(Op::idempotent("cache_set_many"), deadline, &transaction)
             .await?;
         Ok(())
     }

@@ -12,7 +12,7 @@ use tokio::{
 };
 use tonic::{Request, Response, Status};
 
-pub use notices::{ReleaseNotices, listen_for_releases};
+pub use notices::{Registration, ReleaseNotices, listen_for_releases};
 pub use store::{Attempt, Grant, Holder, LockStore, scripts};
 
 use crate::{
@@ -251,8 +251,7 @@ impl LockService for LockApi {
         }
 
         let mut holder_ttl = Duration::ZERO;
-        // Registered before the first attempt, so no release after it goes unheard.
-        let mut registration = (!wait.is_zero()).then(|| self.notices.register(self.space.lock_released(name)));
+        let mut registration: Option<Registration> = None;
         loop {
             if let Some(registration) = registration.as_mut() {
                 registration.mark_seen();
@@ -277,9 +276,16 @@ impl LockService for LockApi {
                 }
                 Attempt::Held { ttl } => ttl,
             };
-            // Wake on a release, on the holder's expiry, or at the wait's end.
-            let (Some(registration), Some(mut nap)) = (registration.as_mut(), plan.pause(holder_ttl)) else {
+            let Some(mut nap) = plan.pause(holder_ttl) else {
                 return Ok(Response::new(not_acquired(holder_ttl)));
+            };
+            let Some(registration) = registration.as_mut() else {
+                // The lock is held and the caller waits: only now does it take a
+                // waiter's place. SAFETY (no lost wake-up): the next attempt runs
+                // after registering, so a release between the first attempt and
+                // the registration is seen by that attempt.
+                registration = Some(self.notices.register(self.space.lock_released(name))?);
+                continue;
             };
             if !self.notices.is_listening() {
                 nap = nap.min(UNHEARD_RECHECK);

@@ -24,18 +24,33 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::redis::{Backoff, Cause, Endpoint};
+use crate::{
+    admission::RefusalLog,
+    error::Error,
+    redis::{Backoff, Cause, Endpoint},
+};
+
+static WAITERS_FULL: RefusalLog = RefusalLog::new(
+    "Acquires refused with RESOURCE_EXHAUSTED: --lock-max-waiters or --lock-max-waiters-per-name reached",
+);
 
 /// Waiters registered per release channel, and whether the subscriber is listening.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ReleaseNotices {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
-    channels: Mutex<HashMap<String, Waiters>>,
+    channels: Mutex<Registry>,
     listening: AtomicBool,
+    max_waiters: usize,
+    max_per_channel: usize,
+}
+
+#[derive(Default)]
+struct Registry {
+    channels: HashMap<String, Waiters>,
+    total: usize,
 }
 
 struct Waiters {
@@ -44,20 +59,52 @@ struct Waiters {
 }
 
 impl ReleaseNotices {
+    /// A registry of at most `max_waiters` waiters, `max_per_channel` of them per lock.
+    pub fn new(max_waiters: usize, max_per_channel: usize) -> ReleaseNotices {
+        ReleaseNotices {
+            inner: Arc::new(Inner {
+                channels: Mutex::new(Registry::default()),
+                listening: AtomicBool::new(false),
+                max_waiters,
+                max_per_channel,
+            }),
+        }
+    }
+
     /// Starts watching `channel` for releases until the returned registration is dropped.
-    pub fn register(&self, channel: String) -> Registration {
-        let mut channels = self.inner.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        let waiters = channels.entry(channel.clone()).or_insert_with(|| Waiters {
+    ///
+    /// # Errors
+    /// [`Error::Exhausted`] when the waiters in all, or on this channel, are at their limit.
+    pub fn register(&self, channel: String) -> Result<Registration, Error> {
+        let mut registry = self.inner.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if registry.total >= self.inner.max_waiters {
+            drop(registry);
+            WAITERS_FULL.record();
+            return Err(Error::Exhausted(format!(
+                "{} Acquires are already waiting for locks (--lock-max-waiters); retry later",
+                self.inner.max_waiters
+            )));
+        }
+        let waiters = registry.channels.entry(channel.clone()).or_insert_with(|| Waiters {
             releases: watch::Sender::new(0),
             count: 0,
         });
+        if waiters.count >= self.inner.max_per_channel {
+            drop(registry);
+            WAITERS_FULL.record();
+            return Err(Error::Exhausted(format!(
+                "{} Acquires are already waiting for this lock (--lock-max-waiters-per-name); retry later",
+                self.inner.max_per_channel
+            )));
+        }
         waiters.count += 1;
         let releases = waiters.releases.subscribe();
-        Registration {
+        registry.total += 1;
+        Ok(Registration {
             notices: self.inner.clone(),
             channel,
             releases,
-        }
+        })
     }
 
     /// Whether releases are being heard right now.
@@ -66,15 +113,15 @@ impl ReleaseNotices {
     }
 
     fn announce(&self, channel: &str) {
-        let channels = self.inner.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(waiters) = channels.get(channel) {
+        let registry = self.inner.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(waiters) = registry.channels.get(channel) {
             waiters.releases.send_modify(|count| *count += 1);
         }
     }
 
     fn announce_everywhere(&self) {
-        let channels = self.inner.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        for waiters in channels.values() {
+        let registry = self.inner.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        for waiters in registry.channels.values() {
             waiters.releases.send_modify(|count| *count += 1);
         }
     }
@@ -114,11 +161,12 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut channels = self.notices.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(waiters) = channels.get_mut(&self.channel) {
+        let mut registry = self.notices.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        registry.total -= 1;
+        if let Some(waiters) = registry.channels.get_mut(&self.channel) {
             waiters.count -= 1;
             if waiters.count == 0 {
-                channels.remove(&self.channel);
+                registry.channels.remove(&self.channel);
             }
         }
     }

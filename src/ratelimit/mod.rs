@@ -46,6 +46,8 @@ pub struct RateLimitSettings {
     pub operation_timeout: Duration,
     /// Longest period a check may ask for.
     pub max_period: Duration,
+    /// Most limits in one CheckMany.
+    pub max_batch: usize,
     /// What a policy denial tells the caller to wait: the health probe interval,
     /// after which the service knows more.
     pub outage_retry_after: Duration,
@@ -58,6 +60,7 @@ impl From<&Config> for RateLimitSettings {
             timeout: config.ratelimit_timeout,
             operation_timeout: config.operation_timeout,
             max_period: config.ratelimit_max_period,
+            max_batch: config.ratelimit_max_batch,
             outage_retry_after: config.health_interval,
         }
     }
@@ -298,7 +301,17 @@ impl RateLimitService for RateLimitApi {
         if request.limits.is_empty() {
             return Err(Error::invalid("limits", "must not be empty").into());
         }
-        self.limits.batch("limits", request.limits.len())?;
+        if request.limits.len() > self.settings.max_batch {
+            return Err(Error::invalid(
+                "limits",
+                format!(
+                    "has {} limits, above the limit of {} (--ratelimit-max-batch)",
+                    request.limits.len(),
+                    self.settings.max_batch
+                ),
+            )
+            .into());
+        }
         let mut checks = Vec::with_capacity(request.limits.len());
         let mut seen = HashSet::with_capacity(request.limits.len());
         for (i, limit) in request.limits.iter().enumerate() {

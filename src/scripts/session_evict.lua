@@ -31,7 +31,7 @@ local ended = {}
 local excess = #live - max
 for i = 1, excess do
   if live[i].member ~= ARGV[2] then
-    redis.call('DEL', live[i].key)
+    redis.call('UNLINK', live[i].key)
     redis.call('ZREM', KEYS[1], live[i].member)
     ended[#ended + 1] = live[i].member
   end

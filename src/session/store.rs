@@ -28,6 +28,8 @@ static END: LuaScript = LuaScript::new("session_end", include_str!("../scripts/s
 const DELETE_USER_ROUNDS: usize = 3;
 /// Sessions ended per script call, so that no call holds Redis for long.
 const END_CHUNK: usize = 256;
+/// What ListUserSessions reads of each session: everything but the attributes.
+const LISTED_FIELDS: [&str; 9] = ["uid", "created", "accessed", "idle", "absexp", "ver", "dev", "ip", "ua"];
 
 /// The session service's scripts, for loading into Redis ahead of the first request.
 pub fn scripts() -> [&'static LuaScript; 8] {
@@ -360,14 +362,24 @@ impl SessionStore {
         if members.is_empty() {
             return Ok(Vec::new());
         }
+        // The listing carries what a "your devices" page shows, never the
+        // attributes: its size stays bounded (about 2 KiB a session) whatever
+        // the sessions hold, and it cannot leak what they hold.
         let mut reads = redis::pipe();
         for member in &members {
-            reads.cmd("HGETALL").arg(space.session(&tag, member));
+            reads
+                .cmd("HMGET")
+                .arg(space.session(&tag, member))
+                .arg(&LISTED_FIELDS[..]);
         }
-        let hashes: Vec<Vec<(String, String)>> = self.redis.run(Op::read("session_list"), deadline, &reads).await?;
+        let rows: Vec<Vec<Option<String>>> = self.redis.run(Op::read("session_list"), deadline, &reads).await?;
         let mut sessions = Vec::with_capacity(members.len());
         let mut gone = Vec::new();
-        for (member, fields) in members.into_iter().zip(hashes) {
+        for (member, values) in members.into_iter().zip(rows) {
+            let fields = LISTED_FIELDS
+                .iter()
+                .zip(values)
+                .filter_map(|(name, value)| value.map(|value| ((*name).to_owned(), value)));
             match StoredSession::from_fields(fields) {
                 Some(session) if session.user_id == user_id => {
                     sessions.push((SessionId::from_parts(&tag, member), session));
