@@ -1,9 +1,17 @@
 # cachelock: a multi-stage build to a small, non-root runtime image.
 #
 #   docker build -t cachelock .
-#   docker run -p 50051:50051 -e REDIS_URL=redis://redis.internal:6379 cachelock
+#   docker run -p 50051:50051 -e REDIS_URL=redis://redis.internal:6379 \
+#     -v /path/to/tls:/etc/cachelock/tls:ro -v /path/to/auth.toml:/etc/cachelock/auth.toml:ro \
+#     -e CACHELOCK_TLS_CERT=/etc/cachelock/tls/tls.crt -e CACHELOCK_TLS_KEY=/etc/cachelock/tls/tls.key \
+#     -e CACHELOCK_AUTH_FILE=/etc/cachelock/auth.toml cachelock
 #
 # The runtime image has no redis-server: REDIS_URL must be set (see docker-compose.yml).
+# It listens on every interface, so it refuses to start until it is given TLS
+# (CACHELOCK_TLS_CERT/_KEY, the cert-manager secret layout above), an auth file
+# (CACHELOCK_AUTH_FILE), or both — or CACHELOCK_ALLOW_INSECURE_LISTEN=true behind a
+# mesh that encrypts and authenticates for it. With TLS, the HEALTHCHECK's probe needs
+# CACHELOCK_PROBE_TLS=true, CACHELOCK_PROBE_TLS_CA and CACHELOCK_PROBE_TLS_SERVER_NAME.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src

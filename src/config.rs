@@ -48,6 +48,21 @@ pub struct ProbeArgs {
     /// How long to wait for the answer.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Connect with TLS (the server runs with --tls-cert).
+    #[arg(long, env = "CACHELOCK_PROBE_TLS")]
+    pub tls: bool,
+    /// PEM CAs to verify the server's certificate with; unset: the system's trust store.
+    #[arg(long, env = "CACHELOCK_PROBE_TLS_CA", requires = "tls")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry; unset: the host of --addr.
+    #[arg(long, env = "CACHELOCK_PROBE_TLS_SERVER_NAME", requires = "tls")]
+    pub tls_server_name: Option<String>,
+    /// PEM client certificate, when the server requires one (--tls-client-ca).
+    #[arg(long, env = "CACHELOCK_PROBE_TLS_CERT", requires_all = ["tls", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CACHELOCK_PROBE_TLS_KEY", requires_all = ["tls", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The log line format.
@@ -76,6 +91,32 @@ pub struct Config {
     /// Address the gRPC server listens on.
     #[arg(long, env = "CACHELOCK_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+
+    /// PEM certificate chain for TLS on the gRPC listener (re-read when it changes); needs --tls-key.
+    #[arg(long, env = "CACHELOCK_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (re-read when it changes).
+    #[arg(long, env = "CACHELOCK_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CAs that sign client certificates: set, every client must present one (mTLS).
+    #[arg(long, env = "CACHELOCK_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// TOML file of the clients that may call, their tenants and permissions (re-read when it
+    /// changes). Unset: every caller is the tenant "default" with every permission.
+    #[arg(long, env = "CACHELOCK_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+
+    /// With an auth file, server reflection also needs a credential (health never does).
+    #[arg(long, env = "CACHELOCK_REFLECTION_REQUIRES_AUTH")]
+    pub reflection_requires_auth: bool,
+
+    /// Allow a non-loopback --listen address with neither TLS nor an auth file (a private
+    /// network or a mesh that authenticates for you).
+    #[arg(long, env = "CACHELOCK_ALLOW_INSECURE_LISTEN")]
+    pub allow_insecure_listen: bool,
 
     /// Redis to use: redis://[user:password@]host:port[/db], rediss://… (TLS, certificates
     /// verified) or unix:///path/to/redis.sock. Unset: start a private development redis-server.
@@ -597,6 +638,7 @@ impl Config {
             ));
         }
         self.validate_key_prefix()?;
+        self.validate_listener()?;
         self.validate_redis()?;
         Ok(self)
     }
@@ -616,6 +658,51 @@ impl Config {
             return Ok(());
         };
         Err(invalid("key-prefix", "CACHELOCK_KEY_PREFIX", reason))
+    }
+
+    fn validate_listener(&self) -> Result<(), ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(invalid("tls-key", "CACHELOCK_TLS_KEY", "is needed with --tls-cert")),
+            (None, Some(_)) => return Err(invalid("tls-cert", "CACHELOCK_TLS_CERT", "is needed with --tls-key")),
+            _ => {}
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(invalid(
+                "tls-client-ca",
+                "CACHELOCK_TLS_CLIENT_CA",
+                "needs --tls-cert and --tls-key: client certificates are checked during the TLS handshake",
+            ));
+        }
+        for (setting, env, path) in [
+            ("tls-cert", "CACHELOCK_TLS_CERT", &self.tls_cert),
+            ("tls-key", "CACHELOCK_TLS_KEY", &self.tls_key),
+            ("tls-client-ca", "CACHELOCK_TLS_CLIENT_CA", &self.tls_client_ca),
+            ("auth-file", "CACHELOCK_AUTH_FILE", &self.auth_file),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                return Err(invalid(
+                    setting,
+                    env,
+                    format_args!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
+        let protected = self.tls_cert.is_some() || self.auth_file.is_some();
+        if !self.listen.ip().is_loopback() && !protected && !self.allow_insecure_listen {
+            return Err(invalid(
+                "listen",
+                "CACHELOCK_LISTEN",
+                format_args!(
+                    "{} is reachable from other machines, and neither TLS (--tls-cert/--tls-key) nor an auth \
+                     file (--auth-file) protects it: set one, or --allow-insecure-listen if a private network \
+                     or a mesh protects it",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_redis(&self) -> Result<(), ConfigError> {

@@ -203,6 +203,9 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    /// The TLS files or the auth file cannot be used.
+    #[error("{0}")]
+    Security(String),
     /// The reflection service could not read the embedded descriptors.
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
@@ -215,7 +218,7 @@ impl StartError {
     /// The process exit status: 2 for what the operator must fix in the setup, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::RedisServerMissing | StartError::RedisConfig(_) => 2,
+            StartError::RedisServerMissing | StartError::RedisConfig(_) | StartError::Security(_) => 2,
             _ => 1,
         }
     }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod redis;
 pub mod request;
 pub mod server;
 pub mod session;
+pub mod telemetry;
 
 /// Generated protobuf types and gRPC stubs, one module per package.
 pub mod pb {

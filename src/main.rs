@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use cachelock::{
     config::{Cli, Command, Config, ConfigError, LogFormat, ProbeArgs},
-    probe, server,
+    probe, server, telemetry,
 };
 use clap::Parser;
 use tokio::{
@@ -16,7 +16,6 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
 };
 use tracing::{error, info, warn};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -108,7 +107,8 @@ fn run_probe(args: &ProbeArgs) -> ExitCode {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let filter = telemetry::log_filter(&directives);
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),

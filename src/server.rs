@@ -1,6 +1,6 @@
 //! Builds the tonic server and runs it until a shutdown signal.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt, stream};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
@@ -9,6 +9,10 @@ use tracing::{info, warn};
 
 use crate::{
     admission::{AdmissionLayer, limit_connections},
+    auth::{
+        AuthFile, AuthLayer, Authenticator, ReloadableTls, TlsFiles, reload_on_change,
+        tls::{over_tls, plaintext},
+    },
     cache::{self, CacheApi, CacheStore},
     config::{Config, MESSAGE_OVERHEAD_BYTES},
     error::StartError,
@@ -22,7 +26,7 @@ use crate::{
     ratelimit::{self, RateLimitApi, RateLimitSettings, RateLimitStore},
     redis::{
         Backoff, ConnectSettings, Endpoint, Keys, LuaScript, Redis, embedded::EmbeddedRedis, epoch, epoch::DataEpoch,
-        keys::DEFAULT_TENANT, redacted,
+        redacted,
     },
     request::Limits,
     session::{self, SessionApi, SessionSettings, SessionStore},
@@ -168,12 +172,33 @@ async fn serve(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let keys = Keys::new(&config.key_prefix);
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            ReloadableTls::load(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.tls_client_ca.clone(),
+            })
+            .map_err(StartError::Security)?,
+        )),
+        _ => None,
+    };
+    let auth_file = match &config.auth_file {
+        Some(path) => Some(Arc::new(
+            AuthFile::load(path.clone(), keys.clone()).map_err(|error| StartError::Security(error.to_string()))?,
+        )),
+        None => None,
+    };
+    let authenticator = match &auth_file {
+        Some(file) => Authenticator::with_file(&keys, file.clone(), config.reflection_requires_auth),
+        None => Authenticator::open(&keys),
+    };
 
     let backoff = Backoff {
         min: config.reconnect_min_backoff,
         max: config.reconnect_max_backoff,
     };
-    let keys = Keys::new(&config.key_prefix);
     let epoch = DataEpoch::new(keys.epoch(), config.lock_max_ttl);
     let redis = Redis::start(endpoint.clone(), &all_scripts(), backoff, epoch.clone());
     let (draining_tx, draining_rx) = watch::channel(false);
@@ -196,8 +221,10 @@ async fn serve(
         release_notices.clone(),
         backoff,
     ));
+    if tls.is_some() || auth_file.is_some() {
+        background.spawn(reload_on_change(tls.clone(), auth_file));
+    }
 
-    let space = keys.space(DEFAULT_TENANT);
     // Every service reads requests up to the same size and writes responses up to
     // the same size (the response budget is enforced before Redis reads; this is the backstop).
     let (requests, responses) = (
@@ -206,7 +233,6 @@ async fn serve(
     );
     let cache = CacheServiceServer::new(CacheApi::new(
         CacheStore::new(redis.clone()),
-        space.clone(),
         Limits::from(config),
         config.operation_timeout,
     ))
@@ -214,7 +240,6 @@ async fn serve(
     .max_encoding_message_size(responses);
     let ratelimit = RateLimitServiceServer::new(RateLimitApi::new(
         RateLimitStore::new(redis.clone()),
-        space.clone(),
         Limits::from(config),
         RateLimitSettings::from(config),
     ))
@@ -222,7 +247,6 @@ async fn serve(
     .max_encoding_message_size(responses);
     let lock = LockServiceServer::new(LockApi::new(
         LockStore::new(redis.clone(), config.lock_fence_retention),
-        space.clone(),
         release_notices,
         epoch,
         Limits::from(config),
@@ -233,7 +257,6 @@ async fn serve(
     .max_encoding_message_size(responses);
     let session = SessionServiceServer::new(SessionApi::new(
         SessionStore::new(redis),
-        space,
         Limits::from(config),
         SessionSettings::from(config),
     ))
@@ -244,11 +267,19 @@ async fn serve(
         .with_nodelay(Some(true))
         .with_keepalive(Some(CLIENT_KEEPALIVE));
     let incoming = limit_connections(incoming, config.max_connections);
+    let incoming = match tls {
+        Some(tls) => over_tls(incoming, tls).boxed(),
+        None => plaintext(incoming)
+            .map(|accepted| accepted.map_err(std::io::Error::other))
+            .boxed(),
+    };
     let mut drained = draining_rx;
     let server = Server::builder()
         .http2_keepalive_interval(Some(HTTP2_PING_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_PING_TIMEOUT))
         .max_concurrent_streams(config.max_concurrent_streams)
+        // Who calls is settled first: an unknown caller takes no in-flight place.
+        .layer(AuthLayer::new(authenticator))
         .layer(AdmissionLayer::new(config.max_in_flight))
         .add_service(health_server)
         .add_service(reflection_v1)

@@ -94,7 +94,24 @@ fn bad_values_are_refused_naming_the_setting() {
         (&["--session-max-per-user", "0"], "--session-max-per-user"),
         (&["--session-max-per-user", "20000"], "--session-max-per-user"),
         // A development Redis behind a public address is a mistyped REDIS_URL.
-        (&["--listen", "0.0.0.0:50051"], "--redis-url"),
+        (&["--listen", "0.0.0.0:50051", "--allow-insecure-listen"], "--redis-url"),
+        // A public listener needs TLS or an auth file, or an explicit opt-out.
+        (
+            &["--redis-url", "redis://db:6379", "--listen", "0.0.0.0:50051"],
+            "--listen",
+        ),
+        (
+            &["--redis-url", "redis://db:6379", "--tls-cert", "/etc/hostname"],
+            "--tls-key",
+        ),
+        (
+            &["--redis-url", "redis://db:6379", "--tls-client-ca", "/etc/hostname"],
+            "--tls-client-ca",
+        ),
+        (
+            &["--redis-url", "redis://db:6379", "--auth-file", "/no/such/auth.toml"],
+            "--auth-file",
+        ),
         (
             &["--redis-url", "redis://db:6379", "--redis-ca-file", "/etc/hostname"],
             "--redis-ca-file",
@@ -132,6 +149,17 @@ fn the_ceilings_themselves_are_accepted() {
         "10000",
         "--listen",
         "0.0.0.0:50051",
+        "--allow-insecure-listen",
+    ])
+    .unwrap();
+    // A public listener protected by an auth file needs no opt-out.
+    parse(&[
+        "--redis-url",
+        "redis://db:6379",
+        "--listen",
+        "0.0.0.0:50051",
+        "--auth-file",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
     ])
     .unwrap();
 }

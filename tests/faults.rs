@@ -529,7 +529,7 @@ async fn a_session_create_whose_answer_was_lost_creates_one_session() {
         .into_inner()
         .sessions;
     assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].id, created.id);
+    assert_eq!(listed[0].handle, created.handle);
 }
 
 #[tokio::test]

@@ -149,9 +149,11 @@ async fn a_session_lives_from_create_through_rotate_to_delete() {
         .into_inner()
         .sessions;
     assert_eq!(
-        listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
-        vec![rotated.id.as_str()]
+        listed.iter().map(|s| s.handle.as_str()).collect::<Vec<_>>(),
+        vec![rotated.handle.as_str()],
+        "listed by handle, which rotation keeps"
     );
+    assert_eq!(rotated.handle, created.handle);
 
     client.delete(DeleteRequest { id: rotated.id.clone() }).await.unwrap();
     assert_eq!(
@@ -254,8 +256,11 @@ async fn listing_shows_exactly_the_live_sessions_newest_first() {
         }
     };
     let listed = list(&mut client).await;
-    let newest_first: Vec<&str> = live.iter().rev().map(|s| s.id.as_str()).collect();
-    assert_eq!(listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), newest_first);
+    let newest_first: Vec<&str> = live.iter().rev().map(|s| s.handle.as_str()).collect();
+    assert_eq!(
+        listed.iter().map(|s| s.handle.as_str()).collect::<Vec<_>>(),
+        newest_first
+    );
     assert!(listed.iter().all(|s| s.user_id == "dave"));
 
     // Log out everywhere else: only the kept session remains.
@@ -271,8 +276,8 @@ async fn listing_shows_exactly_the_live_sessions_newest_first() {
     assert_eq!(ended.deleted, 2);
     let listed = list(&mut client).await;
     assert_eq!(
-        listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
-        vec![keep.id.as_str()]
+        listed.iter().map(|s| s.handle.as_str()).collect::<Vec<_>>(),
+        vec![keep.handle.as_str()]
     );
     assert_eq!(
         get(&mut client, &live[0].id, false).await.unwrap_err().code(),

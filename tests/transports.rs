@@ -3,36 +3,13 @@
 
 mod common;
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{process::Stdio, time::Duration};
 
 use cachelock::pb::cache::{GetRequest, SetRequest};
-use common::{PATIENCE, TestRedis, TestService};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use common::{PATIENCE, TestCa, TestRedis, TestService};
 use tokio::process::{Child, Command};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-
-/// Writes a CA and a server certificate for localhost signed by it; returns the
-/// paths of the CA, the server certificate and its key.
-fn certificates(dir: &Path) -> (String, String, String) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "cachelock test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-
-    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(path("server.pem"), server.pem()).unwrap();
-    std::fs::write(path("server.key"), server_key.serialize_pem()).unwrap();
-    (path("ca.pem"), path("server.pem"), path("server.key"))
-}
 
 /// Starts redis-server with `args` (killed when the child is dropped) and waits
 /// until `ready` can be connected to.
@@ -59,13 +36,14 @@ struct TlsRedis {
     port: u16,
     ca: String,
     _server: Child,
-    _certificates: tempfile::TempDir,
+    _certificates: TestCa,
 }
 
 impl TlsRedis {
     async fn start() -> TlsRedis {
-        let dir = tempfile::tempdir().unwrap();
-        let (ca, cert, key) = certificates(dir.path());
+        let authority = TestCa::new("cachelock test CA");
+        let (cert, key) = authority.issue("server", "localhost", &["localhost"]);
+        let ca = authority.ca_file.clone();
         let port = TestRedis::free_port();
         let port_text = port.to_string();
         let server = redis_server(
@@ -90,7 +68,7 @@ impl TlsRedis {
             port,
             ca,
             _server: server,
-            _certificates: dir,
+            _certificates: authority,
         }
     }
 }

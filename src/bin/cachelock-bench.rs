@@ -36,7 +36,11 @@ use tokio::{
     process::{Child, Command},
     time::{Instant, sleep},
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 /// Every scenario the tool knows.
@@ -140,16 +144,38 @@ struct Args {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also measure a second service with TLS and an auth file, in the same run: a directory
+    /// holding ca.pem, server.pem and server.key for the name localhost (see BENCHMARKS.md).
+    #[arg(long)]
+    secure: Option<PathBuf>,
     /// Instead of load: run every batch RPC once at the service's default limits and print
     /// how long Redis spent on it (from SLOWLOG), the worst a single request can cost Redis.
     #[arg(long)]
     batch_worst_case: bool,
 }
 
+/// A channel that sends a bearer token when it has one.
+type Conn = InterceptedService<Channel, Token>;
+
+/// Adds `authorization: Bearer <token>` to every request, or nothing.
+#[derive(Clone, Default)]
+struct Token(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Token {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// The clients of one run.
 #[derive(Clone)]
 struct Clients {
-    channels: Vec<Channel>,
+    channels: Vec<Conn>,
+    /// Channels to the service with TLS and an auth file, with `--secure`.
+    secure_channels: Vec<Conn>,
     redis: MultiplexedConnection,
     keys: KeySpace,
     sessions: Arc<Vec<String>>,
@@ -178,6 +204,8 @@ impl Measured {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Service,
+    /// The service with TLS and an auth file (`--secure`).
+    Secure,
     Direct,
 }
 
@@ -192,8 +220,15 @@ fn key_for(worker: usize, i: u64, space: usize) -> usize {
 }
 
 impl Clients {
-    fn channel(&self, worker: usize) -> Channel {
+    fn channel(&self, worker: usize) -> Conn {
         self.channels[worker % self.channels.len()].clone()
+    }
+
+    fn channel_to(&self, target: Target, worker: usize) -> Conn {
+        match target {
+            Target::Secure => self.secure_channels[worker % self.secure_channels.len()].clone(),
+            Target::Service | Target::Direct => self.channel(worker),
+        }
     }
 
     /// One request of `scenario`; `Err` on any failure.
@@ -201,13 +236,15 @@ impl Clients {
         let k = key_for(worker, i, self.key_space);
         let key = format!("bench:{k}");
         match (target, scenario) {
-            (Target::Service, Scenario::GrpcFloor) => HealthClient::new(self.channel(worker))
-                .check(HealthCheckRequest::default())
-                .await
-                .map(|_| ())
-                .map_err(|status| status.to_string()),
-            (Target::Service, Scenario::CacheGet) => {
-                let found = CacheServiceClient::new(self.channel(worker))
+            (Target::Service | Target::Secure, Scenario::GrpcFloor) => {
+                HealthClient::new(self.channel_to(target, worker))
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| status.to_string())
+            }
+            (Target::Service | Target::Secure, Scenario::CacheGet) => {
+                let found = CacheServiceClient::new(self.channel_to(target, worker))
                     .get(GetRequest { key })
                     .await
                     .map_err(|status| status.to_string())?
@@ -215,28 +252,32 @@ impl Clients {
                     .found;
                 if found { Ok(()) } else { Err("cache miss".to_owned()) }
             }
-            (Target::Service, Scenario::CacheSet) => CacheServiceClient::new(self.channel(worker))
-                .set(SetRequest {
-                    key,
-                    value: VALUE.to_vec(),
-                    ttl: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
-                    condition: 0,
-                })
-                .await
-                .map(|_| ())
-                .map_err(|status| status.to_string()),
-            (Target::Service, Scenario::SessionGet) => SessionServiceClient::new(self.channel(worker))
-                .get(SessionGetRequest {
-                    id: self.sessions[k % self.sessions.len()].clone(),
-                    touch: true,
-                })
-                .await
-                .map(|_| ())
-                .map_err(|status| status.to_string()),
-            (Target::Service, Scenario::LockAcquireRelease) => {
+            (Target::Service | Target::Secure, Scenario::CacheSet) => {
+                CacheServiceClient::new(self.channel_to(target, worker))
+                    .set(SetRequest {
+                        key,
+                        value: VALUE.to_vec(),
+                        ttl: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+                        condition: 0,
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| status.to_string())
+            }
+            (Target::Service | Target::Secure, Scenario::SessionGet) => {
+                SessionServiceClient::new(self.channel_to(target, worker))
+                    .get(SessionGetRequest {
+                        id: self.sessions[k % self.sessions.len()].clone(),
+                        touch: true,
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| status.to_string())
+            }
+            (Target::Service | Target::Secure, Scenario::LockAcquireRelease) => {
                 // Worker w only uses names w, w + W, …: uncontended.
                 let name = format!("bench:{worker}:{}", i % 64);
-                let mut client = LockServiceClient::new(self.channel(worker));
+                let mut client = LockServiceClient::new(self.channel_to(target, worker));
                 let grant = client
                     .acquire(AcquireRequest {
                         name: name.clone(),
@@ -258,14 +299,14 @@ impl Clients {
                     .map(|_| ())
                     .map_err(|status| status.to_string())
             }
-            (Target::Service, scenario) => {
+            (Target::Service | Target::Secure, scenario) => {
                 let algorithm = scenario.algorithm().ok_or("no such scenario")?;
                 let algorithm = match algorithm {
                     Algorithm::TokenBucket => rl::Algorithm::TokenBucket,
                     Algorithm::FixedWindow => rl::Algorithm::FixedWindow,
                     Algorithm::SlidingWindow => rl::Algorithm::SlidingWindow,
                 };
-                let response = RateLimitServiceClient::new(self.channel(worker))
+                let response = RateLimitServiceClient::new(self.channel_to(target, worker))
                     .check(CheckRequest {
                         key,
                         limit: RATE_LIMIT,
@@ -480,49 +521,153 @@ struct Setup {
     redis_url: String,
     _redis: Option<EmbeddedRedis>,
     service: Option<Child>,
+    /// With `--secure`: the second service's address, its token, and what to clean up.
+    secure: Option<SecureService>,
 }
 
-async fn set_up(args: &Args) -> Result<Setup, String> {
-    if let (Some(addr), Some(redis_url)) = (&args.addr, &args.redis_url) {
-        return Ok(Setup {
-            addr: addr.clone(),
-            redis_url: redis_url.clone(),
-            _redis: None,
-            service: None,
-        });
+/// A second service on the same Redis, with TLS and an auth file.
+struct SecureService {
+    addr: String,
+    token: String,
+    ca: Vec<u8>,
+    _process: Child,
+    _auth_file: RemovedOnDrop,
+}
+
+/// A file of this run's, removed when the run ends.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
-    let redis = EmbeddedRedis::start().await.map_err(|e| e.to_string())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+}
+
+/// Starts `cachelock` with `args` and waits until it is SERVING at `addr`.
+async fn start_service(addr: &str, args: &[String], probe_args: ProbeArgs) -> Result<Child, String> {
     let binary = sibling_binary("cachelock")?;
     let service = Command::new(&binary)
-        .args(["--listen", &addr, "--redis-url", &redis.url()])
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-    let probe_args = ProbeArgs {
-        addr: addr.clone(),
-        service: String::new(),
-        timeout: Duration::from_secs(1),
-    };
     let give_up = Instant::now() + Duration::from_secs(20);
     while probe::check(&probe_args).await != Ok(ServingStatus::Serving) {
         if Instant::now() > give_up {
-            return Err("the service did not become SERVING within 20 s".to_owned());
+            return Err(format!("the service at {addr} did not become SERVING within 20 s"));
         }
         sleep(Duration::from_millis(50)).await;
     }
+    Ok(service)
+}
+
+fn free_address() -> Result<String, String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    Ok(format!("127.0.0.1:{port}"))
+}
+
+fn plain_probe(addr: &str) -> ProbeArgs {
+    ProbeArgs {
+        addr: addr.to_owned(),
+        service: String::new(),
+        timeout: Duration::from_secs(1),
+        tls: false,
+        tls_ca: None,
+        tls_server_name: None,
+        tls_cert: None,
+        tls_key: None,
+    }
+}
+
+/// Starts the TLS + auth file service of `--secure` on the Redis at `redis_url`.
+async fn start_secure(dir: &std::path::Path, redis_url: &str) -> Result<SecureService, String> {
+    let token = cachelock::ids::random_token().map_err(|e| e.to_string())?;
+    let digest: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    };
+    let auth = RemovedOnDrop(std::env::temp_dir().join(format!("cachelock-bench-{}-auth.toml", std::process::id())));
+    std::fs::write(
+        &auth.0,
+        format!(
+            "[[client]]\nname = \"bench\"\ntoken_sha256 = \"{digest}\"\ntenant = \"default\"\n\
+             allow = [\"cache\", \"ratelimit\", \"lock\", \"session\"]\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let addr = free_address()?;
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let args = vec![
+        "--listen".to_owned(),
+        addr.clone(),
+        "--redis-url".to_owned(),
+        redis_url.to_owned(),
+        "--tls-cert".to_owned(),
+        path("server.pem"),
+        "--tls-key".to_owned(),
+        path("server.key"),
+        "--auth-file".to_owned(),
+        auth.0.to_string_lossy().into_owned(),
+    ];
+    let probe_args = ProbeArgs {
+        tls: true,
+        tls_ca: Some(dir.join("ca.pem")),
+        tls_server_name: Some("localhost".to_owned()),
+        ..plain_probe(&addr)
+    };
+    let process = start_service(&addr, &args, probe_args).await?;
+    let ca = std::fs::read(dir.join("ca.pem")).map_err(|e| format!("--secure: {e}"))?;
+    Ok(SecureService {
+        addr,
+        token,
+        ca,
+        _process: process,
+        _auth_file: auth,
+    })
+}
+
+async fn set_up(args: &Args) -> Result<Setup, String> {
+    if let (Some(addr), Some(redis_url)) = (&args.addr, &args.redis_url) {
+        let secure = match &args.secure {
+            Some(dir) => Some(start_secure(dir, redis_url).await?),
+            None => None,
+        };
+        return Ok(Setup {
+            addr: addr.clone(),
+            redis_url: redis_url.clone(),
+            _redis: None,
+            service: None,
+            secure,
+        });
+    }
+    let redis = EmbeddedRedis::start().await.map_err(|e| e.to_string())?;
+    let addr = free_address()?;
+    let args_for_service = vec![
+        "--listen".to_owned(),
+        addr.clone(),
+        "--redis-url".to_owned(),
+        redis.url(),
+    ];
+    let service = start_service(&addr, &args_for_service, plain_probe(&addr)).await?;
+    let secure = match &args.secure {
+        Some(dir) => Some(start_secure(dir, &redis.url()).await?),
+        None => None,
+    };
     Ok(Setup {
         addr,
         redis_url: redis.url(),
         _redis: Some(redis),
         service: Some(service),
+        secure,
     })
 }
 
@@ -550,6 +695,7 @@ fn print_row(
     let (commands, throughput_ratio, p50_ratio) = extra;
     let target_name = match target {
         Target::Service => "service",
+        Target::Secure => "tls+auth",
         Target::Direct => "direct",
     };
     if args.json {
@@ -610,10 +756,29 @@ async fn bench(args: Args) -> Result<(), String> {
             .connect()
             .await
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-        channels.push(channel);
+        channels.push(InterceptedService::new(channel, Token::default()));
+    }
+    let mut secure_channels = Vec::new();
+    if let Some(secure) = &setup.secure {
+        let token: MetadataValue<Ascii> = format!("Bearer {}", secure.token).parse().map_err(|_| "a bad token")?;
+        for _ in 0..args.connections.max(1) {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&secure.ca))
+                .domain_name("localhost");
+            let channel = Endpoint::from_shared(format!("https://{}", secure.addr))
+                .map_err(|e| e.to_string())?
+                .tcp_nodelay(true)
+                .tls_config(tls)
+                .map_err(|e| e.to_string())?
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect to {}: {e}", secure.addr))?;
+            secure_channels.push(InterceptedService::new(channel, Token(Some(token.clone()))));
+        }
     }
     let mut clients = Clients {
         channels,
+        secure_channels,
         redis,
         keys: Keys::new(&args.key_prefix).space(DEFAULT_TENANT),
         sessions: Arc::new(Vec::new()),
@@ -662,6 +827,21 @@ async fn bench(args: Args) -> Result<(), String> {
                 args.duration,
             )
             .await;
+            let secure = if clients.secure_channels.is_empty() {
+                None
+            } else {
+                Some(
+                    run(
+                        &clients,
+                        scenario,
+                        Target::Secure,
+                        concurrency,
+                        args.warmup,
+                        args.duration,
+                    )
+                    .await,
+                )
+            };
             let direct = if scenario.has_direct() && !args.no_direct {
                 Some(
                     run(
@@ -691,6 +871,20 @@ async fn bench(args: Args) -> Result<(), String> {
                 &service,
                 (commands, ratios.map(|r| r.0), ratios.map(|r| r.1)),
             );
+            if let Some(secure) = &secure {
+                let ratios = (
+                    secure.per_second() / service.per_second(),
+                    secure.micros(0.5) / service.micros(0.5),
+                );
+                print_row(
+                    &args,
+                    scenario,
+                    concurrency,
+                    Target::Secure,
+                    secure,
+                    (f64::NAN, Some(ratios.0), Some(ratios.1)),
+                );
+            }
             if let Some(direct) = &direct {
                 print_row(
                     &args,

@@ -10,13 +10,13 @@ use tonic::{Request, Response, Status};
 pub use store::{CacheStore, Condition, NewEntry, Stored, scripts};
 
 use crate::{
+    auth::Caller,
     error::Error,
     pb::cache::{
         DeleteRequest, DeleteResponse, Entry, ExpireRequest, ExpireResponse, GetManyRequest, GetManyResponse,
         GetRequest, GetResponse, IncrementRequest, IncrementResponse, SetCondition, SetManyRequest, SetManyResponse,
         SetRequest, SetResponse, TakeRequest, TakeResponse, cache_service_server::CacheService,
     },
-    redis::KeySpace,
     request::{Limits, deadline, ttl_from_millis},
 };
 
@@ -27,17 +27,15 @@ const ENTRY_FRAMING_BYTES: usize = 32;
 /// The gRPC handlers of the cache.
 pub struct CacheApi {
     store: CacheStore,
-    space: KeySpace,
     limits: Limits,
     operation_timeout: Duration,
 }
 
 impl CacheApi {
-    /// Handlers over `store` in key space `space`, checking requests against `limits`.
-    pub fn new(store: CacheStore, space: KeySpace, limits: Limits, operation_timeout: Duration) -> CacheApi {
+    /// Handlers over `store`, checking requests against `limits`.
+    pub fn new(store: CacheStore, limits: Limits, operation_timeout: Duration) -> CacheApi {
         CacheApi {
             store,
-            space,
             limits,
             operation_timeout,
         }
@@ -56,9 +54,10 @@ impl CacheApi {
 impl CacheService for CacheApi {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
-        let response = match self.store.get(&self.space, key, deadline).await? {
+        let response = match self.store.get(&space, key, deadline).await? {
             Some(Stored { value, ttl_millis }) => GetResponse {
                 found: true,
                 value,
@@ -71,6 +70,7 @@ impl CacheService for CacheApi {
 
     async fn get_many(&self, request: Request<GetManyRequest>) -> Result<Response<GetManyResponse>, Status> {
         let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let keys = self.keys("keys", &request.keys)?;
         if keys.is_empty() {
@@ -81,7 +81,7 @@ impl CacheService for CacheApi {
         let value_budget = self.limits.max_response_bytes.saturating_sub(framing);
         let found = match self
             .store
-            .get_many(&self.space, keys, value_budget, self.limits.max_value_bytes, deadline)
+            .get_many(&space, keys, value_budget, self.limits.max_value_bytes, deadline)
             .await?
         {
             Ok(found) => found,
@@ -117,6 +117,7 @@ impl CacheService for CacheApi {
 
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
         let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
         self.limits.value("value", &request.value)?;
@@ -132,13 +133,14 @@ impl CacheService for CacheApi {
         };
         let stored = self
             .store
-            .set(&self.space, key, &request.value, ttl, condition, deadline)
+            .set(&space, key, &request.value, ttl, condition, deadline)
             .await?;
         Ok(Response::new(SetResponse { stored }))
     }
 
     async fn set_many(&self, request: Request<SetManyRequest>) -> Result<Response<SetManyResponse>, Status> {
         let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         self.limits.batch("entries", request.entries.len())?;
         let mut entries = Vec::with_capacity(request.entries.len());
@@ -155,7 +157,7 @@ impl CacheService for CacheApi {
             });
         }
         if !entries.is_empty() {
-            self.store.set_many(&self.space, &entries, deadline).await?;
+            self.store.set_many(&space, &entries, deadline).await?;
         }
         let stored = u32::try_from(entries.len()).unwrap_or(u32::MAX);
         Ok(Response::new(SetManyResponse { stored }))
@@ -163,12 +165,13 @@ impl CacheService for CacheApi {
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let keys = self.keys("keys", &request.keys)?;
         let deleted = if keys.is_empty() {
             0
         } else {
-            self.store.delete(&self.space, keys, deadline).await?
+            self.store.delete(&space, keys, deadline).await?
         };
         Ok(Response::new(DeleteResponse {
             deleted: u32::try_from(deleted).unwrap_or(u32::MAX),
@@ -177,9 +180,10 @@ impl CacheService for CacheApi {
 
     async fn take(&self, request: Request<TakeRequest>) -> Result<Response<TakeResponse>, Status> {
         let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
-        let response = match self.store.take(&self.space, key, deadline).await? {
+        let response = match self.store.take(&space, key, deadline).await? {
             Some(value) => TakeResponse { found: true, value },
             None => TakeResponse::default(),
         };
@@ -188,22 +192,21 @@ impl CacheService for CacheApi {
 
     async fn increment(&self, request: Request<IncrementRequest>) -> Result<Response<IncrementResponse>, Status> {
         let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
         let ttl = self.limits.ttl_or_default("ttl", request.ttl.as_ref())?;
-        let value = self
-            .store
-            .increment(&self.space, key, request.delta, ttl, deadline)
-            .await?;
+        let value = self.store.increment(&space, key, request.delta, ttl, deadline).await?;
         Ok(Response::new(IncrementResponse { value }))
     }
 
     async fn expire(&self, request: Request<ExpireRequest>) -> Result<Response<ExpireResponse>, Status> {
         let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
         let ttl = self.limits.required_ttl("ttl", request.ttl.as_ref())?;
-        let found = self.store.expire(&self.space, key, ttl, deadline).await?;
+        let found = self.store.expire(&space, key, ttl, deadline).await?;
         Ok(Response::new(ExpireResponse { found }))
     }
 }

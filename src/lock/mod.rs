@@ -16,6 +16,7 @@ pub use notices::{Registration, ReleaseNotices, listen_for_releases};
 pub use store::{Attempt, Grant, Holder, LockStore, scripts};
 
 use crate::{
+    auth::Caller,
     config::Config,
     error::Error,
     ids::random_token,
@@ -23,7 +24,7 @@ use crate::{
         AcquireRequest, AcquireResponse, DescribeRequest, DescribeResponse, ExtendRequest, ExtendResponse,
         ReleaseRequest, ReleaseResponse, lock_service_server::LockService,
     },
-    redis::{KeySpace, epoch::DataEpoch},
+    redis::epoch::DataEpoch,
     request::{Limits, Ttl, caller_budget, deadline, duration_to_proto, positive_duration},
 };
 
@@ -60,7 +61,6 @@ impl From<&Config> for LockSettings {
 /// The gRPC handlers of the lock service.
 pub struct LockApi {
     store: LockStore,
-    space: KeySpace,
     notices: ReleaseNotices,
     epoch: DataEpoch,
     limits: Limits,
@@ -121,13 +121,12 @@ impl WaitPlan {
 }
 
 impl LockApi {
-    /// Handlers over `store` in key space `space`, woken by `notices`, with
+    /// Handlers over `store`, woken by `notices`, with
     /// grants paused while `epoch` says Redis recently lost its data. Waiting
     /// Acquires end (not acquired) once `draining` turns true, so a shutdown
     /// does not wait for them.
     pub fn new(
         store: LockStore,
-        space: KeySpace,
         notices: ReleaseNotices,
         epoch: DataEpoch,
         limits: Limits,
@@ -136,7 +135,6 @@ impl LockApi {
     ) -> LockApi {
         LockApi {
             store,
-            space,
             notices,
             epoch,
             limits,
@@ -215,7 +213,8 @@ fn lost_lease() -> Error {
 #[tonic::async_trait]
 impl LockService for LockApi {
     async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let space = Caller::in_extensions(&extensions)?.space.clone();
         let caller_left = caller_budget(&metadata)?;
         let name = self.limits.key("name", &request.name)?;
         let ttl = self.lease(request.ttl.as_ref())?;
@@ -260,7 +259,7 @@ impl LockService for LockApi {
                 // Only after a first attempt: the caller's deadline ended the wait.
                 return Ok(Response::new(not_acquired(holder_ttl)));
             };
-            holder_ttl = match self.store.try_acquire(&self.space, grant, deadline).await? {
+            holder_ttl = match self.store.try_acquire(&space, grant, deadline).await? {
                 Attempt::Granted(Grant {
                     token,
                     fencing_token,
@@ -284,7 +283,7 @@ impl LockService for LockApi {
                 // waiter's place. SAFETY (no lost wake-up): the next attempt runs
                 // after registering, so a release between the first attempt and
                 // the registration is seen by that attempt.
-                registration = Some(self.notices.register(self.space.lock_released(name))?);
+                registration = Some(self.notices.register(space.lock_released(name))?);
                 continue;
             };
             if !self.notices.is_listening() {
@@ -302,10 +301,11 @@ impl LockService for LockApi {
 
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let name = self.limits.key("name", &request.name)?;
         let token = self.token(&request.token)?;
-        if !self.store.release(&self.space, name, token, deadline).await? {
+        if !self.store.release(&space, name, token, deadline).await? {
             return Err(lost_lease().into());
         }
         Ok(Response::new(ReleaseResponse {}))
@@ -313,11 +313,12 @@ impl LockService for LockApi {
 
     async fn extend(&self, request: Request<ExtendRequest>) -> Result<Response<ExtendResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let name = self.limits.key("name", &request.name)?;
         let token = self.token(&request.token)?;
         let ttl = self.lease(request.ttl.as_ref())?;
-        let Some(fencing_token) = self.store.extend(&self.space, name, token, ttl, deadline).await? else {
+        let Some(fencing_token) = self.store.extend(&space, name, token, ttl, deadline).await? else {
             return Err(lost_lease().into());
         };
         let lease = Duration::from_millis(ttl.millis());
@@ -330,9 +331,10 @@ impl LockService for LockApi {
 
     async fn describe(&self, request: Request<DescribeRequest>) -> Result<Response<DescribeResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let name = self.limits.key("name", &request.name)?;
-        let holder = self.store.describe(&self.space, name, deadline).await?;
+        let holder = self.store.describe(&space, name, deadline).await?;
         Ok(Response::new(DescribeResponse {
             held: holder.held,
             owner: holder.owner,

@@ -16,6 +16,7 @@ use tracing::warn;
 pub use store::{Algorithm, Decision, LimitCheck, RateLimitStore, scripts};
 
 use crate::{
+    auth::Caller,
     config::{Config, OutagePolicy},
     error::Error,
     pb::ratelimit::{
@@ -69,7 +70,6 @@ impl From<&Config> for RateLimitSettings {
 /// The gRPC handlers of the rate limiter.
 pub struct RateLimitApi {
     store: RateLimitStore,
-    space: KeySpace,
     limits: Limits,
     settings: RateLimitSettings,
     policy_log: PolicyLog,
@@ -127,11 +127,10 @@ enum Outcome {
 }
 
 impl RateLimitApi {
-    /// Handlers over `store` in key space `space`.
-    pub fn new(store: RateLimitStore, space: KeySpace, limits: Limits, settings: RateLimitSettings) -> RateLimitApi {
+    /// Handlers over `store`.
+    pub fn new(store: RateLimitStore, limits: Limits, settings: RateLimitSettings) -> RateLimitApi {
         RateLimitApi {
             store,
-            space,
             limits,
             settings,
             policy_log: PolicyLog::new(),
@@ -220,6 +219,7 @@ impl RateLimitApi {
     /// Redis fails, is full, or does not answer in time.
     async fn decide(
         &self,
+        space: &KeySpace,
         metadata: &MetadataMap,
         checks: &[LimitCheck<'_>],
         policy: OutagePolicy,
@@ -233,7 +233,7 @@ impl RateLimitApi {
             }
         };
         let deadline = tokio::time::Instant::now() + budget;
-        match self.store.check(&self.space, checks, deadline).await {
+        match self.store.check(space, checks, deadline).await {
             Ok(decisions) => Ok(Outcome::Decided(decisions)),
             Err(error) if error.is_outage() => {
                 self.policy_log.record(&error, allowed);
@@ -259,7 +259,8 @@ fn retry_after(decision: &Decision) -> Option<prost_types::Duration> {
 #[tonic::async_trait]
 impl RateLimitService for RateLimitApi {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let space = Caller::in_extensions(&extensions)?.space.clone();
         let check = self.limit_check(
             "",
             &request.key,
@@ -269,7 +270,10 @@ impl RateLimitService for RateLimitApi {
             request.algorithm,
         )?;
         let policy = self.policy(request.on_unavailable)?;
-        let response = match self.decide(&metadata, std::slice::from_ref(&check), policy).await? {
+        let response = match self
+            .decide(&space, &metadata, std::slice::from_ref(&check), policy)
+            .await?
+        {
             Outcome::Decided(decisions) => {
                 let decision = decisions
                     .into_iter()
@@ -297,7 +301,8 @@ impl RateLimitService for RateLimitApi {
     }
 
     async fn check_many(&self, request: Request<CheckManyRequest>) -> Result<Response<CheckManyResponse>, Status> {
-        let (metadata, _, request) = request.into_parts();
+        let (metadata, extensions, request) = request.into_parts();
+        let space = Caller::in_extensions(&extensions)?.space.clone();
         if request.limits.is_empty() {
             return Err(Error::invalid("limits", "must not be empty").into());
         }
@@ -335,7 +340,7 @@ impl RateLimitService for RateLimitApi {
             checks.push(check);
         }
         let policy = self.policy(request.on_unavailable)?;
-        let response = match self.decide(&metadata, &checks, policy).await? {
+        let response = match self.decide(&space, &metadata, &checks, policy).await? {
             Outcome::Decided(decisions) => {
                 let allowed = decisions.iter().all(|decision| decision.allowed);
                 let retry = if allowed {
@@ -378,6 +383,7 @@ impl RateLimitService for RateLimitApi {
     async fn reset(&self, request: Request<ResetRequest>) -> Result<Response<ResetResponse>, Status> {
         // Reset has no fallback: it gets the ordinary operation timeout.
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let check = self.limit_check(
             "",
@@ -400,7 +406,7 @@ impl RateLimitService for RateLimitApi {
         let existed = self
             .store
             .reset(
-                &self.space,
+                &space,
                 check.key,
                 check.limit,
                 check.period_micros,

@@ -8,12 +8,14 @@
 -- ARGV[3]   the idle timeout in milliseconds
 -- ARGV[4]   the absolute timeout in milliseconds (>= the idle timeout)
 -- ARGV[5]   device label, ARGV[6] IP, ARGV[7] user agent
--- ARGV[8..] attribute names and values, alternating
+-- ARGV[8]   the session's handle (random, not a secret: listings show it)
+-- ARGV[9..] attribute names and values, alternating
 -- Returns   {sessions in the user's index, the session hash as HGETALL would};
 --           {-1, {}} if the id belongs to another user's session
 --
 -- The hash holds uid, created, accessed, idle, absexp (milliseconds since the
--- epoch, by the Redis clock), ver, dev, ip, ua, and one 'a:<name>' per attribute.
+-- epoch, by the Redis clock), ver, dev, ip, ua, hd (the handle), and one
+-- 'a:<name>' per attribute.
 -- It expires at the earlier of accessed + idle and absexp. The index expires with
 -- the last of its sessions' absolute expiries, and entries past theirs are pruned
 -- here; ListUserSessions also drops entries whose session is gone.
@@ -32,8 +34,8 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local idle = tonumber(ARGV[3])
 local absolute = now + tonumber(ARGV[4])
 local fields = {'uid', ARGV[2], 'created', now, 'accessed', now, 'idle', idle, 'absexp', absolute,
-  'ver', 1, 'dev', ARGV[5], 'ip', ARGV[6], 'ua', ARGV[7]}
-for i = 8, #ARGV, 2 do
+  'ver', 1, 'dev', ARGV[5], 'ip', ARGV[6], 'ua', ARGV[7], 'hd', ARGV[8]}
+for i = 9, #ARGV, 2 do
   fields[#fields + 1] = 'a:' .. ARGV[i]
   fields[#fields + 1] = ARGV[i + 1]
 end

@@ -75,14 +75,6 @@ impl SessionId {
     pub fn is_for_user(&self, user_id: &str) -> bool {
         self.tag == routing_tag(user_id)
     }
-
-    /// The id of a member read back from the index of the user with `tag`.
-    pub(crate) fn from_parts(tag: &str, member: String) -> SessionId {
-        SessionId {
-            member,
-            tag: tag.to_owned(),
-        }
-    }
 }
 
 impl fmt::Display for SessionId {

@@ -13,15 +13,16 @@ pub use id::{SessionId, routing_tag};
 pub use store::{Created, NewSession, SessionStore, StoredSession, UpdateOutcome, scripts};
 
 use crate::{
+    auth::Caller,
     config::Config,
     error::Error,
+    ids::random_token,
     pb::session::{
-        ClientMetadata, CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, DeleteUserSessionsRequest,
-        DeleteUserSessionsResponse, GetRequest, GetResponse, ListUserSessionsRequest, ListUserSessionsResponse,
-        RotateRequest, RotateResponse, Session, TouchRequest, TouchResponse, UpdateRequest, UpdateResponse,
-        session_service_server::SessionService,
+        ClientMetadata, CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, DeleteUserSessionRequest,
+        DeleteUserSessionResponse, DeleteUserSessionsRequest, DeleteUserSessionsResponse, GetRequest, GetResponse,
+        ListUserSessionsRequest, ListUserSessionsResponse, RotateRequest, RotateResponse, Session, TouchRequest,
+        TouchResponse, UpdateRequest, UpdateResponse, session_service_server::SessionService,
     },
-    redis::KeySpace,
     request::{Limits, deadline, duration_to_proto, positive_duration},
 };
 
@@ -31,6 +32,8 @@ const DEFAULT_IDLE: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_ABSOLUTE: Duration = Duration::from_secs(24 * 3600);
 /// Longest attribute name.
 const MAX_ATTRIBUTE_NAME_BYTES: usize = 128;
+/// Longest handle a caller can hand back (ours are 22 characters).
+const MAX_HANDLE_BYTES: usize = 64;
 /// Longest client metadata field.
 const MAX_CLIENT_FIELD_BYTES: usize = 512;
 
@@ -64,7 +67,6 @@ impl From<&Config> for SessionSettings {
 /// The gRPC handlers of the session service.
 pub struct SessionApi {
     store: SessionStore,
-    space: KeySpace,
     limits: Limits,
     settings: SessionSettings,
 }
@@ -88,9 +90,10 @@ fn timestamp(millis: i64) -> prost_types::Timestamp {
     }
 }
 
-fn to_proto(id: &SessionId, stored: StoredSession) -> Session {
+/// A session for a response; `id` is `None` in listings, which never carry the secret.
+fn to_proto(id: Option<&SessionId>, stored: StoredSession) -> Session {
     Session {
-        id: id.to_string(),
+        id: id.map(ToString::to_string).unwrap_or_default(),
         expires_at: Some(timestamp(stored.expiry_ms())),
         absolute_expires_at: Some(timestamp(stored.absolute_expiry_ms)),
         created_at: Some(timestamp(stored.created_ms)),
@@ -99,6 +102,7 @@ fn to_proto(id: &SessionId, stored: StoredSession) -> Session {
             u64::try_from(stored.idle_ms).unwrap_or(0),
         ))),
         version: stored.version,
+        handle: stored.handle,
         user_id: stored.user_id,
         attributes: stored.attributes.into_iter().collect(),
         client: Some(ClientMetadata {
@@ -110,11 +114,10 @@ fn to_proto(id: &SessionId, stored: StoredSession) -> Session {
 }
 
 impl SessionApi {
-    /// Handlers over `store` in key space `space`.
-    pub fn new(store: SessionStore, space: KeySpace, limits: Limits, settings: SessionSettings) -> SessionApi {
+    /// Handlers over `store`.
+    pub fn new(store: SessionStore, limits: Limits, settings: SessionSettings) -> SessionApi {
         SessionApi {
             store,
-            space,
             limits,
             settings,
         }
@@ -201,6 +204,7 @@ fn millis(duration: Duration) -> u64 {
 impl SessionService for SessionApi {
     async fn create(&self, request: Request<CreateRequest>) -> Result<Response<CreateResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let user_id = self.limits.key("user_id", &request.user_id)?;
         self.attributes("attributes", &request.attributes)?;
@@ -221,35 +225,38 @@ impl SessionService for SessionApi {
             device_label: client_field("client.device_label", &client.device_label)?,
             ip: client_field("client.ip", &client.ip)?,
             user_agent: client_field("client.user_agent", &client.user_agent)?,
+            handle: &random_token()?,
             attributes: &request.attributes,
         };
         let id = SessionId::generate(user_id)?;
         let Created { session, ended } = self
             .store
-            .create(&self.space, &id, &new, self.settings.max_per_user, deadline)
+            .create(&space, &id, &new, self.settings.max_per_user, deadline)
             .await?;
         Ok(Response::new(CreateResponse {
-            session: Some(to_proto(&id, session)),
+            session: Some(to_proto(Some(&id), session)),
             ended_sessions: ended,
         }))
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let id = session_id("id", &request.id)?;
         let stored = self
             .store
-            .get(&self.space, &id, request.touch, deadline)
+            .get(&space, &id, request.touch, deadline)
             .await?
             .ok_or_else(not_found)?;
         Ok(Response::new(GetResponse {
-            session: Some(to_proto(&id, stored)),
+            session: Some(to_proto(Some(&id), stored)),
         }))
     }
 
     async fn update(&self, request: Request<UpdateRequest>) -> Result<Response<UpdateResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let id = session_id("id", &request.id)?;
         self.attributes("set", &request.set)?;
@@ -264,7 +271,7 @@ impl SessionService for SessionApi {
         let outcome = self
             .store
             .update(
-                &self.space,
+                &space,
                 &id,
                 &request.set,
                 &request.remove,
@@ -275,7 +282,7 @@ impl SessionService for SessionApi {
             .await?;
         match outcome {
             UpdateOutcome::Updated(stored) => Ok(Response::new(UpdateResponse {
-                session: Some(to_proto(&id, stored)),
+                session: Some(to_proto(Some(&id), stored)),
             })),
             UpdateOutcome::Missing => Err(not_found().into()),
             UpdateOutcome::Stale(version) => Err(Error::Aborted(format!(
@@ -295,10 +302,11 @@ impl SessionService for SessionApi {
 
     async fn touch(&self, request: Request<TouchRequest>) -> Result<Response<TouchResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let id = session_id("id", &request.into_inner().id)?;
         let stored = self
             .store
-            .get(&self.space, &id, true, deadline)
+            .get(&space, &id, true, deadline)
             .await?
             .ok_or_else(not_found)?;
         Ok(Response::new(TouchResponse {
@@ -308,8 +316,9 @@ impl SessionService for SessionApi {
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let id = session_id("id", &request.into_inner().id)?;
-        if !self.store.delete(&self.space, &id, deadline).await? {
+        if !self.store.delete(&space, &id, deadline).await? {
             return Err(not_found().into());
         }
         Ok(Response::new(DeleteResponse {}))
@@ -320,16 +329,38 @@ impl SessionService for SessionApi {
         request: Request<ListUserSessionsRequest>,
     ) -> Result<Response<ListUserSessionsResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let user_id = self.limits.key("user_id", &request.user_id)?;
         let sessions = self
             .store
-            .list(&self.space, user_id, deadline)
+            .list(&space, user_id, deadline)
             .await?
             .into_iter()
-            .map(|(id, stored)| to_proto(&id, stored))
+            .map(|stored| to_proto(None, stored))
             .collect();
         Ok(Response::new(ListUserSessionsResponse { sessions }))
+    }
+
+    async fn delete_user_session(
+        &self,
+        request: Request<DeleteUserSessionRequest>,
+    ) -> Result<Response<DeleteUserSessionResponse>, Status> {
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
+        let request = request.into_inner();
+        let user_id = self.limits.key("user_id", &request.user_id)?;
+        if request.handle.is_empty() || request.handle.len() > MAX_HANDLE_BYTES {
+            return Err(Error::invalid("handle", "is not a session handle").into());
+        }
+        if !self
+            .store
+            .delete_by_handle(&space, user_id, &request.handle, deadline)
+            .await?
+        {
+            return Err(Error::NotFound("the user has no live session with this handle".to_owned()).into());
+        }
+        Ok(Response::new(DeleteUserSessionResponse {}))
     }
 
     async fn delete_user_sessions(
@@ -337,6 +368,7 @@ impl SessionService for SessionApi {
         request: Request<DeleteUserSessionsRequest>,
     ) -> Result<Response<DeleteUserSessionsResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let user_id = self.limits.key("user_id", &request.user_id)?;
         let except = if request.except_id.is_empty() {
@@ -349,7 +381,7 @@ impl SessionService for SessionApi {
         };
         let deleted = self
             .store
-            .delete_user(&self.space, user_id, except.as_ref(), deadline)
+            .delete_user(&space, user_id, except.as_ref(), deadline)
             .await?;
         Ok(Response::new(DeleteUserSessionsResponse {
             deleted: u32::try_from(deleted).unwrap_or(u32::MAX),
@@ -358,16 +390,17 @@ impl SessionService for SessionApi {
 
     async fn rotate(&self, request: Request<RotateRequest>) -> Result<Response<RotateResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
         let old = session_id("id", &request.into_inner().id)?;
         // The new id keeps the routing tag: the user, and so the slot, are the same.
         let new = old.rotated()?;
         let stored = self
             .store
-            .rotate(&self.space, &old, &new, deadline)
+            .rotate(&space, &old, &new, deadline)
             .await?
             .ok_or_else(not_found)?;
         Ok(Response::new(RotateResponse {
-            session: Some(to_proto(&new, stored)),
+            session: Some(to_proto(Some(&new), stored)),
         }))
     }
 }

@@ -29,7 +29,9 @@ const DELETE_USER_ROUNDS: usize = 3;
 /// Sessions ended per script call, so that no call holds Redis for long.
 const END_CHUNK: usize = 256;
 /// What ListUserSessions reads of each session: everything but the attributes.
-const LISTED_FIELDS: [&str; 9] = ["uid", "created", "accessed", "idle", "absexp", "ver", "dev", "ip", "ua"];
+const LISTED_FIELDS: [&str; 10] = [
+    "uid", "created", "accessed", "idle", "absexp", "ver", "dev", "ip", "ua", "hd",
+];
 
 /// The session service's scripts, for loading into Redis ahead of the first request.
 pub fn scripts() -> [&'static LuaScript; 8] {
@@ -59,6 +61,8 @@ pub struct StoredSession {
     pub absolute_expiry_ms: i64,
     /// Version.
     pub version: u64,
+    /// The handle: a name for the session that is not a secret.
+    pub handle: String,
 }
 
 impl StoredSession {
@@ -79,6 +83,7 @@ impl StoredSession {
                 "dev" => session.device_label = value,
                 "ip" => session.ip = value,
                 "ua" => session.user_agent = value,
+                "hd" => session.handle = value,
                 "created" => session.created_ms = number(),
                 "accessed" => session.accessed_ms = number(),
                 "idle" => session.idle_ms = number(),
@@ -119,6 +124,8 @@ pub struct NewSession<'a> {
     pub ip: &'a str,
     /// Client user agent.
     pub user_agent: &'a str,
+    /// The session's handle.
+    pub handle: &'a str,
     /// Initial attributes.
     pub attributes: &'a HashMap<String, String>,
 }
@@ -184,7 +191,8 @@ impl SessionStore {
             .arg(new.absolute_ms)
             .arg(new.device_label)
             .arg(new.ip)
-            .arg(new.user_agent);
+            .arg(new.user_agent)
+            .arg(new.handle);
         for (name, value) in new.attributes {
             invocation.arg(name).arg(value);
         }
@@ -343,17 +351,12 @@ impl SessionStore {
         Ok(StoredSession::from_fields(pairs(reply)))
     }
 
-    /// Every live session of `user_id`, newest first; prunes index entries of
-    /// sessions that are gone.
+    /// Every live session of `user_id`, newest first, without attributes; prunes
+    /// index entries of sessions that are gone.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
-    pub async fn list(
-        &self,
-        space: &KeySpace,
-        user_id: &str,
-        deadline: Instant,
-    ) -> Result<Vec<(SessionId, StoredSession)>, Error> {
+    pub async fn list(&self, space: &KeySpace, user_id: &str, deadline: Instant) -> Result<Vec<StoredSession>, Error> {
         let tag = routing_tag(user_id);
         let index = space.session_index(&tag, user_id);
         let mut listing = INDEX.prepare();
@@ -381,9 +384,7 @@ impl SessionStore {
                 .zip(values)
                 .filter_map(|(name, value)| value.map(|value| ((*name).to_owned(), value)));
             match StoredSession::from_fields(fields) {
-                Some(session) if session.user_id == user_id => {
-                    sessions.push((SessionId::from_parts(&tag, member), session));
-                }
+                Some(session) if session.user_id == user_id => sessions.push(session),
                 _ => gone.push(member),
             }
         }
@@ -395,8 +396,44 @@ impl SessionStore {
                 .run(Op::idempotent("session_prune"), deadline, &prune)
                 .await?;
         }
-        sessions.sort_by_key(|(_, session)| std::cmp::Reverse(session.created_ms));
+        sessions.sort_by_key(|session| std::cmp::Reverse(session.created_ms));
         Ok(sessions)
+    }
+
+    /// Ends the session of `user_id` whose handle is `handle`; returns whether there was one.
+    ///
+    /// # Errors
+    /// Redis failures and timeouts, as [`Error`].
+    pub async fn delete_by_handle(
+        &self,
+        space: &KeySpace,
+        user_id: &str,
+        handle: &str,
+        deadline: Instant,
+    ) -> Result<bool, Error> {
+        let tag = routing_tag(user_id);
+        let index = space.session_index(&tag, user_id);
+        let mut listing = INDEX.prepare();
+        listing.key(&index);
+        let members: Vec<String> = self.redis.run(Op::idempotent(INDEX.name()), deadline, &listing).await?;
+        if members.is_empty() {
+            return Ok(false);
+        }
+        let mut reads = redis::pipe();
+        for member in &members {
+            reads.cmd("HMGET").arg(space.session(&tag, member)).arg("hd").arg("uid");
+        }
+        let rows: Vec<(Option<String>, Option<String>)> =
+            self.redis.run(Op::read("session_handles"), deadline, &reads).await?;
+        let Some(member) = members.iter().zip(rows).find_map(|(member, (found, owner))| {
+            (found.as_deref() == Some(handle) && owner.as_deref() == Some(user_id)).then_some(member)
+        }) else {
+            return Ok(false);
+        };
+        let mut invocation = END.prepare();
+        invocation.key(&index).key(space.session(&tag, member)).arg(member);
+        let ended: u64 = self.redis.run(Op::write(END.name()), deadline, &invocation).await?;
+        Ok(ended > 0)
     }
 
     /// Ends every session of `user_id` but `except`; returns how many it ended.

@@ -526,6 +526,19 @@ impl CapturedLogs {
         (logs, guard)
     }
 
+    /// Captures what `filter` lets through, as the binary would log it.
+    pub fn start_filtered(filter: &tracing_subscriber::EnvFilter) -> (CapturedLogs, tracing::subscriber::DefaultGuard) {
+        let logs = CapturedLogs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter.to_string())
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        (logs, guard)
+    }
+
     /// Everything logged so far.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.buffer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned()
@@ -557,4 +570,104 @@ impl std::io::Write for CapturedLogs {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// A certificate authority made for one test, issuing certificates into a temporary directory.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// The directory the files are written to (removed on drop).
+    pub dir: tempfile::TempDir,
+    /// The CA certificate's PEM file.
+    pub ca_file: String,
+}
+
+impl TestCa {
+    /// A new CA named `name`.
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().expect("a key"))
+            .expect("a self-signed CA");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let ca_file = dir.path().join("ca.pem").to_string_lossy().into_owned();
+        std::fs::write(&ca_file, issuer.pem()).expect("write the CA");
+        TestCa { issuer, dir, ca_file }
+    }
+
+    /// Issues a certificate for `names` (DNS subject alternative names) with
+    /// common name `common_name`; writes `<file>.pem` and `<file>.key`, returns their paths.
+    pub fn issue(&self, file: &str, common_name: &str, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let mut params = rcgen::CertificateParams::new(names.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>())
+            .expect("certificate parameters");
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        let certificate = params.signed_by(&key, &self.issuer).expect("a signed certificate");
+        let path = |extension: &str| {
+            self.dir
+                .path()
+                .join(format!("{file}.{extension}"))
+                .to_string_lossy()
+                .into_owned()
+        };
+        std::fs::write(path("pem"), certificate.pem()).expect("write the certificate");
+        std::fs::write(path("key"), key.serialize_pem()).expect("write the key");
+        (path("pem"), path("key"))
+    }
+
+    /// The CA certificate, for a client's trust store.
+    pub fn certificate(&self) -> tonic::transport::Certificate {
+        tonic::transport::Certificate::from_pem(std::fs::read(&self.ca_file).expect("read the CA"))
+    }
+}
+
+/// A TLS channel to `addr` trusting `ca`, presenting `identity` if given.
+pub async fn tls_channel(
+    addr: SocketAddr,
+    ca: tonic::transport::Certificate,
+    identity: Option<(&str, &str)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(ca)
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            std::fs::read(cert).expect("read the client certificate"),
+            std::fs::read(key).expect("read the client key"),
+        ));
+    }
+    Endpoint::from_shared(format!("https://localhost:{}", addr.port()))
+        .expect("a valid endpoint")
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+/// An interceptor that sends a bearer token, or none.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// Sends `token`, or nothing when `None`.
+    pub fn new(token: Option<&str>) -> Bearer {
+        Bearer(token.map(|token| format!("Bearer {token}").parse().expect("an ASCII token")))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The SHA-256 of `token` in hexadecimal, as the auth file holds it.
+pub fn sha256_hex(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }

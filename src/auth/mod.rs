@@ -1,0 +1,406 @@
+//! Who is calling: TLS on the listener, the auth file of clients, and the layer
+//! that turns a credential — a bearer token, or a client certificate — into a
+//! [`Caller`]: a client name, its tenant's key space, and what it may call.
+//!
+//! Without an auth file every request runs as the tenant `default` with every
+//! permission (the development default, and a deployment whose network or mesh
+//! already authenticates). With one, every RPC needs a credential the file
+//! knows: none is UNAUTHENTICATED, a service (or a write) the client is not
+//! allowed is PERMISSION_DENIED. Health stays open for probes; reflection too,
+//! unless `--reflection-requires-auth`. Token digests are compared in constant
+//! time; tokens never reach a log, a metric or an error message.
+
+pub mod file;
+pub mod tls;
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use futures_util::future::BoxFuture;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tonic::Status;
+use tower::{Layer, Service as TowerService};
+use tracing::{info, warn};
+
+pub use file::{Access, AuthFileError, Client, Clients, Credential, Service};
+pub use tls::{ConnectionInfo, PeerIdentity, ReloadableTls, TlsFiles};
+
+use crate::{
+    admission::RefusalLog,
+    redis::{KeySpace, Keys, keys::DEFAULT_TENANT},
+};
+
+/// How often the TLS files and the auth file are checked for changes.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+static REFUSED: RefusalLog = RefusalLog::new("requests refused as UNAUTHENTICATED or PERMISSION_DENIED");
+static OVER_RATE: RefusalLog =
+    RefusalLog::new("requests refused with RESOURCE_EXHAUSTED: a client went over its max_requests_per_second");
+
+/// Who made a request, as its handler sees it (in the request's extensions).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The client's name from the auth file; `None` without one.
+    pub client: Option<Arc<str>>,
+    /// The tenant's key space: every key the request touches is in it.
+    pub space: KeySpace,
+}
+
+impl Caller {
+    /// The caller of `request`.
+    ///
+    /// # Errors
+    /// INTERNAL when the auth layer did not run (a wiring bug, never a caller's fault).
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
+        Caller::in_extensions(request.extensions())
+    }
+
+    /// The caller recorded in a request's `extensions`.
+    ///
+    /// # Errors
+    /// INTERNAL when the auth layer did not run (a wiring bug, never a caller's fault).
+    pub fn in_extensions(extensions: &tonic::Extensions) -> Result<&Caller, Status> {
+        extensions
+            .get::<Caller>()
+            .ok_or_else(|| Status::internal("internal error"))
+    }
+}
+
+/// The clients of the auth file as last loaded, with their request budgets.
+struct Loaded {
+    clients: Clients,
+    budgets: HashMap<Arc<str>, DefaultDirectRateLimiter>,
+}
+
+impl Loaded {
+    fn new(clients: Clients) -> Loaded {
+        let budgets = clients
+            .clients
+            .iter()
+            .filter_map(|client| {
+                let rate = client.max_requests_per_second?;
+                Some((client.name.clone(), RateLimiter::direct(Quota::per_second(rate))))
+            })
+            .collect();
+        Loaded { clients, budgets }
+    }
+}
+
+/// The auth file, reloaded when it changes.
+pub struct AuthFile {
+    path: PathBuf,
+    keys: Keys,
+    current: ArcSwap<Loaded>,
+    last_text: Mutex<Vec<u8>>,
+}
+
+impl AuthFile {
+    /// Reads the auth file at `path`.
+    ///
+    /// # Errors
+    /// An [`AuthFileError`] naming the file, the line and the problem.
+    pub fn load(path: PathBuf, keys: Keys) -> Result<AuthFile, AuthFileError> {
+        let text = std::fs::read(&path).unwrap_or_default();
+        let clients = Clients::load(&path, &keys)?;
+        info!(path = %path.display(), clients = clients.clients.len(), "auth file loaded");
+        Ok(AuthFile {
+            path,
+            keys,
+            current: ArcSwap::from_pointee(Loaded::new(clients)),
+            last_text: Mutex::new(text),
+        })
+    }
+
+    /// Reads the file again; when it changed and is good, it takes effect for the
+    /// next request. A broken edit is logged and the previous clients stay.
+    pub fn reload_if_changed(&self) {
+        let Ok(text) = std::fs::read(&self.path) else {
+            return;
+        };
+        let mut last = self.last_text.lock().unwrap_or_else(PoisonError::into_inner);
+        if *last == text {
+            return;
+        }
+        *last = text;
+        drop(last);
+        match Clients::load(&self.path, &self.keys) {
+            Ok(clients) => {
+                info!(path = %self.path.display(), clients = clients.clients.len(), "auth file reloaded");
+                self.current.store(Arc::new(Loaded::new(clients)));
+            }
+            Err(error) => warn!(%error, "refused the changed auth file; the previous clients stay in force"),
+        }
+    }
+}
+
+/// How requests are authenticated.
+#[derive(Clone)]
+pub struct Authenticator {
+    file: Option<Arc<AuthFile>>,
+    default_caller: Caller,
+    reflection_requires_auth: bool,
+}
+
+/// What a request path is, for the authenticator.
+enum Target {
+    /// grpc.health.v1: always open.
+    Health,
+    /// Server reflection.
+    Reflection,
+    /// A cachelock method.
+    Method(Service, bool),
+    /// Anything else.
+    Unknown,
+}
+
+/// The path of every method that does not change stored data, per service.
+fn is_read(service: Service, method: &str) -> bool {
+    match service {
+        Service::Cache => matches!(method, "Get" | "GetMany"),
+        Service::RateLimit => false,
+        Service::Lock => method == "Describe",
+        Service::Session => matches!(method, "Get" | "ListUserSessions"),
+    }
+}
+
+fn target(path: &str) -> Target {
+    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
+        return Target::Unknown;
+    };
+    let service = match service {
+        "grpc.health.v1.Health" => return Target::Health,
+        "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => {
+            return Target::Reflection;
+        }
+        "cachelock.cache.v1.CacheService" => Service::Cache,
+        "cachelock.ratelimit.v1.RateLimitService" => Service::RateLimit,
+        "cachelock.lock.v1.LockService" => Service::Lock,
+        "cachelock.session.v1.SessionService" => Service::Session,
+        _ => return Target::Unknown,
+    };
+    Target::Method(service, is_read(service, method))
+}
+
+impl Authenticator {
+    /// Everyone is the tenant `default` with every permission.
+    pub fn open(keys: &Keys) -> Authenticator {
+        Authenticator {
+            file: None,
+            default_caller: Caller {
+                client: None,
+                space: keys.space(DEFAULT_TENANT),
+            },
+            reflection_requires_auth: false,
+        }
+    }
+
+    /// Callers are the clients of `file`.
+    pub fn with_file(keys: &Keys, file: Arc<AuthFile>, reflection_requires_auth: bool) -> Authenticator {
+        Authenticator {
+            file: Some(file),
+            reflection_requires_auth,
+            ..Authenticator::open(keys)
+        }
+    }
+
+    /// The caller of a request to `path` with `headers` on connection `connection`.
+    fn authenticate(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+        connection: Option<&ConnectionInfo>,
+    ) -> Result<Caller, Status> {
+        let Some(file) = &self.file else {
+            return Ok(self.default_caller.clone());
+        };
+        let target = target(path);
+        let needs_credential = match target {
+            Target::Health => false,
+            Target::Reflection => self.reflection_requires_auth,
+            Target::Method(..) | Target::Unknown => true,
+        };
+        if !needs_credential {
+            return Ok(self.default_caller.clone());
+        }
+        let loaded = file.current.load();
+        let client = identify(&loaded.clients, headers, connection)?;
+        match target {
+            Target::Method(service, read) => match client.access(service) {
+                Some(Access::Full) => {}
+                Some(Access::Read) if read => {}
+                Some(Access::Read) => {
+                    return Err(Status::permission_denied(format!(
+                        "client {} may only read {} ({}:read); {path} changes data",
+                        client.name,
+                        service.name(),
+                        service.name()
+                    )));
+                }
+                None => {
+                    return Err(Status::permission_denied(format!(
+                        "client {} may not call the {} service",
+                        client.name,
+                        service.name()
+                    )));
+                }
+            },
+            Target::Unknown => return Err(Status::permission_denied(format!("no such method: {path}"))),
+            Target::Health | Target::Reflection => {}
+        }
+        if let Some(budget) = loaded.budgets.get(&client.name)
+            && let Err(not_until) = budget.check()
+        {
+            OVER_RATE.record();
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            return Err(Status::resource_exhausted(format!(
+                "client {} is over its max_requests_per_second ({}); retry after {} ms",
+                client.name,
+                client.max_requests_per_second.map_or(0, NonZeroU32::get),
+                wait.as_millis().max(1)
+            )));
+        }
+        Ok(Caller {
+            client: Some(client.name.clone()),
+            space: client.space.clone(),
+        })
+    }
+}
+
+/// The client whose credential the request carries.
+fn identify(
+    clients: &Clients,
+    headers: &http::HeaderMap,
+    connection: Option<&ConnectionInfo>,
+) -> Result<Arc<Client>, Status> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| Status::unauthenticated("the authorization header must be 'Bearer <token>'"))?;
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Every digest is compared, in constant time, whichever matches.
+        let mut found = None;
+        for client in &clients.clients {
+            if let Credential::Token(known) = &client.credential
+                && bool::from(known.ct_eq(&digest))
+            {
+                found = Some(client.clone());
+            }
+        }
+        return found.ok_or_else(|| Status::unauthenticated("the bearer token is not known"));
+    }
+    if let Some(peer) = connection.and_then(|connection| connection.peer.as_ref()) {
+        let by_certificate = clients.clients.iter().find(|client| match &client.credential {
+            Credential::Subject(subject) => *subject == peer.subject,
+            Credential::San(san) => peer.sans.iter().any(|name| name == san),
+            Credential::Token(_) => false,
+        });
+        return by_certificate
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("the client certificate names no client of the auth file"));
+    }
+    Err(Status::unauthenticated(
+        "no credential: send 'authorization: Bearer <token>' (or a client certificate the auth file names)",
+    ))
+}
+
+/// Authenticates every request and puts its [`Caller`] in its extensions.
+#[derive(Clone)]
+pub struct AuthLayer {
+    authenticator: Authenticator,
+}
+
+impl AuthLayer {
+    /// A layer applying `authenticator`.
+    pub fn new(authenticator: Authenticator) -> AuthLayer {
+        AuthLayer { authenticator }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Authenticated<S>;
+
+    fn layer(&self, inner: S) -> Authenticated<S> {
+        Authenticated {
+            inner,
+            authenticator: self.authenticator.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] builds.
+#[derive(Clone)]
+pub struct Authenticated<S> {
+    inner: S,
+    authenticator: Authenticator,
+}
+
+impl<S, B, R> TowerService<http::Request<B>> for Authenticated<S>
+where
+    S: TowerService<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<http::Response<R>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let caller = self.authenticator.authenticate(
+            request.uri().path(),
+            request.headers(),
+            request.extensions().get::<ConnectionInfo>(),
+        );
+        match caller {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(async move { inner.call(request).await })
+            }
+            Err(status) => {
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) {
+                    REFUSED.record();
+                }
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+/// Re-reads the TLS files and the auth file every [`RELOAD_INTERVAL`]; runs
+/// until its task is aborted.
+pub async fn reload_on_change(tls: Option<Arc<ReloadableTls>>, auth: Option<Arc<AuthFile>>) {
+    let mut interval = tokio::time::interval(RELOAD_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Some(tls) = &tls {
+            tls.reload_if_changed();
+        }
+        if let Some(auth) = &auth {
+            auth.reload_if_changed();
+        }
+    }
+}
