@@ -24,8 +24,9 @@ RUN cargo build --release --locked --bin cachelock
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/cachelock /usr/local/bin/cachelock
 ENV CACHELOCK_LISTEN=0.0.0.0:50051 \
+    CACHELOCK_METRICS_LISTEN=0.0.0.0:9464 \
     CACHELOCK_LOG_FORMAT=json
-EXPOSE 50051
+EXPOSE 50051 9464
 # 65532 is distroless's nonroot user.
 USER 65532:65532
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \

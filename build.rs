@@ -25,5 +25,20 @@ fn main() -> io::Result<()> {
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");
     }
+
+    // The commit, for the build-info metric; "unknown" outside a git checkout.
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .map(|commit| commit.trim().to_owned())
+        .filter(|commit| !commit.is_empty());
+    if let Some(commit) = commit {
+        println!("cargo:rustc-env=CACHELOCK_GIT_COMMIT={commit}");
+    }
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/refs/heads");
     Ok(())
 }

@@ -38,6 +38,8 @@ use tonic_prost::ProstCodec;
 use tower::{Layer, Service};
 use tracing::warn;
 
+use crate::telemetry::Meter;
+
 /// How often a kind of refusal is logged, at most.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Requests on these paths are never shed: load balancers must keep seeing the instance.
@@ -82,14 +84,16 @@ static SHED: RefusalLog =
 pub struct AdmissionLayer {
     permits: Arc<Semaphore>,
     limit: usize,
+    meter: Meter,
 }
 
 impl AdmissionLayer {
-    /// Admits at most `limit` requests at once.
-    pub fn new(limit: usize) -> AdmissionLayer {
+    /// Admits at most `limit` requests at once, counting refusals in `meter`.
+    pub fn new(limit: usize, meter: Meter) -> AdmissionLayer {
         AdmissionLayer {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
+            meter,
         }
     }
 }
@@ -102,6 +106,7 @@ impl<S> Layer<S> for AdmissionLayer {
             inner,
             permits: self.permits.clone(),
             limit: self.limit,
+            meter: self.meter.clone(),
         }
     }
 }
@@ -112,6 +117,7 @@ pub struct Admission<S> {
     inner: S,
     permits: Arc<Semaphore>,
     limit: usize,
+    meter: Meter,
 }
 
 impl<S, B, R> Service<http::Request<B>> for Admission<S>
@@ -138,6 +144,7 @@ where
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     SHED.record();
+                    self.meter.record(|metrics| metrics.refuse("in_flight"));
                     let status = Status::resource_exhausted(format!(
                         "the server is handling its limit of {} requests (--max-in-flight); retry with backoff",
                         self.limit

@@ -65,6 +65,20 @@ pub struct ProbeArgs {
     pub tls_key: Option<PathBuf>,
 }
 
+/// Where the operators' HTTP listener listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+fn parse_metrics_listen(value: &str) -> Result<MetricsListen, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(MetricsListen(None));
+    }
+    value
+        .parse::<SocketAddr>()
+        .map(|addr| MetricsListen(Some(addr)))
+        .map_err(|_| format!("{value:?} is neither HOST:PORT (an IP address and a port) nor off"))
+}
+
 /// The log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -117,6 +131,15 @@ pub struct Config {
     /// network or a mesh that authenticates for you).
     #[arg(long, env = "CACHELOCK_ALLOW_INSECURE_LISTEN")]
     pub allow_insecure_listen: bool,
+
+    /// Address of the HTTP listener for /metrics (Prometheus), /livez and /readyz; "off": none,
+    /// and no metrics are kept.
+    #[arg(long, env = "CACHELOCK_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_metrics_listen)]
+    pub metrics_listen: MetricsListen,
+
+    /// RPCs slower than this are logged (WARN) with their Redis time.
+    #[arg(long, env = "CACHELOCK_SLOW_REQUEST", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub slow_request: Duration,
 
     /// Redis to use: redis://[user:password@]host:port[/db], rediss://… (TLS, certificates
     /// verified) or unix:///path/to/redis.sock. Unset: start a private development redis-server.
@@ -408,6 +431,13 @@ impl Config {
                 self.shutdown_delay,
                 Duration::ZERO,
                 10 * MINUTE,
+            ),
+            (
+                "slow-request",
+                "CACHELOCK_SLOW_REQUEST",
+                self.slow_request,
+                Duration::from_millis(1),
+                HOUR,
             ),
             (
                 "shutdown-grace",

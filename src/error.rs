@@ -79,6 +79,19 @@ impl Error {
         }
     }
 
+    /// The kind of Redis failure this is, for the error metric: `timeout`,
+    /// `connection`, `oom`, `busy` or `other`; `None` when Redis is not at fault.
+    pub fn redis_failure_kind(&self) -> Option<&'static str> {
+        match self {
+            Error::Timeout { .. } => Some("timeout"),
+            Error::Unavailable(Cause::Busy) => Some("busy"),
+            Error::Unavailable(_) | Error::MayHaveApplied(_) => Some("connection"),
+            Error::OutOfMemory => Some("oom"),
+            Error::Redis(_) => Some("other"),
+            _ => None,
+        }
+    }
+
     /// Whether Redis could not answer (unreachable, refusing, too slow, full):
     /// what the rate limiter's outage policy stands in for.
     pub fn is_outage(&self) -> bool {

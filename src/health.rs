@@ -15,7 +15,15 @@
 //! name goes NOT_SERVING and open Watch streams end, so that clients move
 //! elsewhere before the listener closes.
 
-use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::{Stream, StreamExt, stream};
 use tokio::{
@@ -37,6 +45,7 @@ use crate::{
     admission::RefusalLog,
     error::Error,
     redis::{Op, Patience, Redis, Role, State, epoch::DataEpoch},
+    telemetry::{Meter, metrics::HealthName},
 };
 
 /// How often the prober looks while Redis is not serving.
@@ -49,6 +58,9 @@ pub struct HealthStatus {
     names: Arc<[&'static str]>,
     /// Set once shutdown begins; from then on nothing sets a name SERVING again.
     closed: Arc<tokio::sync::Mutex<bool>>,
+    /// Whether the names are SERVING now, for `/readyz`.
+    serving: Arc<AtomicBool>,
+    meter: Meter,
 }
 
 impl HealthStatus {
@@ -58,18 +70,33 @@ impl HealthStatus {
         if *closed && status == ServingStatus::Serving {
             return;
         }
-        for name in self.names.iter() {
-            self.reporter.set_service_status(name, status).await;
-        }
+        self.set(status).await;
     }
 
     /// Sets every name NOT_SERVING for good: the process is shutting down.
     pub async fn close(&self) {
         let mut closed = self.closed.lock().await;
         *closed = true;
+        self.set(ServingStatus::NotServing).await;
+    }
+
+    async fn set(&self, status: ServingStatus) {
+        let serving = status == ServingStatus::Serving;
+        self.serving.store(serving, Ordering::Release);
         for name in self.names.iter() {
-            self.reporter.set_service_status(name, ServingStatus::NotServing).await;
+            self.reporter.set_service_status(name, status).await;
+            self.meter.record(|metrics| {
+                metrics
+                    .health_serving
+                    .get_or_create(&HealthName { service: name })
+                    .set(i64::from(serving));
+            });
         }
+    }
+
+    /// Whether the names are SERVING now.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
     }
 }
 
@@ -81,6 +108,7 @@ pub async fn health_service(
     services: &[&'static str],
     draining: watch::Receiver<bool>,
     max_watch_streams: usize,
+    meter: Meter,
 ) -> (HealthStatus, HealthServer<DrainingHealth>) {
     let reporter = HealthReporter::new();
     let names: Arc<[&'static str]> = std::iter::once("").chain(services.iter().copied()).collect();
@@ -88,6 +116,8 @@ pub async fn health_service(
         reporter,
         names,
         closed: Arc::default(),
+        serving: Arc::default(),
+        meter: meter.clone(),
     };
     status.set_all(ServingStatus::NotServing).await;
     let service = DrainingHealth {
@@ -95,6 +125,7 @@ pub async fn health_service(
         draining,
         watchers: Arc::new(Semaphore::new(max_watch_streams)),
         max_watch_streams,
+        meter,
     };
     (status, HealthServer::new(service))
 }
@@ -107,6 +138,7 @@ pub struct DrainingHealth {
     draining: watch::Receiver<bool>,
     watchers: Arc<Semaphore>,
     max_watch_streams: usize,
+    meter: Meter,
 }
 
 static WATCHES_FULL: RefusalLog =
@@ -125,6 +157,7 @@ impl Health for DrainingHealth {
     async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<WatchStream>, Status> {
         let Ok(permit) = self.watchers.clone().try_acquire_owned() else {
             WATCHES_FULL.record();
+            self.meter.record(|metrics| metrics.refuse("watch_streams"));
             return Err(Status::resource_exhausted(format!(
                 "{} health Watch streams are open (--max-watch-streams); use Check, or retry later",
                 self.max_watch_streams
@@ -175,6 +208,8 @@ enum Assessment {
 struct Facts {
     version: String,
     observed: Observed,
+    used_memory: i64,
+    max_memory: i64,
 }
 
 /// What the last INFO said, for logging changes.
@@ -186,16 +221,26 @@ struct Observed {
 
 /// Watches Redis and sets every health name from what it sees; runs until its
 /// task is aborted. `epoch` is checked at every probe while Redis is ready.
-pub async fn probe_redis(redis: Redis, health: HealthStatus, epoch: DataEpoch, settings: ProbeSettings) {
+pub async fn probe_redis(redis: Redis, health: HealthStatus, epoch: DataEpoch, settings: ProbeSettings, meter: Meter) {
     let [mut reads, mut writes] = redis.watch();
     let mut serving = false;
     let mut ever_served = false;
     let mut last_reason: Option<String> = None;
     let mut observed = Observed::default();
     loop {
+        let up = [Role::Reads, Role::Writes]
+            .iter()
+            .all(|role| matches!(redis.state(*role), State::Up { .. }));
+        meter.record(|metrics| {
+            metrics.redis_up.set(i64::from(up));
+        });
         match assess(&redis, &settings).await {
             Assessment::Connecting => {}
             Assessment::Ready(facts) => {
+                meter.record(|metrics| {
+                    metrics.redis_used_memory.set(facts.used_memory);
+                    metrics.redis_max_memory.set(facts.max_memory);
+                });
                 if !serving {
                     let event = if ever_served {
                         "Redis is serving again"
@@ -291,6 +336,8 @@ async fn assess(redis: &Redis, settings: &ProbeSettings) -> Assessment {
         Assessment::Ready(Facts {
             version: field("redis_version").to_owned(),
             observed,
+            used_memory: i64::try_from(number("used_memory")).unwrap_or(i64::MAX),
+            max_memory: i64::try_from(number("maxmemory")).unwrap_or(i64::MAX),
         })
     }
 }

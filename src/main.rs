@@ -7,14 +7,19 @@ use std::process::ExitCode;
 
 use cachelock::{
     config::{Cli, Command, Config, ConfigError, LogFormat, ProbeArgs},
-    probe, server, telemetry,
+    probe,
+    server::{self, Listeners},
+    telemetry,
 };
 use clap::Parser;
+use std::io::IsTerminal;
+
+use futures_util::{Stream, StreamExt, stream};
 use tokio::{
-    net::TcpListener,
     runtime::Runtime,
-    signal::unix::{Signal, SignalKind, signal},
+    signal::unix::{SignalKind, signal},
 };
+use tokio_stream::wrappers::SignalStream;
 use tracing::{error, info, warn};
 
 fn main() -> ExitCode {
@@ -65,15 +70,15 @@ fn run_server(config: Config) -> ExitCode {
     };
     init_tracing(config.log_format);
     runtime.block_on(async {
-        let shutdown = shutdown_signal();
-        let listener = match TcpListener::bind(config.listen).await {
-            Ok(listener) => listener,
+        let signals = shutdown_signals();
+        let listeners = match Listeners::bind(&config).await {
+            Ok(listeners) => listeners,
             Err(error) => {
-                error!(listen = %config.listen, %error, "cannot listen");
+                error!(%error, "cannot listen");
                 return ExitCode::FAILURE;
             }
         };
-        match server::run(listener, config, shutdown).await {
+        match server::run_until_signals(listeners, config, signals).await {
             Ok(()) => {
                 info!("cachelock stopped");
                 ExitCode::SUCCESS
@@ -109,36 +114,35 @@ fn run_probe(args: &ProbeArgs) -> ExitCode {
 fn init_tracing(format: LogFormat) {
     let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
     let filter = telemetry::log_filter(&directives);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only for a person at a terminal, and never when NO_COLOR is set.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // `message` at the top level, beside level, target and timestamp.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 
-/// Registers for SIGINT and SIGTERM (the signal Kubernetes and Docker send) at
+/// SIGINT and SIGTERM (the signal Kubernetes and Docker send), each time one
+/// arrives: the first starts the shutdown, the next ones hurry it. Registered at
 /// once, so that a signal arriving during start-up is not lost to the default
-/// action (which would skip the drain and leave a development Redis behind);
-/// the returned future completes on the first of them.
-fn shutdown_signal() -> impl Future<Output = ()> {
-    let sigterm = signal(SignalKind::terminate());
-    let sigint = signal(SignalKind::interrupt());
-    async move {
-        let wait = |registered: std::io::Result<Signal>, name: &'static str| async move {
-            match registered {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                    info!("{name} received");
-                }
-                Err(error) => {
-                    warn!(%error, "cannot listen for {name}");
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
-        tokio::select! {
-            () = wait(sigterm, "SIGTERM") => {}
-            () = wait(sigint, "SIGINT") => {}
+/// action (which would skip the drain and leave a development Redis behind).
+fn shutdown_signals() -> impl Stream<Item = ()> {
+    let listen = |kind: SignalKind, name: &'static str| match signal(kind) {
+        Ok(signal) => SignalStream::new(signal)
+            .map(move |()| info!("{name} received"))
+            .boxed(),
+        Err(error) => {
+            warn!(%error, "cannot listen for {name}");
+            stream::pending().boxed()
         }
-    }
+    };
+    stream::select(
+        listen(SignalKind::terminate(), "SIGTERM"),
+        listen(SignalKind::interrupt(), "SIGINT"),
+    )
 }

@@ -30,6 +30,7 @@ use crate::{
     },
     request::Limits,
     session::{self, SessionApi, SessionSettings, SessionStore},
+    telemetry::{self, Meter, Metrics, rpc::RpcLayer},
 };
 
 /// Idle time before TCP keepalive probes on client connections.
@@ -58,15 +59,57 @@ fn all_scripts() -> Vec<&'static LuaScript> {
         .collect()
 }
 
-/// Serves cachelock on `listener` until `shutdown` completes.
+/// The sockets the server listens on, bound before it starts (tests bind port 0
+/// and learn the ports before the server runs).
+pub struct Listeners {
+    /// The gRPC listener.
+    pub grpc: TcpListener,
+    /// The operators' HTTP listener (`/metrics`, `/livez`, `/readyz`); `None`: off.
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`.
+    ///
+    /// # Errors
+    /// [`StartError::Io`] naming the address that cannot be bound.
+    pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
+        let bind = async |addr: SocketAddr, setting: &str| {
+            TcpListener::bind(addr).await.map_err(|source| StartError::Io {
+                context: format!("cannot listen on {setting} {addr}"),
+                source,
+            })
+        };
+        let grpc = bind(config.listen, "--listen").await?;
+        let metrics = match config.metrics_listen.0 {
+            Some(addr) => Some(bind(addr, "--metrics-listen").await?),
+            None => None,
+        };
+        Ok(Listeners { grpc, metrics })
+    }
+}
+
+/// Serves cachelock on `listener` (and the metrics listener of `config`) until
+/// `shutdown` completes.
 ///
 /// # Errors
 /// See [`run_until_signals`].
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    run_until_signals(listener, config, stream::once(shutdown)).await
+    let metrics = match config.metrics_listen.0 {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Io {
+            context: format!("cannot listen on --metrics-listen {addr}"),
+            source,
+        })?),
+        None => None,
+    };
+    let listeners = Listeners {
+        grpc: listener,
+        metrics,
+    };
+    run_until_signals(listeners, config, stream::once(shutdown)).await
 }
 
-/// Serves cachelock on `listener` until `signals` yields; a second item cuts the
+/// Serves cachelock on `listeners` until `signals` yields; a second item cuts the
 /// remaining shutdown delay and grace short.
 ///
 /// With no `redis_url` in `config`, it first starts a private development
@@ -79,7 +122,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
 /// A [`StartError`] when the development Redis, the Redis client or the gRPC
 /// server cannot be set up, or the server fails.
 pub async fn run_until_signals(
-    listener: TcpListener,
+    listeners: Listeners,
     config: Config,
     signals: impl Stream<Item = ()>,
 ) -> Result<(), StartError> {
@@ -95,7 +138,7 @@ pub async fn run_until_signals(
             (redis.url(), Some(redis))
         }
     };
-    let result = serve(listener, &config, &url, signals).await;
+    let result = serve(listeners, &config, &url, signals).await;
     if let Some(redis) = embedded {
         redis.stop().await;
         info!("stopped the development redis-server");
@@ -137,14 +180,19 @@ impl Drop for Background {
 }
 
 async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     config: &Config,
     url: &str,
     signals: impl Stream<Item = ()>,
 ) -> Result<(), StartError> {
-    let local_addr: Option<SocketAddr> = listener.local_addr().ok();
+    let address = |listener: &TcpListener| {
+        listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |addr| addr.to_string())
+    };
     info!(
-        listen = %local_addr.map_or_else(|| "?".to_owned(), |addr| addr.to_string()),
+        listen = %address(&listeners.grpc),
+        metrics = %listeners.metrics.as_ref().map_or_else(|| "off".to_owned(), address),
         redis = %redacted(url),
         "cachelock starting"
     );
@@ -190,8 +238,16 @@ async fn serve(
         )),
         None => None,
     };
+    // Metrics are kept only when someone can read them.
+    let (meter, metrics) = match listeners.metrics {
+        Some(metrics_listener) => {
+            let metrics = Arc::new(Metrics::new());
+            (Meter::new(metrics.clone()), Some((metrics_listener, metrics)))
+        }
+        None => (Meter::off(), None),
+    };
     let authenticator = match &auth_file {
-        Some(file) => Authenticator::with_file(&keys, file.clone(), config.reflection_requires_auth),
+        Some(file) => Authenticator::with_file(&keys, file.clone(), config.reflection_requires_auth, meter.clone()),
         None => Authenticator::open(&keys),
     };
 
@@ -200,11 +256,20 @@ async fn serve(
         max: config.reconnect_max_backoff,
     };
     let epoch = DataEpoch::new(keys.epoch(), config.lock_max_ttl);
-    let redis = Redis::start(endpoint.clone(), &all_scripts(), backoff, epoch.clone());
+    let redis = Redis::start(endpoint.clone(), &all_scripts(), backoff, epoch.clone(), meter.clone());
     let (draining_tx, draining_rx) = watch::channel(false);
-    let (health, health_server) = health_service(SERVICE_NAMES, draining_rx.clone(), config.max_watch_streams).await;
-    let release_notices = ReleaseNotices::new(config.lock_max_waiters, config.lock_max_waiters_per_name);
+    let (health, health_server) = health_service(
+        SERVICE_NAMES,
+        draining_rx.clone(),
+        config.max_watch_streams,
+        meter.clone(),
+    )
+    .await;
+    let release_notices = ReleaseNotices::new(config.lock_max_waiters, config.lock_max_waiters_per_name, meter.clone());
     let mut background = Background::default();
+    if let Some((metrics_listener, metrics)) = metrics {
+        background.spawn(telemetry::http::serve(metrics_listener, metrics, health.clone()));
+    }
     background.spawn(probe_redis(
         redis.clone(),
         health.clone(),
@@ -214,6 +279,7 @@ async fn serve(
             timeout: config.operation_timeout,
             require_noeviction: config.require_noeviction,
         },
+        meter.clone(),
     ));
     background.spawn(listen_for_releases(
         endpoint,
@@ -235,6 +301,7 @@ async fn serve(
         CacheStore::new(redis.clone()),
         Limits::from(config),
         config.operation_timeout,
+        meter.clone(),
     ))
     .max_decoding_message_size(requests)
     .max_encoding_message_size(responses);
@@ -242,11 +309,13 @@ async fn serve(
         RateLimitStore::new(redis.clone()),
         Limits::from(config),
         RateLimitSettings::from(config),
+        meter.clone(),
     ))
     .max_decoding_message_size(requests)
     .max_encoding_message_size(responses);
     let lock = LockServiceServer::new(LockApi::new(
         LockStore::new(redis.clone(), config.lock_fence_retention),
+        meter.clone(),
         release_notices,
         epoch,
         Limits::from(config),
@@ -259,11 +328,12 @@ async fn serve(
         SessionStore::new(redis),
         Limits::from(config),
         SessionSettings::from(config),
+        meter.clone(),
     ))
     .max_decoding_message_size(requests)
     .max_encoding_message_size(responses);
 
-    let incoming = TcpIncoming::from(listener)
+    let incoming = TcpIncoming::from(listeners.grpc)
         .with_nodelay(Some(true))
         .with_keepalive(Some(CLIENT_KEEPALIVE));
     let incoming = limit_connections(incoming, config.max_connections);
@@ -278,9 +348,11 @@ async fn serve(
         .http2_keepalive_interval(Some(HTTP2_PING_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_PING_TIMEOUT))
         .max_concurrent_streams(config.max_concurrent_streams)
-        // Who calls is settled first: an unknown caller takes no in-flight place.
+        // Outermost: every RPC is measured and spanned, refused ones included.
+        .layer(RpcLayer::new(meter.clone(), config.slow_request))
+        // Who calls is settled next: an unknown caller takes no in-flight place.
         .layer(AuthLayer::new(authenticator))
-        .layer(AdmissionLayer::new(config.max_in_flight))
+        .layer(AdmissionLayer::new(config.max_in_flight, meter))
         .add_service(health_server)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

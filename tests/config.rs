@@ -78,6 +78,8 @@ fn bad_values_are_refused_naming_the_setting() {
         (&["--ratelimit-on-unavailable", "maybe"], "--ratelimit-on-unavailable"),
         (&["--listen", "localhost"], "--listen"),
         (&["--log-format", "xml"], "--log-format"),
+        (&["--metrics-listen", "everywhere"], "--metrics-listen"),
+        (&["--slow-request", "0s"], "--slow-request"),
         (&["--redis-url", "http://db:6379"], "--redis-url"),
         // Every duration has a ceiling: beyond it PX overflows, doubles lose
         // precision, or adding it to a clock panics.
@@ -195,7 +197,14 @@ fn the_binary_exits_2_with_one_line_for_bad_configuration() {
 fn without_redis_url_or_redis_server_the_binary_says_what_to_install() {
     let empty_path = tempfile::tempdir().unwrap();
     let output = Command::new(BINARY)
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--log-format",
+            "json",
+        ])
         .env_remove("REDIS_URL")
         .env("PATH", empty_path.path())
         .output()
@@ -219,19 +228,32 @@ fn embedded_port(line: &str) -> Option<u16> {
 #[test]
 fn sigterm_drains_stops_the_development_redis_and_exits_0() {
     let mut child = Command::new(BINARY)
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .args(["--shutdown-delay", "0s"])
         .env_remove("REDIS_URL")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
 
     let mut port = None;
     let give_up = Instant::now() + Duration::from_secs(15);
     for line in lines.by_ref() {
         let line = line.unwrap();
+        // JSON lines carry message, level, target and timestamp at the top level.
+        let parsed: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        for field in ["message", "level", "target", "timestamp"] {
+            assert!(parsed.get(field).is_some(), "no top-level {field}: {line}");
+        }
         port = port.or_else(|| embedded_port(&line));
         if line.contains("connected to Redis") || Instant::now() > give_up {
             break;
@@ -303,4 +325,49 @@ fn the_readme_configuration_table_lists_exactly_the_flags_of_help() {
     from_help.sort_unstable();
     from_readme.sort_unstable();
     assert_eq!(from_help, from_readme);
+}
+
+#[test]
+fn text_logs_to_a_pipe_carry_no_colour() {
+    let output = Command::new(BINARY)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--redis-url",
+            "redis://127.0.0.1:1",
+        ])
+        .args(["--max-ttl", "0s"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    // Refused at once (exit 2); what matters is that nothing on stderr is an escape sequence.
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        !output.stderr.contains(&0x1b),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut child = Command::new(BINARY)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--shutdown-delay",
+            "0s",
+        ])
+        .args(["--redis-url", "redis://127.0.0.1:1"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert!(first.contains("cachelock starting"), "{first}");
+    assert!(!first.contains('\u{1b}'), "colour codes in a piped log: {first:?}");
 }

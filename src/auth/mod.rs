@@ -37,6 +37,7 @@ pub use tls::{ConnectionInfo, PeerIdentity, ReloadableTls, TlsFiles};
 use crate::{
     admission::RefusalLog,
     redis::{KeySpace, Keys, keys::DEFAULT_TENANT},
+    telemetry::{Meter, rpc::record_client},
 };
 
 /// How often the TLS files and the auth file are checked for changes.
@@ -148,6 +149,7 @@ pub struct Authenticator {
     file: Option<Arc<AuthFile>>,
     default_caller: Caller,
     reflection_requires_auth: bool,
+    meter: Meter,
 }
 
 /// What a request path is, for the authenticator.
@@ -200,14 +202,16 @@ impl Authenticator {
                 space: keys.space(DEFAULT_TENANT),
             },
             reflection_requires_auth: false,
+            meter: Meter::off(),
         }
     }
 
-    /// Callers are the clients of `file`.
-    pub fn with_file(keys: &Keys, file: Arc<AuthFile>, reflection_requires_auth: bool) -> Authenticator {
+    /// Callers are the clients of `file`; refusals are counted in `meter`.
+    pub fn with_file(keys: &Keys, file: Arc<AuthFile>, reflection_requires_auth: bool, meter: Meter) -> Authenticator {
         Authenticator {
             file: Some(file),
             reflection_requires_auth,
+            meter,
             ..Authenticator::open(keys)
         }
     }
@@ -256,10 +260,12 @@ impl Authenticator {
             Target::Unknown => return Err(Status::permission_denied(format!("no such method: {path}"))),
             Target::Health | Target::Reflection => {}
         }
+        record_client(&client.name);
         if let Some(budget) = loaded.budgets.get(&client.name)
             && let Err(not_until) = budget.check()
         {
             OVER_RATE.record();
+            self.meter.record(|metrics| metrics.refuse("client_rate"));
             let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
             return Err(Status::resource_exhausted(format!(
                 "client {} is over its max_requests_per_second ({}); retry after {} ms",

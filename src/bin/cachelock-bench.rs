@@ -148,6 +148,10 @@ struct Args {
     /// holding ca.pem, server.pem and server.key for the name localhost (see BENCHMARKS.md).
     #[arg(long)]
     secure: Option<PathBuf>,
+    /// Also measure a second service with --metrics-listen off (no metrics kept), in the
+    /// same run: the cost of the metrics on the hot path.
+    #[arg(long)]
+    compare_metrics_off: bool,
     /// Instead of load: run every batch RPC once at the service's default limits and print
     /// how long Redis spent on it (from SLOWLOG), the worst a single request can cost Redis.
     #[arg(long)]
@@ -176,6 +180,8 @@ struct Clients {
     channels: Vec<Conn>,
     /// Channels to the service with TLS and an auth file, with `--secure`.
     secure_channels: Vec<Conn>,
+    /// Channels to the service without metrics, with `--compare-metrics-off`.
+    unmetered_channels: Vec<Conn>,
     redis: MultiplexedConnection,
     keys: KeySpace,
     sessions: Arc<Vec<String>>,
@@ -206,6 +212,8 @@ enum Target {
     Service,
     /// The service with TLS and an auth file (`--secure`).
     Secure,
+    /// The service without metrics (`--compare-metrics-off`).
+    Unmetered,
     Direct,
 }
 
@@ -227,6 +235,7 @@ impl Clients {
     fn channel_to(&self, target: Target, worker: usize) -> Conn {
         match target {
             Target::Secure => self.secure_channels[worker % self.secure_channels.len()].clone(),
+            Target::Unmetered => self.unmetered_channels[worker % self.unmetered_channels.len()].clone(),
             Target::Service | Target::Direct => self.channel(worker),
         }
     }
@@ -236,14 +245,14 @@ impl Clients {
         let k = key_for(worker, i, self.key_space);
         let key = format!("bench:{k}");
         match (target, scenario) {
-            (Target::Service | Target::Secure, Scenario::GrpcFloor) => {
+            (Target::Service | Target::Secure | Target::Unmetered, Scenario::GrpcFloor) => {
                 HealthClient::new(self.channel_to(target, worker))
                     .check(HealthCheckRequest::default())
                     .await
                     .map(|_| ())
                     .map_err(|status| status.to_string())
             }
-            (Target::Service | Target::Secure, Scenario::CacheGet) => {
+            (Target::Service | Target::Secure | Target::Unmetered, Scenario::CacheGet) => {
                 let found = CacheServiceClient::new(self.channel_to(target, worker))
                     .get(GetRequest { key })
                     .await
@@ -252,7 +261,7 @@ impl Clients {
                     .found;
                 if found { Ok(()) } else { Err("cache miss".to_owned()) }
             }
-            (Target::Service | Target::Secure, Scenario::CacheSet) => {
+            (Target::Service | Target::Secure | Target::Unmetered, Scenario::CacheSet) => {
                 CacheServiceClient::new(self.channel_to(target, worker))
                     .set(SetRequest {
                         key,
@@ -264,7 +273,7 @@ impl Clients {
                     .map(|_| ())
                     .map_err(|status| status.to_string())
             }
-            (Target::Service | Target::Secure, Scenario::SessionGet) => {
+            (Target::Service | Target::Secure | Target::Unmetered, Scenario::SessionGet) => {
                 SessionServiceClient::new(self.channel_to(target, worker))
                     .get(SessionGetRequest {
                         id: self.sessions[k % self.sessions.len()].clone(),
@@ -274,7 +283,7 @@ impl Clients {
                     .map(|_| ())
                     .map_err(|status| status.to_string())
             }
-            (Target::Service | Target::Secure, Scenario::LockAcquireRelease) => {
+            (Target::Service | Target::Secure | Target::Unmetered, Scenario::LockAcquireRelease) => {
                 // Worker w only uses names w, w + W, …: uncontended.
                 let name = format!("bench:{worker}:{}", i % 64);
                 let mut client = LockServiceClient::new(self.channel_to(target, worker));
@@ -299,7 +308,7 @@ impl Clients {
                     .map(|_| ())
                     .map_err(|status| status.to_string())
             }
-            (Target::Service | Target::Secure, scenario) => {
+            (Target::Service | Target::Secure | Target::Unmetered, scenario) => {
                 let algorithm = scenario.algorithm().ok_or("no such scenario")?;
                 let algorithm = match algorithm {
                     Algorithm::TokenBucket => rl::Algorithm::TokenBucket,
@@ -523,6 +532,8 @@ struct Setup {
     service: Option<Child>,
     /// With `--secure`: the second service's address, its token, and what to clean up.
     secure: Option<SecureService>,
+    /// With `--compare-metrics-off`: the second service's address and process.
+    unmetered: Option<(String, Child)>,
 }
 
 /// A second service on the same Redis, with TLS and an auth file.
@@ -647,6 +658,7 @@ async fn set_up(args: &Args) -> Result<Setup, String> {
             _redis: None,
             service: None,
             secure,
+            unmetered: None,
         });
     }
     let redis = EmbeddedRedis::start().await.map_err(|e| e.to_string())?;
@@ -662,12 +674,28 @@ async fn set_up(args: &Args) -> Result<Setup, String> {
         Some(dir) => Some(start_secure(dir, &redis.url()).await?),
         None => None,
     };
+    let unmetered = if args.compare_metrics_off {
+        let other = free_address()?;
+        let other_args = vec![
+            "--listen".to_owned(),
+            other.clone(),
+            "--redis-url".to_owned(),
+            redis.url(),
+            "--metrics-listen".to_owned(),
+            "off".to_owned(),
+        ];
+        let process = start_service(&other, &other_args, plain_probe(&other)).await?;
+        Some((other, process))
+    } else {
+        None
+    };
     Ok(Setup {
         addr,
         redis_url: redis.url(),
         _redis: Some(redis),
         service: Some(service),
         secure,
+        unmetered,
     })
 }
 
@@ -696,6 +724,7 @@ fn print_row(
     let target_name = match target {
         Target::Service => "service",
         Target::Secure => "tls+auth",
+        Target::Unmetered => "no-metric",
         Target::Direct => "direct",
     };
     if args.json {
@@ -776,9 +805,22 @@ async fn bench(args: Args) -> Result<(), String> {
             secure_channels.push(InterceptedService::new(channel, Token(Some(token.clone()))));
         }
     }
+    let mut unmetered_channels = Vec::new();
+    if let Some((other, _)) = &setup.unmetered {
+        for _ in 0..args.connections.max(1) {
+            let channel = Endpoint::from_shared(format!("http://{other}"))
+                .map_err(|e| e.to_string())?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect to {other}: {e}"))?;
+            unmetered_channels.push(InterceptedService::new(channel, Token::default()));
+        }
+    }
     let mut clients = Clients {
         channels,
         secure_channels,
+        unmetered_channels,
         redis,
         keys: Keys::new(&args.key_prefix).space(DEFAULT_TENANT),
         sessions: Arc::new(Vec::new()),
@@ -842,6 +884,21 @@ async fn bench(args: Args) -> Result<(), String> {
                     .await,
                 )
             };
+            let unmetered = if clients.unmetered_channels.is_empty() {
+                None
+            } else {
+                Some(
+                    run(
+                        &clients,
+                        scenario,
+                        Target::Unmetered,
+                        concurrency,
+                        args.warmup,
+                        args.duration,
+                    )
+                    .await,
+                )
+            };
             let direct = if scenario.has_direct() && !args.no_direct {
                 Some(
                     run(
@@ -882,6 +939,20 @@ async fn bench(args: Args) -> Result<(), String> {
                     concurrency,
                     Target::Secure,
                     secure,
+                    (f64::NAN, Some(ratios.0), Some(ratios.1)),
+                );
+            }
+            if let Some(unmetered) = &unmetered {
+                let ratios = (
+                    unmetered.per_second() / service.per_second(),
+                    unmetered.micros(0.5) / service.micros(0.5),
+                );
+                print_row(
+                    &args,
+                    scenario,
+                    concurrency,
+                    Target::Unmetered,
+                    unmetered,
                     (f64::NAN, Some(ratios.0), Some(ratios.1)),
                 );
             }

@@ -18,6 +18,7 @@ use crate::{
         SetRequest, SetResponse, TakeRequest, TakeResponse, cache_service_server::CacheService,
     },
     request::{Limits, deadline, ttl_from_millis},
+    telemetry::{Meter, Metrics},
 };
 
 /// Protobuf framing of one GetMany entry besides its key and value: tags,
@@ -27,18 +28,26 @@ const ENTRY_FRAMING_BYTES: usize = 32;
 /// The gRPC handlers of the cache.
 pub struct CacheApi {
     store: CacheStore,
+    meter: Meter,
     limits: Limits,
     operation_timeout: Duration,
 }
 
 impl CacheApi {
     /// Handlers over `store`, checking requests against `limits`.
-    pub fn new(store: CacheStore, limits: Limits, operation_timeout: Duration) -> CacheApi {
+    pub fn new(store: CacheStore, limits: Limits, operation_timeout: Duration, meter: Meter) -> CacheApi {
         CacheApi {
             store,
+            meter,
             limits,
             operation_timeout,
         }
+    }
+
+    /// Counts a read as a hit or a miss.
+    fn read(&self, found: bool) {
+        self.meter
+            .record(|metrics| Metrics::count(&metrics.cache_reads, if found { "hit" } else { "miss" }));
     }
 
     fn keys<'a>(&self, field: &str, keys: &'a [String]) -> Result<&'a [String], Status> {
@@ -65,6 +74,7 @@ impl CacheService for CacheApi {
             },
             None => GetResponse::default(),
         };
+        self.read(response.found);
         Ok(Response::new(response))
     }
 
@@ -95,7 +105,7 @@ impl CacheService for CacheApi {
                 .into());
             }
         };
-        let entries = request
+        let entries: Vec<Entry> = request
             .keys
             .into_iter()
             .zip(found)
@@ -112,6 +122,9 @@ impl CacheService for CacheApi {
                 },
             })
             .collect();
+        for entry in &entries {
+            self.read(entry.found);
+        }
         Ok(Response::new(GetManyResponse { entries }))
     }
 
@@ -135,6 +148,9 @@ impl CacheService for CacheApi {
             .store
             .set(&space, key, &request.value, ttl, condition, deadline)
             .await?;
+        if stored {
+            self.meter.record(|metrics| metrics.cache_writes.inc());
+        }
         Ok(Response::new(SetResponse { stored }))
     }
 
@@ -158,6 +174,8 @@ impl CacheService for CacheApi {
         }
         if !entries.is_empty() {
             self.store.set_many(&space, &entries, deadline).await?;
+            self.meter
+                .record(|metrics| metrics.cache_writes.inc_by(entries.len() as u64));
         }
         let stored = u32::try_from(entries.len()).unwrap_or(u32::MAX);
         Ok(Response::new(SetManyResponse { stored }))
@@ -187,6 +205,7 @@ impl CacheService for CacheApi {
             Some(value) => TakeResponse { found: true, value },
             None => TakeResponse::default(),
         };
+        self.read(response.found);
         Ok(Response::new(response))
     }
 

@@ -26,6 +26,7 @@ use crate::{
     },
     redis::epoch::DataEpoch,
     request::{Limits, Ttl, caller_budget, deadline, duration_to_proto, positive_duration},
+    telemetry::Meter,
 };
 
 /// Longest owner text.
@@ -61,6 +62,7 @@ impl From<&Config> for LockSettings {
 /// The gRPC handlers of the lock service.
 pub struct LockApi {
     store: LockStore,
+    meter: Meter,
     notices: ReleaseNotices,
     epoch: DataEpoch,
     limits: Limits,
@@ -125,8 +127,10 @@ impl LockApi {
     /// grants paused while `epoch` says Redis recently lost its data. Waiting
     /// Acquires end (not acquired) once `draining` turns true, so a shutdown
     /// does not wait for them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: LockStore,
+        meter: Meter,
         notices: ReleaseNotices,
         epoch: DataEpoch,
         limits: Limits,
@@ -135,6 +139,7 @@ impl LockApi {
     ) -> LockApi {
         LockApi {
             store,
+            meter,
             notices,
             epoch,
             limits,
@@ -176,6 +181,37 @@ impl LockApi {
         tokio::select! {
             () = sleep(left) => Ok(true),
             _ = draining.wait_for(|draining| *draining) => Ok(false),
+        }
+    }
+}
+
+/// Counts an Acquire that waited, and how long, when it ends.
+struct WaitTimer<'m> {
+    meter: &'m Meter,
+    since: std::cell::Cell<Option<Instant>>,
+}
+
+impl<'m> WaitTimer<'m> {
+    fn new(meter: &'m Meter) -> WaitTimer<'m> {
+        WaitTimer {
+            meter,
+            since: std::cell::Cell::new(None),
+        }
+    }
+
+    fn start(&self) {
+        self.since.set(Some(Instant::now()));
+    }
+}
+
+impl Drop for WaitTimer<'_> {
+    fn drop(&mut self) {
+        if let Some(since) = self.since.get() {
+            let waited = since.elapsed().as_secs_f64();
+            self.meter.record(|metrics| {
+                metrics.lock_waits.inc();
+                metrics.lock_wait_seconds.observe(waited);
+            });
         }
     }
 }
@@ -251,6 +287,8 @@ impl LockService for LockApi {
 
         let mut holder_ttl = Duration::ZERO;
         let mut registration: Option<Registration> = None;
+        // Counted when the Acquire ends, however it ends, if it waited.
+        let waited = WaitTimer::new(&self.meter);
         loop {
             if let Some(registration) = registration.as_mut() {
                 registration.mark_seen();
@@ -265,6 +303,7 @@ impl LockService for LockApi {
                     fencing_token,
                     ttl,
                 }) => {
+                    self.meter.record(|metrics| metrics.lock_grants.inc());
                     return Ok(Response::new(AcquireResponse {
                         acquired: true,
                         token,
@@ -284,6 +323,7 @@ impl LockService for LockApi {
                 // after registering, so a release between the first attempt and
                 // the registration is seen by that attempt.
                 registration = Some(self.notices.register(space.lock_released(name))?);
+                waited.start();
                 continue;
             };
             if !self.notices.is_listening() {
@@ -306,6 +346,7 @@ impl LockService for LockApi {
         let name = self.limits.key("name", &request.name)?;
         let token = self.token(&request.token)?;
         if !self.store.release(&space, name, token, deadline).await? {
+            self.meter.record(|metrics| metrics.lock_leases_lost.inc());
             return Err(lost_lease().into());
         }
         Ok(Response::new(ReleaseResponse {}))
@@ -319,6 +360,7 @@ impl LockService for LockApi {
         let token = self.token(&request.token)?;
         let ttl = self.lease(request.ttl.as_ref())?;
         let Some(fencing_token) = self.store.extend(&space, name, token, ttl, deadline).await? else {
+            self.meter.record(|metrics| metrics.lock_leases_lost.inc());
             return Err(lost_lease().into());
         };
         let lease = Duration::from_millis(ttl.millis());

@@ -28,6 +28,7 @@ use crate::{
     admission::RefusalLog,
     error::Error,
     redis::{Backoff, Cause, Endpoint},
+    telemetry::Meter,
 };
 
 static WAITERS_FULL: RefusalLog = RefusalLog::new(
@@ -45,6 +46,7 @@ struct Inner {
     listening: AtomicBool,
     max_waiters: usize,
     max_per_channel: usize,
+    meter: Meter,
 }
 
 #[derive(Default)]
@@ -59,14 +61,16 @@ struct Waiters {
 }
 
 impl ReleaseNotices {
-    /// A registry of at most `max_waiters` waiters, `max_per_channel` of them per lock.
-    pub fn new(max_waiters: usize, max_per_channel: usize) -> ReleaseNotices {
+    /// A registry of at most `max_waiters` waiters, `max_per_channel` of them per
+    /// lock, counting refusals in `meter`.
+    pub fn new(max_waiters: usize, max_per_channel: usize, meter: Meter) -> ReleaseNotices {
         ReleaseNotices {
             inner: Arc::new(Inner {
                 channels: Mutex::new(Registry::default()),
                 listening: AtomicBool::new(false),
                 max_waiters,
                 max_per_channel,
+                meter,
             }),
         }
     }
@@ -80,6 +84,7 @@ impl ReleaseNotices {
         if registry.total >= self.inner.max_waiters {
             drop(registry);
             WAITERS_FULL.record();
+            self.inner.meter.record(|metrics| metrics.refuse("lock_waiters"));
             return Err(Error::Exhausted(format!(
                 "{} Acquires are already waiting for locks (--lock-max-waiters); retry later",
                 self.inner.max_waiters
@@ -92,6 +97,7 @@ impl ReleaseNotices {
         if waiters.count >= self.inner.max_per_channel {
             drop(registry);
             WAITERS_FULL.record();
+            self.inner.meter.record(|metrics| metrics.refuse("lock_waiters"));
             return Err(Error::Exhausted(format!(
                 "{} Acquires are already waiting for this lock (--lock-max-waiters-per-name); retry later",
                 self.inner.max_per_channel

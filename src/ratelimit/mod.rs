@@ -25,6 +25,7 @@ use crate::{
     },
     redis::KeySpace,
     request::{Limits, budget, deadline, duration_to_proto, positive_duration},
+    telemetry::{Meter, Metrics},
 };
 
 /// The largest limit and cost: keeps every count exact in the script's doubles.
@@ -70,6 +71,7 @@ impl From<&Config> for RateLimitSettings {
 /// The gRPC handlers of the rate limiter.
 pub struct RateLimitApi {
     store: RateLimitStore,
+    meter: Meter,
     limits: Limits,
     settings: RateLimitSettings,
     policy_log: PolicyLog,
@@ -128,9 +130,10 @@ enum Outcome {
 
 impl RateLimitApi {
     /// Handlers over `store`.
-    pub fn new(store: RateLimitStore, limits: Limits, settings: RateLimitSettings) -> RateLimitApi {
+    pub fn new(store: RateLimitStore, limits: Limits, settings: RateLimitSettings, meter: Meter) -> RateLimitApi {
         RateLimitApi {
             store,
+            meter,
             limits,
             settings,
             policy_log: PolicyLog::new(),
@@ -229,18 +232,30 @@ impl RateLimitApi {
             Ok(budget) if budget >= MIN_REDIS_BUDGET => budget,
             Ok(_) | Err(_) => {
                 self.policy_log.record(&Error::DeadlineExceeded, allowed);
+                let result = if allowed { "policy_allowed" } else { "policy_denied" };
+                self.meter
+                    .record(|metrics| Metrics::count(&metrics.ratelimit_decisions, result));
                 return Ok(Outcome::Policy(allowed));
             }
         };
         let deadline = tokio::time::Instant::now() + budget;
-        match self.store.check(space, checks, deadline).await {
-            Ok(decisions) => Ok(Outcome::Decided(decisions)),
+        let outcome = match self.store.check(space, checks, deadline).await {
+            Ok(decisions) => Outcome::Decided(decisions),
             Err(error) if error.is_outage() => {
                 self.policy_log.record(&error, allowed);
-                Ok(Outcome::Policy(allowed))
+                Outcome::Policy(allowed)
             }
-            Err(error) => Err(error.into()),
-        }
+            Err(error) => return Err(error.into()),
+        };
+        let result = match &outcome {
+            Outcome::Decided(decisions) if decisions.iter().all(|decision| decision.allowed) => "allowed",
+            Outcome::Decided(_) => "denied",
+            Outcome::Policy(true) => "policy_allowed",
+            Outcome::Policy(false) => "policy_denied",
+        };
+        self.meter
+            .record(|metrics| Metrics::count(&metrics.ratelimit_decisions, result));
+        Ok(outcome)
     }
 
     fn policy_retry_after(&self, allowed: bool) -> Option<prost_types::Duration> {

@@ -25,6 +25,8 @@ use tokio::{
     time::{sleep, sleep_until, timeout, timeout_at},
 };
 
+use crate::telemetry::Meter;
+
 use super::{
     connect::{Cause, Endpoint, Opened},
     epoch::DataEpoch,
@@ -96,13 +98,22 @@ impl Link {
         scripts: Arc<[&'static LuaScript]>,
         backoff: Backoff,
         epoch: Option<DataEpoch>,
+        meter: Meter,
     ) -> Link {
         let shared = Arc::new(Shared {
             state: watch::Sender::new(State::Connecting(Instant::now())),
             demand: Notify::new(),
             abandon: watch::Sender::new(0),
         });
-        let supervisor = tokio::spawn(supervise(shared.clone(), endpoint, name, scripts, backoff, epoch));
+        let supervisor = tokio::spawn(supervise(
+            shared.clone(),
+            endpoint,
+            name,
+            scripts,
+            backoff,
+            epoch,
+            meter,
+        ));
         Link { shared, supervisor }
     }
 
@@ -185,6 +196,7 @@ async fn supervise(
     scripts: Arc<[&'static LuaScript]>,
     backoff: Backoff,
     epoch: Option<DataEpoch>,
+    meter: Meter,
 ) {
     let mut generation = 0;
     let mut failures: u32 = 0;
@@ -200,6 +212,9 @@ async fn supervise(
                     let _ = timeout(endpoint.connect_timeout(), epoch.check(&mut connection)).await;
                 }
                 generation += 1;
+                if generation > 1 {
+                    meter.record(|metrics| metrics.redis_reconnects.inc());
+                }
                 failures = 0;
                 shared.state.send_replace(State::Up { connection, generation });
                 let mut driver = driver;

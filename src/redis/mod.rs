@@ -32,7 +32,10 @@ pub use keys::{KeySpace, Keys};
 pub use link::{Backoff, State};
 pub use scripts::LuaScript;
 
-use crate::error::Error;
+use crate::{
+    error::Error,
+    telemetry::{Meter, rpc::add_redis_time},
+};
 use epoch::DataEpoch;
 use link::Link;
 
@@ -173,6 +176,7 @@ struct Inner {
     reads: Link,
     writes: Link,
     address: String,
+    meter: Meter,
 }
 
 /// Which of the two connections.
@@ -188,14 +192,37 @@ impl Redis {
     /// Starts connecting to `endpoint` in the background; the process serves
     /// (answering UNAVAILABLE) while Redis is down. Every new connection loads
     /// `scripts` first, and every new write connection checks `epoch`.
-    pub fn start(endpoint: Endpoint, scripts: &[&'static LuaScript], backoff: Backoff, epoch: DataEpoch) -> Redis {
+    pub fn start(
+        endpoint: Endpoint,
+        scripts: &[&'static LuaScript],
+        backoff: Backoff,
+        epoch: DataEpoch,
+        meter: Meter,
+    ) -> Redis {
         let scripts: Arc<[&'static LuaScript]> = scripts.into();
         let address = endpoint.address();
+        let reads = Link::start(
+            endpoint.clone(),
+            "cachelock-reads",
+            scripts.clone(),
+            backoff,
+            None,
+            meter.clone(),
+        );
+        let writes = Link::start(
+            endpoint,
+            "cachelock-writes",
+            scripts,
+            backoff,
+            Some(epoch),
+            meter.clone(),
+        );
         Redis {
             inner: Arc::new(Inner {
-                reads: Link::start(endpoint.clone(), "cachelock-reads", scripts.clone(), backoff, None),
-                writes: Link::start(endpoint, "cachelock-writes", scripts, backoff, Some(epoch)),
+                reads,
+                writes,
                 address,
+                meter,
             }),
         }
     }
@@ -270,6 +297,28 @@ impl Redis {
     ///   must not be resent was in flight, or dropped again after the resend;
     /// - [`Error::OutOfMemory`], or another classified Redis error.
     pub async fn run_with<T: FromRedisValue>(
+        &self,
+        op: Op,
+        patience: Patience,
+        deadline: tokio::time::Instant,
+        request: Request<'_>,
+    ) -> Result<T, Error> {
+        let started = Instant::now();
+        let result = self.attempt(op, patience, deadline, request).await;
+        let took = started.elapsed();
+        add_redis_time(took);
+        self.inner.meter.record(|metrics| {
+            metrics.redis_call(op.name, took);
+            if let Err(error) = &result
+                && let Some(kind) = error.redis_failure_kind()
+            {
+                metrics.redis_error(kind);
+            }
+        });
+        result
+    }
+
+    async fn attempt<T: FromRedisValue>(
         &self,
         op: Op,
         patience: Patience,

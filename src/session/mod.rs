@@ -24,6 +24,7 @@ use crate::{
         TouchResponse, UpdateRequest, UpdateResponse, session_service_server::SessionService,
     },
     request::{Limits, deadline, duration_to_proto, positive_duration},
+    telemetry::{Meter, Metrics},
 };
 
 /// The idle timeout of a session created without one.
@@ -67,6 +68,7 @@ impl From<&Config> for SessionSettings {
 /// The gRPC handlers of the session service.
 pub struct SessionApi {
     store: SessionStore,
+    meter: Meter,
     limits: Limits,
     settings: SessionSettings,
 }
@@ -115,9 +117,10 @@ fn to_proto(id: Option<&SessionId>, stored: StoredSession) -> Session {
 
 impl SessionApi {
     /// Handlers over `store`.
-    pub fn new(store: SessionStore, limits: Limits, settings: SessionSettings) -> SessionApi {
+    pub fn new(store: SessionStore, limits: Limits, settings: SessionSettings, meter: Meter) -> SessionApi {
         SessionApi {
             store,
+            meter,
             limits,
             settings,
         }
@@ -233,6 +236,10 @@ impl SessionService for SessionApi {
             .store
             .create(&space, &id, &new, self.settings.max_per_user, deadline)
             .await?;
+        self.meter.record(|metrics| {
+            Metrics::count(&metrics.sessions, "created");
+            Metrics::count_by(&metrics.sessions, "evicted", u64::from(ended));
+        });
         Ok(Response::new(CreateResponse {
             session: Some(to_proto(Some(&id), session)),
             ended_sessions: ended,
@@ -321,6 +328,8 @@ impl SessionService for SessionApi {
         if !self.store.delete(&space, &id, deadline).await? {
             return Err(not_found().into());
         }
+        self.meter
+            .record(|metrics| Metrics::count(&metrics.sessions, "deleted"));
         Ok(Response::new(DeleteResponse {}))
     }
 
@@ -360,6 +369,8 @@ impl SessionService for SessionApi {
         {
             return Err(Error::NotFound("the user has no live session with this handle".to_owned()).into());
         }
+        self.meter
+            .record(|metrics| Metrics::count(&metrics.sessions, "logged_out"));
         Ok(Response::new(DeleteUserSessionResponse {}))
     }
 
@@ -383,6 +394,8 @@ impl SessionService for SessionApi {
             .store
             .delete_user(&space, user_id, except.as_ref(), deadline)
             .await?;
+        self.meter
+            .record(|metrics| Metrics::count_by(&metrics.sessions, "logged_out", deleted));
         Ok(Response::new(DeleteUserSessionsResponse {
             deleted: u32::try_from(deleted).unwrap_or(u32::MAX),
         }))
@@ -399,6 +412,8 @@ impl SessionService for SessionApi {
             .rotate(&space, &old, &new, deadline)
             .await?
             .ok_or_else(not_found)?;
+        self.meter
+            .record(|metrics| Metrics::count(&metrics.sessions, "rotated"));
         Ok(Response::new(RotateResponse {
             session: Some(to_proto(Some(&new), stored)),
         }))

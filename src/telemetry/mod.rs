@@ -1,6 +1,46 @@
-//! What operators see: logs (and their filter).
+//! What operators see: Prometheus metrics and the HTTP listener that serves
+//! them (with `/livez` and `/readyz`), a span per RPC with slow-request
+//! warnings, and the log filter.
+
+pub mod http;
+pub mod metrics;
+pub mod rpc;
 
 use tracing_subscriber::EnvFilter;
+
+pub use metrics::Metrics;
+
+use std::sync::Arc;
+
+/// This server's metrics, or nothing when `--metrics-listen off`: every
+/// component records through it, and records nothing at all when off.
+#[derive(Clone, Default)]
+pub struct Meter(Option<Arc<Metrics>>);
+
+impl Meter {
+    /// Records into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Meter {
+        Meter(Some(metrics))
+    }
+
+    /// Records nothing.
+    pub fn off() -> Meter {
+        Meter(None)
+    }
+
+    /// Runs `record` on the metrics, if there are any.
+    #[inline]
+    pub fn record<R>(&self, record: impl FnOnce(&Metrics) -> R) {
+        if let Some(metrics) = &self.0 {
+            record(metrics);
+        }
+    }
+
+    /// The metrics, if there are any.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.0.as_ref()
+    }
+}
 
 /// The log filter for `directives` (RUST_LOG's syntax: `info`, `cachelock=debug,h2=trace`).
 ///

@@ -157,6 +157,8 @@ impl TestRedis {
 pub struct TestService {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its metrics listener listens, unless `--metrics-listen off`.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), StartError>>>,
 }
@@ -185,19 +187,56 @@ impl TestService {
         TestService::start_with(config).await
     }
 
-    /// Starts the service with a complete configuration.
+    /// Starts the service with a complete configuration, on free loopback ports.
     pub async fn start_with(config: Config) -> TestService {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("a local address");
+        let (listeners, addr, metrics_addr) = listeners(&config).await;
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(listener, config, async {
+        let shutdown_signal = futures_util::stream::once(async {
             let _ = shutdown_rx.await;
-        }));
+        });
+        let task = tokio::spawn(server::run_until_signals(listeners, config, shutdown_signal));
         TestService {
             addr,
+            metrics_addr,
             shutdown: Some(shutdown),
             task: Some(task),
         }
+    }
+
+    /// The text of one of the metrics listener's pages (`/metrics`, `/readyz`…) and its status.
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.metrics_addr.expect("the metrics listener is on");
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connect to the metrics listener");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send the request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read the response");
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_owned();
+        (status, body)
+    }
+
+    /// The value of the metric series `series` (name and labels as /metrics shows
+    /// them, such as `cachelock_redis_up` or `grpc_server_handled_total{…}`); 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.http_get("/metrics").await;
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
     }
 
     /// Starts the service against `redis_url` with `args`, stopped by signals
@@ -210,13 +249,13 @@ impl TestService {
         all.extend_from_slice(TEST_ARGS);
         all.extend_from_slice(args);
         let config = Config::from_args(all).unwrap_or_else(|error| panic!("test configuration: {error}"));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("a local address");
+        let (listeners, addr, metrics_addr) = listeners(&config).await;
         let (signal, signals) = tokio::sync::mpsc::unbounded_channel::<()>();
         let signals = tokio_stream::wrappers::UnboundedReceiverStream::new(signals);
-        let task = tokio::spawn(server::run_until_signals(listener, config, signals));
+        let task = tokio::spawn(server::run_until_signals(listeners, config, signals));
         let service = TestService {
             addr,
+            metrics_addr,
             shutdown: None,
             task: Some(task),
         };
@@ -314,6 +353,20 @@ impl Drop for TestService {
             task.abort();
         }
     }
+}
+
+/// Free loopback ports for the service's listeners (no metrics listener with `--metrics-listen off`).
+async fn listeners(config: &Config) -> (server::Listeners, SocketAddr, Option<SocketAddr>) {
+    let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+    let addr = grpc.local_addr().expect("a local address");
+    let metrics = match config.metrics_listen.0 {
+        Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0")),
+        None => None,
+    };
+    let metrics_addr = metrics
+        .as_ref()
+        .map(|listener| listener.local_addr().expect("a local address"));
+    (server::Listeners { grpc, metrics }, addr, metrics_addr)
 }
 
 /// A Redis and a service in front of it, the usual start of a test.

@@ -1,0 +1,423 @@
+//! Every metric the service exports, in one registry per server.
+//!
+//! gRPC metrics follow go-grpc-prometheus's names and labels, so existing
+//! dashboards work. No label ever carries user data — keys, user ids, lock names,
+//! tokens, client-chosen paths: every label value comes from a fixed set (method
+//! names from the service descriptors, Redis operation names, status codes), so
+//! the number of series stays bounded whatever callers send.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        LazyLock,
+        atomic::{AtomicI64, AtomicU64},
+    },
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+use prost::Message;
+
+/// Latency buckets from 50 µs to about 6.5 s, doubling.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_05, 2.0, 18)
+}
+
+/// A gRPC method, as go-grpc-prometheus labels it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct MethodLabels {
+    /// `unary` or `server_stream` (or `bidi_stream` for reflection).
+    pub grpc_type: &'static str,
+    /// The fully qualified service name.
+    pub grpc_service: &'static str,
+    /// The method name.
+    pub grpc_method: &'static str,
+}
+
+/// A gRPC method and the code it answered.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HandledLabels {
+    /// `unary` or a streaming kind.
+    pub grpc_type: &'static str,
+    /// The fully qualified service name.
+    pub grpc_service: &'static str,
+    /// The method name.
+    pub grpc_method: &'static str,
+    /// The status code's name, such as `OK` or `UNAVAILABLE`.
+    pub grpc_code: &'static str,
+}
+
+/// One label of a fixed set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct Operation {
+    /// A Redis operation's name, such as `cache_get` or `lock_acquire`.
+    pub operation: &'static str,
+}
+
+/// Why Redis failed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ErrorKind {
+    /// `timeout`, `connection`, `oom`, `busy` or `other`.
+    pub kind: &'static str,
+}
+
+/// An outcome from a fixed set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct Outcome {
+    /// The outcome, such as `hit`, `denied` or `evicted`.
+    pub result: &'static str,
+}
+
+/// A health name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HealthName {
+    /// `""` for the whole server, or a service name.
+    pub service: &'static str,
+}
+
+/// A refusal's reason.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct Refusal {
+    /// `in_flight`, `lock_waiters`, `watch_streams`, `client_rate`, `unauthenticated`, `permission_denied`.
+    pub reason: &'static str,
+}
+
+/// The build, as a constant 1.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// The crate version.
+    pub version: &'static str,
+    /// The git commit it was built from (`unknown` outside a git checkout).
+    pub commit: &'static str,
+}
+
+/// Every metric of one server.
+pub struct Metrics {
+    registry: Registry,
+    /// RPCs started.
+    pub rpc_started: Family<MethodLabels, Counter>,
+    /// RPCs finished, by code.
+    pub rpc_handled: Family<HandledLabels, Counter>,
+    /// Time from request to response headers.
+    pub rpc_seconds: Family<MethodLabels, Histogram>,
+    /// RPCs being handled now.
+    pub rpc_in_flight: Gauge,
+    /// Time of each Redis round trip, by operation.
+    pub redis_seconds: Family<Operation, Histogram>,
+    /// Redis failures, by kind.
+    pub redis_errors: Family<ErrorKind, Counter>,
+    /// 1 while both Redis connections are up.
+    pub redis_up: Gauge,
+    /// New connections after the first.
+    pub redis_reconnects: Counter,
+    /// Redis's used_memory, from INFO.
+    pub redis_used_memory: Gauge<i64, AtomicI64>,
+    /// Redis's maxmemory (0: none), from INFO.
+    pub redis_max_memory: Gauge<i64, AtomicI64>,
+    /// 1 while a health name is SERVING.
+    pub health_serving: Family<HealthName, Gauge>,
+    /// Cache reads by result (hit, miss).
+    pub cache_reads: Family<Outcome, Counter>,
+    /// Cache entries written.
+    pub cache_writes: Counter,
+    /// Rate-limit decisions by result (allowed, denied, policy_allowed, policy_denied).
+    pub ratelimit_decisions: Family<Outcome, Counter>,
+    /// Lock grants.
+    pub lock_grants: Counter,
+    /// Acquires that waited for a held lock.
+    pub lock_waits: Counter,
+    /// How long waiting Acquires waited, granted or not.
+    pub lock_wait_seconds: Histogram,
+    /// Release or Extend with a token that had lost its lease.
+    pub lock_leases_lost: Counter,
+    /// Sessions by event (created, rotated, deleted, evicted, logged_out).
+    pub sessions: Family<Outcome, Counter>,
+    /// Requests refused to protect the service, by reason.
+    pub refused: Family<Refusal, Counter>,
+    /// The build.
+    pub build_info: Family<BuildLabels, Gauge>,
+    /// Seconds since the process started, as of the last scrape.
+    pub uptime_seconds: Gauge<f64, AtomicU64>,
+    started: std::time::Instant,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered at zero.
+    pub fn new() -> Metrics {
+        let histogram = || Histogram::new(latency_buckets());
+        let mut metrics = Metrics {
+            registry: Registry::default(),
+            rpc_started: Family::default(),
+            rpc_handled: Family::default(),
+            rpc_seconds: Family::new_with_constructor(histogram),
+            rpc_in_flight: Gauge::default(),
+            redis_seconds: Family::new_with_constructor(histogram),
+            redis_errors: Family::default(),
+            redis_up: Gauge::default(),
+            redis_reconnects: Counter::default(),
+            redis_used_memory: Gauge::default(),
+            redis_max_memory: Gauge::default(),
+            health_serving: Family::default(),
+            cache_reads: Family::default(),
+            cache_writes: Counter::default(),
+            ratelimit_decisions: Family::default(),
+            lock_grants: Counter::default(),
+            lock_waits: Counter::default(),
+            lock_wait_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            lock_leases_lost: Counter::default(),
+            sessions: Family::default(),
+            refused: Family::default(),
+            build_info: Family::default(),
+            uptime_seconds: Gauge::default(),
+            started: std::time::Instant::now(),
+        };
+        let registry = &mut metrics.registry;
+        registry.register(
+            "grpc_server_started",
+            "RPCs started on the server",
+            metrics.rpc_started.clone(),
+        );
+        registry.register(
+            "grpc_server_handled",
+            "RPCs completed on the server, whatever their status code",
+            metrics.rpc_handled.clone(),
+        );
+        registry.register_with_unit(
+            "grpc_server_handling",
+            "Time from an RPC's arrival to its response headers",
+            Unit::Seconds,
+            metrics.rpc_seconds.clone(),
+        );
+        registry.register(
+            "grpc_server_in_flight",
+            "RPCs being handled now",
+            metrics.rpc_in_flight.clone(),
+        );
+        registry.register_with_unit(
+            "cachelock_redis_command_duration",
+            "Time of one Redis round trip (command, script, pipeline or transaction), by operation",
+            Unit::Seconds,
+            metrics.redis_seconds.clone(),
+        );
+        registry.register(
+            "cachelock_redis_errors",
+            "Redis failures by kind: timeout, connection, oom, busy, other",
+            metrics.redis_errors.clone(),
+        );
+        registry.register(
+            "cachelock_redis_up",
+            "1 while both Redis connections are up",
+            metrics.redis_up.clone(),
+        );
+        registry.register(
+            "cachelock_redis_reconnects",
+            "Redis connections made after the first (each follows a loss)",
+            metrics.redis_reconnects.clone(),
+        );
+        registry.register_with_unit(
+            "cachelock_redis_used_memory",
+            "Redis used_memory, from INFO at each health probe",
+            Unit::Bytes,
+            metrics.redis_used_memory.clone(),
+        );
+        registry.register_with_unit(
+            "cachelock_redis_max_memory",
+            "Redis maxmemory (0: unlimited), from INFO at each health probe",
+            Unit::Bytes,
+            metrics.redis_max_memory.clone(),
+        );
+        registry.register(
+            "cachelock_health_serving",
+            "1 while a grpc.health.v1 name is SERVING",
+            metrics.health_serving.clone(),
+        );
+        registry.register(
+            "cachelock_cache_reads",
+            "Cache entries read, by result: hit, miss",
+            metrics.cache_reads.clone(),
+        );
+        registry.register(
+            "cachelock_cache_writes",
+            "Cache entries written",
+            metrics.cache_writes.clone(),
+        );
+        registry.register(
+            "cachelock_ratelimit_decisions",
+            "Rate-limit decisions by result: allowed, denied, policy_allowed, policy_denied (the outage policy)",
+            metrics.ratelimit_decisions.clone(),
+        );
+        registry.register("cachelock_lock_grants", "Locks granted", metrics.lock_grants.clone());
+        registry.register(
+            "cachelock_lock_waits",
+            "Acquires that waited for a held lock",
+            metrics.lock_waits.clone(),
+        );
+        registry.register_with_unit(
+            "cachelock_lock_wait",
+            "How long waiting Acquires waited, granted or not",
+            Unit::Seconds,
+            metrics.lock_wait_seconds.clone(),
+        );
+        registry.register(
+            "cachelock_lock_leases_lost",
+            "Release or Extend by a token whose lease was lost",
+            metrics.lock_leases_lost.clone(),
+        );
+        registry.register(
+            "cachelock_sessions",
+            "Session events: created, rotated, deleted, evicted (over the per-user limit), logged_out",
+            metrics.sessions.clone(),
+        );
+        registry.register(
+            "cachelock_requests_refused",
+            "Requests refused to protect the service or by authentication, by reason",
+            metrics.refused.clone(),
+        );
+        registry.register(
+            "cachelock_build_info",
+            "The build, as a constant 1",
+            metrics.build_info.clone(),
+        );
+        registry.register_with_unit(
+            "cachelock_uptime",
+            "Time since the process started",
+            Unit::Seconds,
+            metrics.uptime_seconds.clone(),
+        );
+        metrics
+            .build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: option_env!("CACHELOCK_GIT_COMMIT").unwrap_or("unknown"),
+            })
+            .set(1);
+        metrics
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        self.uptime_seconds.set(self.started.elapsed().as_secs_f64());
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Records one Redis round trip of `operation`.
+    pub fn redis_call(&self, operation: &'static str, took: Duration) {
+        self.redis_seconds
+            .get_or_create(&Operation { operation })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records a Redis failure of `kind`.
+    pub fn redis_error(&self, kind: &'static str) {
+        self.redis_errors.get_or_create(&ErrorKind { kind }).inc();
+    }
+
+    /// Records an outcome in `family`.
+    pub fn count(family: &Family<Outcome, Counter>, result: &'static str) {
+        Metrics::count_by(family, result, 1);
+    }
+
+    /// Records `n` outcomes in `family`.
+    pub fn count_by(family: &Family<Outcome, Counter>, result: &'static str, n: u64) {
+        if n > 0 {
+            family.get_or_create(&Outcome { result }).inc_by(n);
+        }
+    }
+
+    /// Records a refused request.
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&Refusal { reason }).inc();
+    }
+}
+
+/// Every gRPC method the server knows, by path, with its labels: read from the
+/// service descriptors once, so that a label never holds a path a caller made up.
+static KNOWN_METHODS: LazyLock<HashMap<String, MethodLabels>> = LazyLock::new(|| {
+    let mut methods = HashMap::new();
+    for set in [
+        crate::pb::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ] {
+        let Ok(files) = prost_types::FileDescriptorSet::decode(set) else {
+            continue;
+        };
+        for file in files.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let service_name: &'static str =
+                    Box::leak(format!("{package}.{}", service.name.unwrap_or_default()).into_boxed_str());
+                for method in service.method {
+                    let grpc_type = match (method.client_streaming(), method.server_streaming()) {
+                        (false, false) => "unary",
+                        (false, true) => "server_stream",
+                        (true, false) => "client_stream",
+                        (true, true) => "bidi_stream",
+                    };
+                    let method_name: &'static str = Box::leak(method.name.unwrap_or_default().into_boxed_str());
+                    methods.insert(
+                        format!("/{service_name}/{method_name}"),
+                        MethodLabels {
+                            grpc_type,
+                            grpc_service: service_name,
+                            grpc_method: method_name,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    methods
+});
+
+/// The labels of the method at `path`; one fixed "unknown" label for any other path.
+pub fn method_labels(path: &str) -> MethodLabels {
+    KNOWN_METHODS.get(path).cloned().unwrap_or(MethodLabels {
+        grpc_type: "unknown",
+        grpc_service: "unknown",
+        grpc_method: "unknown",
+    })
+}
+
+/// The name of a gRPC status code, as go-grpc-prometheus labels it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
