@@ -146,6 +146,40 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
+    /// Redis Cluster seed nodes, comma-separated redis:// or rediss:// URLs; the rest of the
+    /// Cluster is discovered from them. Instead of REDIS_URL.
+    #[arg(
+        long,
+        env = "CACHELOCK_REDIS_CLUSTER_NODES",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub redis_cluster_nodes: Vec<String>,
+
+    /// Redis Sentinels, comma-separated redis:// or rediss:// URLs (their password, if any, is
+    /// the Sentinels'; a path /N selects database N on the data nodes). Instead of REDIS_URL;
+    /// needs --redis-sentinel-master.
+    #[arg(
+        long,
+        env = "CACHELOCK_REDIS_SENTINEL_NODES",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub redis_sentinel_nodes: Vec<String>,
+
+    /// The master name the Sentinels monitor (as in `sentinel monitor <name> …`).
+    #[arg(long, env = "CACHELOCK_REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// User name on the Redis data nodes, when not in the URL (behind Sentinel: always here).
+    #[arg(long, env = "CACHELOCK_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// Password on the Redis data nodes, when not in the URL (behind Sentinel: always here).
+    /// Prefer the environment variable to the flag, which other users may see in `ps`.
+    #[arg(long, env = "CACHELOCK_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+
     /// PEM file of the certificate authorities that sign the Redis server's TLS certificate
     /// (rediss:// only); unset: the system's trust store.
     #[arg(long, env = "CACHELOCK_REDIS_CA_FILE")]
@@ -267,6 +301,12 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_LOCK_MAX_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub lock_max_ttl: Duration,
 
+    /// Replicas that must acknowledge a lock grant or extension (Redis WAIT) before it is
+    /// answered; when fewer do within the call's budget, it is released and the caller gets
+    /// UNAVAILABLE. 0: grants are answered once the primary has them.
+    #[arg(long, env = "CACHELOCK_LOCK_MIN_REPLICAS", default_value_t = 0)]
+    pub lock_min_replicas: u32,
+
     /// How long a lock's fencing counter is kept after its lease: fencing tokens stay
     /// increasing across a Redis clock step back of up to this much.
     #[arg(long, env = "CACHELOCK_LOCK_FENCE_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
@@ -327,6 +367,8 @@ const PREFIX_BYTES_CEILING: usize = 64;
 const SESSIONS_PER_USER_CEILING: usize = 10_000;
 
 const SECOND: Duration = Duration::from_secs(1);
+/// The most replicas `--lock-min-replicas` may ask for.
+const MIN_REPLICAS_CEILING: u32 = 64;
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -358,6 +400,43 @@ fn invalid(setting: &str, env: &str, reason: impl fmt::Display) -> ConfigError {
     ConfigError(format!("invalid --{setting} ({env}): {reason}"))
 }
 
+/// Which Redis the configuration names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode<'a> {
+    /// None: a private development redis-server.
+    Development,
+    /// One node (REDIS_URL).
+    Standalone(&'a str),
+    /// A Redis Cluster's seed nodes.
+    Cluster(&'a [String]),
+    /// Sentinels and the master name they monitor.
+    Sentinel {
+        /// The Sentinels' URLs.
+        nodes: &'a [String],
+        /// The master name.
+        master: &'a str,
+    },
+}
+
+/// Checks one Redis URL; its errors name the scheme, never echo the URL (it may hold a password).
+fn check_redis_url(url: &str, setting: &str, env: &str, unix: bool) -> Result<(), ConfigError> {
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    match scheme {
+        Some("redis" | "rediss") => {}
+        Some("unix" | "redis+unix") if unix => {}
+        _ if unix => return Err(invalid(setting, env, "must start with redis://, rediss:// or unix://")),
+        _ => return Err(invalid(setting, env, "must be redis:// or rediss:// URLs")),
+    }
+    if let Err(error) = redis::IntoConnectionInfo::into_connection_info(url) {
+        return Err(invalid(
+            setting,
+            env,
+            format_args!("cannot be parsed ({})", error.category()),
+        ));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Parses an argument list (the program name first) and the environment, then validates.
     ///
@@ -379,6 +458,16 @@ impl Config {
         // `REDIS_URL=` (set but empty, as env templates often leave it) means unset.
         if self.redis_url.as_deref().is_some_and(|url| url.trim().is_empty()) {
             self.redis_url = None;
+        }
+        for nodes in [&mut self.redis_cluster_nodes, &mut self.redis_sentinel_nodes] {
+            nodes.retain(|node| !node.trim().is_empty());
+        }
+        if self
+            .redis_sentinel_master
+            .as_deref()
+            .is_some_and(|name| name.trim().is_empty())
+        {
+            self.redis_sentinel_master = None;
         }
         // Every duration is bounded: a huge one would overflow Redis's PX, lose
         // precision in a script's doubles, or panic when added to a clock.
@@ -736,54 +825,110 @@ impl Config {
     }
 
     fn validate_redis(&self) -> Result<(), ConfigError> {
-        let Some(url) = &self.redis_url else {
-            if self.redis_ca_file.is_some() {
-                return Err(invalid(
-                    "redis-ca-file",
-                    "CACHELOCK_REDIS_CA_FILE",
-                    "needs a rediss:// --redis-url",
-                ));
-            }
-            // A development Redis behind a public listener is almost always a
-            // mistyped or missing REDIS_URL on a real host.
-            if !self.listen.ip().is_loopback() {
-                return Err(invalid(
-                    "redis-url",
-                    "REDIS_URL",
-                    format_args!(
-                        "is not set, and the private development redis-server is only started for a \
-                         loopback --listen address, not {}: set REDIS_URL",
-                        self.listen
-                    ),
-                ));
-            }
-            return Ok(());
-        };
-        // The URL may hold a password: errors name its scheme, never echo it.
-        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
-        match scheme {
-            Some("redis" | "rediss" | "unix" | "redis+unix") => {}
-            _ => {
-                return Err(invalid(
-                    "redis-url",
-                    "REDIS_URL",
-                    "must start with redis://, rediss:// or unix://",
-                ));
-            }
-        }
-        if let Err(error) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+        let chosen: Vec<&str> = [
+            (self.redis_url.is_some(), "REDIS_URL"),
+            (!self.redis_cluster_nodes.is_empty(), "--redis-cluster-nodes"),
+            (!self.redis_sentinel_nodes.is_empty(), "--redis-sentinel-nodes"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if chosen.len() > 1 {
             return Err(invalid(
                 "redis-url",
                 "REDIS_URL",
-                format_args!("cannot be parsed ({})", error.category()),
+                format_args!(
+                    "set exactly one of REDIS_URL, --redis-cluster-nodes and --redis-sentinel-nodes, not {}",
+                    chosen.join(" and ")
+                ),
+            ));
+        }
+        if self.redis_sentinel_nodes.is_empty() != self.redis_sentinel_master.is_none() {
+            return Err(invalid(
+                "redis-sentinel-master",
+                "CACHELOCK_REDIS_SENTINEL_MASTER",
+                "and --redis-sentinel-nodes go together: set both or neither",
+            ));
+        }
+        if self.lock_min_replicas > MIN_REPLICAS_CEILING {
+            return Err(invalid(
+                "lock-min-replicas",
+                "CACHELOCK_LOCK_MIN_REPLICAS",
+                format_args!("{} is above {MIN_REPLICAS_CEILING}", self.lock_min_replicas),
+            ));
+        }
+        let urls: Vec<&str> = match self.redis_mode() {
+            RedisMode::Development => {
+                for (set, setting, env) in [
+                    (self.redis_ca_file.is_some(), "redis-ca-file", "CACHELOCK_REDIS_CA_FILE"),
+                    (
+                        self.redis_username.is_some(),
+                        "redis-username",
+                        "CACHELOCK_REDIS_USERNAME",
+                    ),
+                    (
+                        self.redis_password.is_some(),
+                        "redis-password",
+                        "CACHELOCK_REDIS_PASSWORD",
+                    ),
+                ] {
+                    if set {
+                        return Err(invalid(setting, env, "needs a Redis: set REDIS_URL"));
+                    }
+                }
+                // A development Redis behind a public listener is almost always a
+                // mistyped or missing REDIS_URL on a real host.
+                if !self.listen.ip().is_loopback() {
+                    return Err(invalid(
+                        "redis-url",
+                        "REDIS_URL",
+                        format_args!(
+                            "is not set, and the private development redis-server is only started for a \
+                             loopback --listen address, not {}: set REDIS_URL",
+                            self.listen
+                        ),
+                    ));
+                }
+                return Ok(());
+            }
+            RedisMode::Standalone(url) => {
+                check_redis_url(url, "redis-url", "REDIS_URL", true)?;
+                vec![url]
+            }
+            RedisMode::Cluster(nodes) => {
+                for node in nodes {
+                    check_redis_url(node, "redis-cluster-nodes", "CACHELOCK_REDIS_CLUSTER_NODES", false)?;
+                }
+                nodes.iter().map(String::as_str).collect()
+            }
+            RedisMode::Sentinel { nodes, master } => {
+                for node in nodes {
+                    check_redis_url(node, "redis-sentinel-nodes", "CACHELOCK_REDIS_SENTINEL_NODES", false)?;
+                }
+                if master.is_empty() || master.chars().any(char::is_whitespace) {
+                    return Err(invalid(
+                        "redis-sentinel-master",
+                        "CACHELOCK_REDIS_SENTINEL_MASTER",
+                        "must be a master name without spaces",
+                    ));
+                }
+                nodes.iter().map(String::as_str).collect()
+            }
+        };
+        let tls = urls.iter().filter(|url| url.starts_with("rediss://")).count();
+        if tls != 0 && tls != urls.len() {
+            return Err(invalid(
+                "redis-cluster-nodes",
+                "CACHELOCK_REDIS_CLUSTER_NODES",
+                "mixes rediss:// and redis:// URLs: use one scheme for every node",
             ));
         }
         if let Some(ca_file) = &self.redis_ca_file {
-            if scheme != Some("rediss") {
+            if tls == 0 {
                 return Err(invalid(
                     "redis-ca-file",
                     "CACHELOCK_REDIS_CA_FILE",
-                    "needs a rediss:// --redis-url",
+                    "needs rediss:// Redis URLs",
                 ));
             }
             if !ca_file.is_file() {
@@ -794,6 +939,37 @@ impl Config {
                 ));
             }
         }
+        // Behind Sentinel the URLs' login is the Sentinels'; elsewhere the data
+        // nodes' login comes from one place only.
+        let in_urls = urls.iter().any(|url| {
+            url::Url::parse(url).is_ok_and(|parsed| parsed.password().is_some() || !parsed.username().is_empty())
+        });
+        if in_urls
+            && !matches!(self.redis_mode(), RedisMode::Sentinel { .. })
+            && (self.redis_username.is_some() || self.redis_password.is_some())
+        {
+            return Err(invalid(
+                "redis-password",
+                "CACHELOCK_REDIS_PASSWORD",
+                "is set, and the Redis URL carries a login too: set it in one place",
+            ));
+        }
         Ok(())
+    }
+
+    /// Which Redis the configuration names.
+    pub fn redis_mode(&self) -> RedisMode<'_> {
+        if let Some(url) = &self.redis_url {
+            RedisMode::Standalone(url)
+        } else if !self.redis_cluster_nodes.is_empty() {
+            RedisMode::Cluster(&self.redis_cluster_nodes)
+        } else if let (false, Some(master)) = (self.redis_sentinel_nodes.is_empty(), &self.redis_sentinel_master) {
+            RedisMode::Sentinel {
+                nodes: &self.redis_sentinel_nodes,
+                master,
+            }
+        } else {
+            RedisMode::Development
+        }
     }
 }

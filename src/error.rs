@@ -109,7 +109,7 @@ impl Error {
 /// The error code Redis answered with; for a pipeline or an aborted
 /// transaction, the code of its first failed command (EXECABORT hides the OOM
 /// that caused it).
-fn server_code(error: &RedisError) -> Option<String> {
+pub(crate) fn server_code(error: &RedisError) -> Option<String> {
     match error.code() {
         Some(code) if code != "EXECABORT" => Some(code.to_owned()),
         _ => error

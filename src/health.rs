@@ -44,7 +44,7 @@ use tracing::{info, warn};
 use crate::{
     admission::RefusalLog,
     error::Error,
-    redis::{Op, Patience, Redis, Role, State, epoch::DataEpoch},
+    redis::{Kind, Op, Patience, Redis, Request as RedisRequest, State, Topology, epoch::DataEpoch},
     telemetry::{Meter, metrics::HealthName},
 };
 
@@ -203,13 +203,22 @@ enum Assessment {
     NotReady(String),
 }
 
-/// What INFO said, beyond readiness.
+/// What INFO said, beyond readiness (summed over a Cluster's primaries).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Facts {
     version: String,
     observed: Observed,
     used_memory: i64,
     max_memory: i64,
+    /// Primaries and replicas, for the log.
+    shape: Shape,
+}
+
+/// The nodes serving, for the log when they change.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Shape {
+    primaries: Vec<String>,
+    replicas: Vec<String>,
 }
 
 /// What the last INFO said, for logging changes.
@@ -222,15 +231,17 @@ struct Observed {
 /// Watches Redis and sets every health name from what it sees; runs until its
 /// task is aborted. `epoch` is checked at every probe while Redis is ready.
 pub async fn probe_redis(redis: Redis, health: HealthStatus, epoch: DataEpoch, settings: ProbeSettings, meter: Meter) {
-    let [mut reads, mut writes] = redis.watch();
+    let mut changes = redis.watch();
     let mut serving = false;
     let mut ever_served = false;
     let mut last_reason: Option<String> = None;
     let mut observed = Observed::default();
+    let mut shape = Shape::default();
     loop {
-        let up = [Role::Reads, Role::Writes]
-            .iter()
-            .all(|role| matches!(redis.state(*role), State::Up { .. }));
+        let up = redis
+            .roles()
+            .into_iter()
+            .all(|role| matches!(redis.state(role), State::Up { .. }));
         meter.record(|metrics| {
             metrics.redis_up.set(i64::from(up));
         });
@@ -248,7 +259,7 @@ pub async fn probe_redis(redis: Redis, health: HealthStatus, epoch: DataEpoch, s
                         "connected to Redis"
                     };
                     info!(
-                        redis = %redis.address(),
+                        redis = %redis.describe(),
                         redis_version = %facts.version,
                         maxmemory_policy = %facts.observed.policy,
                         "{event}; health is SERVING"
@@ -256,6 +267,14 @@ pub async fn probe_redis(redis: Redis, health: HealthStatus, epoch: DataEpoch, s
                     health.set_all(ServingStatus::Serving).await;
                     serving = true;
                     ever_served = true;
+                }
+                if facts.shape != shape {
+                    info!(
+                        primaries = %facts.shape.primaries.join(","),
+                        replicas = %facts.shape.replicas.join(","),
+                        "Redis topology"
+                    );
+                    shape = facts.shape;
                 }
                 last_reason = None;
                 log_changes(&observed, &facts.observed);
@@ -268,7 +287,7 @@ pub async fn probe_redis(redis: Redis, health: HealthStatus, epoch: DataEpoch, s
             Assessment::NotReady(reason) => {
                 // Once per change of cause, not once per probe.
                 if last_reason.as_ref() != Some(&reason) {
-                    warn!(redis = %redis.address(), %reason, "Redis cannot serve; health is NOT_SERVING");
+                    warn!(redis = %redis.describe(), %reason, "Redis cannot serve; health is NOT_SERVING");
                     last_reason = Some(reason);
                 }
                 if serving {
@@ -282,38 +301,153 @@ pub async fn probe_redis(redis: Redis, health: HealthStatus, epoch: DataEpoch, s
         } else {
             settings.interval.min(FAST_INTERVAL)
         };
+        let changed = futures_util::future::select_all(changes.iter_mut().map(|change| Box::pin(change.changed())));
         tokio::select! {
             () = sleep(pause) => {}
-            _ = reads.changed() => {}
-            _ = writes.changed() => {}
+            _ = changed => {}
         }
     }
 }
 
 async fn assess(redis: &Redis, settings: &ProbeSettings) -> Assessment {
-    for role in [Role::Writes, Role::Reads] {
+    for role in redis.roles() {
         match redis.state(role) {
             State::Up { .. } => {}
             State::Connecting(_) => return Assessment::Connecting,
             State::Down { cause, .. } => return Assessment::NotReady(format!("cannot connect: {cause}")),
         }
     }
-    let mut command = redis::cmd("INFO");
+    let result = match redis.kind() {
+        Kind::Standalone | Kind::Sentinel => assess_node(redis, settings).await,
+        Kind::Cluster => assess_cluster(redis, settings).await,
+    };
+    match result {
+        Ok(facts) => Assessment::Ready(facts),
+        Err(reason) => Assessment::NotReady(reason),
+    }
+}
+
+/// One command for the prober, on the read connection, answered or refused at once.
+async fn ask<T: ::redis::FromRedisValue>(
+    redis: &Redis,
+    settings: &ProbeSettings,
+    request: RedisRequest<'_>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + settings.timeout;
+    match redis
+        .run_with(Op::read("health_info"), Patience::Current, deadline, request)
+        .await
+    {
+        Ok(reply) => Ok(reply),
+        Err(Error::Unavailable(cause)) => Err(cause.to_string()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+fn info_command() -> ::redis::Cmd {
+    let mut command = ::redis::cmd("INFO");
     command
         .arg("server")
         .arg("replication")
         .arg("memory")
         .arg("persistence");
-    let deadline = Instant::now() + settings.timeout;
-    let text: String = match redis
-        .run_with(Op::read("health_info"), Patience::Current, deadline, (&command).into())
-        .await
-    {
-        Ok(text) => text,
-        Err(Error::Unavailable(cause)) => return Assessment::NotReady(cause.to_string()),
-        Err(error) => return Assessment::NotReady(error.to_string()),
-    };
+    command
+}
+
+/// A single Redis, or the primary a Sentinel named.
+async fn assess_node(redis: &Redis, settings: &ProbeSettings) -> Result<Facts, String> {
+    let command = info_command();
+    let text: String = ask(redis, settings, (&command).into()).await?;
     let info = parse_info(&text);
+    let facts = judge(&info, settings).inspect_err(|_| {
+        if redis.kind() == Kind::Sentinel && info.get("role").is_some_and(|role| *role != "master") {
+            // Demoted under us: look the primary up again.
+            redis.reconnect();
+        }
+    })?;
+    let replicas = (0..)
+        .map_while(|index| info.get(format!("slave{index}").as_str()).copied())
+        .filter_map(|replica| {
+            let field = |name: &str| {
+                replica
+                    .split(',')
+                    .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            };
+            Some(format!("{}:{}", field("ip")?, field("port")?))
+        })
+        .collect();
+    Ok(Facts {
+        shape: Shape {
+            primaries: redis.topology().primary().into_iter().collect(),
+            replicas,
+        },
+        ..facts
+    })
+}
+
+/// Every primary of a Cluster must serve, and the Cluster must cover every slot.
+async fn assess_cluster(redis: &Redis, settings: &ProbeSettings) -> Result<Facts, String> {
+    let mut command = ::redis::cmd("CLUSTER");
+    command.arg("INFO");
+    let text: String = ask(redis, settings, (&command).into()).await?;
+    let state = parse_info(&text)
+        .get("cluster_state")
+        .copied()
+        .unwrap_or("unknown")
+        .to_owned();
+    if state != "ok" {
+        return Err(format!(
+            "cluster_state:{state}: the Cluster does not serve every slot (a primary is down with no replica \
+             promoted yet, or slots are unassigned)"
+        ));
+    }
+    let mut command = ::redis::cmd("CLUSTER");
+    command.arg("NODES");
+    let text: String = ask(redis, settings, (&command).into()).await?;
+    let nodes = parse_cluster_nodes(&text);
+    let primaries: Vec<&ClusterNode> = nodes.iter().filter(|node| node.primary && node.serves_slots).collect();
+    if primaries.is_empty() {
+        return Err("CLUSTER NODES lists no primary serving slots".to_owned());
+    }
+    if let Topology::Cluster(cluster) = redis.topology() {
+        let addresses: Vec<(String, u16)> = nodes.iter().map(|node| (node.host.clone(), node.port)).collect();
+        cluster.learn_nodes(&addresses);
+    }
+    let mut total = Facts::default();
+    for primary in &primaries {
+        let command = info_command();
+        let request = RedisRequest::AtNode {
+            command: &command,
+            host: &primary.host,
+            port: primary.port,
+        };
+        let text: String = ask(redis, settings, request)
+            .await
+            .map_err(|reason| format!("primary {}: {reason}", primary.address()))?;
+        let facts =
+            judge(&parse_info(&text), settings).map_err(|reason| format!("primary {}: {reason}", primary.address()))?;
+        total.version = facts.version;
+        total.observed.policy = facts.observed.policy;
+        total.observed.full |= facts.observed.full;
+        total.used_memory = total.used_memory.saturating_add(facts.used_memory);
+        total.max_memory = total.max_memory.saturating_add(facts.max_memory);
+    }
+    let mut shape = Shape {
+        primaries: primaries.iter().map(|node| node.address()).collect(),
+        replicas: nodes
+            .iter()
+            .filter(|node| !node.primary && !node.failed)
+            .map(ClusterNode::address)
+            .collect(),
+    };
+    shape.primaries.sort();
+    shape.replicas.sort();
+    total.shape = shape;
+    Ok(total)
+}
+
+/// Whether one node's INFO says it can serve.
+fn judge(info: &HashMap<&str, &str>, settings: &ProbeSettings) -> Result<Facts, String> {
     let field = |name: &str| info.get(name).copied().unwrap_or_default();
     let number = |name: &str| field(name).parse::<u64>().unwrap_or(0);
     let observed = Observed {
@@ -321,25 +455,65 @@ async fn assess(redis: &Redis, settings: &ProbeSettings) -> Assessment {
         full: number("maxmemory") > 0 && number("used_memory") >= number("maxmemory"),
     };
     if field("role") != "master" {
-        Assessment::NotReady(format!(
+        Err(format!(
             "the node is a read-only replica (role:{}): writes would fail until a writable primary is reached",
             field("role")
         ))
     } else if field("loading") == "1" {
-        Assessment::NotReady("Redis is loading its dataset".to_owned())
+        Err("Redis is loading its dataset".to_owned())
     } else if settings.require_noeviction && observed.policy != "noeviction" {
-        Assessment::NotReady(format!(
+        Err(format!(
             "maxmemory-policy is {}, and --require-noeviction is set: Redis could evict locks and sessions",
             observed.policy
         ))
     } else {
-        Assessment::Ready(Facts {
+        Ok(Facts {
             version: field("redis_version").to_owned(),
             observed,
             used_memory: i64::try_from(number("used_memory")).unwrap_or(i64::MAX),
             max_memory: i64::try_from(number("maxmemory")).unwrap_or(i64::MAX),
+            shape: Shape::default(),
         })
     }
+}
+
+/// One line of CLUSTER NODES.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClusterNode {
+    host: String,
+    port: u16,
+    primary: bool,
+    failed: bool,
+    serves_slots: bool,
+}
+
+impl ClusterNode {
+    fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// `<id> <ip:port@cport[,hostname]> <flags> <primary> <ping> <pong> <epoch> <link> <slot>…`
+fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let address = fields.get(1)?.split(['@', ',']).next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            let flags = fields.get(2)?;
+            let failed = flags
+                .split(',')
+                .any(|flag| matches!(flag, "fail" | "fail?" | "noaddr" | "handshake"));
+            Some(ClusterNode {
+                host: host.to_owned(),
+                port: port.parse().ok()?,
+                primary: flags.split(',').any(|flag| flag == "master"),
+                failed,
+                serves_slots: fields.len() > 8,
+            })
+        })
+        .filter(|node| !node.host.is_empty() && node.port != 0)
+        .collect()
 }
 
 /// Logs what changed in Redis's configuration or memory since the last probe.

@@ -232,3 +232,19 @@ pub fn ttl_from_millis(millis: i64) -> Option<prost_types::Duration> {
         nanos: i32::try_from((millis % 1000) * 1_000_000).unwrap_or(0),
     })
 }
+
+/// The INVALID_ARGUMENT for an all-or-none request whose keys `first` and
+/// `other` (positions in the repeated `field`) live in different Redis Cluster
+/// slots: one slot is the most that one atomic Redis operation can change.
+pub fn cross_slot(field: &str, rpc: &str, keys: &[&str], first: usize, other: usize) -> Error {
+    Error::invalid(
+        field,
+        format!(
+            "{field}[{first}] {:?} and {field}[{other}] {:?} live in different Redis Cluster slots, and {rpc} \
+             is all-or-none only within one slot: give every key the same hash tag, such as {{order:42}}:a and \
+             {{order:42}}:b (a key with a {{…}} section hashes on that section alone)",
+            keys.get(first).copied().unwrap_or_default(),
+            keys.get(other).copied().unwrap_or_default(),
+        ),
+    )
+}

@@ -14,7 +14,7 @@ use crate::{
         tls::{over_tls, plaintext},
     },
     cache::{self, CacheApi, CacheStore},
-    config::{Config, MESSAGE_OVERHEAD_BYTES},
+    config::{Config, MESSAGE_OVERHEAD_BYTES, RedisMode},
     error::StartError,
     health::{ProbeSettings, health_service, probe_redis},
     lock::{self, LockApi, LockSettings, LockStore, ReleaseNotices, listen_for_releases},
@@ -25,8 +25,11 @@ use crate::{
     },
     ratelimit::{self, RateLimitApi, RateLimitSettings, RateLimitStore},
     redis::{
-        Backoff, ConnectSettings, Endpoint, Keys, LuaScript, Redis, embedded::EmbeddedRedis, epoch, epoch::DataEpoch,
-        redacted,
+        Backoff, ConnectSettings, Endpoint, Keys, LuaScript, Redis, RedisSettings, Topology,
+        embedded::EmbeddedRedis,
+        epoch,
+        epoch::DataEpoch,
+        topology::{Cluster, Sentinels, watch_failovers},
     },
     request::Limits,
     session::{self, SessionApi, SessionSettings, SessionStore},
@@ -126,19 +129,22 @@ pub async fn run_until_signals(
     config: Config,
     signals: impl Stream<Item = ()>,
 ) -> Result<(), StartError> {
-    let (url, embedded) = match &config.redis_url {
-        Some(url) => (url.clone(), None),
-        None => {
+    let embedded = match config.redis_mode() {
+        RedisMode::Development => {
             let redis = EmbeddedRedis::start().await?;
             warn!(
                 port = redis.port(),
                 "no REDIS_URL set: started a private, non-persistent redis-server for DEVELOPMENT ONLY; \
                  everything is lost when cachelock stops. Set REDIS_URL in production"
             );
-            (redis.url(), Some(redis))
+            Some(redis)
         }
+        _ => None,
     };
-    let result = serve(listeners, &config, &url, signals).await;
+    let result = match topology(&config, embedded.as_ref()) {
+        Ok(topology) => serve(listeners, &config, topology, signals).await,
+        Err(error) => Err(error),
+    };
     if let Some(redis) = embedded {
         redis.stop().await;
         info!("stopped the development redis-server");
@@ -179,10 +185,52 @@ impl Drop for Background {
     }
 }
 
+/// Where Redis is, from the configuration (`embedded`: the development redis-server).
+fn topology(config: &Config, embedded: Option<&EmbeddedRedis>) -> Result<Topology, StartError> {
+    let settings = ConnectSettings {
+        ca_file: config.redis_ca_file.clone(),
+        keepalive: config.redis_keepalive,
+        connect_timeout: config.connect_timeout,
+    };
+    let username = config.redis_username.as_deref();
+    let password = config.redis_password.as_deref();
+    let with_login = |endpoint: Endpoint| match (username, password) {
+        (None, None) => endpoint,
+        _ => {
+            let db = endpoint.db();
+            endpoint.with_login(username, password, db)
+        }
+    };
+    Ok(match config.redis_mode() {
+        RedisMode::Development => {
+            let url = embedded
+                .map(EmbeddedRedis::url)
+                .ok_or_else(|| StartError::EmbeddedRedis("the development redis-server is not running".to_owned()))?;
+            Topology::Standalone(Endpoint::from_url(&url, &settings)?)
+        }
+        RedisMode::Standalone(url) => Topology::Standalone(with_login(Endpoint::from_url(url, &settings)?)),
+        RedisMode::Cluster(nodes) => Topology::Cluster(Arc::new(Cluster::new(nodes, &settings, username, password)?)),
+        RedisMode::Sentinel { nodes, master } => {
+            let sentinels = nodes
+                .iter()
+                .map(|url| Endpoint::from_url(url, &settings))
+                .collect::<Result<Vec<_>, _>>()?;
+            let db = sentinels.first().map_or(0, Endpoint::db);
+            Topology::Sentinel(Arc::new(Sentinels::new(
+                sentinels,
+                master.to_owned(),
+                username,
+                password,
+                db,
+            )?))
+        }
+    })
+}
+
 async fn serve(
     listeners: Listeners,
     config: &Config,
-    url: &str,
+    topology: Topology,
     signals: impl Stream<Item = ()>,
 ) -> Result<(), StartError> {
     let address = |listener: &TcpListener| {
@@ -193,19 +241,11 @@ async fn serve(
     info!(
         listen = %address(&listeners.grpc),
         metrics = %listeners.metrics.as_ref().map_or_else(|| "off".to_owned(), address),
-        redis = %redacted(url),
+        redis = %topology.describe(),
         "cachelock starting"
     );
 
     // Everything that can fail comes first, so that nothing is left running on an early return.
-    let endpoint = Endpoint::from_url(
-        url,
-        &ConnectSettings {
-            ca_file: config.redis_ca_file.clone(),
-            keepalive: config.redis_keepalive,
-            connect_timeout: config.connect_timeout,
-        },
-    )?;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -256,7 +296,16 @@ async fn serve(
         max: config.reconnect_max_backoff,
     };
     let epoch = DataEpoch::new(keys.epoch(), config.lock_max_ttl);
-    let redis = Redis::start(endpoint.clone(), &all_scripts(), backoff, epoch.clone(), meter.clone());
+    let redis = Redis::start(
+        RedisSettings {
+            topology: topology.clone(),
+            scripts: all_scripts(),
+            backoff,
+            epoch: epoch.clone(),
+            blocking: config.lock_min_replicas > 0,
+        },
+        meter.clone(),
+    );
     let (draining_tx, draining_rx) = watch::channel(false);
     let (health, health_server) = health_service(
         SERVICE_NAMES,
@@ -282,11 +331,15 @@ async fn serve(
         meter.clone(),
     ));
     background.spawn(listen_for_releases(
-        endpoint,
+        topology.clone(),
         keys.lock_released_pattern(),
         release_notices.clone(),
         backoff,
+        redis.failovers().subscribe(),
     ));
+    if let Topology::Sentinel(sentinels) = &topology {
+        background.spawn(watch_failovers(sentinels.clone(), redis.failovers(), backoff));
+    }
     if tls.is_some() || auth_file.is_some() {
         background.spawn(reload_on_change(tls.clone(), auth_file));
     }
@@ -314,7 +367,7 @@ async fn serve(
     .max_decoding_message_size(requests)
     .max_encoding_message_size(responses);
     let lock = LockServiceServer::new(LockApi::new(
-        LockStore::new(redis.clone(), config.lock_fence_retention),
+        LockStore::new(redis.clone(), config.lock_fence_retention, config.lock_min_replicas),
         meter.clone(),
         release_notices,
         epoch,

@@ -8,7 +8,7 @@ use cachelock::pb::cache::{
     DeleteRequest, ExpireRequest, GetManyRequest, GetRequest, IncrementRequest, SetCondition, SetEntry, SetManyRequest,
     SetRequest, TakeRequest,
 };
-use common::{as_millis, assert_invalid, millis, redis_and_service};
+use common::{Backend, as_millis, assert_invalid, millis};
 use redis::AsyncCommands;
 use tonic::Code;
 
@@ -25,9 +25,8 @@ fn get(key: &str) -> GetRequest {
     GetRequest { key: key.to_owned() }
 }
 
-#[tokio::test]
-async fn get_misses_then_hits_with_the_remaining_ttl() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn get_misses_then_hits_with_the_remaining_ttl(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut cache = service.cache();
 
     let miss = cache.get(get("greeting")).await.unwrap().into_inner();
@@ -49,9 +48,8 @@ async fn get_misses_then_hits_with_the_remaining_ttl() {
     assert!(ttl > 55_000 && ttl <= 60_000, "ttl {ttl} ms");
 }
 
-#[tokio::test]
-async fn values_expire_after_their_ttl() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn values_expire_after_their_ttl(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut cache = service.cache();
 
     cache
@@ -66,9 +64,8 @@ async fn values_expire_after_their_ttl() {
     assert!(!cache.get(get("short")).await.unwrap().into_inner().found);
 }
 
-#[tokio::test]
-async fn a_write_without_ttl_gets_the_default() {
-    let (_redis, service) = redis_and_service(&["--default-ttl", "90s"]).await;
+async fn a_write_without_ttl_gets_the_default(backend: Backend) {
+    let service = backend.service(&["--default-ttl", "90s"]).await;
     let mut cache = service.cache();
 
     cache.set(set("k", b"v", None, SetCondition::Always)).await.unwrap();
@@ -76,9 +73,8 @@ async fn a_write_without_ttl_gets_the_default() {
     assert!(ttl > 85_000 && ttl <= 90_000, "ttl {ttl} ms");
 }
 
-#[tokio::test]
-async fn set_conditions_decide_whether_to_store() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn set_conditions_decide_whether_to_store(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut cache = service.cache();
 
     let present_on_missing = cache
@@ -123,9 +119,8 @@ async fn set_conditions_decide_whether_to_store() {
     assert_eq!(cache.get(get("k")).await.unwrap().into_inner().value, b"four");
 }
 
-#[tokio::test]
-async fn take_returns_the_value_once() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn take_returns_the_value_once(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut cache = service.cache();
     cache
         .set(set("otp", b"123456", None, SetCondition::Always))
@@ -149,9 +144,8 @@ async fn take_returns_the_value_once() {
     assert!(!cache.get(get("otp")).await.unwrap().into_inner().found);
 }
 
-#[tokio::test]
-async fn concurrent_takes_hand_the_value_to_exactly_one_caller() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn concurrent_takes_hand_the_value_to_exactly_one_caller(backend: Backend) {
+    let service = backend.service(&[]).await;
     service
         .cache()
         .set(set("token", b"t", None, SetCondition::Always))
@@ -182,9 +176,8 @@ async fn concurrent_takes_hand_the_value_to_exactly_one_caller() {
     assert_eq!(winners, 1);
 }
 
-#[tokio::test]
-async fn increment_creates_with_ttl_and_adds_signed_deltas() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn increment_creates_with_ttl_and_adds_signed_deltas(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut cache = service.cache();
     let increment = |delta: i64, ttl_ms: Option<i64>| IncrementRequest {
         key: "hits".to_owned(),
@@ -222,9 +215,8 @@ async fn increment_creates_with_ttl_and_adds_signed_deltas() {
     assert!(ttl > 25_000 && ttl <= 30_000, "ttl {ttl} ms");
 }
 
-#[tokio::test]
-async fn increment_is_exact_across_the_whole_64_bit_range() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn increment_is_exact_across_the_whole_64_bit_range(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut cache = service.cache();
     // Above 2^53 a Lua number (a double) cannot hold every integer: the answer must still be exact.
     for start in [
@@ -252,9 +244,8 @@ async fn increment_is_exact_across_the_whole_64_bit_range() {
     }
 }
 
-#[tokio::test]
-async fn increment_refuses_a_value_that_is_not_a_counter() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn increment_refuses_a_value_that_is_not_a_counter(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut cache = service.cache();
     cache
         .set(set("name", b"alice", None, SetCondition::Always))
@@ -292,26 +283,26 @@ async fn increment_refuses_a_value_that_is_not_a_counter() {
     assert!(overflow.message().contains("overflow"), "{}", overflow.message());
 }
 
-#[tokio::test]
-async fn get_many_and_set_many_handle_mixed_keys_in_order() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn get_many_and_set_many_handle_mixed_keys_in_order(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut cache = service.cache();
 
     let stored = cache
         .set_many(SetManyRequest {
             entries: vec![
+                // One hash tag: on a Cluster, SetMany is all-or-none within one slot.
                 SetEntry {
-                    key: "a".to_owned(),
+                    key: "{order}a".to_owned(),
                     value: b"1".to_vec(),
                     ttl: Some(millis(10_000)),
                 },
                 SetEntry {
-                    key: "b".to_owned(),
+                    key: "{order}b".to_owned(),
                     value: b"2".to_vec(),
                     ttl: None,
                 },
                 SetEntry {
-                    key: "a".to_owned(),
+                    key: "{order}a".to_owned(),
                     value: b"1 again".to_vec(),
                     ttl: Some(millis(20_000)),
                 },
@@ -322,7 +313,10 @@ async fn get_many_and_set_many_handle_mixed_keys_in_order() {
         .into_inner();
     assert_eq!(stored.stored, 3);
 
-    let keys = ["b", "missing", "a", "b"].map(str::to_owned).to_vec();
+    // Keys in several slots: on a Cluster, read slot by slot and answered in order.
+    let keys = ["{order}b", "missing", "{order}a", "{order}b"]
+        .map(str::to_owned)
+        .to_vec();
     let entries = cache
         .get_many(GetManyRequest { keys: keys.clone() })
         .await
@@ -336,10 +330,10 @@ async fn get_many_and_set_many_handle_mixed_keys_in_order() {
     assert_eq!(
         seen,
         vec![
-            ("b", true, &b"2"[..]),
+            ("{order}b", true, &b"2"[..]),
             ("missing", false, &b""[..]),
-            ("a", true, &b"1 again"[..]),
-            ("b", true, &b"2"[..]),
+            ("{order}a", true, &b"1 again"[..]),
+            ("{order}b", true, &b"2"[..]),
         ]
     );
     let a_ttl = as_millis(entries[2].ttl.as_ref().expect("a ttl"));
@@ -357,9 +351,8 @@ async fn get_many_and_set_many_handle_mixed_keys_in_order() {
     assert!(empty.entries.is_empty());
 }
 
-#[tokio::test]
-async fn delete_counts_the_keys_that_existed() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn delete_counts_the_keys_that_existed(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut cache = service.cache();
     for key in ["x", "y"] {
         cache.set(set(key, b"v", None, SetCondition::Always)).await.unwrap();
@@ -385,9 +378,8 @@ async fn delete_counts_the_keys_that_existed() {
     assert_eq!(again.deleted, 0);
 }
 
-#[tokio::test]
-async fn expire_sets_a_new_ttl_on_existing_keys_only() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn expire_sets_a_new_ttl_on_existing_keys_only(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut cache = service.cache();
     cache
         .set(set("k", b"v", Some(600_000), SetCondition::Always))
@@ -417,37 +409,36 @@ async fn expire_sets_a_new_ttl_on_existing_keys_only() {
     assert!(!missing.found);
 }
 
-#[tokio::test]
-async fn keys_live_under_the_prefix_inside_a_hash_tag() {
-    let (redis, service) = redis_and_service(&["--key-prefix", "tenant7"]).await;
+async fn keys_live_under_the_prefix_inside_a_hash_tag(backend: Backend) {
+    let service = backend.service(&[]).await;
     service
         .cache()
         .set(set("user:42", b"v", None, SetCondition::Always))
         .await
         .unwrap();
 
-    let mut direct = redis.connection().await;
+    let mut direct = backend.connection().await;
     let tag = cachelock::redis::keys::slot_tag("user:42");
     let value: Option<Vec<u8>> = direct
-        .get(format!("tenant7:default:cache:{{{tag}}}:user:42"))
+        .get(format!("{}:default:cache:{{{tag}}}:user:42", backend.prefix()))
         .await
         .unwrap();
     assert_eq!(value.as_deref(), Some(&b"v"[..]));
 }
 
-#[tokio::test]
-async fn bad_inputs_are_refused_naming_the_field() {
-    let (_redis, service) = redis_and_service(&[
-        "--max-key-bytes",
-        "8",
-        "--max-value-bytes",
-        "16",
-        "--max-batch",
-        "3",
-        "--max-ttl",
-        "1h",
-    ])
-    .await;
+async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
+    let service = backend
+        .service(&[
+            "--max-key-bytes",
+            "8",
+            "--max-value-bytes",
+            "16",
+            "--max-batch",
+            "3",
+            "--max-ttl",
+            "1h",
+        ])
+        .await;
     let mut cache = service.cache();
 
     assert_invalid(cache.get(get("")).await.unwrap_err(), "key");
@@ -563,3 +554,20 @@ async fn bad_inputs_are_refused_naming_the_field() {
             .stored
     );
 }
+
+in_every_mode!(
+    get_misses_then_hits_with_the_remaining_ttl,
+    values_expire_after_their_ttl,
+    a_write_without_ttl_gets_the_default,
+    set_conditions_decide_whether_to_store,
+    take_returns_the_value_once,
+    concurrent_takes_hand_the_value_to_exactly_one_caller,
+    increment_creates_with_ttl_and_adds_signed_deltas,
+    increment_is_exact_across_the_whole_64_bit_range,
+    increment_refuses_a_value_that_is_not_a_counter,
+    get_many_and_set_many_handle_mixed_keys_in_order,
+    delete_counts_the_keys_that_existed,
+    expire_sets_a_new_ttl_on_existing_keys_only,
+    keys_live_under_the_prefix_inside_a_hash_tag,
+    bad_inputs_are_refused_naming_the_field,
+);

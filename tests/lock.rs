@@ -9,7 +9,7 @@ use cachelock::pb::lock::{
     AcquireRequest, AcquireResponse, DescribeRequest, ExtendRequest, ReleaseRequest,
     lock_service_client::LockServiceClient,
 };
-use common::{PATIENCE, TestRedis, TestService, assert_invalid, millis, redis_and_service};
+use common::{Backend, PATIENCE, TestRedis, TestService, assert_invalid, millis, redis_and_service};
 use redis::AsyncCommands;
 use tonic::{Code, transport::Channel};
 
@@ -41,32 +41,29 @@ async fn release(client: &mut LockServiceClient<Channel>, name: &str, token: &st
         .map(|_| ())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn contending_workers_never_overlap_and_fencing_tokens_increase_in_grant_order() {
-    let (redis, service) = redis_and_service(&[]).await;
+async fn contending_workers_never_overlap_and_fencing_tokens_increase_in_grant_order(backend: Backend) {
+    let service = backend.service(&[]).await;
     let workers = 16;
     let rounds = 50;
 
+    // The protected resource: a counter updated by read-then-write, which
+    // loses updates unless the lock keeps workers apart.
+    let counter = format!("{}:resource:counter", backend.prefix());
+    let direct = backend.connection().await;
     let tasks: Vec<_> = (0..workers)
         .map(|worker| {
             let mut client = locks(&service);
-            let redis_url = redis.url();
+            let mut resource = direct.clone();
+            let counter = counter.clone();
             tokio::spawn(async move {
-                // The protected resource: a counter updated by read-then-write, which
-                // loses updates unless the lock keeps workers apart.
-                let mut resource = redis::Client::open(redis_url)
-                    .unwrap()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap();
                 let mut grants = Vec::new();
                 for _ in 0..rounds {
                     let mut request = acquire("counter", 10_000, 30_000);
                     request.owner = format!("worker-{worker}");
                     let grant = take(&mut client, request).await;
                     assert!(grant.acquired, "a waiting acquire within 30 s");
-                    let seen: i64 = resource.get("resource:counter").await.unwrap_or(0);
-                    let _: () = resource.set("resource:counter", seen + 1).await.unwrap();
+                    let seen: i64 = resource.get(&counter).await.unwrap_or(0);
+                    let _: () = resource.set(&counter, seen + 1).await.unwrap();
                     grants.push((seen, grant.fencing_token));
                     release(&mut client, "counter", &grant.token).await.unwrap();
                 }
@@ -79,8 +76,8 @@ async fn contending_workers_never_overlap_and_fencing_tokens_increase_in_grant_o
         grants.extend(task.await.unwrap());
     }
 
-    let mut direct = redis.connection().await;
-    let total: i64 = direct.get("resource:counter").await.unwrap();
+    let mut direct = direct;
+    let total: i64 = direct.get(&counter).await.unwrap();
     assert_eq!(total, workers * rounds);
     // The value each holder read orders the grants; their fencing tokens follow that order.
     grants.sort_unstable();
@@ -91,9 +88,8 @@ async fn contending_workers_never_overlap_and_fencing_tokens_increase_in_grant_o
     }
 }
 
-#[tokio::test]
-async fn an_expired_lease_is_lost_and_the_next_grant_fences_it_out() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn an_expired_lease_is_lost_and_the_next_grant_fences_it_out(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut client = locks(&service);
 
     let first = take(&mut client, acquire("job", 200, 0)).await;
@@ -127,9 +123,8 @@ async fn an_expired_lease_is_lost_and_the_next_grant_fences_it_out() {
     assert_eq!(described.fencing_token, second.fencing_token);
 }
 
-#[tokio::test]
-async fn extend_renews_the_lease_of_the_holder() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn extend_renews_the_lease_of_the_holder(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut client = locks(&service);
     let granted_at = Instant::now();
     let grant = take(&mut client, acquire("renewed", 1_000, 0)).await;
@@ -150,9 +145,8 @@ async fn extend_renews_the_lease_of_the_holder() {
     release(&mut client, "renewed", &grant.token).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_waiter_is_granted_promptly_after_release() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn a_waiter_is_granted_promptly_after_release(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut holder = locks(&service);
     let mut waiter = locks(&service);
     let held = take(&mut holder, acquire("busy", 60_000, 0)).await;
@@ -170,9 +164,8 @@ async fn a_waiter_is_granted_promptly_after_release() {
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
 
-#[tokio::test]
-async fn a_waiter_is_granted_when_the_holder_expires_without_releasing() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn a_waiter_is_granted_when_the_holder_expires_without_releasing(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut client = locks(&service);
     let held = take(&mut client, acquire("abandoned", 400, 0)).await;
 
@@ -191,9 +184,8 @@ async fn a_waiter_is_granted_when_the_holder_expires_without_releasing() {
     );
 }
 
-#[tokio::test]
-async fn a_waiter_whose_wait_runs_out_is_not_granted() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn a_waiter_whose_wait_runs_out_is_not_granted(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut client = locks(&service);
     let held = take(&mut client, acquire("long", 60_000, 0)).await;
 
@@ -212,9 +204,8 @@ async fn a_waiter_whose_wait_runs_out_is_not_granted() {
     release(&mut client, "long", &held.token).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_retry_with_the_same_request_id_gets_the_same_grant() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn a_retry_with_the_same_request_id_gets_the_same_grant(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut client = locks(&service);
     let with_id = |id: &str| {
         let mut request = acquire("charge:42", 10_000, 0);
@@ -242,9 +233,8 @@ async fn a_retry_with_the_same_request_id_gets_the_same_grant() {
     assert!(fresh.fencing_token > first.fencing_token);
 }
 
-#[tokio::test]
-async fn a_request_id_returns_the_grant_only_to_the_same_owner() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn a_request_id_returns_the_grant_only_to_the_same_owner(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut client = locks(&service);
     let mut mine = acquire("payout:7", 10_000, 0);
     mine.request_id = "retry-key".to_owned();
@@ -262,14 +252,13 @@ async fn a_request_id_returns_the_grant_only_to_the_same_owner() {
     assert_eq!(take(&mut client, mine).await.token, granted.token);
 }
 
-#[tokio::test]
-async fn lock_names_with_braces_keep_their_keys_in_one_slot() {
-    let (redis, service) = redis_and_service(&[]).await;
+async fn lock_names_with_braces_keep_their_keys_in_one_slot(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut client = locks(&service);
     for name in ["}", "{", "a}b{c", "{}", "{x}y"] {
         let grant = take(&mut client, acquire(name, 10_000, 0)).await;
         assert!(grant.acquired, "{name}");
-        let keys: Vec<String> = redis.command(&["KEYS", &format!("cachelock:*:lock*:{name}")]).await;
+        let keys = backend.keys(&format!("{}:*:lock*:{name}", backend.prefix())).await;
         // What Redis Cluster hashes: the text between the first `{` and the next `}`.
         let hashed: std::collections::HashSet<&str> = keys
             .iter()
@@ -312,9 +301,8 @@ async fn fencing_tokens_keep_increasing_after_redis_loses_its_data() {
     assert!(after.fencing_token > before.fencing_token);
 }
 
-#[tokio::test]
-async fn describe_shows_the_holder_but_never_the_token() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn describe_shows_the_holder_but_never_the_token(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut client = locks(&service);
     let describe = |name: &str| DescribeRequest { name: name.to_owned() };
 
@@ -342,9 +330,10 @@ async fn describe_shows_the_holder_but_never_the_token() {
     assert_eq!(released.fencing_token, grant.fencing_token, "the last token granted");
 }
 
-#[tokio::test]
-async fn bad_inputs_are_refused_naming_the_field() {
-    let (_redis, service) = redis_and_service(&["--lock-max-ttl", "1m", "--lock-max-wait", "10s"]).await;
+async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
+    let service = backend
+        .service(&["--lock-max-ttl", "1m", "--lock-max-wait", "10s"])
+        .await;
     let mut client = locks(&service);
     let bad = |change: &dyn Fn(&mut AcquireRequest)| {
         let mut request = acquire("ok", 1_000, 0);
@@ -431,3 +420,17 @@ async fn redis_down_gives_unavailable_within_the_deadline() {
     assert!(waited.is_err() || !waited.unwrap().into_inner().acquired);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+in_every_mode!(
+    contending_workers_never_overlap_and_fencing_tokens_increase_in_grant_order,
+    an_expired_lease_is_lost_and_the_next_grant_fences_it_out,
+    extend_renews_the_lease_of_the_holder,
+    a_waiter_is_granted_promptly_after_release,
+    a_waiter_is_granted_when_the_holder_expires_without_releasing,
+    a_waiter_whose_wait_runs_out_is_not_granted,
+    a_retry_with_the_same_request_id_gets_the_same_grant,
+    a_request_id_returns_the_grant_only_to_the_same_owner,
+    lock_names_with_braces_keep_their_keys_in_one_slot,
+    describe_shows_the_holder_but_never_the_token,
+    bad_inputs_are_refused_naming_the_field,
+);

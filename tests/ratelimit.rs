@@ -9,7 +9,7 @@ use cachelock::pb::ratelimit::{
     Algorithm, CheckManyRequest, CheckRequest, CheckResponse, Limit, OutagePolicy, ResetRequest,
     rate_limit_service_client::RateLimitServiceClient,
 };
-use common::{PATIENCE, TestRedis, TestService, assert_invalid, hung_redis, millis, redis_and_service};
+use common::{Backend, PATIENCE, TestRedis, TestService, assert_invalid, hung_redis, millis};
 use tonic::{Request, transport::Channel};
 
 /// Settings for tests of Redis's decisions: a budget so long that even a busy
@@ -58,9 +58,8 @@ async fn consume_until_denied(client: &mut RateLimitServiceClient<Channel>, requ
     panic!("{request:?} was never denied");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_checks_allow_exactly_the_limit_for_every_algorithm() {
-    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
+async fn concurrent_checks_allow_exactly_the_limit_for_every_algorithm(backend: Backend) {
+    let service = backend.service(DECIDED_BY_REDIS).await;
     // Several HTTP/2 connections, so requests really race in the service and in Redis.
     let clients: Vec<_> = (0..6).map(|_| ratelimit(&service)).collect();
 
@@ -96,9 +95,8 @@ async fn concurrent_checks_allow_exactly_the_limit_for_every_algorithm() {
     }
 }
 
-#[tokio::test]
-async fn a_denied_request_retried_after_retry_after_is_allowed() {
-    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
+async fn a_denied_request_retried_after_retry_after_is_allowed(backend: Backend) {
+    let service = backend.service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
 
     for algorithm in ALGORITHMS {
@@ -117,9 +115,8 @@ async fn a_denied_request_retried_after_retry_after_is_allowed() {
     }
 }
 
-#[tokio::test]
-async fn the_full_limit_is_back_after_reset_after() {
-    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
+async fn the_full_limit_is_back_after_reset_after(backend: Backend) {
+    let service = backend.service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
 
     for algorithm in ALGORITHMS {
@@ -136,9 +133,8 @@ async fn the_full_limit_is_back_after_reset_after() {
     }
 }
 
-#[tokio::test]
-async fn the_token_bucket_refills_one_token_per_interval() {
-    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
+async fn the_token_bucket_refills_one_token_per_interval(backend: Backend) {
+    let service = backend.service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
     // 10 per 5 seconds: a token every 500 ms, spaced wide enough that a busy
     // machine's scheduling delays between two calls cannot pass for a refill.
@@ -169,9 +165,8 @@ async fn the_token_bucket_refills_one_token_per_interval() {
     }
 }
 
-#[tokio::test]
-async fn the_fixed_window_starts_afresh_at_the_window_edge() {
-    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
+async fn the_fixed_window_starts_afresh_at_the_window_edge(backend: Backend) {
+    let service = backend.service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
     let request = || check("fixed", 3, 500, Algorithm::FixedWindow);
 
@@ -198,9 +193,8 @@ async fn the_fixed_window_starts_afresh_at_the_window_edge() {
     assert_eq!(fresh.remaining, 2, "the new window has its full limit");
 }
 
-#[tokio::test]
-async fn the_sliding_window_weighs_the_previous_window() {
-    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
+async fn the_sliding_window_weighs_the_previous_window(backend: Backend) {
+    let service = backend.service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
     let request = || check("sliding", 10, 2000, Algorithm::SlidingWindow);
 
@@ -227,9 +221,8 @@ async fn the_sliding_window_weighs_the_previous_window() {
     );
 }
 
-#[tokio::test]
-async fn cost_zero_reports_and_a_cost_above_the_limit_never_passes() {
-    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
+async fn cost_zero_reports_and_a_cost_above_the_limit_never_passes(backend: Backend) {
+    let service = backend.service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
 
     for algorithm in ALGORITHMS {
@@ -264,16 +257,16 @@ fn limit(key: &str, limit: u64, algorithm: Algorithm) -> Limit {
     }
 }
 
-#[tokio::test]
-async fn check_many_consumes_nothing_unless_every_limit_allows() {
-    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
+async fn check_many_consumes_nothing_unless_every_limit_allows(backend: Backend) {
+    let service = backend.service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
+    // One hash tag: on a Cluster, CheckMany is all-or-nothing within one slot.
 
     let both = client
         .check_many(CheckManyRequest {
             limits: vec![
-                limit("user:1", 10, Algorithm::TokenBucket),
-                limit("ip:1", 1, Algorithm::SlidingWindow),
+                limit("{user:1}", 10, Algorithm::TokenBucket),
+                limit("{user:1}:ip:1", 1, Algorithm::SlidingWindow),
             ],
             on_unavailable: 0,
         })
@@ -289,8 +282,8 @@ async fn check_many_consumes_nothing_unless_every_limit_allows() {
     let denied = client
         .check_many(CheckManyRequest {
             limits: vec![
-                limit("user:1", 10, Algorithm::TokenBucket),
-                limit("ip:1", 1, Algorithm::SlidingWindow),
+                limit("{user:1}", 10, Algorithm::TokenBucket),
+                limit("{user:1}:ip:1", 1, Algorithm::SlidingWindow),
             ],
             on_unavailable: 0,
         })
@@ -307,16 +300,14 @@ async fn check_many_consumes_nothing_unless_every_limit_allows() {
             .is_some_and(|retry| to_duration(&retry) > Duration::ZERO)
     );
 
-    let mut user_only = check("user:1", 10, 86_400_000, Algorithm::TokenBucket);
+    let mut user_only = check("{user:1}", 10, 86_400_000, Algorithm::TokenBucket);
     user_only.cost = Some(0);
     assert_eq!(ask(&mut client, user_only).await.remaining, 9);
 }
 
-#[tokio::test]
-async fn two_instances_on_one_redis_enforce_one_combined_limit() {
-    let redis = TestRedis::start().await;
-    let first = TestService::start(&redis.url(), DECIDED_BY_REDIS).await;
-    let second = TestService::start(&redis.url(), DECIDED_BY_REDIS).await;
+async fn two_instances_on_one_redis_enforce_one_combined_limit(backend: Backend) {
+    let first = backend.service(DECIDED_BY_REDIS).await;
+    let second = backend.service(DECIDED_BY_REDIS).await;
     let mut clients = [ratelimit(&first), ratelimit(&second)];
 
     for algorithm in ALGORITHMS {
@@ -334,9 +325,8 @@ async fn two_instances_on_one_redis_enforce_one_combined_limit() {
     }
 }
 
-#[tokio::test]
-async fn reset_makes_the_full_limit_available() {
-    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
+async fn reset_makes_the_full_limit_available(backend: Backend) {
+    let service = backend.service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
     for algorithm in ALGORITHMS {
         assert!(ask(&mut client, check("r", 1, 86_400_000, algorithm)).await.allowed);
@@ -386,9 +376,8 @@ fn reset(key: &str, limit: u64, period_ms: i64, algorithm: Algorithm) -> ResetRe
     }
 }
 
-#[tokio::test]
-async fn limits_of_different_size_on_one_key_keep_separate_state() {
-    let (_redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
+async fn limits_of_different_size_on_one_key_keep_separate_state(backend: Backend) {
+    let service = backend.service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
     for algorithm in ALGORITHMS {
         let key = format!("login-{}", algorithm.as_str_name());
@@ -414,19 +403,19 @@ async fn limits_of_different_size_on_one_key_keep_separate_state() {
     }
 }
 
-#[tokio::test]
-async fn idle_keys_expire_on_their_own() {
-    let (redis, service) = redis_and_service(DECIDED_BY_REDIS).await;
+async fn idle_keys_expire_on_their_own(backend: Backend) {
+    let service = backend.service(DECIDED_BY_REDIS).await;
     let mut client = ratelimit(&service);
-    let mut direct = redis.connection().await;
+    let mut direct = backend.connection().await;
 
     for (algorithm, suffix) in ALGORITHMS.into_iter().zip(["tb", "fw", "sw"]) {
         assert!(ask(&mut client, check("idle", 1, 500, algorithm)).await.allowed);
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("cachelock:default:ratelimit:*:{suffix}:1:500000:idle"))
-            .query_async(&mut direct)
-            .await
-            .unwrap();
+        let keys = backend
+            .keys(&format!(
+                "{}:default:ratelimit:*:{suffix}:1:500000:idle",
+                backend.prefix()
+            ))
+            .await;
         let ttl: i64 = match keys.first() {
             Some(key) => redis::cmd("PTTL").arg(key).query_async(&mut direct).await.unwrap(),
             None => -2,
@@ -439,11 +428,7 @@ async fn idle_keys_expire_on_their_own() {
     }
 
     tokio::time::sleep(Duration::from_millis(1050)).await;
-    let left: Vec<String> = redis::cmd("KEYS")
-        .arg("cachelock:default:ratelimit:*")
-        .query_async(&mut direct)
-        .await
-        .unwrap();
+    let left = backend.keys(&format!("{}:default:ratelimit:*", backend.prefix())).await;
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -560,9 +545,10 @@ async fn a_hung_redis_is_answered_by_the_policy_within_the_ratelimit_timeout() {
     assert!(answer.allowed && answer.decided_by_outage_policy);
 }
 
-#[tokio::test]
-async fn bad_inputs_are_refused_naming_the_field() {
-    let (_redis, service) = redis_and_service(&["--ratelimit-max-period", "2days", "--ratelimit-max-batch", "2"]).await;
+async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
+    let service = backend
+        .service(&["--ratelimit-max-period", "2days", "--ratelimit-max-batch", "2"])
+        .await;
     let mut client = ratelimit(&service);
     let good = || check("k", 10, 1000, Algorithm::TokenBucket);
     let bad = |change: &dyn Fn(&mut CheckRequest)| {
@@ -652,3 +638,19 @@ async fn bad_inputs_are_refused_naming_the_field() {
     assert!(fine.allowed);
     assert_eq!(fine.remaining, 9);
 }
+
+in_every_mode!(
+    two_instances_on_one_redis_enforce_one_combined_limit,
+    concurrent_checks_allow_exactly_the_limit_for_every_algorithm,
+    a_denied_request_retried_after_retry_after_is_allowed,
+    the_full_limit_is_back_after_reset_after,
+    the_token_bucket_refills_one_token_per_interval,
+    the_fixed_window_starts_afresh_at_the_window_edge,
+    the_sliding_window_weighs_the_previous_window,
+    cost_zero_reports_and_a_cost_above_the_limit_never_passes,
+    check_many_consumes_nothing_unless_every_limit_allows,
+    reset_makes_the_full_limit_available,
+    limits_of_different_size_on_one_key_keep_separate_state,
+    idle_keys_expire_on_their_own,
+    bad_inputs_are_refused_naming_the_field,
+);

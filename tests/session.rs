@@ -13,7 +13,7 @@ use cachelock::pb::session::{
     ClientMetadata, CreateRequest, DeleteRequest, DeleteUserSessionsRequest, GetRequest, ListUserSessionsRequest,
     RotateRequest, Session, TouchRequest, UpdateRequest, session_service_client::SessionServiceClient,
 };
-use common::{PATIENCE, TestRedis, TestService, assert_invalid, millis, redis_and_service};
+use common::{Backend, PATIENCE, TestRedis, TestService, assert_invalid, millis};
 use tonic::{Code, transport::Channel};
 
 fn sessions(service: &TestService) -> SessionServiceClient<Channel> {
@@ -66,9 +66,8 @@ async fn sleep_past(timestamp: &prost_types::Timestamp) {
     tokio::time::sleep(wait + Duration::from_millis(60)).await;
 }
 
-#[tokio::test]
-async fn a_session_lives_from_create_through_rotate_to_delete() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn a_session_lives_from_create_through_rotate_to_delete(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut client = sessions(&service);
 
     let created = start(&mut client, create("alice", None, None)).await;
@@ -167,9 +166,8 @@ async fn a_session_lives_from_create_through_rotate_to_delete() {
     assert_eq!(again.code(), Code::NotFound);
 }
 
-#[tokio::test]
-async fn an_untouched_session_expires_after_its_idle_timeout() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn an_untouched_session_expires_after_its_idle_timeout(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut client = sessions(&service);
     let session = start(&mut client, create("bob", Some(300), Some(60_000))).await;
 
@@ -180,9 +178,8 @@ async fn an_untouched_session_expires_after_its_idle_timeout() {
     );
 }
 
-#[tokio::test]
-async fn touches_slide_the_idle_expiry() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn touches_slide_the_idle_expiry(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut client = sessions(&service);
     // Seconds of slack everywhere: a loaded machine may stall a step for a while.
     let session = start(&mut client, create("carol", Some(4_000), Some(60_000))).await;
@@ -203,9 +200,8 @@ async fn touches_slide_the_idle_expiry() {
         .expect("alive past the first idle expiry");
 }
 
-#[tokio::test]
-async fn touches_never_slide_past_the_absolute_expiry() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn touches_never_slide_past_the_absolute_expiry(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut client = sessions(&service);
     let session = start(&mut client, create("carol", Some(4_000), Some(5_000))).await;
     let absolute = system_time(session.absolute_expires_at.as_ref().unwrap());
@@ -224,9 +220,8 @@ async fn touches_never_slide_past_the_absolute_expiry() {
     );
 }
 
-#[tokio::test]
-async fn listing_shows_exactly_the_live_sessions_newest_first() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn listing_shows_exactly_the_live_sessions_newest_first(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut client = sessions(&service);
 
     let short = start(&mut client, create("dave", Some(200), Some(200))).await;
@@ -308,9 +303,8 @@ async fn listing_shows_exactly_the_live_sessions_newest_first() {
     assert!(list(&mut client).await.is_empty());
 }
 
-#[tokio::test]
-async fn a_user_over_the_session_limit_loses_the_least_recently_used_sessions() {
-    let (_redis, service) = redis_and_service(&["--session-max-per-user", "3"]).await;
+async fn a_user_over_the_session_limit_loses_the_least_recently_used_sessions(backend: Backend) {
+    let service = backend.service(&["--session-max-per-user", "3"]).await;
     let mut client = sessions(&service);
     let mut created = Vec::new();
     for _ in 0..3 {
@@ -342,10 +336,9 @@ async fn a_user_over_the_session_limit_loses_the_least_recently_used_sessions() 
     assert_eq!(listed.len(), 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logging_out_everywhere_ends_thousands_of_sessions_and_leaves_no_index_entry() {
+async fn logging_out_everywhere_ends_thousands_of_sessions_and_leaves_no_index_entry(backend: Backend) {
     // Above ~8,000 entries a single Lua unpack() fails: this must work in batches.
-    let (redis, service) = redis_and_service(&["--session-max-per-user", "10000"]).await;
+    let service = backend.service(&["--session-max-per-user", "10000"]).await;
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let mut client = sessions(&service);
@@ -372,13 +365,12 @@ async fn logging_out_everywhere_ends_thousands_of_sessions_and_leaves_no_index_e
         .unwrap()
         .into_inner();
     assert_eq!(ended.deleted, 9_000);
-    let left: Vec<String> = redis.command(&["KEYS", "cachelock:*:session*"]).await;
+    let left = backend.keys(&format!("{}:*:session*", backend.prefix())).await;
     assert!(left.is_empty(), "{} keys left", left.len());
 }
 
-#[tokio::test]
-async fn a_malformed_except_id_ends_nothing() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn a_malformed_except_id_ends_nothing(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut client = sessions(&service);
     let mine = start(&mut client, create("hal", None, None)).await;
     let theirs = start(&mut client, create("ida", None, None)).await;
@@ -397,9 +389,8 @@ async fn a_malformed_except_id_ends_nothing() {
     get(&mut client, &mine.id, false).await.expect("nothing was ended");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn of_concurrent_updates_expecting_one_version_exactly_one_wins() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn of_concurrent_updates_expecting_one_version_exactly_one_wins(backend: Backend) {
+    let service = backend.service(&[]).await;
     let mut client = sessions(&service);
     let session = start(&mut client, create("frank", None, None)).await;
 
@@ -432,9 +423,8 @@ async fn of_concurrent_updates_expecting_one_version_exactly_one_wins() {
     assert_eq!(now.attributes["writer"], won[0].attributes["writer"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_ids_are_distinct_and_carry_128_random_bits() {
-    let (_redis, service) = redis_and_service(&[]).await;
+async fn ten_thousand_ids_are_distinct_and_carry_128_random_bits(backend: Backend) {
+    let service = backend.service(&[]).await;
     let tasks: Vec<_> = (0..8)
         .map(|worker| {
             let mut client = sessions(&service);
@@ -461,19 +451,19 @@ async fn ten_thousand_ids_are_distinct_and_carry_128_random_bits() {
     assert_eq!(ids.len(), 10_000);
 }
 
-#[tokio::test]
-async fn bad_inputs_are_refused_naming_the_field() {
-    let (_redis, service) = redis_and_service(&[
-        "--session-max-attributes",
-        "3",
-        "--session-max-attribute-bytes",
-        "10",
-        "--session-max-lifetime",
-        "1h",
-        "--max-key-bytes",
-        "16",
-    ])
-    .await;
+async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
+    let service = backend
+        .service(&[
+            "--session-max-attributes",
+            "3",
+            "--session-max-attribute-bytes",
+            "10",
+            "--session-max-lifetime",
+            "1h",
+            "--max-key-bytes",
+            "16",
+        ])
+        .await;
     let mut client = sessions(&service);
     let bad = |change: &dyn Fn(&mut CreateRequest)| {
         let mut request = create("gina", None, Some(3_600_000));
@@ -590,3 +580,17 @@ async fn redis_down_gives_unavailable_within_the_deadline() {
         "{created:?}"
     );
 }
+
+in_every_mode!(
+    ten_thousand_ids_are_distinct_and_carry_128_random_bits,
+    of_concurrent_updates_expecting_one_version_exactly_one_wins,
+    logging_out_everywhere_ends_thousands_of_sessions_and_leaves_no_index_entry,
+    a_session_lives_from_create_through_rotate_to_delete,
+    an_untouched_session_expires_after_its_idle_timeout,
+    touches_slide_the_idle_expiry,
+    touches_never_slide_past_the_absolute_expiry,
+    listing_shows_exactly_the_live_sessions_newest_first,
+    a_user_over_the_session_limit_loses_the_least_recently_used_sessions,
+    a_malformed_except_id_ends_nothing,
+    bad_inputs_are_refused_naming_the_field,
+);

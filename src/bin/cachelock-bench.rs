@@ -366,8 +366,10 @@ impl Clients {
                     .arg(RATE_LIMIT)
                     .arg(RATE_PERIOD_MICROS)
                     .arg(1);
+                // The service loaded the script into this Redis when it connected.
                 invocation
-                    .invoke_async::<Vec<(i64, i64, i64, i64)>>(&mut conn)
+                    .evalsha()
+                    .query_async::<Vec<(i64, i64, i64, i64)>>(&mut conn)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())

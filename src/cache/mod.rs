@@ -17,7 +17,7 @@ use crate::{
         GetRequest, GetResponse, IncrementRequest, IncrementResponse, SetCondition, SetManyRequest, SetManyResponse,
         SetRequest, SetResponse, TakeRequest, TakeResponse, cache_service_server::CacheService,
     },
-    request::{Limits, deadline, ttl_from_millis},
+    request::{Limits, cross_slot, deadline, ttl_from_millis},
     telemetry::{Meter, Metrics},
 };
 
@@ -171,6 +171,10 @@ impl CacheService for CacheApi {
                 value: &entry.value,
                 ttl,
             });
+        }
+        let keys: Vec<&str> = entries.iter().map(|entry| entry.key).collect();
+        if let Some((first, other)) = self.store.cross_slot(&space, &keys) {
+            return Err(cross_slot("entries", "SetMany", &keys, first, other).into());
         }
         if !entries.is_empty() {
             self.store.set_many(&space, &entries, deadline).await?;

@@ -3,6 +3,7 @@
 //! job, because a Lua script copies every value it touches twice (into Lua and
 //! back out), which makes bulk reads and writes several times slower for Redis.
 
+use futures_util::future::try_join_all;
 use redis::Value;
 use tokio::time::Instant;
 
@@ -82,7 +83,8 @@ impl CacheStore {
     /// receive.
     ///
     /// The values come from one MGET, a consistent snapshot; each ttl is read a
-    /// moment later in the same round trip.
+    /// moment later in the same round trip. On a Cluster there is one such
+    /// round trip per slot, all at once, and the snapshot is per slot.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
@@ -95,21 +97,54 @@ impl CacheStore {
         deadline: Instant,
     ) -> Result<Result<Vec<Option<Stored>>, u64>, Error> {
         let redis_keys: Vec<String> = keys.iter().map(|key| space.cache(key)).collect();
+        let groups = self.redis.group_by_slot(&redis_keys);
         if keys.len().saturating_mul(max_value_bytes) > value_budget {
-            let mut sizes = redis::pipe();
-            for key in &redis_keys {
-                sizes.cmd("STRLEN").arg(key);
-            }
-            let sizes: Vec<u64> = self.redis.run(Op::read("cache_sizes"), deadline, &sizes).await?;
+            let sizes = try_join_all(groups.iter().map(|group| {
+                let mut sizes = redis::pipe();
+                for &index in group {
+                    sizes.cmd("STRLEN").arg(&redis_keys[index]);
+                }
+                async move {
+                    let sizes: Vec<u64> = self.redis.run(Op::read("cache_sizes"), deadline, &sizes).await?;
+                    Ok::<u64, Error>(sizes.iter().sum())
+                }
+            }))
+            .await?;
             let total: u64 = sizes.iter().sum();
             if total > value_budget as u64 {
                 return Ok(Err(total));
             }
         }
+        let replies = try_join_all(groups.iter().map(|group| self.read_group(&redis_keys, group, deadline))).await?;
+        let mut answers: Vec<Option<Stored>> = vec![None; keys.len()];
+        for (group, reply) in groups.iter().zip(replies) {
+            for (&index, answer) in group.iter().zip(reply) {
+                answers[index] = answer;
+            }
+        }
+        // A value that grew between the sizes and the read (a concurrent write) can
+        // still push the reply past the budget: it is refused rather than sent.
+        let total: u64 = answers.iter().flatten().map(|stored| stored.value.len() as u64).sum();
+        if total > value_budget as u64 {
+            return Ok(Err(total));
+        }
+        Ok(Ok(answers))
+    }
+
+    /// Reads the keys at `indices` of `redis_keys` (all in one slot) in one round trip.
+    async fn read_group(
+        &self,
+        redis_keys: &[String],
+        indices: &[usize],
+        deadline: Instant,
+    ) -> Result<Vec<Option<Stored>>, Error> {
         let mut read = redis::pipe();
-        read.cmd("MGET").arg(&redis_keys);
-        for key in &redis_keys {
-            read.cmd("PTTL").arg(key);
+        let mget = read.cmd("MGET");
+        for &index in indices {
+            mget.arg(&redis_keys[index]);
+        }
+        for &index in indices {
+            read.cmd("PTTL").arg(&redis_keys[index]);
         }
         let mut replies: Vec<redis::Value> = self.redis.run(Op::read("cache_get_many"), deadline, &read).await?;
         let ttls: Vec<i64> = redis::from_redis_value(redis::Value::Array(replies.split_off(1)))
@@ -120,17 +155,11 @@ impl CacheStore {
             }
             None => return Err(Error::Internal("no MGET reply".to_owned())),
         };
-        // A value that grew between the sizes and the read (a concurrent write) can
-        // still push the reply past the budget: it is refused rather than sent.
-        let total: u64 = values.iter().flatten().map(|value| value.len() as u64).sum();
-        if total > value_budget as u64 {
-            return Ok(Err(total));
-        }
-        Ok(Ok(values
+        Ok(values
             .into_iter()
             .zip(ttls)
             .map(|(value, ttl_millis)| stored((value, ttl_millis)))
-            .collect()))
+            .collect())
     }
 
     /// Writes one entry if `condition` holds; returns whether it wrote.
@@ -168,7 +197,8 @@ impl CacheStore {
 
     /// Writes every entry, atomically: one MULTI/EXEC transaction. A full Redis
     /// refuses each SET as it is queued and then the whole EXEC, so either every
-    /// entry is written or none is.
+    /// entry is written or none is. On a Cluster every key must be in one slot
+    /// (see [`CacheStore::cross_slot`]).
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`]; a full Redis as [`Error::OutOfMemory`],
@@ -192,18 +222,36 @@ impl CacheStore {
         Ok(())
     }
 
-    /// Deletes keys; returns how many existed.
+    /// Deletes keys; returns how many existed. On a Cluster, one UNLINK per slot,
+    /// all at once: when one fails, the others may still have deleted theirs.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`]. Not repeated after a lost
     /// connection, since a repetition would count zero.
     pub async fn delete(&self, space: &KeySpace, keys: &[String], deadline: Instant) -> Result<u64, Error> {
-        // UNLINK frees large values off Redis's main thread; it counts like DEL.
-        let mut command = redis::cmd("UNLINK");
-        for key in keys {
-            command.arg(space.cache(key));
-        }
-        self.redis.run(Op::write("cache_delete"), deadline, &command).await
+        let redis_keys: Vec<String> = keys.iter().map(|key| space.cache(key)).collect();
+        let groups = self.redis.group_by_slot(&redis_keys);
+        let counts = try_join_all(groups.iter().map(|group| {
+            // UNLINK frees large values off Redis's main thread; it counts like DEL.
+            let mut command = redis::cmd("UNLINK");
+            for &index in group {
+                command.arg(&redis_keys[index]);
+            }
+            async move {
+                self.redis
+                    .run::<u64>(Op::write("cache_delete"), deadline, &command)
+                    .await
+            }
+        }))
+        .await?;
+        Ok(counts.iter().sum())
+    }
+
+    /// On a Cluster, the positions of two of `keys` whose entries live in
+    /// different slots, so that they cannot be written together atomically.
+    pub fn cross_slot(&self, space: &KeySpace, keys: &[&str]) -> Option<(usize, usize)> {
+        let redis_keys: Vec<String> = keys.iter().map(|key| space.cache(key)).collect();
+        self.redis.first_cross_slot(&redis_keys)
     }
 
     /// Reads and deletes one entry atomically (GETDEL).

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use crate::{
     admission::RefusalLog,
     error::Error,
-    redis::{Backoff, Cause, Endpoint},
+    redis::{Backoff, Cause, Topology},
     telemetry::Meter,
 };
 
@@ -179,34 +179,48 @@ impl Drop for Registration {
 }
 
 /// Keeps one pattern subscription to `pattern` alive, announcing every message to
-/// `notices`; reconnects with `backoff` between failed attempts, forever. Runs
-/// until its task is aborted.
-pub async fn listen_for_releases(endpoint: Endpoint, pattern: String, notices: ReleaseNotices, backoff: Backoff) {
+/// `notices`; reconnects with `backoff` between failed attempts, forever, and at
+/// once when `failovers` changes (the primary moved). On a Cluster any node
+/// will do: every node hears every PUBLISH. Runs until its task is aborted.
+pub async fn listen_for_releases(
+    topology: Topology,
+    pattern: String,
+    notices: ReleaseNotices,
+    backoff: Backoff,
+    mut failovers: watch::Receiver<u64>,
+) {
     let mut ever_listened = false;
     let mut delay = backoff.min;
     loop {
+        failovers.borrow_and_update();
         let subscribed = async {
-            let mut pubsub = endpoint.subscriber().await?;
+            let (mut pubsub, node) = topology.subscriber().await?;
             // Returns once Redis has confirmed the subscription.
             pubsub.psubscribe(&pattern).await.map_err(|e| Cause::of(&e))?;
-            Ok::<_, Cause>(pubsub)
+            Ok::<_, Cause>((pubsub, node))
         };
-        match timeout(endpoint.connect_timeout(), subscribed).await {
-            Ok(Ok(pubsub)) => {
+        match timeout(topology.connect_timeout(), subscribed).await {
+            Ok(Ok((pubsub, node))) => {
                 delay = backoff.min;
                 notices.set_listening(true);
                 // Releases while nobody listened went unheard: let every waiter look again.
                 notices.announce_everywhere();
                 if ever_listened {
-                    info!("lock-release subscription restored");
+                    info!(%node, "lock-release subscription restored");
                 }
                 ever_listened = true;
                 let mut messages = pubsub.into_on_message();
-                while let Some(message) = messages.next().await {
-                    notices.announce(message.get_channel_name());
+                loop {
+                    tokio::select! {
+                        message = messages.next() => match message {
+                            Some(message) => notices.announce(message.get_channel_name()),
+                            None => break,
+                        },
+                        Ok(()) = failovers.changed() => break,
+                    }
                 }
                 notices.set_listening(false);
-                warn!("lost the lock-release subscription; waiting Acquires re-check periodically until it is back");
+                warn!(%node, "lost the lock-release subscription; waiting Acquires re-check periodically until it is back");
             }
             // Why Redis is unreachable is logged by the health prober.
             Ok(Err(_)) | Err(_) => {

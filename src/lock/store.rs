@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use crate::{
     error::Error,
-    redis::{KeySpace, LuaScript, Op, Redis},
+    redis::{Cause, Invocation, KeySpace, LuaScript, Op, Redis, Request as RedisRequest},
     request::Ttl,
 };
 
@@ -78,12 +78,62 @@ pub struct LockStore {
     redis: Redis,
     /// How long a fencing counter outlives the lease it was last used for.
     fence_retention: Duration,
+    /// Replicas that must acknowledge a grant or an extension (`--lock-min-replicas`).
+    min_replicas: u32,
 }
 
 impl LockStore {
-    /// A store on the shared connections.
-    pub fn new(redis: Redis, fence_retention: Duration) -> LockStore {
-        LockStore { redis, fence_retention }
+    /// A store on the shared connections; grants wait for `min_replicas` replicas.
+    pub fn new(redis: Redis, fence_retention: Duration, min_replicas: u32) -> LockStore {
+        LockStore {
+            redis,
+            fence_retention,
+            min_replicas,
+        }
+    }
+
+    /// Runs a script that grants or extends a lease. With `--lock-min-replicas`,
+    /// WAIT follows in the same round trip on a connection of its own (WAIT holds
+    /// its connection), and the second value is how many replicas acknowledged.
+    async fn granting<T: redis::FromRedisValue>(
+        &self,
+        op: Op,
+        invocation: &Invocation,
+        deadline: Instant,
+    ) -> Result<(T, u32), Error> {
+        if self.min_replicas == 0 {
+            let reply = self.redis.run(op, deadline, invocation).await?;
+            return Ok((reply, 0));
+        }
+        // Half of what is left for the acknowledgements; the rest answers or releases.
+        let left = deadline.saturating_duration_since(Instant::now()) / 2;
+        let request = RedisRequest::ScriptThenWait {
+            script: invocation,
+            replicas: self.min_replicas,
+            timeout_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1),
+        };
+        self.redis.run(op.blocking(), deadline, request).await
+    }
+
+    /// Releases a grant that too few replicas acknowledged: a failover could
+    /// erase it, so it is not handed out. If the release fails too, the lease
+    /// runs out by itself; nobody was given its token.
+    async fn unacknowledged(
+        &self,
+        space: &KeySpace,
+        name: &str,
+        token: &str,
+        acknowledged: u32,
+        deadline: Instant,
+    ) -> Error {
+        let released = self.release(space, name, token, deadline).await;
+        if let Err(error) = released {
+            tracing::debug!(%error, "could not release an unacknowledged lock grant; its lease will run out");
+        }
+        Error::Unavailable(Cause::NotReplicated {
+            wanted: self.min_replicas,
+            acknowledged,
+        })
     }
 
     fn retention_millis(&self) -> u64 {
@@ -110,10 +160,14 @@ impl LockStore {
             .arg(request.owner)
             .arg(request.request_id)
             .arg(self.retention_millis());
-        let (granted, token, fencing_token, ttl): (i64, String, u64, i64) = self
-            .redis
-            .run(Op::replayable(ACQUIRE.name()), deadline, &invocation)
+        let ((granted, token, fencing_token, ttl), acknowledged): ((i64, String, u64, i64), u32) = self
+            .granting(Op::replayable(ACQUIRE.name()), &invocation, deadline)
             .await?;
+        if granted == 1 && acknowledged < self.min_replicas {
+            return Err(self
+                .unacknowledged(space, request.name, &token, acknowledged, deadline)
+                .await);
+        }
         let ttl = millis(ttl);
         Ok(if granted == 1 {
             Attempt::Granted(Grant {
@@ -165,10 +219,12 @@ impl LockStore {
             .arg(token)
             .arg(ttl.millis())
             .arg(self.retention_millis());
-        let fencing_token: u64 = self
-            .redis
-            .run(Op::idempotent(EXTEND.name()), deadline, &invocation)
+        let (fencing_token, acknowledged): (u64, u32) = self
+            .granting(Op::idempotent(EXTEND.name()), &invocation, deadline)
             .await?;
+        if fencing_token > 0 && acknowledged < self.min_replicas {
+            return Err(self.unacknowledged(space, name, token, acknowledged, deadline).await);
+        }
         Ok((fencing_token > 0).then_some(fencing_token))
     }
 

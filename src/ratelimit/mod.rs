@@ -24,7 +24,7 @@ use crate::{
         ResetResponse, rate_limit_service_server::RateLimitService,
     },
     redis::KeySpace,
-    request::{Limits, budget, deadline, duration_to_proto, positive_duration},
+    request::{Limits, budget, cross_slot, deadline, duration_to_proto, positive_duration},
     telemetry::{Meter, Metrics},
 };
 
@@ -353,6 +353,10 @@ impl RateLimitService for RateLimitApi {
                 .into());
             }
             checks.push(check);
+        }
+        if let Some((first, other)) = self.store.cross_slot(&space, &checks) {
+            let keys: Vec<&str> = checks.iter().map(|check| check.key).collect();
+            return Err(cross_slot("limits", "CheckMany", &keys, first, other).into());
         }
         let policy = self.policy(request.on_unavailable)?;
         let response = match self.decide(&space, &metadata, &checks, policy).await? {

@@ -91,6 +91,13 @@ impl RateLimitStore {
         RateLimitStore { redis }
     }
 
+    /// On a Cluster, the positions of two of `checks` whose state lives in
+    /// different slots, so that they cannot be decided together atomically.
+    pub fn cross_slot(&self, space: &KeySpace, checks: &[LimitCheck<'_>]) -> Option<(usize, usize)> {
+        let redis_keys: Vec<String> = checks.iter().map(|check| redis_key(space, check)).collect();
+        self.redis.first_cross_slot(&redis_keys)
+    }
+
     /// Decides every limit and, if all allow, consumes every cost, atomically.
     ///
     /// # Errors
@@ -104,12 +111,7 @@ impl RateLimitStore {
         let mut invocation = RATELIMIT.prepare();
         for check in checks {
             invocation
-                .key(space.ratelimit(
-                    check.key,
-                    check.algorithm.key_suffix(),
-                    check.limit,
-                    check.period_micros,
-                ))
+                .key(redis_key(space, check))
                 .arg(check.algorithm.code())
                 .arg(check.limit)
                 .arg(check.period_micros)
@@ -155,4 +157,14 @@ impl RateLimitStore {
 
 fn micros(micros: i64) -> Duration {
     Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+}
+
+/// The key holding one limiter's state.
+fn redis_key(space: &KeySpace, check: &LimitCheck<'_>) -> String {
+    space.ratelimit(
+        check.key,
+        check.algorithm.key_suffix(),
+        check.limit,
+        check.period_micros,
+    )
 }

@@ -59,6 +59,22 @@ pub enum Cause {
     ReadOnly,
     /// Redis answered with another error that means it cannot serve now.
     Refusal(String),
+    /// No Sentinel named a primary; the text says what each answered.
+    Sentinel(String),
+    /// The node a Sentinel named as primary is not one (yet): a failover is under way.
+    NotPrimary(String),
+    /// A Cluster seed is not a Cluster node, or no seed answered as one.
+    NotCluster(String),
+    /// The Cluster cannot serve a slot: `cluster_state:fail`, a primary without
+    /// a replica to promote, or a slot on the move (CLUSTERDOWN, TRYAGAIN, MOVED).
+    ClusterDown(String),
+    /// Fewer replicas than `--lock-min-replicas` acknowledged a lock grant in time.
+    NotReplicated {
+        /// How many were required.
+        wanted: u32,
+        /// How many acknowledged.
+        acknowledged: u32,
+    },
 }
 
 impl fmt::Display for Cause {
@@ -75,6 +91,18 @@ impl fmt::Display for Cause {
             Cause::Io(detail) => write!(f, "socket error: {detail}"),
             Cause::ReadOnly => f.write_str("the node is a read-only replica"),
             Cause::Refusal(detail) => write!(f, "Redis refused: {detail}"),
+            Cause::Sentinel(detail) => write!(f, "no primary from the Sentinels: {detail}"),
+            Cause::NotPrimary(node) => write!(
+                f,
+                "{node}, named as primary by the Sentinels, is a replica: a failover is under way"
+            ),
+            Cause::NotCluster(detail) => write!(f, "not a Redis Cluster: {detail}"),
+            Cause::ClusterDown(detail) => write!(f, "the Cluster cannot serve the key's slot now: {detail}"),
+            Cause::NotReplicated { wanted, acknowledged } => write!(
+                f,
+                "only {acknowledged} of the {wanted} replicas --lock-min-replicas requires acknowledged the \
+                 lock grant in time, so it was released"
+            ),
         }
     }
 }
@@ -88,8 +116,24 @@ impl Cause {
                 "LOADING" => Cause::Loading,
                 "BUSY" => Cause::Busy,
                 "READONLY" => Cause::ReadOnly,
+                "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK" | "MASTERDOWN" => Cause::ClusterDown(
+                    error
+                        .detail()
+                        .map_or_else(|| code.to_owned(), |detail| format!("{code} {detail}")),
+                ),
+                _ if error
+                    .detail()
+                    .is_some_and(|detail| detail.contains("cluster support disabled")) =>
+                {
+                    Cause::NotCluster(
+                        "the node has cluster support disabled (a standalone Redis: use REDIS_URL)".to_owned(),
+                    )
+                }
                 _ => Cause::Refusal(code.to_owned()),
             };
+        }
+        if error.kind() == redis::ErrorKind::ClusterConnectionNotFound {
+            return Cause::ClusterDown("no connection to the node serving the slot".to_owned());
         }
         if error.kind() == redis::ErrorKind::AuthenticationFailed {
             return Cause::Auth("the user name or password was refused, or the user is disabled".to_owned());
@@ -214,6 +258,45 @@ impl Endpoint {
         }
     }
 
+    /// The same address and TLS settings, logging in as `username` with `password`
+    /// and selecting `db` (a Sentinel's data nodes, whose login differs from the Sentinels').
+    pub fn with_login(&self, username: Option<&str>, password: Option<&str>, db: i64) -> Endpoint {
+        let mut settings = RedisConnectionInfo::default().set_db(db);
+        if let Some(username) = username {
+            settings = settings.set_username(username);
+        }
+        if let Some(password) = password {
+            settings = settings.set_password(password);
+        }
+        Endpoint {
+            settings,
+            ..self.clone()
+        }
+    }
+
+    /// The user name and password it logs in with.
+    pub fn login(&self) -> (Option<&str>, Option<&str>) {
+        (self.settings.username(), self.settings.password())
+    }
+
+    /// The database it selects.
+    pub fn db(&self) -> i64 {
+        self.settings.db()
+    }
+
+    /// Host and port, for a TCP address.
+    pub fn host_port(&self) -> Option<(&str, u16)> {
+        match &self.address {
+            Address::Tcp { host, port, .. } => Some((host, *port)),
+            Address::Unix(_) => None,
+        }
+    }
+
+    /// Idle time before TCP keepalive probes.
+    pub fn keepalive(&self) -> Duration {
+        self.keepalive
+    }
+
     /// Where it points, fit for a log line (never a credential).
     pub fn address(&self) -> String {
         self.address.to_string()
@@ -271,6 +354,32 @@ impl Endpoint {
             redis::aio::PubSub::new(&self.settings, stream)
                 .await
                 .map_err(|e| Cause::of(&e))
+        };
+        timeout(self.connect_timeout, attempt)
+            .await
+            .unwrap_or_else(|_| Err(progress.timed_out(self.connect_timeout)))
+    }
+
+    /// Opens a connection, sends `command`, and closes it again, all within the
+    /// connect timeout: for asking a Sentinel, which serves no other requests.
+    ///
+    /// # Errors
+    /// The [`Cause`] of the first step that failed, or of Redis's error reply.
+    pub async fn query_once<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, Cause> {
+        let progress = Progress::default();
+        let attempt = async {
+            let stream = self.open_stream(&progress).await?;
+            progress.enter(Phase::Handshake);
+            let config = AsyncConnectionConfig::new()
+                .set_response_timeout(None)
+                .set_connection_timeout(None);
+            let (mut connection, driver) = MultiplexedConnection::new_with_config(&self.settings, stream, config)
+                .await
+                .map_err(|e| Cause::of(&e))?;
+            let driver = tokio::spawn(driver);
+            let reply = command.query_async(&mut connection).await.map_err(|e| Cause::of(&e));
+            driver.abort();
+            reply
         };
         timeout(self.connect_timeout, attempt)
             .await

@@ -16,10 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::aio::MultiplexedConnection;
 use tracing::{info, warn};
 
-use super::scripts::LuaScript;
+use super::{
+    connection::{Connection, Request},
+    scripts::LuaScript,
+};
 use crate::ids::random_token;
 
 static EPOCH: LuaScript = LuaScript::new("epoch", include_str!("../scripts/epoch.lua"));
@@ -69,7 +71,7 @@ impl DataEpoch {
     ///
     /// # Errors
     /// The Redis error when the check could not run; what was known stays.
-    pub async fn check(&self, connection: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    pub async fn check(&self, connection: &mut Connection) -> redis::RedisResult<()> {
         let known = self.state.lock().unwrap_or_else(PoisonError::into_inner).id.clone();
         let fresh = random_token().unwrap_or_else(|_| format!("{:?}", Instant::now()));
         let mut invocation = EPOCH.prepare();
@@ -79,7 +81,8 @@ impl DataEpoch {
             .arg(fresh)
             .arg(millis(self.pause))
             .arg(millis(MARKER_RETENTION));
-        let (id, paused_until_ms, now_ms, lost): (String, u64, u64, u8) = invocation.invoke_async(connection).await?;
+        let (id, paused_until_ms, now_ms, lost): (String, u64, u64, u8) =
+            Request::Script(&invocation).send(connection).await?;
         self.observe(id, paused_until_ms.saturating_sub(now_ms), lost == 1);
         Ok(())
     }

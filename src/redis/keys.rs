@@ -132,6 +132,11 @@ pub fn slot_tag(user_key: &str) -> String {
     format!("{:02x}{:02x}", digest[0], digest[1])
 }
 
+/// The Redis Cluster slot of a Redis key (CRC16 of its hashed part, modulo 16384).
+pub fn slot(redis_key: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(hashed_part(redis_key).as_bytes()) % 16384
+}
+
 /// Redis Cluster's rule: the text between the first `{` and the first `}` after
 /// it, when that is not empty; otherwise the whole key.
 fn hashed_part(key: &str) -> &str {
@@ -146,7 +151,7 @@ fn hashed_part(key: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::{Keys, hashed_part, slot_tag};
+    use super::{Keys, hashed_part, slot, slot_tag};
 
     fn tag_of(key: &str) -> &str {
         let open = key.find('{').unwrap();
@@ -191,6 +196,16 @@ mod tests {
         assert_eq!(hashed_part("{}:x"), "{}:x");
         assert_eq!(hashed_part("a}b{c"), "a}b{c");
         assert_eq!(slot_tag("{user:42}:login"), slot_tag("{user:42}:otp"));
+    }
+
+    #[test]
+    fn slots_follow_redis_cluster_hashing() {
+        // Values from CLUSTER KEYSLOT.
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("{user1000}.following"), slot("user1000"));
+        assert_eq!(slot("123456789"), 12739);
+        let space = Keys::new("p").space("t");
+        assert_eq!(slot(&space.lock("job")), slot(&space.lock_fence("job")));
     }
 
     #[test]

@@ -18,7 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis::aio::MultiplexedConnection;
 use tokio::{
     sync::{Notify, watch},
     task::JoinHandle,
@@ -28,9 +27,11 @@ use tokio::{
 use crate::telemetry::Meter;
 
 use super::{
-    connect::{Cause, Endpoint, Opened},
+    connect::Cause,
+    connection::Connection,
     epoch::DataEpoch,
     scripts::LuaScript,
+    topology::{Opened, Topology},
 };
 
 /// What a link is doing.
@@ -41,7 +42,7 @@ pub enum State {
     /// Connected; the generation counts connections made so far.
     Up {
         /// The connection (clones share its socket).
-        connection: MultiplexedConnection,
+        connection: Connection,
         /// 1 for the first connection, 2 after the first reconnect, and so on.
         generation: u64,
     },
@@ -87,33 +88,34 @@ pub struct Link {
     supervisor: JoinHandle<()>,
 }
 
+/// What a link connects to and how.
+pub struct LinkSettings {
+    /// Where Redis is.
+    pub topology: Topology,
+    /// The client name Redis shows for it.
+    pub name: &'static str,
+    /// Loaded on every new connection.
+    pub scripts: Arc<[&'static LuaScript]>,
+    /// Reconnection timing.
+    pub backoff: Backoff,
+    /// Checked on every new connection before it is handed out (so no lock is
+    /// granted on a Redis that lost its data before the loss is known).
+    pub epoch: Option<DataEpoch>,
+    /// On a Cluster: a connection that never sends a command twice by itself.
+    pub exact: bool,
+    /// Bumped when a Sentinel announces a failover: the connection is replaced.
+    pub failovers: watch::Receiver<u64>,
+}
+
 impl Link {
-    /// Starts connecting to `endpoint` in the background, as client `name`,
-    /// loading `scripts` on every new connection and, when given, checking
-    /// `epoch` before handing it out (so no lock is granted on a Redis that lost
-    /// its data before the loss is known).
-    pub fn start(
-        endpoint: Endpoint,
-        name: &'static str,
-        scripts: Arc<[&'static LuaScript]>,
-        backoff: Backoff,
-        epoch: Option<DataEpoch>,
-        meter: Meter,
-    ) -> Link {
+    /// Starts connecting in the background, as `settings` say.
+    pub fn start(settings: LinkSettings, meter: Meter) -> Link {
         let shared = Arc::new(Shared {
             state: watch::Sender::new(State::Connecting(Instant::now())),
             demand: Notify::new(),
             abandon: watch::Sender::new(0),
         });
-        let supervisor = tokio::spawn(supervise(
-            shared.clone(),
-            endpoint,
-            name,
-            scripts,
-            backoff,
-            epoch,
-            meter,
-        ));
+        let supervisor = tokio::spawn(supervise(shared.clone(), settings, meter));
         Link { shared, supervisor }
     }
 
@@ -141,7 +143,7 @@ impl Link {
         fresh_since: Option<Instant>,
         avoid: Option<u64>,
         deadline: tokio::time::Instant,
-    ) -> Result<(MultiplexedConnection, u64), Cause> {
+    ) -> Result<(Connection, u64), Cause> {
         let mut state = self.shared.state.subscribe();
         let waiting_since = Instant::now();
         loop {
@@ -171,7 +173,7 @@ impl Link {
     }
 
     /// Reports that a command found connection `generation` unusable although its
-    /// socket is still open; the supervisor replaces it.
+    /// socket is still open (or that it reaches a demoted primary); the supervisor replaces it.
     pub fn abandon(&self, generation: u64) {
         self.shared.abandon.send_if_modified(|highest| {
             let newer = generation > *highest;
@@ -189,27 +191,33 @@ impl Drop for Link {
     }
 }
 
-async fn supervise(
-    shared: Arc<Shared>,
-    endpoint: Endpoint,
-    name: &'static str,
-    scripts: Arc<[&'static LuaScript]>,
-    backoff: Backoff,
-    epoch: Option<DataEpoch>,
-    meter: Meter,
-) {
+async fn supervise(shared: Arc<Shared>, settings: LinkSettings, meter: Meter) {
+    let LinkSettings {
+        topology,
+        name,
+        scripts,
+        backoff,
+        epoch,
+        exact,
+        mut failovers,
+    } = settings;
     let mut generation = 0;
     let mut failures: u32 = 0;
     let mut abandon = shared.abandon.subscribe();
     loop {
         let started = Instant::now();
         shared.state.send_replace(State::Connecting(started));
-        match endpoint.connect(name, &scripts).await {
-            Ok(Opened { mut connection, driver }) => {
+        failovers.borrow_and_update();
+        match topology.open(name, &scripts, exact).await {
+            Ok(Opened {
+                mut connection,
+                mut driver,
+                ..
+            }) => {
                 if let Some(epoch) = &epoch {
                     // Bounded: during a CLIENT PAUSE WRITE the check waits, and the
                     // health prober checks again anyway.
-                    let _ = timeout(endpoint.connect_timeout(), epoch.check(&mut connection)).await;
+                    let _ = timeout(topology.connect_timeout(), epoch.check(&mut connection)).await;
                 }
                 generation += 1;
                 if generation > 1 {
@@ -217,10 +225,22 @@ async fn supervise(
                 }
                 failures = 0;
                 shared.state.send_replace(State::Up { connection, generation });
-                let mut driver = driver;
+                let closed = async {
+                    match &mut driver {
+                        Some(driver) => {
+                            let _ = driver.await;
+                        }
+                        // A Cluster connection repairs its node connections itself.
+                        None => std::future::pending::<()>().await,
+                    }
+                };
                 tokio::select! {
-                    _ = &mut driver => {}
-                    _ = abandon.wait_for(|highest| *highest >= generation) => driver.abort(),
+                    () = closed => {}
+                    _ = abandon.wait_for(|highest| *highest >= generation) => {}
+                    Ok(()) = failovers.changed() => {}
+                }
+                if let Some(driver) = &driver {
+                    driver.abort();
                 }
                 // Reconnect at once: most losses are a restart, a failover or an
                 // idle timeout, and the next attempt usually succeeds.

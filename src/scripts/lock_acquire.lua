@@ -29,6 +29,10 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   local same_call = holder[1] == ARGV[1]
   local same_request = ARGV[4] ~= '' and holder[3] == ARGV[4] and holder[4] == ARGV[3]
   if same_call or same_request then
+    -- A write of what is already there, so that a WAIT after this reply (see
+    -- --lock-min-replicas) covers the grant this call or request made before,
+    -- perhaps on a connection that was lost since.
+    redis.call('HSET', KEYS[1], 'token', holder[1])
     return {1, holder[1], tonumber(holder[2]), left}
   end
   return {0, '', 0, left}

@@ -7,6 +7,11 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+mod topology;
+
+#[allow(unused_imports)]
+pub use topology::{Backend, Direct, MASTER, Mode, Node, TestCluster, TestSentinels, cluster_port, eventually};
+
 use std::{net::SocketAddr, time::Duration};
 
 use cachelock::{
@@ -181,6 +186,15 @@ impl TestService {
     /// Starts the service against `redis_url`, with `args` added to (and overriding) the test settings.
     pub async fn start(redis_url: &str, args: &[&str]) -> TestService {
         let mut all = vec!["cachelock", "--redis-url", redis_url];
+        all.extend_from_slice(TEST_ARGS);
+        all.extend_from_slice(args);
+        let config = Config::from_args(all).unwrap_or_else(|error| panic!("test configuration: {error}"));
+        TestService::start_with(config).await
+    }
+
+    /// Starts the service with `args` (which must say where Redis is) added to the test settings.
+    pub async fn start_with_args(args: &[&str]) -> TestService {
+        let mut all = vec!["cachelock"];
         all.extend_from_slice(TEST_ARGS);
         all.extend_from_slice(args);
         let config = Config::from_args(all).unwrap_or_else(|error| panic!("test configuration: {error}"));
