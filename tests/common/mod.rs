@@ -10,7 +10,10 @@
 mod topology;
 
 #[allow(unused_imports)]
-pub use topology::{Backend, Direct, MASTER, Mode, Node, TestCluster, TestSentinels, cluster_port, eventually};
+pub use topology::{
+    Backend, Direct, FORMING, MASTER, Mode, Node, TestCluster, TestSentinels, cluster_port, eventually,
+    eventually_within,
+};
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -43,7 +43,7 @@ pub enum Mode {
 }
 
 /// How long a topology may take to form.
-const FORMING: Duration = Duration::from_secs(60);
+pub const FORMING: Duration = Duration::from_secs(60);
 
 /// One redis-server or Sentinel process.
 pub struct Node {
@@ -577,12 +577,19 @@ macro_rules! in_every_mode {
 }
 
 /// Waits until `condition` holds (checked every 20 ms), panicking after [`PATIENCE`].
-pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
-    let give_up = tokio::time::Instant::now() + PATIENCE;
+pub async fn eventually(what: &str, condition: impl AsyncFnMut() -> bool) {
+    eventually_within(PATIENCE, what, condition).await;
+}
+
+/// Waits until `condition` holds (checked every 20 ms), panicking after `limit`:
+/// for what a topology takes its own time over (a Sentinel reconfigures a
+/// returning node only after it has been back for several seconds).
+pub async fn eventually_within(limit: Duration, what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let give_up = tokio::time::Instant::now() + limit;
     while !condition().await {
         assert!(
             tokio::time::Instant::now() < give_up,
-            "{what} did not happen within {PATIENCE:?}"
+            "{what} did not happen within {limit:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
