@@ -294,3 +294,46 @@ async fn behind_sentinel_the_service_reaches_the_primary_and_logs_it() {
     logs.wait_for(&format!("primary={primary}")).await;
     logs.wait_for("Redis topology").await;
 }
+
+#[tokio::test]
+async fn sentinels_and_data_nodes_may_have_different_passwords_and_neither_is_logged() {
+    let (logs, _guard) = CapturedLogs::start(tracing::Level::TRACE);
+    let group = TestSentinels::start_with_passwords(Some("data-secret-1"), Some("sentinel-secret-2"));
+    let service = TestService::start_with_args(&[
+        "--redis-sentinel-nodes",
+        &group.urls(),
+        "--redis-sentinel-master",
+        MASTER,
+        "--redis-password",
+        "data-secret-1",
+    ])
+    .await;
+    service.wait_for_health("", ServingStatus::Serving).await;
+    service
+        .cache()
+        .set(SetRequest {
+            key: "k".to_owned(),
+            value: b"v".to_vec(),
+            ttl: None,
+            condition: 0,
+        })
+        .await
+        .unwrap();
+    let text = logs.text();
+    assert!(!text.contains("data-secret-1"), "the data password was logged");
+    assert!(!text.contains("sentinel-secret-2"), "the Sentinel password was logged");
+
+    // The wrong data password: the cause is named, the password is not.
+    let wrong = TestService::start_with_args(&[
+        "--redis-sentinel-nodes",
+        &group.urls(),
+        "--redis-sentinel-master",
+        MASTER,
+        "--redis-password",
+        "not-the-password-3",
+    ])
+    .await;
+    logs.wait_for("authentication failed").await;
+    assert_eq!(wrong.health_status("").await, Ok(ServingStatus::NotServing));
+    assert!(!logs.text().contains("not-the-password-3"), "a password was logged");
+}

@@ -52,6 +52,8 @@ pub struct Node {
     pid: u32,
     args: Vec<String>,
     dir: PathBuf,
+    /// What it requires to log in (`requirepass`).
+    password: Option<String>,
     /// The shell that kills the process when its standard input closes.
     keeper: Child,
 }
@@ -60,10 +62,15 @@ impl Node {
     /// Starts `redis-server` with `args` on `port`, in a directory of its own,
     /// and waits until it answers PING.
     pub fn start(port: u16, args: &[String]) -> Node {
-        Node::start_in(port, args, node_dir(port))
+        Node::start_in(port, args, node_dir(port), None)
     }
 
-    fn start_in(port: u16, args: &[String], dir: PathBuf) -> Node {
+    /// As [`Node::start`], for a node whose `args` set `requirepass` to `password`.
+    pub fn start_with_password(port: u16, args: &[String], password: &str) -> Node {
+        Node::start_in(port, args, node_dir(port), Some(password.to_owned()))
+    }
+
+    fn start_in(port: u16, args: &[String], dir: PathBuf, password: Option<String>) -> Node {
         let script = r#"dir=$1; shift; redis-server "$@" >"$dir/log.txt" 2>&1 & pid=$!; echo "$pid"; read _; kill -9 "$pid" 2>/dev/null; rm -rf "$dir""#;
         let mut keeper = Command::new("sh")
             .arg("-c")
@@ -86,6 +93,7 @@ impl Node {
             pid,
             args: args.to_vec(),
             dir,
+            password,
             keeper,
         };
         let give_up = Instant::now() + FORMING;
@@ -102,7 +110,10 @@ impl Node {
 
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     fn ping(&self) -> redis::RedisResult<String> {
@@ -154,7 +165,7 @@ impl Node {
         let _ = self.keeper.kill();
         let _ = self.keeper.wait();
         std::fs::create_dir_all(&self.dir).expect("a directory for the node");
-        let again = Node::start_in(self.port, &self.args, self.dir.clone());
+        let again = Node::start_in(self.port, &self.args, self.dir.clone(), self.password.clone());
         *self = again;
     }
 }
@@ -317,43 +328,55 @@ impl TestSentinels {
     /// Starts the group and waits until every Sentinel knows the primary, its
     /// replica and the other Sentinels.
     pub fn start() -> TestSentinels {
-        let port = TestRedis::free_port();
-        let first = Node::start(port, &node_args(port, &node_dir(port), &[]));
-        let port = TestRedis::free_port();
-        let second = Node::start(
-            port,
-            &node_args(
-                port,
-                &node_dir(port),
-                &["--replicaof", "127.0.0.1", &first.port.to_string()],
-            ),
-        );
+        TestSentinels::start_with_passwords(None, None)
+    }
+
+    /// As [`TestSentinels::start`], with `data` as the data nodes' password and
+    /// `sentinel` as the Sentinels' own.
+    pub fn start_with_passwords(data: Option<&str>, sentinel: Option<&str>) -> TestSentinels {
+        let data_node = |port: u16, extra: &[&str]| {
+            let mut extra = extra.to_vec();
+            if let Some(password) = data {
+                extra.extend(["--requirepass", password, "--masterauth", password]);
+            }
+            let args = node_args(port, &node_dir(port), &extra);
+            match data {
+                Some(password) => Node::start_with_password(port, &args, password),
+                None => Node::start(port, &args),
+            }
+        };
+        let first = data_node(TestRedis::free_port(), &[]);
+        let primary = first.port.to_string();
+        let second = data_node(TestRedis::free_port(), &["--replicaof", "127.0.0.1", &primary]);
         let sentinels: Vec<Node> = (0..3)
             .map(|_| {
                 let port = TestRedis::free_port();
                 let dir = node_dir(port);
                 let config = dir.join("sentinel.conf");
-                std::fs::write(
-                    &config,
-                    format!(
-                        "bind 127.0.0.1\nport {port}\nprotected-mode no\ndir {dir}\n\
-                         sentinel monitor {MASTER} 127.0.0.1 {primary} 2\n\
-                         sentinel down-after-milliseconds {MASTER} 1000\n\
-                         sentinel failover-timeout {MASTER} 5000\n",
-                        dir = dir.display(),
-                        primary = first.port,
-                    ),
-                )
-                .expect("write the Sentinel's configuration");
-                Node::start(
-                    port,
-                    &[
-                        config.to_string_lossy().into_owned(),
-                        "--sentinel".to_owned(),
-                        "--loglevel".to_owned(),
-                        "warning".to_owned(),
-                    ],
-                )
+                let mut text = format!(
+                    "bind 127.0.0.1\nport {port}\nprotected-mode no\ndir {dir}\n\
+                     sentinel monitor {MASTER} 127.0.0.1 {primary} 2\n\
+                     sentinel down-after-milliseconds {MASTER} 1000\n\
+                     sentinel failover-timeout {MASTER} 5000\n",
+                    dir = dir.display(),
+                );
+                if let Some(password) = data {
+                    text.push_str(&format!("sentinel auth-pass {MASTER} {password}\n"));
+                }
+                if let Some(password) = sentinel {
+                    text.push_str(&format!("requirepass {password}\nsentinel sentinel-pass {password}\n"));
+                }
+                std::fs::write(&config, text).expect("write the Sentinel's configuration");
+                let args = [
+                    config.to_string_lossy().into_owned(),
+                    "--sentinel".to_owned(),
+                    "--loglevel".to_owned(),
+                    "warning".to_owned(),
+                ];
+                match sentinel {
+                    Some(password) => Node::start_with_password(port, &args, password),
+                    None => Node::start(port, &args),
+                }
             })
             .collect();
         let group = TestSentinels {
