@@ -152,6 +152,11 @@ struct Args {
     /// same run: the cost of the metrics on the hot path.
     #[arg(long)]
     compare_metrics_off: bool,
+    /// Run the service on a private Redis Cluster (3 primaries, 3 replicas; needs
+    /// redis-server and redis-cli) instead of one redis-server. There is no direct
+    /// baseline or command count then.
+    #[arg(long, conflicts_with_all = ["addr", "secure", "compare_metrics_off", "batch_worst_case"])]
+    cluster: bool,
     /// Instead of load: run every batch RPC once at the service's default limits and print
     /// how long Redis spent on it (from SLOWLOG), the worst a single request can cost Redis.
     #[arg(long)]
@@ -484,24 +489,31 @@ async fn commands_per_request(clients: &Clients, redis: &redis::Client, scenario
 async fn prepare(clients: &mut Clients, scenario: Scenario) -> Result<(), String> {
     match scenario {
         Scenario::CacheGet => {
-            let mut cache = CacheServiceClient::new(clients.channel(0));
-            for chunk in (0..clients.key_space).collect::<Vec<_>>().chunks(500) {
-                let entries = chunk
-                    .iter()
-                    .map(|k| SetEntry {
-                        key: format!("bench:{k}"),
-                        value: VALUE.to_vec(),
-                        ttl: Some(prost_types::Duration {
-                            seconds: 3600,
-                            nanos: 0,
-                        }),
-                    })
-                    .collect();
-                cache
-                    .set_many(SetManyRequest { entries })
-                    .await
-                    .map_err(|status| status.to_string())?;
-            }
+            // One Set per key, 64 at a time: a SetMany would put them in one Cluster slot.
+            let cache = CacheServiceClient::new(clients.channel(0));
+            let results: Vec<Result<(), String>> = futures_util::stream::iter(0..clients.key_space)
+                .map(|k| {
+                    let mut cache = cache.clone();
+                    async move {
+                        cache
+                            .set(SetRequest {
+                                key: format!("bench:{k}"),
+                                value: VALUE.to_vec(),
+                                ttl: Some(prost_types::Duration {
+                                    seconds: 3600,
+                                    nanos: 0,
+                                }),
+                                condition: 0,
+                            })
+                            .await
+                            .map(|_| ())
+                            .map_err(|status| status.to_string())
+                    }
+                })
+                .buffer_unordered(64)
+                .collect()
+                .await;
+            results.into_iter().collect::<Result<(), String>>()?;
         }
         Scenario::SessionGet if clients.sessions.is_empty() => {
             let mut sessions = SessionServiceClient::new(clients.channel(0));
@@ -531,6 +543,7 @@ struct Setup {
     addr: String,
     redis_url: String,
     _redis: Option<EmbeddedRedis>,
+    _cluster: Option<BenchCluster>,
     service: Option<Child>,
     /// With `--secure`: the second service's address, its token, and what to clean up.
     secure: Option<SecureService>,
@@ -547,12 +560,101 @@ struct SecureService {
     _auth_file: RemovedOnDrop,
 }
 
-/// A file of this run's, removed when the run ends.
+/// A file or directory of this run's, removed when the run ends.
 struct RemovedOnDrop(PathBuf);
 
 impl Drop for RemovedOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = if self.0.is_dir() {
+            std::fs::remove_dir_all(&self.0)
+        } else {
+            std::fs::remove_file(&self.0)
+        };
+    }
+}
+
+/// A private Redis Cluster for `--cluster`: six nodes, stopped when dropped.
+struct BenchCluster {
+    nodes: Vec<EmbeddedRedis>,
+    _dirs: Vec<RemovedOnDrop>,
+}
+
+impl BenchCluster {
+    /// Starts six nodes on ports a Cluster bus can use (port + 10000 ≤ 65535),
+    /// joins them with `redis-cli --cluster create`, and waits until every slot is served.
+    async fn start() -> Result<BenchCluster, String> {
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        while nodes.len() < 6 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .map_err(|e| e.to_string())?
+                .port();
+            if port > 55535 {
+                continue;
+            }
+            let dir = std::env::temp_dir().join(format!("cachelock-bench-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let dir = RemovedOnDrop(dir);
+            let dir_arg = dir.0.to_string_lossy().into_owned();
+            let node = EmbeddedRedis::start_on_with(
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--dir",
+                    &dir_arg,
+                ],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            nodes.push(node);
+            dirs.push(dir);
+        }
+        let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port())).collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .map_err(|e| format!("cannot run redis-cli (apt-get install redis-tools): {e}"))?;
+        if !created.success() {
+            return Err("redis-cli --cluster create failed".to_owned());
+        }
+        let cluster = BenchCluster { nodes, _dirs: dirs };
+        let give_up = Instant::now() + Duration::from_secs(60);
+        for node in &cluster.nodes {
+            loop {
+                let client = redis::Client::open(node.url()).map_err(|e| e.to_string())?;
+                let mut connection = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                if Instant::now() > give_up {
+                    return Err("the Cluster did not form within 60 s".to_owned());
+                }
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Seed URLs for `--redis-cluster-nodes`.
+    fn seeds(&self) -> String {
+        self.nodes.iter().map(EmbeddedRedis::url).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -658,8 +760,29 @@ async fn set_up(args: &Args) -> Result<Setup, String> {
             addr: addr.clone(),
             redis_url: redis_url.clone(),
             _redis: None,
+            _cluster: None,
             service: None,
             secure,
+            unmetered: None,
+        });
+    }
+    if args.cluster {
+        let cluster = BenchCluster::start().await?;
+        let addr = free_address()?;
+        let service_args = vec![
+            "--listen".to_owned(),
+            addr.clone(),
+            "--redis-cluster-nodes".to_owned(),
+            cluster.seeds(),
+        ];
+        let service = start_service(&addr, &service_args, plain_probe(&addr)).await?;
+        return Ok(Setup {
+            addr,
+            redis_url: cluster.nodes.first().map(EmbeddedRedis::url).unwrap_or_default(),
+            _redis: None,
+            _cluster: Some(cluster),
+            service: Some(service),
+            secure: None,
             unmetered: None,
         });
     }
@@ -695,6 +818,7 @@ async fn set_up(args: &Args) -> Result<Setup, String> {
         addr,
         redis_url: redis.url(),
         _redis: Some(redis),
+        _cluster: None,
         service: Some(service),
         secure,
         unmetered,
@@ -859,7 +983,12 @@ async fn bench(args: Args) -> Result<(), String> {
     }
     for scenario in scenarios {
         prepare(&mut clients, scenario).await?;
-        let commands = commands_per_request(&clients, &redis_client, scenario, args.count_requests).await;
+        // On a Cluster one node sees only part of the commands.
+        let commands = if args.cluster {
+            f64::NAN
+        } else {
+            commands_per_request(&clients, &redis_client, scenario, args.count_requests).await
+        };
         for &concurrency in &args.concurrency {
             let concurrency = concurrency.max(1);
             let service = run(
@@ -901,7 +1030,7 @@ async fn bench(args: Args) -> Result<(), String> {
                     .await,
                 )
             };
-            let direct = if scenario.has_direct() && !args.no_direct {
+            let direct = if scenario.has_direct() && !args.no_direct && !args.cluster {
                 Some(
                     run(
                         &clients,
