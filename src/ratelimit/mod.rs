@@ -13,7 +13,7 @@ use std::{
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::warn;
 
-pub use store::{Algorithm, Decision, LimitCheck, RateLimitStore, scripts};
+pub use store::{Algorithm, Decision, LimitCheck, RateLimitStore, invocation, scripts};
 
 use crate::{
     auth::Caller,
@@ -121,7 +121,7 @@ impl PolicyLog {
 }
 
 /// How a request was decided.
-enum Outcome {
+pub(crate) enum Outcome {
     /// By Redis, one decision per limit.
     Decided(Vec<Decision>),
     /// By the outage policy: allowed or not.
@@ -202,7 +202,18 @@ impl RateLimitApi {
             limit,
             period_micros,
             cost,
+            alone: false,
         })
+    }
+
+    /// The request size limits.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The configured outage policy.
+    pub(crate) fn default_policy(&self) -> OutagePolicy {
+        self.settings.on_unavailable
     }
 
     fn policy(&self, requested: i32) -> Result<OutagePolicy, Error> {
@@ -220,7 +231,7 @@ impl RateLimitApi {
     /// Asks Redis within the rate limiter's budget; falls back to `policy` when
     /// the last connection attempt failed, the caller's deadline is too near, or
     /// Redis fails, is full, or does not answer in time.
-    async fn decide(
+    pub(crate) async fn decide(
         &self,
         space: &KeySpace,
         metadata: &MetadataMap,

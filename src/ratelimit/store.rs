@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use crate::{
     error::Error,
-    redis::{KeySpace, LuaScript, Op, Redis},
+    redis::{Invocation, KeySpace, LuaScript, Op, Redis},
 };
 
 static RATELIMIT: LuaScript = LuaScript::new("ratelimit", include_str!("../scripts/ratelimit.lua"));
@@ -64,6 +64,9 @@ pub struct LimitCheck<'a> {
     pub period_micros: u64,
     /// Units to consume; 0 decides as for 1 without consuming.
     pub cost: u64,
+    /// Whether the limit is decided and consumed on its own, outside the
+    /// all-or-nothing of the others (Envoy's shadow and quota modes).
+    pub alone: bool,
 }
 
 /// One limit's answer.
@@ -100,6 +103,10 @@ impl RateLimitStore {
 
     /// Decides every limit and, if all allow, consumes every cost, atomically.
     ///
+    /// On a Redis Cluster, limits whose state lives in different slots are decided
+    /// by one script per slot, concurrently, so all-or-nothing holds within each
+    /// slot only (CheckMany refuses such requests; Envoy's descriptors accept it).
+    ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`]; after a timeout the cost may have been consumed.
     pub async fn check(
@@ -108,19 +115,47 @@ impl RateLimitStore {
         checks: &[LimitCheck<'_>],
         deadline: Instant,
     ) -> Result<Vec<Decision>, Error> {
-        let mut invocation = RATELIMIT.prepare();
-        for check in checks {
-            invocation
-                .key(redis_key(space, check))
-                .arg(check.algorithm.code())
-                .arg(check.limit)
-                .arg(check.period_micros)
-                .arg(check.cost);
+        let redis_keys: Vec<String> = checks.iter().map(|check| redis_key(space, check)).collect();
+        let groups = self.redis.group_by_slot(&redis_keys);
+        if groups.len() <= 1 {
+            return self.check_together(space, checks, deadline).await;
         }
+        let answers = futures_util::future::try_join_all(groups.iter().map(|group| {
+            let subset: Vec<LimitCheck<'_>> = group.iter().map(|&index| checks[index].clone()).collect();
+            async move { self.check_together(space, &subset, deadline).await }
+        }))
+        .await?;
+        let mut decisions: Vec<Option<Decision>> = vec![None; checks.len()];
+        for (group, answer) in groups.iter().zip(answers) {
+            for (&index, decision) in group.iter().zip(answer) {
+                decisions[index] = Some(decision);
+            }
+        }
+        decisions
+            .into_iter()
+            .map(|decision| {
+                decision.ok_or_else(|| Error::Internal("a rate-limit script answered too few limits".to_owned()))
+            })
+            .collect()
+    }
+
+    /// Decides `checks`, all in one slot, with one script.
+    async fn check_together(
+        &self,
+        space: &KeySpace,
+        checks: &[LimitCheck<'_>],
+        deadline: Instant,
+    ) -> Result<Vec<Decision>, Error> {
+        let invocation = invocation(space, checks);
         let replies: Vec<(i64, i64, i64, i64)> = self
             .redis
             .run(Op::write(RATELIMIT.name()), deadline, &invocation)
             .await?;
+        if replies.len() != checks.len() {
+            return Err(Error::Internal(
+                "a rate-limit script answered too few limits".to_owned(),
+            ));
+        }
         Ok(replies
             .into_iter()
             .map(|(allowed, remaining, reset_after, retry_after)| Decision {
@@ -153,6 +188,21 @@ impl RateLimitStore {
         let removed: u64 = self.redis.run(Op::write("ratelimit_reset"), deadline, &command).await?;
         Ok(removed > 0)
     }
+}
+
+/// The script call deciding `checks`, as [`RateLimitStore::check`] sends it.
+pub fn invocation(space: &KeySpace, checks: &[LimitCheck<'_>]) -> Invocation {
+    let mut invocation = RATELIMIT.prepare();
+    for check in checks {
+        invocation
+            .key(redis_key(space, check))
+            .arg(check.algorithm.code())
+            .arg(check.limit)
+            .arg(check.period_micros)
+            .arg(check.cost)
+            .arg(u8::from(check.alone));
+    }
+    invocation
 }
 
 fn micros(micros: i64) -> Duration {

@@ -2,14 +2,18 @@
 -- ratelimit: decides one or more rate limits and consumes their cost, all or nothing.
 --
 -- KEYS[i]       the i-th limit's state key (one key per user key and algorithm)
--- ARGV[4i - 3]  the i-th algorithm: 1 token bucket (GCRA), 2 fixed window, 3 sliding window
--- ARGV[4i - 2]  the i-th limit: units per period, 1 <= limit <= period in microseconds
--- ARGV[4i - 1]  the i-th period in microseconds (>= 1000)
--- ARGV[4i]      the i-th cost: units to consume; 0 decides as for 1 but consumes nothing
+-- ARGV[5i - 4]  the i-th algorithm: 1 token bucket (GCRA), 2 fixed window, 3 sliding window
+-- ARGV[5i - 3]  the i-th limit: units per period, 1 <= limit <= period in microseconds
+-- ARGV[5i - 2]  the i-th period in microseconds (>= 1000)
+-- ARGV[5i - 1]  the i-th cost: units to consume; 0 decides as for 1 but consumes nothing
+-- ARGV[5i]      1 if the i-th limit stands alone, else 0 (see below)
 -- Returns       one {allowed (0 or 1), remaining, reset_after_us, retry_after_us} per
 --               limit. retry_after_us is 0 when allowed and -1 when the cost exceeds
---               the limit (no wait lets it pass). State is written only if every limit
---               allows; otherwise remaining and reset_after describe the state as it is.
+--               the limit (no wait lets it pass). The limits that do not stand alone
+--               are written only if every one of them allows; otherwise their remaining
+--               and reset_after describe the state as it is. A limit that stands alone
+--               (an Envoy rule in shadow or quota mode) is written whenever it allows
+--               itself, whatever the others decide, and takes no part in theirs.
 --
 -- Time is the Redis server's clock (TIME), so every service instance agrees. Times
 -- are microseconds since 2024-01-01 UTC: small enough for a double to keep them to
@@ -157,28 +161,27 @@ end
 
 local algorithms = {token_bucket, fixed_window, sliding_window}
 
-local decisions, untouched, commits = {}, {}, {}
+local decisions, untouched, commits, alone = {}, {}, {}, {}
 local all_allowed = true
 for i = 1, #KEYS do
-  local base = 4 * (i - 1)
+  local base = 5 * (i - 1)
   local decide = algorithms[tonumber(ARGV[base + 1])]
   local decision, as_is, commit = decide(KEYS[i], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]),
     tonumber(ARGV[base + 4]))
   decisions[i], untouched[i], commits[i] = decision, as_is, commit
-  if decision[1] == 0 then
+  alone[i] = ARGV[base + 5] == '1'
+  if decision[1] == 0 and not alone[i] then
     all_allowed = false
   end
 end
 
-if all_allowed then
-  for i = 1, #KEYS do
+for i = 1, #KEYS do
+  if alone[i] or all_allowed then
     if commits[i] then
       commits[i]()
     end
-  end
-else
-  -- Nothing is consumed, so every limit reports its state as it stands.
-  for i = 1, #KEYS do
+  else
+    -- Nothing of the group is consumed, so it reports its state as it stands.
     decisions[i][2] = untouched[i][1]
     decisions[i][3] = untouched[i][2]
   end
