@@ -7,6 +7,11 @@ const PROTOS: &[&str] = &[
     "proto/cachelock/ratelimit/v1/ratelimit.proto",
     "proto/cachelock/lock/v1/lock.proto",
     "proto/cachelock/session/v1/session.proto",
+    // Envoy's rate limit service, vendored (see proto/envoy/README.md).
+    "proto/envoy/service/ratelimit/v3/rls.proto",
+    "proto/envoy/extensions/common/ratelimit/v3/ratelimit.proto",
+    "proto/envoy/config/core/v3/base.proto",
+    "proto/envoy/type/v3/ratelimit_unit.proto",
 ];
 
 fn main() -> io::Result<()> {
@@ -25,6 +30,8 @@ fn main() -> io::Result<()> {
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");
     }
+    // The files the Envoy API imports.
+    println!("cargo:rerun-if-changed=proto/envoy");
 
     // The commit, for the build-info metric; "unknown" outside a git checkout.
     let commit = std::process::Command::new("git")

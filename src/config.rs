@@ -34,6 +34,16 @@ pub enum Command {
     Serve(Box<Config>),
     /// Ask a running server's health service whether it is SERVING; exit 0 if so, 1 if not.
     Probe(ProbeArgs),
+    /// Validate Envoy rate-limit rules (a file or a directory) and print the rules understood;
+    /// exit 0 if valid, 1 if not.
+    CheckRlsConfig(CheckRlsConfigArgs),
+}
+
+/// Settings of `cachelock check-rls-config`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckRlsConfigArgs {
+    /// The file, or directory of files, to check.
+    pub path: PathBuf,
 }
 
 /// Settings of `cachelock probe`.
@@ -296,6 +306,15 @@ pub struct Config {
     /// Longest rate-limit period a check may ask for.
     #[arg(long, env = "CACHELOCK_RATELIMIT_MAX_PERIOD", default_value = "31days", value_parser = humantime::parse_duration)]
     pub ratelimit_max_period: Duration,
+
+    /// Envoy rate-limit rules (envoyproxy/ratelimit's YAML): a file, or a directory of files,
+    /// one domain each; re-read when they change. Unset: every Envoy request is OK, no limit.
+    #[arg(long, env = "CACHELOCK_RLS_CONFIG")]
+    pub rls_config: Option<PathBuf>,
+
+    /// Add RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset to Envoy's responses.
+    #[arg(long, env = "CACHELOCK_RLS_HEADERS")]
+    pub rls_headers: bool,
 
     /// Longest lease a lock may ask for. After Redis loses its data, lock grants pause this long.
     #[arg(long, env = "CACHELOCK_LOCK_MAX_TTL", default_value = "1h", value_parser = humantime::parse_duration)]

@@ -219,6 +219,9 @@ pub enum StartError {
     /// The TLS files or the auth file cannot be used.
     #[error("{0}")]
     Security(String),
+    /// The Envoy rate-limit rules (--rls-config) cannot be used.
+    #[error("--rls-config: {0}")]
+    RlsConfig(#[from] crate::rls::RulesError),
     /// The reflection service could not read the embedded descriptors.
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),

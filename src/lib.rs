@@ -19,6 +19,7 @@ pub mod probe;
 pub mod ratelimit;
 pub mod redis;
 pub mod request;
+pub mod rls;
 pub mod server;
 pub mod session;
 pub mod telemetry;
@@ -45,6 +46,39 @@ pub mod pb {
         tonic::include_proto!("cachelock.session.v1");
     }
 
-    /// The encoded descriptors of every cachelock package, for gRPC reflection.
+    /// Envoy's rate limit service API, vendored from Envoy (see proto/envoy/README.md).
+    #[allow(clippy::all, clippy::pedantic, missing_docs)]
+    pub mod envoy {
+        pub mod config {
+            pub mod core {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.config.core.v3");
+                }
+            }
+        }
+        pub mod extensions {
+            pub mod common {
+                pub mod ratelimit {
+                    pub mod v3 {
+                        tonic::include_proto!("envoy.extensions.common.ratelimit.v3");
+                    }
+                }
+            }
+        }
+        pub mod service {
+            pub mod ratelimit {
+                pub mod v3 {
+                    tonic::include_proto!("envoy.service.ratelimit.v3");
+                }
+            }
+        }
+        pub mod r#type {
+            pub mod v3 {
+                tonic::include_proto!("envoy.r#type.v3");
+            }
+        }
+    }
+
+    /// The encoded descriptors of every package served, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("cachelock_descriptor");
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use cachelock::{
     config::{Cli, Command, Config, ConfigError, LogFormat, ProbeArgs},
     probe,
+    rls::Rules,
     server::{self, Listeners},
     telemetry,
 };
@@ -36,8 +37,26 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Probe(args)) => run_probe(&args),
+        Some(Command::CheckRlsConfig(args)) => check_rls_config(&args.path),
         Some(Command::Serve(config)) => run_server(*config),
         None => run_server(cli.serve),
+    }
+}
+
+/// Prints the rules at `path`, or what is wrong with them.
+fn check_rls_config(path: &std::path::Path) -> ExitCode {
+    match Rules::load(path) {
+        Ok(rules) => {
+            for file in rules.files() {
+                println!("# {}", file.display());
+            }
+            print!("{}", rules.describe());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("cachelock: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

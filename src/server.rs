@@ -19,8 +19,9 @@ use crate::{
     health::{ProbeSettings, health_service, probe_redis},
     lock::{self, LockApi, LockSettings, LockStore, ReleaseNotices, listen_for_releases},
     pb::{
-        self, cache::cache_service_server::CacheServiceServer, lock::lock_service_server::LockServiceServer,
-        ratelimit::rate_limit_service_server::RateLimitServiceServer,
+        self, cache::cache_service_server::CacheServiceServer,
+        envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer as EnvoyRateLimitServiceServer,
+        lock::lock_service_server::LockServiceServer, ratelimit::rate_limit_service_server::RateLimitServiceServer,
         session::session_service_server::SessionServiceServer,
     },
     ratelimit::{self, RateLimitApi, RateLimitSettings, RateLimitStore},
@@ -32,6 +33,7 @@ use crate::{
         topology::{Cluster, Sentinels, watch_failovers},
     },
     request::Limits,
+    rls::{RlsApi, RlsSettings, RulesSource},
     session::{self, SessionApi, SessionSettings, SessionStore},
     telemetry::{self, Meter, Metrics, rpc::RpcLayer},
 };
@@ -49,6 +51,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     <RateLimitServiceServer<RateLimitApi> as NamedService>::NAME,
     <LockServiceServer<LockApi> as NamedService>::NAME,
     <SessionServiceServer<SessionApi> as NamedService>::NAME,
+    <EnvoyRateLimitServiceServer<RlsApi> as NamedService>::NAME,
 ];
 
 /// Every Lua script the services run, loaded on each new Redis connection.
@@ -286,6 +289,10 @@ async fn serve(
         }
         None => (Meter::off(), None),
     };
+    let rls_rules = Arc::new(match &config.rls_config {
+        Some(path) => RulesSource::load(path, meter.clone())?,
+        None => RulesSource::none(),
+    });
     let authenticator = match &auth_file {
         Some(file) => Authenticator::with_file(&keys, file.clone(), config.reflection_requires_auth, meter.clone()),
         None => Authenticator::open(&keys),
@@ -340,6 +347,9 @@ async fn serve(
     if let Topology::Sentinel(sentinels) = &topology {
         background.spawn(watch_failovers(sentinels.clone(), redis.failovers(), backoff));
     }
+    if rls_rules.has_files() {
+        background.spawn(rls_rules.clone().reload_on_change());
+    }
     if tls.is_some() || auth_file.is_some() {
         background.spawn(reload_on_change(tls.clone(), auth_file));
     }
@@ -358,10 +368,22 @@ async fn serve(
     ))
     .max_decoding_message_size(requests)
     .max_encoding_message_size(responses);
-    let ratelimit = RateLimitServiceServer::new(RateLimitApi::new(
+    let limiter = Arc::new(RateLimitApi::new(
         RateLimitStore::new(redis.clone()),
         Limits::from(config),
         RateLimitSettings::from(config),
+        meter.clone(),
+    ));
+    let ratelimit = RateLimitServiceServer::from_arc(limiter.clone())
+        .max_decoding_message_size(requests)
+        .max_encoding_message_size(responses);
+    let envoy_ratelimit = EnvoyRateLimitServiceServer::new(RlsApi::new(
+        rls_rules,
+        limiter,
+        RlsSettings {
+            headers: config.rls_headers,
+            max_descriptors: config.ratelimit_max_batch,
+        },
         meter.clone(),
     ))
     .max_decoding_message_size(requests)
@@ -411,6 +433,7 @@ async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(cache)
         .add_service(ratelimit)
+        .add_service(envoy_ratelimit)
         .add_service(lock)
         .add_service(session)
         .serve_with_incoming_shutdown(incoming, async move {

@@ -395,7 +395,11 @@ async fn a_sentinel_failover_mid_load_is_followed_with_no_double_grant_when_gran
         "SENTINEL FAILOVER: the Sentinels named the new primary {} ms after the command",
         (promoted - trigger).as_millis()
     );
-    let demoted = if group.first.port == old { &group.first } else { &group.second };
+    let demoted = if group.first.port == old {
+        &group.first
+    } else {
+        &group.second
+    };
     eventually_within(FORMING, "the old primary following the new one", async || {
         demoted.info("replication", "role") == "slave" && demoted.info("replication", "master_link_status") == "up"
     })

@@ -184,7 +184,8 @@ fn target(path: &str) -> Target {
             return Target::Reflection;
         }
         "cachelock.cache.v1.CacheService" => Service::Cache,
-        "cachelock.ratelimit.v1.RateLimitService" => Service::RateLimit,
+        // Envoy's rate limit API needs the same permission as cachelock's.
+        "cachelock.ratelimit.v1.RateLimitService" | "envoy.service.ratelimit.v3.RateLimitService" => Service::RateLimit,
         "cachelock.lock.v1.LockService" => Service::Lock,
         "cachelock.session.v1.SessionService" => Service::Session,
         _ => return Target::Unknown,

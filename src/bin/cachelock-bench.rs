@@ -20,6 +20,13 @@ use cachelock::{
     config::ProbeArgs,
     pb::{
         cache::{GetRequest, SetEntry, SetManyRequest, SetRequest, cache_service_client::CacheServiceClient},
+        envoy::{
+            extensions::common::ratelimit::v3::{RateLimitDescriptor, rate_limit_descriptor::Entry},
+            service::ratelimit::v3::{
+                RateLimitRequest, rate_limit_response::Code as EnvoyCode,
+                rate_limit_service_client::RateLimitServiceClient as EnvoyClient,
+            },
+        },
         lock::{AcquireRequest, ReleaseRequest, lock_service_client::LockServiceClient},
         ratelimit::{self as rl, CheckRequest, rate_limit_service_client::RateLimitServiceClient},
         session::{CreateRequest, GetRequest as SessionGetRequest, session_service_client::SessionServiceClient},
@@ -62,10 +69,13 @@ enum Scenario {
     SessionGet,
     /// Lock Acquire then Release, uncontended, over a name space (one iteration = two RPCs).
     LockAcquireRelease,
+    /// Envoy's ShouldRateLimit on one descriptor whose rule is the fixed window of
+    /// ratelimit-fixed-window: the cost of the Envoy path over RateLimit.Check.
+    EnvoyShouldRateLimit,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 8] = [
+    const ALL: [Scenario; 9] = [
         Scenario::GrpcFloor,
         Scenario::CacheGet,
         Scenario::CacheSet,
@@ -74,6 +84,7 @@ impl Scenario {
         Scenario::RatelimitSlidingWindow,
         Scenario::SessionGet,
         Scenario::LockAcquireRelease,
+        Scenario::EnvoyShouldRateLimit,
     ];
 
     fn name(self) -> &'static str {
@@ -86,6 +97,7 @@ impl Scenario {
             Scenario::RatelimitSlidingWindow => "ratelimit-sliding-window",
             Scenario::SessionGet => "session-get",
             Scenario::LockAcquireRelease => "lock-acquire-release",
+            Scenario::EnvoyShouldRateLimit => "envoy-should-rate-limit",
         }
     }
 
@@ -225,6 +237,8 @@ enum Target {
 const VALUE: [u8; 100] = [b'x'; 100];
 /// High enough that no key is ever denied during a run (and at most one per microsecond of the period).
 const RATE_LIMIT: u64 = 10_000_000;
+/// The Envoy domain of envoy-should-rate-limit.
+const BENCH_DOMAIN: &str = "cachelock_bench";
 const RATE_PERIOD_MICROS: u64 = 60_000_000;
 
 fn key_for(worker: usize, i: u64, space: usize) -> usize {
@@ -313,6 +327,30 @@ impl Clients {
                     .map(|_| ())
                     .map_err(|status| status.to_string())
             }
+            (Target::Service | Target::Secure | Target::Unmetered, Scenario::EnvoyShouldRateLimit) => {
+                let response = EnvoyClient::new(self.channel_to(target, worker))
+                    .should_rate_limit(RateLimitRequest {
+                        domain: BENCH_DOMAIN.to_owned(),
+                        descriptors: vec![RateLimitDescriptor {
+                            entries: vec![Entry {
+                                key: "bench".to_owned(),
+                                value: key,
+                            }],
+                            ..RateLimitDescriptor::default()
+                        }],
+                        hits_addend: 1,
+                    })
+                    .await
+                    .map_err(|status| status.to_string())?
+                    .into_inner();
+                if response.overall_code == EnvoyCode::Ok as i32
+                    && response.statuses.first().is_some_and(|s| s.current_limit.is_some())
+                {
+                    Ok(())
+                } else {
+                    Err(format!("not decided by the bench rule: {response:?}"))
+                }
+            }
             (Target::Service | Target::Secure | Target::Unmetered, scenario) => {
                 let algorithm = scenario.algorithm().ok_or("no such scenario")?;
                 let algorithm = match algorithm {
@@ -361,16 +399,15 @@ impl Clients {
             (Target::Direct, scenario) => {
                 let algorithm = scenario.algorithm().ok_or("no direct baseline")?;
                 let mut conn = self.redis.clone();
-                let mut invocation = cachelock::ratelimit::scripts()[0].prepare();
-                invocation
-                    .key(
-                        self.keys
-                            .ratelimit(&key, algorithm.key_suffix(), RATE_LIMIT, RATE_PERIOD_MICROS),
-                    )
-                    .arg(algorithm.code())
-                    .arg(RATE_LIMIT)
-                    .arg(RATE_PERIOD_MICROS)
-                    .arg(1);
+                let check = cachelock::ratelimit::LimitCheck {
+                    key: &key,
+                    algorithm,
+                    limit: RATE_LIMIT,
+                    period_micros: RATE_PERIOD_MICROS,
+                    cost: 1,
+                    alone: false,
+                };
+                let invocation = cachelock::ratelimit::invocation(&self.keys, std::slice::from_ref(&check));
                 // The service loaded the script into this Redis when it connected.
                 invocation
                     .evalsha()
@@ -659,10 +696,28 @@ impl BenchCluster {
 }
 
 /// Starts `cachelock` with `args` and waits until it is SERVING at `addr`.
+/// Where the services the benchmark starts read the Envoy rule of
+/// envoy-should-rate-limit from (removed when the benchmark ends).
+fn bench_rules_path() -> PathBuf {
+    std::env::temp_dir().join(format!("cachelock-bench-{}-rls.yaml", std::process::id()))
+}
+
+/// The rule of envoy-should-rate-limit: ratelimit-fixed-window's limit and period.
+fn bench_rules() -> String {
+    format!(
+        "domain: {BENCH_DOMAIN}\ndescriptors:\n  - key: bench\n    rate_limit:\n      unit: minute\n      \
+         requests_per_unit: {RATE_LIMIT}\n"
+    )
+}
+
 async fn start_service(addr: &str, args: &[String], probe_args: ProbeArgs) -> Result<Child, String> {
     let binary = sibling_binary("cachelock")?;
+    let rules = bench_rules_path();
+    std::fs::write(&rules, bench_rules()).map_err(|e| format!("cannot write {}: {e}", rules.display()))?;
     let service = Command::new(&binary)
         .args(args)
+        .arg("--rls-config")
+        .arg(&rules)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -1264,6 +1319,7 @@ async fn batch_worst_case(clients: &Clients, redis: &redis::Client) -> Result<()
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let _rules = RemovedOnDrop(bench_rules_path());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -125,6 +125,18 @@ impl KeySpace {
     }
 }
 
+/// The rate-limit key of an Envoy descriptor: its domain and its entries, each
+/// length-prefixed so that no two descriptors share a key. A `{…}` in the domain
+/// or a value tags the slot like any user key's.
+pub fn envoy_descriptor<'a>(domain: &str, entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut key = format!("envoy:{}:{domain}", domain.len());
+    for (name, value) in entries {
+        // Writing into a String cannot fail.
+        let _ = write!(key, ":{}:{name}:{}:{value}", name.len(), value.len());
+    }
+    key
+}
+
 /// The hash tag of a user key: 4 hex digits of SHA-256 of the part Redis
 /// Cluster would hash (the first non-empty `{…}` section, or the whole key).
 pub fn slot_tag(user_key: &str) -> String {

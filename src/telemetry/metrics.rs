@@ -131,6 +131,11 @@ pub struct Metrics {
     pub cache_writes: Counter,
     /// Rate-limit decisions by result (allowed, denied, policy_allowed, policy_denied).
     pub ratelimit_decisions: Family<Outcome, Counter>,
+    /// Envoy ShouldRateLimit descriptors by result (ok, over_limit, shadow_over_limit,
+    /// unlimited, no_rule, policy_ok, policy_over_limit).
+    pub rls_descriptors: Family<Outcome, Counter>,
+    /// Envoy rule reloads by result (loaded, refused).
+    pub rls_reloads: Family<Outcome, Counter>,
     /// Lock grants.
     pub lock_grants: Counter,
     /// Acquires that waited for a held lock.
@@ -176,6 +181,8 @@ impl Metrics {
             cache_reads: Family::default(),
             cache_writes: Counter::default(),
             ratelimit_decisions: Family::default(),
+            rls_descriptors: Family::default(),
+            rls_reloads: Family::default(),
             lock_grants: Counter::default(),
             lock_waits: Counter::default(),
             lock_wait_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
@@ -260,6 +267,17 @@ impl Metrics {
             "cachelock_ratelimit_decisions",
             "Rate-limit decisions by result: allowed, denied, policy_allowed, policy_denied (the outage policy)",
             metrics.ratelimit_decisions.clone(),
+        );
+        registry.register(
+            "cachelock_rls_descriptors",
+            "Envoy ShouldRateLimit descriptors by result: ok, over_limit, shadow_over_limit (answered OK), \
+             unlimited, no_rule, policy_ok, policy_over_limit (the outage policy)",
+            metrics.rls_descriptors.clone(),
+        );
+        registry.register(
+            "cachelock_rls_reloads",
+            "Envoy rate-limit rule loads by result: loaded, refused (the previous rules stay in force)",
+            metrics.rls_reloads.clone(),
         );
         registry.register("cachelock_lock_grants", "Locks granted", metrics.lock_grants.clone());
         registry.register(
