@@ -81,11 +81,12 @@ impl EmbeddedRedis {
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
             .args(["--daemonize", "no", "--loglevel", "warning"])
-            .args(extra)
             .arg("--logfile")
             .arg(&log_file)
             .arg("--dir")
             .arg(std::env::temp_dir())
+            // Last, so that a caller's --dir (a Cluster node's nodes.conf) wins.
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
