@@ -98,6 +98,7 @@ async fn reflection_lists_every_service_in_both_protocol_versions() {
         "cachelock.lock.v1.LockService",
         "cachelock.ratelimit.v1.RateLimitService",
         "cachelock.session.v1.SessionService",
+        "envoy.service.ratelimit.v3.RateLimitService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
