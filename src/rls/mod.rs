@@ -298,7 +298,7 @@ impl RateLimitService for RlsApi {
                         unit,
                         algorithm: crate::ratelimit::Algorithm::FixedWindow,
                     };
-                    let cap = crate::ratelimit::MAX_LIMIT.min(limit.period_micros());
+                    let cap = Limit::max_requests_per_unit(unit);
                     if u64::from(limit.requests_per_unit) > cap {
                         return Err(Error::invalid(
                             format!("descriptors[{i}].limit.requests_per_unit"),

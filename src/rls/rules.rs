@@ -112,6 +112,12 @@ impl Limit {
     pub fn period_micros(self) -> u64 {
         u64::try_from(self.unit.period().as_micros()).unwrap_or(u64::MAX)
     }
+
+    /// The most requests per unit the rate limiter can count exactly in `unit`.
+    pub fn max_requests_per_unit(unit: Unit) -> u64 {
+        let period = u64::try_from(unit.period().as_micros()).unwrap_or(u64::MAX);
+        MAX_LIMIT.min(period)
+    }
 }
 
 /// One `rate_limit` block and the flags of its descriptor.
@@ -148,7 +154,8 @@ pub struct Rules {
 
 #[derive(Debug, Default)]
 struct Level {
-    exact: HashMap<(String, String), Node>,
+    /// Key, then value: looked up with the request's borrowed strings.
+    exact: HashMap<String, HashMap<String, Node>>,
     wildcards: Vec<Wildcard>,
     any: HashMap<String, Node>,
 }
@@ -245,7 +252,7 @@ impl Rules {
         let mut level = self.domains.get(domain)?;
         let mut shared = Vec::with_capacity(entries.len());
         for (depth, (key, value)) in entries.iter().enumerate() {
-            let node = if let Some(node) = level.exact.get(&((*key).to_owned(), (*value).to_owned())) {
+            let node = if let Some(node) = level.exact.get(*key).and_then(|values| values.get(*value)) {
                 shared.push(None);
                 node
             } else if let Some(wildcard) = level
@@ -306,7 +313,7 @@ impl Level {
                     node,
                 }),
                 Some(value) => {
-                    level.exact.insert((descriptor.key, value), node);
+                    level.exact.entry(descriptor.key).or_default().insert(value, node);
                 }
                 None => {
                     level.any.insert(descriptor.key, node);
@@ -319,6 +326,7 @@ impl Level {
     fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.exact
             .values()
+            .flat_map(HashMap::values)
             .chain(self.wildcards.iter().map(|wildcard| &wildcard.node))
             .chain(self.any.values())
     }
@@ -594,7 +602,7 @@ impl TryFrom<RawRateLimit> for RateLimitBlock {
                 unit,
                 algorithm,
             };
-            let cap = MAX_LIMIT.min(limit.period_micros());
+            let cap = Limit::max_requests_per_unit(unit);
             if u64::from(requests_per_unit) > cap {
                 return Err(format!(
                     "requests_per_unit {requests_per_unit} is above {cap}, the most a {} can count",
