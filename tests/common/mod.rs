@@ -12,7 +12,7 @@ mod topology;
 #[allow(unused_imports)]
 pub use topology::{
     Backend, Direct, FORMING, MASTER, Mode, Node, TestCluster, TestSentinels, cluster_port, eventually,
-    eventually_within,
+    eventually_within, holds_within,
 };
 
 use std::{net::SocketAddr, time::Duration};

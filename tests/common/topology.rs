@@ -429,6 +429,43 @@ impl TestSentinels {
         answer.map(|(_, port)| port)
     }
 
+    /// What each Sentinel and data node reports, for a failure message: whether
+    /// a Sentinel is in TILT mode, which primary and replicas it knows, and each
+    /// data node's replication state.
+    pub fn describe(&self) -> String {
+        let mut text = String::new();
+        for sentinel in &self.sentinels {
+            let replicas: Vec<Vec<String>> = sentinel.query(&["SENTINEL", "REPLICAS", MASTER]).unwrap_or_default();
+            text.push_str(&format!(
+                "sentinel {}: tilt {}, primary {:?}, replicas {:?}\n",
+                sentinel.port,
+                sentinel.info("sentinel", "sentinel_tilt"),
+                sentinel
+                    .query::<Vec<String>>(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER])
+                    .unwrap_or_default(),
+                replicas
+                    .iter()
+                    .map(|fields| fields
+                        .chunks(2)
+                        .filter(|pair| ["port", "flags", "role-reported"].contains(&pair[0].as_str()))
+                        .map(|pair| pair.join("="))
+                        .collect::<Vec<_>>()
+                        .join(" "))
+                    .collect::<Vec<_>>(),
+            ));
+        }
+        for node in [&self.first, &self.second] {
+            text.push_str(&format!(
+                "node {}: role {:?}, master_port {:?}, link {:?}\n",
+                node.port,
+                node.info("replication", "role"),
+                node.info("replication", "master_port"),
+                node.info("replication", "master_link_status"),
+            ));
+        }
+        text
+    }
+
     /// The Sentinel URLs, comma-separated, for `--redis-sentinel-nodes`.
     pub fn urls(&self) -> String {
         self.sentinels.iter().map(Node::url).collect::<Vec<_>>().join(",")
@@ -607,13 +644,21 @@ pub async fn eventually(what: &str, condition: impl AsyncFnMut() -> bool) {
 /// Waits until `condition` holds (checked every 20 ms), panicking after `limit`:
 /// for what a topology takes its own time over (a Sentinel reconfigures a
 /// returning node only after it has been back for several seconds).
-pub async fn eventually_within(limit: Duration, what: &str, mut condition: impl AsyncFnMut() -> bool) {
+pub async fn eventually_within(limit: Duration, what: &str, condition: impl AsyncFnMut() -> bool) {
+    assert!(
+        holds_within(limit, condition).await,
+        "{what} did not happen within {limit:?}"
+    );
+}
+
+/// Whether `condition` comes to hold (checked every 20 ms) within `limit`.
+pub async fn holds_within(limit: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
     let give_up = tokio::time::Instant::now() + limit;
     while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "{what} did not happen within {limit:?}"
-        );
+        if tokio::time::Instant::now() >= give_up {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    true
 }
