@@ -38,10 +38,15 @@ use tonic_prost::ProstCodec;
 use tower::{Layer, Service};
 use tracing::warn;
 
-use crate::telemetry::Meter;
+use crate::{
+    error::{Error, Reason},
+    telemetry::Meter,
+};
 
 /// How often a kind of refusal is logged, at most.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// The delay suggested (`RetryInfo`) to a request shed at `--max-in-flight`.
+const OVERLOAD_RETRY: Duration = Duration::from_millis(100);
 /// Requests on these paths are never shed: load balancers must keep seeing the instance.
 const EXEMPT_PREFIX: &str = "/grpc.health.v1.Health/";
 
@@ -145,10 +150,14 @@ where
                 Err(_) => {
                     SHED.record();
                     self.meter.record(|metrics| metrics.refuse("in_flight"));
-                    let status = Status::resource_exhausted(format!(
-                        "the server is handling its limit of {} requests (--max-in-flight); retry with backoff",
-                        self.limit
-                    ));
+                    let status = Status::from(Error::Exhausted {
+                        reason: Reason::Overloaded,
+                        message: format!(
+                            "the server is handling its limit of {} requests (--max-in-flight); retry with backoff",
+                            self.limit
+                        ),
+                        retry_after: Some(OVERLOAD_RETRY),
+                    });
                     return Box::pin(std::future::ready(Ok(status.into_http())));
                 }
             }
@@ -284,7 +293,7 @@ where
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
         self.inner
             .decode(buf)
-            .map_err(|status| Status::invalid_argument(format!("not a valid protobuf message: {}", status.message())))
+            .map_err(|status| Error::Malformed(status.message().to_owned()).into())
     }
 
     fn buffer_settings(&self) -> BufferSettings {

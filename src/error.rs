@@ -3,11 +3,16 @@
 //!
 //! Handlers return [`Error`]; `?` turns it into a [`tonic::Status`] through the
 //! single `From` impl below, so every RPC answers a given failure the same way.
+//! Every status carries `google.rpc.Status` details (the `grpc-status-details-bin`
+//! trailer): an `ErrorInfo` whose [`Reason`] a client can switch on, a
+//! `BadRequest` naming the field for INVALID_ARGUMENT, and a `RetryInfo` with a
+//! suggested delay where waiting helps.
 
 use std::{io, time::Duration};
 
 use redis::RedisError;
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 use tracing::warn;
 
 use crate::redis::{Cause, Effect};
@@ -23,15 +28,25 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The request is not a protobuf message of the method's type.
+    #[error("not a valid protobuf message: {0}")]
+    Malformed(String),
+    /// The request carries no credential the service accepts.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not call this method.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The thing asked for does not exist (or no longer does).
-    #[error("{0}")]
-    NotFound(String),
+    #[error("{1}")]
+    NotFound(Reason, String),
     /// A conditional change lost a race (an expected version that moved on).
-    #[error("{0}")]
-    Aborted(String),
-    /// The stored state does not allow the operation (a counter that is not an integer).
-    #[error("{0}")]
-    FailedPrecondition(String),
+    #[error("{1}")]
+    Aborted(Reason, String),
+    /// The stored state does not allow the operation: a counter that is not an
+    /// integer, a lock this token does not hold.
+    #[error("{1}")]
+    FailedPrecondition(Reason, String),
     /// Redis could not run the command, so nothing was applied: it was not
     /// reachable in time, or refused the command without running it (BUSY,
     /// LOADING, READONLY, an ACL refusal).
@@ -60,8 +75,15 @@ pub enum Error {
     #[error("Redis is out of memory")]
     OutOfMemory,
     /// A limit of the service was reached; the text names it and its setting.
-    #[error("{0}")]
-    Exhausted(String),
+    #[error("{message}")]
+    Exhausted {
+        /// Which limit.
+        reason: Reason,
+        /// What was reached, naming the setting.
+        message: String,
+        /// How long to wait before trying again, when waiting helps.
+        retry_after: Option<Duration>,
+    },
     /// A failure inside the service itself (no randomness, a malformed script reply).
     #[error("internal error: {0}")]
     Internal(String),
@@ -69,6 +91,126 @@ pub enum Error {
     #[error("unexpected Redis error")]
     Redis(#[source] RedisError),
 }
+
+/// The `reason` of the `google.rpc.ErrorInfo` (domain [`DOMAIN`]) on every error
+/// status: stable names a client can branch on, listed in the README. New ones
+/// may be added; a client should treat one it does not know by its status code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// INVALID_ARGUMENT: a request field is wrong; `BadRequest` names it.
+    InvalidField,
+    /// INVALID_ARGUMENT: the request is not a protobuf message of the method's type.
+    MalformedRequest,
+    /// UNAUTHENTICATED: no credential, or one the auth file does not know.
+    Unauthenticated,
+    /// PERMISSION_DENIED: the client may not call this method.
+    PermissionDenied,
+    /// NOT_FOUND: no such session (unknown, expired or ended).
+    SessionNotFound,
+    /// ABORTED: the session moved on from the expected version.
+    VersionConflict,
+    /// FAILED_PRECONDITION: the key holds a value that is not a 64-bit integer.
+    NotAnInteger,
+    /// FAILED_PRECONDITION: the increment would overflow a 64-bit integer.
+    IntegerOverflow,
+    /// FAILED_PRECONDITION: the lock is held under another token now; stop the work
+    /// the lease protected.
+    LeaseLost,
+    /// FAILED_PRECONDITION: nobody holds the lock (the lease expired or was released).
+    LockNotHeld,
+    /// UNAVAILABLE: Redis cannot be reached or refused to run the command; nothing
+    /// was applied. `metadata["cause"]` says why.
+    RedisUnavailable,
+    /// UNAVAILABLE: Redis did not answer in time, and the command is safe to repeat.
+    RedisTimeout,
+    /// UNAVAILABLE: lock grants are paused after Redis lost its data.
+    LocksPaused,
+    /// DEADLINE_EXCEEDED: a change was in flight when Redis stopped answering; it
+    /// may or may not have been applied.
+    MayHaveApplied,
+    /// DEADLINE_EXCEEDED: the caller's deadline had passed before any work began.
+    DeadlinePassed,
+    /// RESOURCE_EXHAUSTED: Redis reached `maxmemory` and refused the write.
+    RedisOutOfMemory,
+    /// RESOURCE_EXHAUSTED: the server is at `--max-in-flight`.
+    Overloaded,
+    /// RESOURCE_EXHAUSTED: the client is over its `max_requests_per_second`.
+    ClientRateLimited,
+    /// RESOURCE_EXHAUSTED: too many Acquires are waiting (`--lock-max-waiters*`).
+    TooManyWaiters,
+    /// RESOURCE_EXHAUSTED: too many health Watch streams are open.
+    TooManyWatchers,
+    /// RESOURCE_EXHAUSTED: the answer would exceed `--max-response-bytes`.
+    ResponseTooLarge,
+    /// INTERNAL: a failure inside the service; the log says more.
+    Internal,
+}
+
+/// The `domain` of every `ErrorInfo` the service sends.
+pub const DOMAIN: &str = "cachelock.dev";
+
+impl Reason {
+    /// Every reason, for the README's list and its test.
+    pub const ALL: [Reason; 22] = [
+        Reason::InvalidField,
+        Reason::MalformedRequest,
+        Reason::Unauthenticated,
+        Reason::PermissionDenied,
+        Reason::SessionNotFound,
+        Reason::VersionConflict,
+        Reason::NotAnInteger,
+        Reason::IntegerOverflow,
+        Reason::LeaseLost,
+        Reason::LockNotHeld,
+        Reason::RedisUnavailable,
+        Reason::RedisTimeout,
+        Reason::LocksPaused,
+        Reason::MayHaveApplied,
+        Reason::DeadlinePassed,
+        Reason::RedisOutOfMemory,
+        Reason::Overloaded,
+        Reason::ClientRateLimited,
+        Reason::TooManyWaiters,
+        Reason::TooManyWatchers,
+        Reason::ResponseTooLarge,
+        Reason::Internal,
+    ];
+
+    /// The name sent as `ErrorInfo.reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidField => "INVALID_FIELD",
+            Reason::MalformedRequest => "MALFORMED_REQUEST",
+            Reason::Unauthenticated => "UNAUTHENTICATED",
+            Reason::PermissionDenied => "PERMISSION_DENIED",
+            Reason::SessionNotFound => "SESSION_NOT_FOUND",
+            Reason::VersionConflict => "VERSION_CONFLICT",
+            Reason::NotAnInteger => "NOT_AN_INTEGER",
+            Reason::IntegerOverflow => "INTEGER_OVERFLOW",
+            Reason::LeaseLost => "LEASE_LOST",
+            Reason::LockNotHeld => "LOCK_NOT_HELD",
+            Reason::RedisUnavailable => "REDIS_UNAVAILABLE",
+            Reason::RedisTimeout => "REDIS_TIMEOUT",
+            Reason::LocksPaused => "LOCKS_PAUSED",
+            Reason::MayHaveApplied => "MAY_HAVE_APPLIED",
+            Reason::DeadlinePassed => "DEADLINE_PASSED",
+            Reason::RedisOutOfMemory => "REDIS_OUT_OF_MEMORY",
+            Reason::Overloaded => "OVERLOADED",
+            Reason::ClientRateLimited => "CLIENT_RATE_LIMITED",
+            Reason::TooManyWaiters => "TOO_MANY_WAITERS",
+            Reason::TooManyWatchers => "TOO_MANY_WATCHERS",
+            Reason::ResponseTooLarge => "RESPONSE_TOO_LARGE",
+            Reason::Internal => "INTERNAL",
+        }
+    }
+}
+
+/// The delay suggested (`RetryInfo`) after Redis could not be reached or was too
+/// slow: about one reconnect attempt.
+const RETRY_REDIS: Duration = Duration::from_millis(250);
+/// The delay suggested after Redis refused a write for lack of memory: eviction
+/// or expiry may free some, an operator may have to.
+const RETRY_MEMORY: Duration = Duration::from_secs(1);
 
 impl Error {
     /// An [`Error::InvalidArgument`] for `field`.
@@ -140,48 +282,117 @@ impl From<RedisError> for Error {
     }
 }
 
-impl From<Error> for Status {
-    fn from(error: Error) -> Status {
-        match error {
-            Error::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
-            Error::FailedPrecondition(message) => Status::failed_precondition(message),
-            Error::NotFound(message) => Status::not_found(message),
-            Error::Aborted(message) => Status::aborted(message),
-            // Connection state changes are logged once by the health prober, not per request.
-            Error::Unavailable(cause) => Status::unavailable(format!(
-                "Redis is unavailable ({cause}); nothing was applied, retry with backoff"
-            )),
-            Error::Timeout { waited, effect } if effect.caller_may_retry() => Status::unavailable(format!(
-                "Redis did not answer within {}; retry with backoff",
-                whole_millis(waited)
-            )),
-            // gRPC's own meaning of DEADLINE_EXCEEDED: the change may have happened.
-            Error::Timeout { waited, .. } => Status::deadline_exceeded(format!(
-                "Redis did not answer within {}; the change may or may not have been applied",
-                whole_millis(waited)
-            )),
-            Error::MayHaveApplied(cause) => Status::deadline_exceeded(format!(
-                "the connection to Redis was lost ({cause}) while the change was in flight; \
-                 it may or may not have been applied"
-            )),
-            Error::LocksPaused(left) => Status::unavailable(format!(
-                "lock grants are paused for {} more: Redis lost its data (a restart without \
-                 persistence or a failover to an empty replica), and a lease granted before may still \
-                 be in use until the longest lease has run out; retry after that",
-                humantime::format_duration(Duration::from_secs(left.as_secs() + 1))
-            )),
-            Error::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
-            Error::OutOfMemory => Status::resource_exhausted("Redis is out of memory and refused the write"),
-            Error::Exhausted(message) => Status::resource_exhausted(message),
-            Error::Internal(detail) => {
-                warn!(%detail, "internal error");
-                Status::internal("internal error")
+impl Error {
+    /// The gRPC code, message, reason and suggested retry delay this error is
+    /// answered with.
+    fn answer(&self) -> (Code, String, Reason, Option<Duration>) {
+        match self {
+            Error::InvalidArgument { .. } => (Code::InvalidArgument, self.to_string(), Reason::InvalidField, None),
+            Error::Malformed(_) => (Code::InvalidArgument, self.to_string(), Reason::MalformedRequest, None),
+            Error::Unauthenticated(message) => (Code::Unauthenticated, message.clone(), Reason::Unauthenticated, None),
+            Error::PermissionDenied(message) => {
+                (Code::PermissionDenied, message.clone(), Reason::PermissionDenied, None)
             }
-            Error::Redis(source) => {
-                warn!(error = %source, "unexpected Redis error");
-                Status::internal("internal error")
+            Error::FailedPrecondition(reason, message) => (Code::FailedPrecondition, message.clone(), *reason, None),
+            Error::NotFound(reason, message) => (Code::NotFound, message.clone(), *reason, None),
+            Error::Aborted(reason, message) => (Code::Aborted, message.clone(), *reason, None),
+            // Connection state changes are logged once by the health prober, not per request.
+            Error::Unavailable(cause) => (
+                Code::Unavailable,
+                format!("Redis is unavailable ({cause}); nothing was applied, retry with backoff"),
+                Reason::RedisUnavailable,
+                Some(RETRY_REDIS),
+            ),
+            Error::Timeout { waited, effect } if effect.caller_may_retry() => (
+                Code::Unavailable,
+                format!(
+                    "Redis did not answer within {}; retry with backoff",
+                    whole_millis(*waited)
+                ),
+                Reason::RedisTimeout,
+                Some(RETRY_REDIS),
+            ),
+            // gRPC's own meaning of DEADLINE_EXCEEDED: the change may have happened.
+            Error::Timeout { waited, .. } => (
+                Code::DeadlineExceeded,
+                format!(
+                    "Redis did not answer within {}; the change may or may not have been applied",
+                    whole_millis(*waited)
+                ),
+                Reason::MayHaveApplied,
+                None,
+            ),
+            Error::MayHaveApplied(cause) => (
+                Code::DeadlineExceeded,
+                format!(
+                    "the connection to Redis was lost ({cause}) while the change was in flight; \
+                     it may or may not have been applied"
+                ),
+                Reason::MayHaveApplied,
+                None,
+            ),
+            Error::LocksPaused(left) => {
+                let left = Duration::from_secs(left.as_secs() + 1);
+                (
+                    Code::Unavailable,
+                    format!(
+                        "lock grants are paused for {} more: Redis lost its data (a restart without \
+                         persistence or a failover to an empty replica), and a lease granted before may \
+                         still be in use until the longest lease has run out; retry after that",
+                        humantime::format_duration(left)
+                    ),
+                    Reason::LocksPaused,
+                    Some(left),
+                )
+            }
+            Error::DeadlineExceeded => (Code::DeadlineExceeded, self.to_string(), Reason::DeadlinePassed, None),
+            Error::OutOfMemory => (
+                Code::ResourceExhausted,
+                "Redis is out of memory and refused the write".to_owned(),
+                Reason::RedisOutOfMemory,
+                Some(RETRY_MEMORY),
+            ),
+            Error::Exhausted {
+                reason,
+                message,
+                retry_after,
+            } => (Code::ResourceExhausted, message.clone(), *reason, *retry_after),
+            Error::Internal(_) | Error::Redis(_) => {
+                (Code::Internal, "internal error".to_owned(), Reason::Internal, None)
             }
         }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        match &error {
+            Error::Internal(detail) => warn!(%detail, "internal error"),
+            Error::Redis(source) => warn!(error = %source, "unexpected Redis error"),
+            _ => {}
+        }
+        let (code, message, reason, retry_after) = error.answer();
+        let mut metadata = std::collections::HashMap::new();
+        match &error {
+            Error::InvalidArgument { field, .. } => {
+                metadata.insert("field".to_owned(), field.clone());
+            }
+            Error::Unavailable(cause) | Error::MayHaveApplied(cause) => {
+                metadata.insert("cause".to_owned(), cause.kind().to_owned());
+            }
+            Error::Timeout { .. } => {
+                metadata.insert("cause".to_owned(), "timeout".to_owned());
+            }
+            _ => {}
+        }
+        let mut details = ErrorDetails::with_error_info(reason.as_str(), DOMAIN, metadata);
+        if let Error::InvalidArgument { field, reason } = &error {
+            details.add_bad_request_violation(field.clone(), reason.clone());
+        }
+        if let Some(delay) = retry_after {
+            details.set_retry_info(Some(delay));
+        }
+        Status::with_error_details(code, message, details)
     }
 }
 
@@ -237,5 +448,143 @@ impl StartError {
             StartError::RedisServerMissing | StartError::RedisConfig(_) | StartError::Security(_) => 2,
             _ => 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::redis::Effect;
+
+    fn sent(error: Error) -> (Code, String, bool, Option<String>) {
+        let status = Status::from(error);
+        let details = status.get_error_details();
+        let info = details.error_info().expect("every status carries an ErrorInfo");
+        assert_eq!(info.domain, DOMAIN);
+        let field = details
+            .bad_request()
+            .and_then(|bad| bad.field_violations.first())
+            .map(|violation| violation.field.clone());
+        (
+            status.code(),
+            info.reason.clone(),
+            details.retry_info().is_some(),
+            field,
+        )
+    }
+
+    #[test]
+    fn every_error_is_sent_with_its_reason_and_retry_advice_where_waiting_helps() {
+        let exhausted = |reason, retry_after| Error::Exhausted {
+            reason,
+            message: "limit".to_owned(),
+            retry_after,
+        };
+        let cases = [
+            (
+                Error::invalid("entries[2].ttl", "must be positive"),
+                Code::InvalidArgument,
+                false,
+            ),
+            (Error::Malformed("truncated".to_owned()), Code::InvalidArgument, false),
+            (Error::Unauthenticated("who".to_owned()), Code::Unauthenticated, false),
+            (Error::PermissionDenied("no".to_owned()), Code::PermissionDenied, false),
+            (
+                Error::NotFound(Reason::SessionNotFound, "gone".to_owned()),
+                Code::NotFound,
+                false,
+            ),
+            (
+                Error::Aborted(Reason::VersionConflict, "moved".to_owned()),
+                Code::Aborted,
+                false,
+            ),
+            (
+                Error::FailedPrecondition(Reason::NotAnInteger, "text".to_owned()),
+                Code::FailedPrecondition,
+                false,
+            ),
+            (
+                Error::FailedPrecondition(Reason::IntegerOverflow, "big".to_owned()),
+                Code::FailedPrecondition,
+                false,
+            ),
+            (
+                Error::FailedPrecondition(Reason::LeaseLost, "lost".to_owned()),
+                Code::FailedPrecondition,
+                false,
+            ),
+            (
+                Error::FailedPrecondition(Reason::LockNotHeld, "free".to_owned()),
+                Code::FailedPrecondition,
+                false,
+            ),
+            (Error::Unavailable(Cause::Refused), Code::Unavailable, true),
+            (
+                Error::Timeout {
+                    waited: Duration::from_millis(5),
+                    effect: Effect::Read,
+                },
+                Code::Unavailable,
+                true,
+            ),
+            (Error::LocksPaused(Duration::from_secs(3)), Code::Unavailable, true),
+            (Error::MayHaveApplied(Cause::Closed), Code::DeadlineExceeded, false),
+            (
+                Error::Timeout {
+                    waited: Duration::from_millis(5),
+                    effect: Effect::Write,
+                },
+                Code::DeadlineExceeded,
+                false,
+            ),
+            (Error::DeadlineExceeded, Code::DeadlineExceeded, false),
+            (Error::OutOfMemory, Code::ResourceExhausted, true),
+            (
+                exhausted(Reason::Overloaded, Some(Duration::from_millis(100))),
+                Code::ResourceExhausted,
+                true,
+            ),
+            (
+                exhausted(Reason::ClientRateLimited, Some(Duration::from_millis(7))),
+                Code::ResourceExhausted,
+                true,
+            ),
+            (
+                exhausted(Reason::TooManyWaiters, Some(Duration::from_secs(1))),
+                Code::ResourceExhausted,
+                true,
+            ),
+            (
+                exhausted(Reason::TooManyWatchers, Some(Duration::from_secs(5))),
+                Code::ResourceExhausted,
+                true,
+            ),
+            (
+                exhausted(Reason::ResponseTooLarge, None),
+                Code::ResourceExhausted,
+                false,
+            ),
+            (Error::Internal("bug".to_owned()), Code::Internal, false),
+        ];
+        let mut seen = HashSet::new();
+        for (error, code, retry) in cases {
+            let described = format!("{error:?}");
+            let (sent_code, reason, has_retry, field) = sent(error);
+            assert_eq!(sent_code, code, "{described}");
+            assert_eq!(has_retry, retry, "{described}");
+            assert_eq!(field.is_some(), reason == "INVALID_FIELD", "{described}");
+            seen.insert(reason);
+        }
+        let all: HashSet<String> = Reason::ALL.iter().map(|reason| reason.as_str().to_owned()).collect();
+        assert_eq!(seen, all, "every reason is sent by some error, and no other");
+    }
+
+    #[test]
+    fn a_field_violation_names_the_field_as_the_caller_spells_it() {
+        let (_, _, _, field) = sent(Error::invalid("entries[2].ttl", "must be positive"));
+        assert_eq!(field.as_deref(), Some("entries[2].ttl"));
     }
 }

@@ -43,7 +43,7 @@ use tracing::{info, warn};
 
 use crate::{
     admission::RefusalLog,
-    error::Error,
+    error::{Error, Reason},
     redis::{Kind, Op, Patience, Redis, Request as RedisRequest, State, Topology, epoch::DataEpoch},
     telemetry::{Meter, metrics::HealthName},
 };
@@ -141,6 +141,9 @@ pub struct DrainingHealth {
     meter: Meter,
 }
 
+/// The delay suggested (`RetryInfo`) to a Watch refused for too many streams.
+const WATCHERS_RETRY: Duration = Duration::from_secs(5);
+
 static WATCHES_FULL: RefusalLog =
     RefusalLog::new("health Watch streams refused with RESOURCE_EXHAUSTED: --max-watch-streams are open");
 
@@ -158,10 +161,15 @@ impl Health for DrainingHealth {
         let Ok(permit) = self.watchers.clone().try_acquire_owned() else {
             WATCHES_FULL.record();
             self.meter.record(|metrics| metrics.refuse("watch_streams"));
-            return Err(Status::resource_exhausted(format!(
-                "{} health Watch streams are open (--max-watch-streams); use Check, or retry later",
-                self.max_watch_streams
-            )));
+            return Err(Error::Exhausted {
+                reason: Reason::TooManyWatchers,
+                message: format!(
+                    "{} health Watch streams are open (--max-watch-streams); use Check, or retry later",
+                    self.max_watch_streams
+                ),
+                retry_after: Some(WATCHERS_RETRY),
+            }
+            .into());
         };
         let statuses = self.inner.watch(request).await?.into_inner();
         let mut draining = self.draining.clone();

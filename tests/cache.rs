@@ -8,7 +8,7 @@ use cachelock::pb::cache::{
     DeleteRequest, ExpireRequest, GetManyRequest, GetRequest, IncrementRequest, SetCondition, SetEntry, SetManyRequest,
     SetRequest, TakeRequest,
 };
-use common::{Backend, as_millis, assert_invalid, millis};
+use common::{Backend, as_millis, assert_invalid, assert_reason, millis};
 use redis::AsyncCommands;
 use tonic::Code;
 
@@ -260,7 +260,7 @@ async fn increment_refuses_a_value_that_is_not_a_counter(backend: Backend) {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_reason(&status, Code::FailedPrecondition, "NOT_AN_INTEGER");
     assert!(
         status.message().contains("not a 64-bit integer"),
         "{}",
@@ -279,7 +279,7 @@ async fn increment_refuses_a_value_that_is_not_a_counter(backend: Backend) {
         })
         .await
         .unwrap_err();
-    assert_eq!(overflow.code(), Code::FailedPrecondition);
+    assert_reason(&overflow, Code::FailedPrecondition, "INTEGER_OVERFLOW");
     assert!(overflow.message().contains("overflow"), "{}", overflow.message());
 }
 
@@ -426,6 +426,22 @@ async fn keys_live_under_the_prefix_inside_a_hash_tag(backend: Backend) {
     assert_eq!(value.as_deref(), Some(&b"v"[..]));
 }
 
+async fn foreign_data_under_the_prefix_is_an_internal_error(backend: Backend) {
+    let service = backend.service(&[]).await;
+    let mut cache = service.cache();
+
+    // Something other than cachelock wrote a list where a cached value belongs.
+    let mut direct = backend.connection().await;
+    let tag = cachelock::redis::keys::slot_tag("listed");
+    let _: i64 = direct
+        .rpush(format!("{}:default:cache:{{{tag}}}:listed", backend.prefix()), "x")
+        .await
+        .unwrap();
+    let status = cache.get(get("listed")).await.unwrap_err();
+    assert_reason(&status, Code::Internal, "INTERNAL");
+    assert_eq!(status.message(), "internal error", "no Redis detail reaches the caller");
+}
+
 async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
     let service = backend
         .service(&[
@@ -569,5 +585,6 @@ in_every_mode!(
     delete_counts_the_keys_that_existed,
     expire_sets_a_new_ttl_on_existing_keys_only,
     keys_live_under_the_prefix_inside_a_hash_tag,
+    foreign_data_under_the_prefix_is_an_internal_error,
     bad_inputs_are_refused_naming_the_field,
 );

@@ -21,7 +21,7 @@ use cachelock::pb::{
     ratelimit::{CheckRequest, OutagePolicy},
     session::{CreateRequest, GetRequest as SessionGet, ListUserSessionsRequest},
 };
-use common::{CapturedLogs, FaultyLink, PATIENCE, TestRedis, TestService, millis, redis_and_service};
+use common::{CapturedLogs, FaultyLink, PATIENCE, TestRedis, TestService, assert_reason, millis, redis_and_service};
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -87,10 +87,10 @@ async fn returns<T>(call: impl std::future::Future<Output = T>) -> T {
         .expect("the call returns instead of hanging")
 }
 
-fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, words: &str) {
+fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, reason: &str, words: &str) {
     match result {
         Err(status) => {
-            assert_eq!(status.code(), code, "{status:?}");
+            assert_reason(&status, code, reason);
             assert!(status.message().contains(words), "{words:?} not in {status:?}");
         }
         Ok(answer) => panic!("expected {code:?}, got {answer:?}"),
@@ -302,6 +302,7 @@ async fn while_redis_is_down_calls_are_refused_by_a_fresh_attempt_not_a_timeout(
         assert_code(
             returns(cache.get(get("k"))).await,
             Code::Unavailable,
+            "REDIS_UNAVAILABLE",
             "connection refused",
         );
         eprintln!("UNAVAILABLE while Redis is down after {:?}", started.elapsed());
@@ -309,6 +310,7 @@ async fn while_redis_is_down_calls_are_refused_by_a_fresh_attempt_not_a_timeout(
     assert_code(
         returns(cache.increment(increment("n"))).await,
         Code::Unavailable,
+        "REDIS_UNAVAILABLE",
         "nothing was applied",
     );
 
@@ -325,7 +327,12 @@ async fn the_service_starts_while_redis_is_down_and_serves_once_it_is_up() {
     let mut cache = service.cache();
 
     assert_eq!(service.health_status("").await, Ok(NOT_SERVING));
-    assert_code(returns(cache.get(get("k"))).await, Code::Unavailable, "");
+    assert_code(
+        returns(cache.get(get("k"))).await,
+        Code::Unavailable,
+        "REDIS_UNAVAILABLE",
+        "",
+    );
 
     let _redis = TestRedis::start_on(port).await;
     assert!(
@@ -444,7 +451,12 @@ async fn an_increment_whose_connection_is_cut_may_have_applied_and_is_not_repeat
     link.held_bytes_arrived().await;
     link.cut().await;
     link.hold_replies(false);
-    assert_code(returns(call).await.unwrap(), Code::DeadlineExceeded, "may or may not");
+    assert_code(
+        returns(call).await.unwrap(),
+        Code::DeadlineExceeded,
+        "MAY_HAVE_APPLIED",
+        "may or may not",
+    );
     // It ran once, and only once: the service did not send it again.
     let counter: Vec<String> = redis.command(&["KEYS", "cachelock:*:cache:*n"]).await;
     let value: String = redis.command(&["GET", &counter[0]]).await;
@@ -545,27 +557,32 @@ async fn writes_that_timed_out_say_whether_they_may_have_applied() {
     assert_code(
         cache.increment(increment("n")).await,
         Code::DeadlineExceeded,
+        "MAY_HAVE_APPLIED",
         "may or may not",
     );
     assert_code(
         cache.set(set("once", SetCondition::IfAbsent)).await,
         Code::DeadlineExceeded,
+        "MAY_HAVE_APPLIED",
         "may or may not",
     );
     assert_code(
         locks.acquire(acquire("job", 30_000)).await,
         Code::DeadlineExceeded,
+        "MAY_HAVE_APPLIED",
         "may or may not",
     );
     assert_code(
         sessions.create(new_session("yves")).await,
         Code::DeadlineExceeded,
+        "MAY_HAVE_APPLIED",
         "may or may not",
     );
     // A plain SET is safe to repeat, so the caller is told to retry.
     assert_code(
         cache.set(set("k", SetCondition::Always)).await,
         Code::Unavailable,
+        "REDIS_TIMEOUT",
         "retry",
     );
     link.hold_replies(false);
@@ -666,7 +683,12 @@ async fn a_busy_script_makes_calls_unavailable_and_health_not_serving_until_it_e
             .await;
     });
     service.wait_for_health("", NOT_SERVING).await;
-    assert_code(cache.get(get("k")).await, Code::Unavailable, "busy");
+    assert_code(
+        cache.get(get("k")).await,
+        Code::Unavailable,
+        "REDIS_UNAVAILABLE",
+        "busy",
+    );
 
     let _: () = redis.command(&["SCRIPT", "KILL"]).await;
     returns(busy).await.unwrap();
@@ -701,11 +723,13 @@ async fn a_full_redis_refuses_growth_but_frees_keeps_and_reads() {
     assert_code(
         cache.set(set("k", SetCondition::Always)).await,
         Code::ResourceExhausted,
+        "REDIS_OUT_OF_MEMORY",
         "out of memory",
     );
     assert_code(
         locks.acquire(acquire("new", 30_000)).await,
         Code::ResourceExhausted,
+        "REDIS_OUT_OF_MEMORY",
         "out of memory",
     );
     // What frees, keeps or only reads memory still works.
@@ -786,6 +810,7 @@ async fn a_primary_demoted_to_replica_is_not_serving_and_writes_are_unavailable(
     assert_code(
         cache.set(set("k", SetCondition::Always)).await,
         Code::Unavailable,
+        "REDIS_UNAVAILABLE",
         "read-only",
     );
 
@@ -848,6 +873,7 @@ async fn a_wrong_password_fixed_on_the_server_is_picked_up() {
     assert_code(
         service.cache().get(get("k")).await,
         Code::Unavailable,
+        "REDIS_UNAVAILABLE",
         "authentication failed",
     );
 
@@ -901,7 +927,12 @@ async fn after_redis_loses_its_data_lock_grants_pause_for_the_longest_lease() {
     redis.restart().await; // no persistence: the lock is forgotten
     service.wait_for_health("", SERVING).await;
     // The first holder may still be working under its lease: nobody else may have it yet.
-    assert_code(locks.acquire(acquire("job", 2_000)).await, Code::Unavailable, "paused");
+    assert_code(
+        locks.acquire(acquire("job", 2_000)).await,
+        Code::Unavailable,
+        "LOCKS_PAUSED",
+        "paused",
+    );
     logs.wait_for("Redis lost its data").await;
 
     // An Acquire whose wait covers the rest of the pause is granted when it ends.

@@ -9,7 +9,7 @@ use cachelock::pb::lock::{
     AcquireRequest, AcquireResponse, DescribeRequest, ExtendRequest, ReleaseRequest,
     lock_service_client::LockServiceClient,
 };
-use common::{Backend, PATIENCE, TestRedis, TestService, assert_invalid, millis, redis_and_service};
+use common::{Backend, PATIENCE, TestRedis, TestService, assert_invalid, assert_reason, millis, redis_and_service};
 use redis::AsyncCommands;
 use tonic::{Code, transport::Channel};
 
@@ -101,7 +101,7 @@ async fn an_expired_lease_is_lost_and_the_next_grant_fences_it_out(backend: Back
     assert!(second.fencing_token > first.fencing_token);
 
     let released = release(&mut client, "job", &first.token).await.unwrap_err();
-    assert_eq!(released.code(), Code::FailedPrecondition);
+    assert_reason(&released, Code::FailedPrecondition, "LEASE_LOST");
     assert!(released.message().contains("lease was lost"), "{}", released.message());
     let extended = client
         .extend(ExtendRequest {
@@ -111,7 +111,7 @@ async fn an_expired_lease_is_lost_and_the_next_grant_fences_it_out(backend: Back
         })
         .await
         .unwrap_err();
-    assert_eq!(extended.code(), Code::FailedPrecondition);
+    assert_reason(&extended, Code::FailedPrecondition, "LEASE_LOST");
 
     // The stale holder's failed calls did not disturb the new holder.
     let described = client
@@ -121,6 +121,38 @@ async fn an_expired_lease_is_lost_and_the_next_grant_fences_it_out(backend: Back
         .into_inner();
     assert!(described.held);
     assert_eq!(described.fencing_token, second.fencing_token);
+}
+
+async fn a_lease_that_ran_out_with_nobody_holding_the_lock_is_not_held(backend: Backend) {
+    let service = backend.service(&[]).await;
+    let mut client = locks(&service);
+
+    let grant = take(&mut client, acquire("lapsed", 100, 0)).await;
+    assert!(grant.acquired);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let extended = client
+        .extend(ExtendRequest {
+            name: "lapsed".to_owned(),
+            token: grant.token.clone(),
+            ttl: Some(millis(10_000)),
+        })
+        .await
+        .unwrap_err();
+    assert_reason(&extended, Code::FailedPrecondition, "LOCK_NOT_HELD");
+    let released = release(&mut client, "lapsed", &grant.token).await.unwrap_err();
+    assert_reason(&released, Code::FailedPrecondition, "LOCK_NOT_HELD");
+    assert!(released.message().contains("not held"), "{}", released.message());
+
+    // A token that was never granted finds the free lock the same way, and one
+    // that is not this lock's while another holds it finds the lease lost.
+    let stranger = take(&mut client, acquire("other", 10_000, 0)).await;
+    let free = release(&mut client, "lapsed", &stranger.token).await.unwrap_err();
+    assert_reason(&free, Code::FailedPrecondition, "LOCK_NOT_HELD");
+    let holder = take(&mut client, acquire("lapsed", 10_000, 0)).await;
+    assert!(holder.acquired);
+    let taken = release(&mut client, "lapsed", &stranger.token).await.unwrap_err();
+    assert_reason(&taken, Code::FailedPrecondition, "LEASE_LOST");
 }
 
 async fn extend_renews_the_lease_of_the_holder(backend: Backend) {
@@ -424,6 +456,7 @@ async fn redis_down_gives_unavailable_within_the_deadline() {
 in_every_mode!(
     contending_workers_never_overlap_and_fencing_tokens_increase_in_grant_order,
     an_expired_lease_is_lost_and_the_next_grant_fences_it_out,
+    a_lease_that_ran_out_with_nobody_holding_the_lock_is_not_held,
     extend_renews_the_lease_of_the_holder,
     a_waiter_is_granted_promptly_after_release,
     a_waiter_is_granted_when_the_holder_expires_without_releasing,

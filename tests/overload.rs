@@ -20,10 +20,10 @@ use cachelock::pb::{
     lock::AcquireRequest,
     ratelimit::{CheckRequest, OutagePolicy},
 };
-use common::{FaultyLink, PATIENCE, TestRedis, TestService, millis, redis_and_service};
+use common::{FaultyLink, PATIENCE, TestRedis, TestService, assert_reason, millis, redis_and_service};
 use http_body_util::BodyExt;
 use tokio_stream::StreamExt;
-use tonic::{Code, transport::Channel};
+use tonic::{Code, Status, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
 fn get(key: &str) -> GetRequest {
@@ -122,7 +122,10 @@ async fn a_flood_is_shed_at_once_while_admitted_calls_succeed_and_health_answers
                 assert!(found.into_inner().found);
                 succeeded += 1;
             }
-            Err(status) if status.code() == Code::ResourceExhausted => shed_latencies.push(latency),
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert_reason(&status, Code::ResourceExhausted, "OVERLOADED");
+                shed_latencies.push(latency);
+            }
             Err(status) => other.push(status),
         }
     }
@@ -224,7 +227,7 @@ async fn waiting_acquires_beyond_their_caps_are_refused() {
     // Each waiter tries, takes its place, and tries once more before it sleeps.
     redis.wait_for_calls("evalsha", attempts + 4).await;
     let per_name = locks.acquire(acquire("a", 30_000)).await.unwrap_err();
-    assert_eq!(per_name.code(), Code::ResourceExhausted, "{per_name:?}");
+    assert_reason(&per_name, Code::ResourceExhausted, "TOO_MANY_WAITERS");
     assert!(
         per_name.message().contains("--lock-max-waiters-per-name"),
         "{per_name:?}"
@@ -234,7 +237,7 @@ async fn waiting_acquires_beyond_their_caps_are_refused() {
     waiters.push(wait_for("b"));
     redis.wait_for_calls("evalsha", attempts + 2).await;
     let overall = locks.acquire(acquire("c", 30_000)).await.unwrap_err();
-    assert_eq!(overall.code(), Code::ResourceExhausted, "{overall:?}");
+    assert_reason(&overall, Code::ResourceExhausted, "TOO_MANY_WAITERS");
     assert!(overall.message().contains("(--lock-max-waiters)"), "{overall:?}");
     let free = locks.acquire(acquire("d", 30_000)).await.unwrap().into_inner();
     assert!(free.acquired, "an Acquire of a free lock never takes a waiter's place");
@@ -266,7 +269,7 @@ async fn watch_streams_beyond_the_cap_are_refused() {
     let mut second = watch().await.unwrap().into_inner();
     assert!(first.next().await.is_some() && second.next().await.is_some());
     let refused = watch().await.unwrap_err();
-    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_reason(&refused, Code::ResourceExhausted, "TOO_MANY_WATCHERS");
     assert!(refused.message().contains("--max-watch-streams"));
     // Check still answers.
     assert_eq!(service.health_status("").await, Ok(ServingStatus::Serving));
@@ -327,7 +330,7 @@ async fn a_get_many_too_big_for_the_response_is_refused_before_redis_reads_it() 
     let mut cache = service.cache();
     for _ in 0..5 {
         let refused = cache.get_many(GetManyRequest { keys: keys.clone() }).await.unwrap_err();
-        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert_reason(&refused, Code::ResourceExhausted, "RESPONSE_TOO_LARGE");
         assert!(refused.message().contains("--max-response-bytes"), "{refused:?}");
     }
     assert_eq!(checks.await.unwrap(), 0, "no check was answered by the outage policy");
@@ -359,8 +362,9 @@ async fn oversized_requests_are_resource_exhausted_and_the_server_lives_on() {
     assert!(cache.get(get("small")).await.unwrap().into_inner().found);
 }
 
-/// Sends `body` as the raw request body of `path`; returns the gRPC status code.
-async fn raw_call(channel: &mut Channel, path: &str, body: Bytes) -> (Code, String) {
+/// Sends `body` as the raw request body of `path`; returns the gRPC status
+/// (code, message and details) from the response's headers or trailers.
+async fn raw_call(channel: &mut Channel, path: &str, body: Bytes) -> Status {
     use tower::Service;
     let request = http::Request::builder()
         .method("POST")
@@ -374,16 +378,12 @@ async fn raw_call(channel: &mut Channel, path: &str, body: Bytes) -> (Code, Stri
     let headers = response.headers().clone();
     let collected = response.into_body().collect().await.unwrap();
     let trailers = collected.trailers().cloned().unwrap_or_default();
-    let field = |name: &str| {
-        headers
-            .get(name)
-            .or_else(|| trailers.get(name))
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
+    let source = if headers.contains_key("grpc-status") {
+        &headers
+    } else {
+        &trailers
     };
-    let code = Code::from_i32(field("grpc-status").parse().unwrap_or(-1));
-    (code, field("grpc-message"))
+    Status::from_header_map(source).expect("a grpc-status")
 }
 
 fn frame(flag: u8, declared_length: u32, payload: &[u8]) -> Bytes {
@@ -423,8 +423,11 @@ async fn malformed_frames_and_invalid_utf8_get_a_clean_status() {
         ),
     ]);
     for (case, (body, expected)) in cases {
-        let (code, message) = raw_call(&mut channel, get_path, body).await;
-        assert_eq!(code, expected, "{case}: {message}");
+        let status = raw_call(&mut channel, get_path, body).await;
+        assert_eq!(status.code(), expected, "{case}: {status:?}");
+        if expected == Code::InvalidArgument {
+            assert_reason(&status, expected, "MALFORMED_REQUEST");
+        }
     }
     // Still serving.
     service.cache().set(set("k", b"v".to_vec())).await.unwrap();

@@ -583,8 +583,11 @@ async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
             "period",
         ),
         (bad(&|r| r.cost = Some(1_000_000_001)), "cost"),
+        // An enum number the server does not know is refused, never read as the default.
         (bad(&|r| r.algorithm = 99), "algorithm"),
-        (bad(&|r| r.on_unavailable = 99), "on_unavailable"),
+        (bad(&|r| r.algorithm = -1), "algorithm"),
+        (bad(&|r| r.on_unavailable = 3), "on_unavailable"),
+        (bad(&|r| r.on_unavailable = -1), "on_unavailable"),
     ];
     for (request, field) in cases {
         assert_invalid(client.check(request).await.unwrap_err(), field);
@@ -632,6 +635,21 @@ async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
     let mut no_period = reset("k", 1, 1000, Algorithm::Unspecified);
     no_period.period = None;
     assert_invalid(client.reset(no_period).await.unwrap_err(), "period");
+    let mut unknown = limit("b", 1, Algorithm::TokenBucket);
+    unknown.algorithm = 4;
+    assert_invalid(
+        client
+            .check_many(many(vec![limit("a", 1, Algorithm::TokenBucket), unknown]))
+            .await
+            .unwrap_err(),
+        "limits[1].algorithm",
+    );
+    let mut unknown_policy = many(vec![limit("a", 1, Algorithm::TokenBucket)]);
+    unknown_policy.on_unavailable = 7;
+    assert_invalid(client.check_many(unknown_policy).await.unwrap_err(), "on_unavailable");
+    let mut unknown = reset("k", 1, 1000, Algorithm::Unspecified);
+    unknown.algorithm = 4;
+    assert_invalid(client.reset(unknown).await.unwrap_err(), "algorithm");
 
     // The server keeps serving, and refused requests consumed nothing.
     let fine = ask(&mut client, good()).await;

@@ -15,7 +15,9 @@ use cachelock::pb::{
         session_service_client::SessionServiceClient,
     },
 };
-use common::{Bearer, CapturedLogs, PATIENCE, TestCa, TestRedis, TestService, millis, sha256_hex, tls_channel};
+use common::{
+    Bearer, CapturedLogs, PATIENCE, TestCa, TestRedis, TestService, assert_reason, millis, sha256_hex, tls_channel,
+};
 use tonic::{Code, service::interceptor::InterceptedService, transport::Channel};
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -260,7 +262,7 @@ async fn a_client_certificate_can_name_the_client_of_the_auth_file() {
         .await
         .unwrap();
     let refused = CacheServiceClient::new(other).get(get("k")).await.unwrap_err();
-    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert_reason(&refused, Code::Unauthenticated, "UNAUTHENTICATED");
 }
 
 // --- Auth -------------------------------------------------------------------------
@@ -270,18 +272,18 @@ async fn credentials_and_permissions_get_the_right_codes() {
     let (_redis, _file, service) = with_auth_file(&cast(), &[]).await;
 
     let missing = cache(&service, None).get(get("k")).await.unwrap_err();
-    assert_eq!(missing.code(), Code::Unauthenticated, "{missing:?}");
+    assert_reason(&missing, Code::Unauthenticated, "UNAUTHENTICATED");
     let wrong = cache(&service, Some("guessed")).get(get("k")).await.unwrap_err();
-    assert_eq!(wrong.code(), Code::Unauthenticated, "{wrong:?}");
+    assert_reason(&wrong, Code::Unauthenticated, "UNAUTHENTICATED");
 
     let other_service = cache(&service, Some("locker-token")).get(get("k")).await.unwrap_err();
-    assert_eq!(other_service.code(), Code::PermissionDenied, "{other_service:?}");
+    assert_reason(&other_service, Code::PermissionDenied, "PERMISSION_DENIED");
     assert!(other_service.message().contains("cache"), "{other_service:?}");
 
     let mut reader = cache(&service, Some("reader-token"));
     assert!(!reader.get(get("k")).await.unwrap().into_inner().found);
     let write = reader.set(set("k", b"v")).await.unwrap_err();
-    assert_eq!(write.code(), Code::PermissionDenied, "{write:?}");
+    assert_reason(&write, Code::PermissionDenied, "PERMISSION_DENIED");
     assert!(write.message().contains("cache:read"), "{write:?}");
 
     cache(&service, Some("shop-token")).set(set("k", b"v")).await.unwrap();
@@ -324,7 +326,7 @@ async fn reflection_can_require_a_credential_and_health_never_does() {
         .server_reflection_info(tokio_stream::once(list))
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_reason(&refused, Code::Unauthenticated, "UNAUTHENTICATED");
 }
 
 #[tokio::test]
@@ -332,7 +334,7 @@ async fn the_auth_file_is_reloaded_and_a_broken_edit_keeps_the_old_clients() {
     let (logs, _guard) = CapturedLogs::start(tracing::Level::INFO);
     let (_redis, file, service) = with_auth_file(&cast(), &[]).await;
     let newcomer = cache(&service, Some("new-token")).get(get("k")).await.unwrap_err();
-    assert_eq!(newcomer.code(), Code::Unauthenticated);
+    assert_reason(&newcomer, Code::Unauthenticated, "UNAUTHENTICATED");
 
     file.write(&(cast() + &client("new", "new-token", "shop", &["cache"], "")));
     let give_up = tokio::time::Instant::now() + PATIENCE;
@@ -363,7 +365,7 @@ async fn a_client_over_its_request_budget_is_refused_and_others_are_not() {
         match noisy.get(get("k")).await {
             Ok(_) => {}
             Err(status) => {
-                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert_reason(&status, Code::ResourceExhausted, "CLIENT_RATE_LIMITED");
                 assert!(status.message().contains("retry after"), "{status:?}");
                 refused += 1;
             }
@@ -567,7 +569,7 @@ async fn listings_carry_handles_not_ids_and_a_handle_ends_one_device() {
         })
         .await
         .unwrap_err();
-    assert_eq!(gone.code(), Code::NotFound);
+    assert_reason(&gone, Code::NotFound, "SESSION_NOT_FOUND");
     client
         .get(SessionGet {
             id: laptop.id,
@@ -582,7 +584,7 @@ async fn listings_carry_handles_not_ids_and_a_handle_ends_one_device() {
         })
         .await
         .unwrap_err();
-    assert_eq!(again.code(), Code::NotFound);
+    assert_reason(&again, Code::NotFound, "SESSION_NOT_FOUND");
 }
 
 // --- Secrets in logs -----------------------------------------------------------------------

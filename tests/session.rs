@@ -13,7 +13,7 @@ use cachelock::pb::session::{
     ClientMetadata, CreateRequest, DeleteRequest, DeleteUserSessionsRequest, GetRequest, ListUserSessionsRequest,
     RotateRequest, Session, TouchRequest, UpdateRequest, session_service_client::SessionServiceClient,
 };
-use common::{Backend, PATIENCE, TestRedis, TestService, assert_invalid, millis};
+use common::{Backend, PATIENCE, TestRedis, TestService, assert_invalid, assert_reason, millis};
 use tonic::{Code, transport::Channel};
 
 fn sessions(service: &TestService) -> SessionServiceClient<Channel> {
@@ -130,9 +130,10 @@ async fn a_session_lives_from_create_through_rotate_to_delete(backend: Backend) 
         rotated.absolute_expires_at, created.absolute_expires_at,
         "rotation keeps the lifetime"
     );
-    assert_eq!(
-        get(&mut client, &created.id, false).await.unwrap_err().code(),
-        Code::NotFound
+    assert_reason(
+        &get(&mut client, &created.id, false).await.unwrap_err(),
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
     );
     assert_eq!(
         get(&mut client, &rotated.id, true).await.unwrap().attributes,
@@ -155,15 +156,16 @@ async fn a_session_lives_from_create_through_rotate_to_delete(backend: Backend) 
     assert_eq!(rotated.handle, created.handle);
 
     client.delete(DeleteRequest { id: rotated.id.clone() }).await.unwrap();
-    assert_eq!(
-        get(&mut client, &rotated.id, false).await.unwrap_err().code(),
-        Code::NotFound
+    assert_reason(
+        &get(&mut client, &rotated.id, false).await.unwrap_err(),
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
     );
     let again = client
         .delete(DeleteRequest { id: rotated.id.clone() })
         .await
         .unwrap_err();
-    assert_eq!(again.code(), Code::NotFound);
+    assert_reason(&again, Code::NotFound, "SESSION_NOT_FOUND");
 }
 
 async fn an_untouched_session_expires_after_its_idle_timeout(backend: Backend) {
@@ -172,9 +174,10 @@ async fn an_untouched_session_expires_after_its_idle_timeout(backend: Backend) {
     let session = start(&mut client, create("bob", Some(300), Some(60_000))).await;
 
     sleep_past(session.expires_at.as_ref().unwrap()).await;
-    assert_eq!(
-        get(&mut client, &session.id, true).await.unwrap_err().code(),
-        Code::NotFound
+    assert_reason(
+        &get(&mut client, &session.id, true).await.unwrap_err(),
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
     );
 }
 
@@ -214,9 +217,10 @@ async fn touches_never_slide_past_the_absolute_expiry(backend: Backend) {
     assert_eq!(system_time(touched.expires_at.as_ref().unwrap()), absolute);
 
     sleep_past(session.absolute_expires_at.as_ref().unwrap()).await;
-    assert_eq!(
-        get(&mut client, &session.id, true).await.unwrap_err().code(),
-        Code::NotFound
+    assert_reason(
+        &get(&mut client, &session.id, true).await.unwrap_err(),
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
     );
 }
 
@@ -274,9 +278,10 @@ async fn listing_shows_exactly_the_live_sessions_newest_first(backend: Backend) 
         listed.iter().map(|s| s.handle.as_str()).collect::<Vec<_>>(),
         vec![keep.handle.as_str()]
     );
-    assert_eq!(
-        get(&mut client, &live[0].id, false).await.unwrap_err().code(),
-        Code::NotFound
+    assert_reason(
+        &get(&mut client, &live[0].id, false).await.unwrap_err(),
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
     );
 
     // Another user's sessions were never touched.
@@ -318,9 +323,10 @@ async fn a_user_over_the_session_limit_loses_the_least_recently_used_sessions(ba
 
     let fourth = client.create(create("fay", None, None)).await.unwrap().into_inner();
     assert_eq!(fourth.ended_sessions, 1);
-    assert_eq!(
-        get(&mut client, &created[1].id, false).await.unwrap_err().code(),
-        Code::NotFound
+    assert_reason(
+        &get(&mut client, &created[1].id, false).await.unwrap_err(),
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
     );
     for kept in [&created[0], &created[2], fourth.session.as_ref().unwrap()] {
         get(&mut client, &kept.id, false).await.expect("kept");
@@ -414,7 +420,7 @@ async fn of_concurrent_updates_expecting_one_version_exactly_one_wins(backend: B
     for update in updates {
         match update.await.unwrap() {
             Ok(response) => won.push(response.into_inner().session.unwrap()),
-            Err(status) => assert_eq!(status.code(), Code::Aborted, "{status:?}"),
+            Err(status) => assert_reason(&status, Code::Aborted, "VERSION_CONFLICT"),
         }
     }
     assert_eq!(won.len(), 1);
@@ -510,9 +516,10 @@ async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
 
     let session = start(&mut client, create("gina", None, Some(3_600_000))).await;
     assert_invalid(get(&mut client, "", false).await.unwrap_err(), "id");
-    assert_eq!(
-        get(&mut client, "not-a-session-id", false).await.unwrap_err().code(),
-        Code::NotFound
+    assert_reason(
+        &get(&mut client, "not-a-session-id", false).await.unwrap_err(),
+        Code::NotFound,
+        "SESSION_NOT_FOUND",
     );
     let update = |set: &[(&str, &str)], remove: &[&str]| UpdateRequest {
         id: session.id.clone(),

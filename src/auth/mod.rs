@@ -36,6 +36,7 @@ pub use tls::{ConnectionInfo, PeerIdentity, ReloadableTls, TlsFiles};
 
 use crate::{
     admission::RefusalLog,
+    error::{Error, Reason},
     redis::{KeySpace, Keys, keys::DEFAULT_TENANT},
     telemetry::{Meter, rpc::record_client},
 };
@@ -72,7 +73,7 @@ impl Caller {
     pub fn in_extensions(extensions: &tonic::Extensions) -> Result<&Caller, Status> {
         extensions
             .get::<Caller>()
-            .ok_or_else(|| Status::internal("internal error"))
+            .ok_or_else(|| Error::Internal("the auth layer did not run".to_owned()).into())
     }
 }
 
@@ -243,22 +244,24 @@ impl Authenticator {
                 Some(Access::Full) => {}
                 Some(Access::Read) if read => {}
                 Some(Access::Read) => {
-                    return Err(Status::permission_denied(format!(
+                    return Err(Error::PermissionDenied(format!(
                         "client {} may only read {} ({}:read); {path} changes data",
                         client.name,
                         service.name(),
                         service.name()
-                    )));
+                    ))
+                    .into());
                 }
                 None => {
-                    return Err(Status::permission_denied(format!(
+                    return Err(Error::PermissionDenied(format!(
                         "client {} may not call the {} service",
                         client.name,
                         service.name()
-                    )));
+                    ))
+                    .into());
                 }
             },
-            Target::Unknown => return Err(Status::permission_denied(format!("no such method: {path}"))),
+            Target::Unknown => return Err(Error::PermissionDenied(format!("no such method: {path}")).into()),
             Target::Health | Target::Reflection => {}
         }
         record_client(&client.name);
@@ -268,12 +271,17 @@ impl Authenticator {
             OVER_RATE.record();
             self.meter.record(|metrics| metrics.refuse("client_rate"));
             let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-            return Err(Status::resource_exhausted(format!(
-                "client {} is over its max_requests_per_second ({}); retry after {} ms",
-                client.name,
-                client.max_requests_per_second.map_or(0, NonZeroU32::get),
-                wait.as_millis().max(1)
-            )));
+            return Err(Error::Exhausted {
+                reason: Reason::ClientRateLimited,
+                message: format!(
+                    "client {} is over its max_requests_per_second ({}); retry after {} ms",
+                    client.name,
+                    client.max_requests_per_second.map_or(0, NonZeroU32::get),
+                    wait.as_millis().max(1)
+                ),
+                retry_after: Some(wait.max(Duration::from_millis(1))),
+            }
+            .into());
         }
         Ok(Caller {
             client: Some(client.name.clone()),
@@ -295,7 +303,11 @@ fn identify(
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|token| !token.is_empty())
-            .ok_or_else(|| Status::unauthenticated("the authorization header must be 'Bearer <token>'"))?;
+            .ok_or_else(|| {
+                Status::from(Error::Unauthenticated(
+                    "the authorization header must be 'Bearer <token>'".to_owned(),
+                ))
+            })?;
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Every digest is compared, in constant time, whichever matches.
         let mut found = None;
@@ -306,7 +318,7 @@ fn identify(
                 found = Some(client.clone());
             }
         }
-        return found.ok_or_else(|| Status::unauthenticated("the bearer token is not known"));
+        return found.ok_or_else(|| Error::Unauthenticated("the bearer token is not known".to_owned()).into());
     }
     if let Some(peer) = connection.and_then(|connection| connection.peer.as_ref()) {
         let by_certificate = clients.clients.iter().find(|client| match &client.credential {
@@ -314,13 +326,14 @@ fn identify(
             Credential::San(san) => peer.sans.iter().any(|name| name == san),
             Credential::Token(_) => false,
         });
-        return by_certificate
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("the client certificate names no client of the auth file"));
+        return by_certificate.cloned().ok_or_else(|| {
+            Error::Unauthenticated("the client certificate names no client of the auth file".to_owned()).into()
+        });
     }
-    Err(Status::unauthenticated(
-        "no credential: send 'authorization: Bearer <token>' (or a client certificate the auth file names)",
-    ))
+    Err(Error::Unauthenticated(
+        "no credential: send 'authorization: Bearer <token>' (or a client certificate the auth file names)".to_owned(),
+    )
+    .into())
 }
 
 /// Authenticates every request and puts its [`Caller`] in its extensions.

@@ -11,7 +11,7 @@ pub use store::{CacheStore, Condition, NewEntry, Stored, scripts};
 
 use crate::{
     auth::Caller,
-    error::Error,
+    error::{Error, Reason},
     pb::cache::{
         DeleteRequest, DeleteResponse, Entry, ExpireRequest, ExpireResponse, GetManyRequest, GetManyResponse,
         GetRequest, GetResponse, IncrementRequest, IncrementResponse, SetCondition, SetManyRequest, SetManyResponse,
@@ -96,12 +96,16 @@ impl CacheService for CacheApi {
         {
             Ok(found) => found,
             Err(total) => {
-                return Err(Error::Exhausted(format!(
-                    "the values of these {} keys total {total} bytes: with the keys, above the response limit \
-                     of {} bytes (--max-response-bytes); ask for fewer keys at once",
-                    keys.len(),
-                    self.limits.max_response_bytes
-                ))
+                return Err(Error::Exhausted {
+                    reason: Reason::ResponseTooLarge,
+                    message: format!(
+                        "the values of these {} keys total {total} bytes: with the keys, above the response \
+                         limit of {} bytes (--max-response-bytes); ask for fewer keys at once",
+                        keys.len(),
+                        self.limits.max_response_bytes
+                    ),
+                    retry_after: None,
+                }
                 .into());
             }
         };

@@ -8,7 +8,7 @@ use redis::Value;
 use tokio::time::Instant;
 
 use crate::{
-    error::Error,
+    error::{Error, Reason},
     redis::{KeySpace, LuaScript, Op, Redis},
     request::Ttl,
 };
@@ -289,10 +289,12 @@ impl CacheStore {
                 let detail = error.detail().unwrap_or_default();
                 if detail.contains("not an integer") {
                     Err(Error::FailedPrecondition(
+                        Reason::NotAnInteger,
                         "key holds a value that is not a 64-bit integer counter".to_owned(),
                     ))
                 } else if detail.contains("overflow") {
                     Err(Error::FailedPrecondition(
+                        Reason::IntegerOverflow,
                         "the increment would overflow a 64-bit integer".to_owned(),
                     ))
                 } else {

@@ -13,12 +13,12 @@ use tokio::{
 use tonic::{Request, Response, Status};
 
 pub use notices::{Registration, ReleaseNotices, listen_for_releases};
-pub use store::{Attempt, Grant, Holder, LockStore, scripts};
+pub use store::{Attempt, Grant, Holder, Lapse, LockStore, scripts};
 
 use crate::{
     auth::Caller,
     config::Config,
-    error::Error,
+    error::{Error, Reason},
     ids::random_token,
     pb::lock::{
         AcquireRequest, AcquireResponse, DescribeRequest, DescribeResponse, ExtendRequest, ExtendResponse,
@@ -238,12 +238,20 @@ fn not_acquired(holder_ttl: Duration) -> AcquireResponse {
     }
 }
 
-fn lost_lease() -> Error {
-    Error::FailedPrecondition(
-        "the lease was lost: this token no longer holds the lock (it expired, was released, \
-         or the lock was granted to someone else since)"
-            .to_owned(),
-    )
+/// The answer to a Release or Extend whose token does not hold the lock.
+fn lapsed(lapse: Lapse) -> Error {
+    match lapse {
+        Lapse::Taken => Error::FailedPrecondition(
+            Reason::LeaseLost,
+            "the lease was lost: another token holds the lock now (this lease ran out and the lock was \
+             granted again, or the token is not this lock's)"
+                .to_owned(),
+        ),
+        Lapse::Free => Error::FailedPrecondition(
+            Reason::LockNotHeld,
+            "the lock is not held: this lease ran out or was already released, and nobody holds it now".to_owned(),
+        ),
+    }
 }
 
 #[tonic::async_trait]
@@ -345,9 +353,9 @@ impl LockService for LockApi {
         let request = request.into_inner();
         let name = self.limits.key("name", &request.name)?;
         let token = self.token(&request.token)?;
-        if !self.store.release(&space, name, token, deadline).await? {
+        if let Err(lapse) = self.store.release(&space, name, token, deadline).await? {
             self.meter.record(|metrics| metrics.lock_leases_lost.inc());
-            return Err(lost_lease().into());
+            return Err(lapsed(lapse).into());
         }
         Ok(Response::new(ReleaseResponse {}))
     }
@@ -359,9 +367,12 @@ impl LockService for LockApi {
         let name = self.limits.key("name", &request.name)?;
         let token = self.token(&request.token)?;
         let ttl = self.lease(request.ttl.as_ref())?;
-        let Some(fencing_token) = self.store.extend(&space, name, token, ttl, deadline).await? else {
-            self.meter.record(|metrics| metrics.lock_leases_lost.inc());
-            return Err(lost_lease().into());
+        let fencing_token = match self.store.extend(&space, name, token, ttl, deadline).await? {
+            Ok(fencing_token) => fencing_token,
+            Err(lapse) => {
+                self.meter.record(|metrics| metrics.lock_leases_lost.inc());
+                return Err(lapsed(lapse).into());
+            }
         };
         let lease = Duration::from_millis(ttl.millis());
         Ok(Response::new(ExtendResponse {

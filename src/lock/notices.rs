@@ -15,6 +15,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use futures_util::StreamExt;
@@ -26,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::{
     admission::RefusalLog,
-    error::Error,
+    error::{Error, Reason},
     redis::{Backoff, Cause, Topology},
     telemetry::Meter,
 };
@@ -34,6 +35,10 @@ use crate::{
 static WAITERS_FULL: RefusalLog = RefusalLog::new(
     "Acquires refused with RESOURCE_EXHAUSTED: --lock-max-waiters or --lock-max-waiters-per-name reached",
 );
+
+/// The delay suggested (`RetryInfo`) to an Acquire refused for too many waiters:
+/// places free up as waiters are granted the lock or give up.
+const WAITERS_RETRY: Duration = Duration::from_secs(1);
 
 /// Waiters registered per release channel, and whether the subscriber is listening.
 #[derive(Clone)]
@@ -85,10 +90,14 @@ impl ReleaseNotices {
             drop(registry);
             WAITERS_FULL.record();
             self.inner.meter.record(|metrics| metrics.refuse("lock_waiters"));
-            return Err(Error::Exhausted(format!(
-                "{} Acquires are already waiting for locks (--lock-max-waiters); retry later",
-                self.inner.max_waiters
-            )));
+            return Err(Error::Exhausted {
+                reason: Reason::TooManyWaiters,
+                message: format!(
+                    "{} Acquires are already waiting for locks (--lock-max-waiters); retry later",
+                    self.inner.max_waiters
+                ),
+                retry_after: Some(WAITERS_RETRY),
+            });
         }
         let waiters = registry.channels.entry(channel.clone()).or_insert_with(|| Waiters {
             releases: watch::Sender::new(0),
@@ -98,10 +107,14 @@ impl ReleaseNotices {
             drop(registry);
             WAITERS_FULL.record();
             self.inner.meter.record(|metrics| metrics.refuse("lock_waiters"));
-            return Err(Error::Exhausted(format!(
-                "{} Acquires are already waiting for this lock (--lock-max-waiters-per-name); retry later",
-                self.inner.max_per_channel
-            )));
+            return Err(Error::Exhausted {
+                reason: Reason::TooManyWaiters,
+                message: format!(
+                    "{} Acquires are already waiting for this lock (--lock-max-waiters-per-name); retry later",
+                    self.inner.max_per_channel
+                ),
+                retry_after: Some(WAITERS_RETRY),
+            });
         }
         waiters.count += 1;
         let releases = waiters.releases.subscribe();

@@ -43,6 +43,22 @@ pub enum Attempt {
     },
 }
 
+/// Why a token that was given to Release or Extend does not hold its lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lapse {
+    /// Nobody holds the lock: the lease expired (or was released by another call).
+    Free,
+    /// Another token holds the lock: the lease ran out and the lock was granted again.
+    Taken,
+}
+
+impl Lapse {
+    /// Reads a script's 0 (free) or -1 (taken).
+    fn of(answer: i64) -> Lapse {
+        if answer < 0 { Lapse::Taken } else { Lapse::Free }
+    }
+}
+
 /// What Describe shows of a lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
@@ -180,12 +196,18 @@ impl LockStore {
         })
     }
 
-    /// Releases the lock if `token` holds it; returns whether it did (or had
-    /// already, by this same token).
+    /// Releases the lock if `token` holds it (or already did, by this same
+    /// token); otherwise says why not.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
-    pub async fn release(&self, space: &KeySpace, name: &str, token: &str, deadline: Instant) -> Result<bool, Error> {
+    pub async fn release(
+        &self,
+        space: &KeySpace,
+        name: &str,
+        token: &str,
+        deadline: Instant,
+    ) -> Result<Result<(), Lapse>, Error> {
         let mut invocation = RELEASE.prepare();
         invocation
             .key(space.lock(name))
@@ -197,10 +219,15 @@ impl LockStore {
             .redis
             .run(Op::idempotent(RELEASE.name()), deadline, &invocation)
             .await?;
-        Ok(released == 1)
+        Ok(if released == 1 {
+            Ok(())
+        } else {
+            Err(Lapse::of(released))
+        })
     }
 
-    /// Renews the lease if `token` holds the lock; returns its fencing token if so.
+    /// Renews the lease if `token` holds the lock and returns its fencing token;
+    /// otherwise says why not.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
@@ -211,7 +238,7 @@ impl LockStore {
         token: &str,
         ttl: Ttl,
         deadline: Instant,
-    ) -> Result<Option<u64>, Error> {
+    ) -> Result<Result<u64, Lapse>, Error> {
         let mut invocation = EXTEND.prepare();
         invocation
             .key(space.lock(name))
@@ -219,13 +246,19 @@ impl LockStore {
             .arg(token)
             .arg(ttl.millis())
             .arg(self.retention_millis());
-        let (fencing_token, acknowledged): (u64, u32) = self
+        let (answer, acknowledged): (i64, u32) = self
             .granting(Op::idempotent(EXTEND.name()), &invocation, deadline)
             .await?;
-        if fencing_token > 0 && acknowledged < self.min_replicas {
+        let Ok(fencing_token) = u64::try_from(answer) else {
+            return Ok(Err(Lapse::of(answer)));
+        };
+        if fencing_token == 0 {
+            return Ok(Err(Lapse::Free));
+        }
+        if acknowledged < self.min_replicas {
             return Err(self.unacknowledged(space, name, token, acknowledged, deadline).await);
         }
-        Ok((fencing_token > 0).then_some(fencing_token))
+        Ok(Ok(fencing_token))
     }
 
     /// Shows the holder of a lock.

@@ -304,7 +304,7 @@ impl RateLimitService for RateLimitApi {
                 let decision = decisions
                     .into_iter()
                     .next()
-                    .ok_or_else(|| Status::internal("internal error"))?;
+                    .ok_or_else(|| Error::Internal("a rate-limit check answered no decision".to_owned()))?;
                 CheckResponse {
                     allowed: decision.allowed,
                     limit: check.limit,

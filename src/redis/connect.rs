@@ -77,6 +77,30 @@ pub enum Cause {
     },
 }
 
+impl Cause {
+    /// A short name for the kind of cause, sent as `ErrorInfo.metadata["cause"]`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Cause::Dns(_) => "dns",
+            Cause::Refused => "refused",
+            Cause::Timeout(_) => "timeout",
+            Cause::Tls(_) => "tls",
+            Cause::Auth(_) => "auth",
+            Cause::Loading => "loading",
+            Cause::Busy => "busy",
+            Cause::Closed => "closed",
+            Cause::Io(_) => "io",
+            Cause::ReadOnly => "readonly",
+            Cause::Refusal(_) => "refusal",
+            Cause::Sentinel(_) => "sentinel",
+            Cause::NotPrimary(_) => "not_primary",
+            Cause::NotCluster(_) => "not_cluster",
+            Cause::ClusterDown(_) => "cluster_down",
+            Cause::NotReplicated { .. } => "not_replicated",
+        }
+    }
+}
+
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -6,8 +6,8 @@
 -- ARGV[1]  the holder's token
 -- ARGV[2]  the new lease in milliseconds, counted from now
 -- ARGV[3]  how long the counter outlives the lease, in milliseconds
--- Returns  the grant's fencing token when extended; 0 when the token does not
---          hold the lock
+-- Returns  the grant's fencing token when extended; 0 when nobody holds the
+--          lock (the lease expired or was released); -1 when another token holds it
 --
 -- Atomicity: the ownership check and the PEXPIRE are one script, so a lease that
 -- changed hands cannot be extended for the new holder by the old one. Repeating
@@ -18,5 +18,8 @@ if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]))
   return tonumber(redis.call('HGET', KEYS[1], 'fence'))
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return -1
 end
 return 0

@@ -7,8 +7,8 @@
 -- ARGV[2]  the lock's release channel
 -- ARGV[3]  how long the counter is kept when it has no expiry, in milliseconds
 -- Returns  1 when released, or when this token was the last one released (the
---          same Release sent again after a lost connection); 0 when the token
---          does not hold the lock (expired, or granted to someone else since)
+--          same Release sent again after a lost connection); 0 when nobody
+--          holds the lock (the lease expired); -1 when another token holds it
 --
 -- Atomicity: the ownership check and the delete are one script, so a lease that
 -- expires and is granted to another caller in between cannot be deleted by
@@ -26,5 +26,8 @@ if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
 end
 if redis.call('HGET', KEYS[2], 'r') == ARGV[1] then
   return 1
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return -1
 end
 return 0

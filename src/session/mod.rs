@@ -15,7 +15,7 @@ pub use store::{Created, NewSession, SessionStore, StoredSession, UpdateOutcome,
 use crate::{
     auth::Caller,
     config::Config,
-    error::Error,
+    error::{Error, Reason},
     ids::random_token,
     pb::session::{
         ClientMetadata, CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, DeleteUserSessionRequest,
@@ -74,7 +74,10 @@ pub struct SessionApi {
 }
 
 fn not_found() -> Error {
-    Error::NotFound("no such session (unknown, expired or ended)".to_owned())
+    Error::NotFound(
+        Reason::SessionNotFound,
+        "no such session (unknown, expired or ended)".to_owned(),
+    )
 }
 
 /// Reads a session id from a request; anything that is not one of ours is simply not found.
@@ -292,9 +295,10 @@ impl SessionService for SessionApi {
                 session: Some(to_proto(Some(&id), stored)),
             })),
             UpdateOutcome::Missing => Err(not_found().into()),
-            UpdateOutcome::Stale(version) => Err(Error::Aborted(format!(
-                "the session is at version {version}, not the expected one: read it again and retry"
-            ))
+            UpdateOutcome::Stale(version) => Err(Error::Aborted(
+                Reason::VersionConflict,
+                format!("the session is at version {version}, not the expected one: read it again and retry"),
+            )
             .into()),
             UpdateOutcome::Full(count) => Err(Error::invalid(
                 "set",
@@ -367,7 +371,11 @@ impl SessionService for SessionApi {
             .delete_by_handle(&space, user_id, &request.handle, deadline)
             .await?
         {
-            return Err(Error::NotFound("the user has no live session with this handle".to_owned()).into());
+            return Err(Error::NotFound(
+                Reason::SessionNotFound,
+                "the user has no live session with this handle".to_owned(),
+            )
+            .into());
         }
         self.meter
             .record(|metrics| Metrics::count(&metrics.sessions, "logged_out"));
