@@ -328,6 +328,25 @@ fn the_readme_configuration_table_lists_exactly_the_flags_of_help() {
 }
 
 #[test]
+fn the_readme_lists_exactly_the_error_reasons_the_service_sends() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## Errors\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("an Errors section");
+    let mut from_readme: Vec<&str> = section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split('`').next())
+        .collect();
+    let mut sent: Vec<&str> = cachelock::error::Reason::ALL.iter().map(|reason| reason.as_str()).collect();
+    from_readme.sort_unstable();
+    sent.sort_unstable();
+    assert_eq!(from_readme, sent);
+}
+
+#[test]
 fn text_logs_to_a_pipe_carry_no_colour() {
     let output = Command::new(BINARY)
         .args([
