@@ -125,29 +125,35 @@ async fn reflection_lists_every_service_in_both_protocol_versions() {
     names.sort();
     assert_eq!(names, wanted);
 
-    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(service.channel());
-    let request = v1alpha::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
-                "cachelock.cache.v1.CacheService".to_owned(),
+    // grpcurl (v1alpha) finds each service's file, and the error detail types,
+    // so that it can print a status's details decoded.
+    for symbol in [
+        "cachelock.cache.v1.CacheService",
+        "google.rpc.ErrorInfo",
+        "google.rpc.BadRequest",
+    ] {
+        let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(service.channel());
+        let request = v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(symbol.to_owned()),
             ),
-        ),
-    };
-    let mut answers = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .unwrap()
-        .into_inner();
-    let answer = answers.next().await.unwrap().unwrap().message_response;
-    assert!(
-        matches!(
-            answer,
-            Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files))
-                if !files.file_descriptor_proto.is_empty()
-        ),
-        "{answer:?}"
-    );
+        };
+        let mut answers = client
+            .server_reflection_info(tokio_stream::once(request))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers.next().await.unwrap().unwrap().message_response;
+        assert!(
+            matches!(
+                answer,
+                Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files))
+                    if !files.file_descriptor_proto.is_empty()
+            ),
+            "{symbol}: {answer:?}"
+        );
+    }
 }
 
 /// A service whose Redis connection holds every request from now on, with a Get
