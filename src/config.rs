@@ -286,6 +286,19 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_MAX_WATCH_STREAMS", default_value_t = 1024)]
     pub max_watch_streams: usize,
 
+    /// Messages buffered per Pub/Sub Subscribe stream; beyond it a slow reader's messages are
+    /// dropped for it alone and reported to it as a Discontinuity.
+    #[arg(long, env = "CACHELOCK_PUBSUB_BUFFER", default_value_t = 1024)]
+    pub pubsub_buffer: usize,
+
+    /// Most open Pub/Sub Subscribe streams (per connection, --max-concurrent-streams applies).
+    #[arg(long, env = "CACHELOCK_PUBSUB_MAX_STREAMS", default_value_t = 10_000)]
+    pub pubsub_max_streams: usize,
+
+    /// Most topics and patterns in one Subscribe.
+    #[arg(long, env = "CACHELOCK_PUBSUB_MAX_TOPICS", default_value_t = 64)]
+    pub pubsub_max_topics: usize,
+
     /// What a rate-limit check answers when Redis cannot decide in time (a request may override it).
     #[arg(
         long,
@@ -713,6 +726,24 @@ impl Config {
                 "max-watch-streams",
                 "CACHELOCK_MAX_WATCH_STREAMS",
                 self.max_watch_streams,
+                CONCURRENCY_CEILING,
+            ),
+            (
+                "pubsub-buffer",
+                "CACHELOCK_PUBSUB_BUFFER",
+                self.pubsub_buffer,
+                CONCURRENCY_CEILING,
+            ),
+            (
+                "pubsub-max-streams",
+                "CACHELOCK_PUBSUB_MAX_STREAMS",
+                self.pubsub_max_streams,
+                CONCURRENCY_CEILING,
+            ),
+            (
+                "pubsub-max-topics",
+                "CACHELOCK_PUBSUB_MAX_TOPICS",
+                self.pubsub_max_topics,
                 CONCURRENCY_CEILING,
             ),
             (

@@ -140,6 +140,8 @@ pub enum Reason {
     TooManyWaiters,
     /// RESOURCE_EXHAUSTED: too many health Watch streams are open.
     TooManyWatchers,
+    /// RESOURCE_EXHAUSTED: too many Subscribe streams are open (`--pubsub-max-streams`).
+    TooManySubscribers,
     /// RESOURCE_EXHAUSTED: the answer would exceed `--max-response-bytes`.
     ResponseTooLarge,
     /// INTERNAL: a failure inside the service; the log says more.
@@ -151,7 +153,7 @@ pub const DOMAIN: &str = "cachelock.dev";
 
 impl Reason {
     /// Every reason, for the README's list and its test.
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::InvalidField,
         Reason::MalformedRequest,
         Reason::Unauthenticated,
@@ -172,6 +174,7 @@ impl Reason {
         Reason::ClientRateLimited,
         Reason::TooManyWaiters,
         Reason::TooManyWatchers,
+        Reason::TooManySubscribers,
         Reason::ResponseTooLarge,
         Reason::Internal,
     ];
@@ -199,6 +202,7 @@ impl Reason {
             Reason::ClientRateLimited => "CLIENT_RATE_LIMITED",
             Reason::TooManyWaiters => "TOO_MANY_WAITERS",
             Reason::TooManyWatchers => "TOO_MANY_WATCHERS",
+            Reason::TooManySubscribers => "TOO_MANY_SUBSCRIBERS",
             Reason::ResponseTooLarge => "RESPONSE_TOO_LARGE",
             Reason::Internal => "INTERNAL",
         }
@@ -559,6 +563,11 @@ mod tests {
             ),
             (
                 exhausted(Reason::TooManyWatchers, Some(Duration::from_secs(5))),
+                Code::ResourceExhausted,
+                true,
+            ),
+            (
+                exhausted(Reason::TooManySubscribers, Some(Duration::from_secs(1))),
                 Code::ResourceExhausted,
                 true,
             ),

@@ -16,6 +16,7 @@ pub mod health;
 pub mod ids;
 pub mod lock;
 pub mod probe;
+pub mod pubsub;
 pub mod ratelimit;
 pub mod redis;
 pub mod request;
@@ -44,6 +45,11 @@ pub mod pb {
     /// `cachelock.session.v1`
     pub mod session {
         tonic::include_proto!("cachelock.session.v1");
+    }
+
+    /// `cachelock.pubsub.v1`
+    pub mod pubsub {
+        tonic::include_proto!("cachelock.pubsub.v1");
     }
 
     /// Envoy's rate limit service API, vendored from Envoy (see proto/envoy/README.md).

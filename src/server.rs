@@ -21,9 +21,11 @@ use crate::{
     pb::{
         self, cache::cache_service_server::CacheServiceServer,
         envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer as EnvoyRateLimitServiceServer,
-        lock::lock_service_server::LockServiceServer, ratelimit::rate_limit_service_server::RateLimitServiceServer,
+        lock::lock_service_server::LockServiceServer, pubsub::pub_sub_service_server::PubSubServiceServer,
+        ratelimit::rate_limit_service_server::RateLimitServiceServer,
         session::session_service_server::SessionServiceServer,
     },
+    pubsub::{Hub, HubLimits, PubSubApi, run_subscriber},
     ratelimit::{self, RateLimitApi, RateLimitSettings, RateLimitStore},
     redis::{
         Backoff, ConnectSettings, Endpoint, Keys, LuaScript, Redis, RedisSettings, Topology,
@@ -51,6 +53,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     <RateLimitServiceServer<RateLimitApi> as NamedService>::NAME,
     <LockServiceServer<LockApi> as NamedService>::NAME,
     <SessionServiceServer<SessionApi> as NamedService>::NAME,
+    <PubSubServiceServer<PubSubApi> as NamedService>::NAME,
     <EnvoyRateLimitServiceServer<RlsApi> as NamedService>::NAME,
 ];
 
@@ -346,6 +349,20 @@ async fn serve(
         backoff,
         redis.failovers().subscribe(),
     ));
+    let (hub, hub_commands) = Hub::new(
+        HubLimits {
+            buffer: config.pubsub_buffer,
+            max_streams: config.pubsub_max_streams,
+        },
+        meter.clone(),
+    );
+    background.spawn(run_subscriber(
+        hub.clone(),
+        hub_commands,
+        topology.clone(),
+        backoff,
+        redis.failovers().subscribe(),
+    ));
     if let Topology::Sentinel(sentinels) = &topology {
         background.spawn(watch_failovers(sentinels.clone(), redis.failovers(), backoff));
     }
@@ -401,6 +418,17 @@ async fn serve(
     ))
     .max_decoding_message_size(requests)
     .max_encoding_message_size(responses);
+    let pubsub = PubSubServiceServer::new(PubSubApi::new(
+        redis.clone(),
+        hub,
+        Limits::from(config),
+        config.pubsub_max_topics,
+        config.operation_timeout,
+        draining_rx.clone(),
+        meter.clone(),
+    ))
+    .max_decoding_message_size(requests)
+    .max_encoding_message_size(responses);
     let session = SessionServiceServer::new(SessionApi::new(
         SessionStore::new(redis),
         Limits::from(config),
@@ -438,6 +466,7 @@ async fn serve(
         .add_service(envoy_ratelimit)
         .add_service(lock)
         .add_service(session)
+        .add_service(pubsub)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = drained.wait_for(|draining| *draining).await;
         });

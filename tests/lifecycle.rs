@@ -96,6 +96,7 @@ async fn reflection_lists_every_service_in_both_protocol_versions() {
     let wanted = [
         CACHE,
         "cachelock.lock.v1.LockService",
+        "cachelock.pubsub.v1.PubSubService",
         "cachelock.ratelimit.v1.RateLimitService",
         "cachelock.session.v1.SessionService",
         "envoy.service.ratelimit.v3.RateLimitService",

@@ -5,7 +5,7 @@
 //! name = "checkout"                 # appears in logs, never the token
 //! token_sha256 = "<64 hex chars>"   # SHA-256 of the bearer token: the file holds no secret
 //! tenant = "shop"                   # the key space this client lives in
-//! allow = ["cache", "ratelimit", "lock", "session"]   # or "cache:read"
+//! allow = ["cache", "ratelimit", "lock", "session", "pubsub"]   # or "cache:read"
 //! max_requests_per_second = 500     # optional, per instance
 //!
 //! [[client]]
@@ -35,11 +35,19 @@ pub enum Service {
     Lock,
     /// `cachelock.session.v1.SessionService`.
     Session,
+    /// `cachelock.pubsub.v1.PubSubService` (read: Subscribe; full: Publish too).
+    PubSub,
 }
 
 impl Service {
     /// Every service, for a client allowed everything.
-    pub const ALL: [Service; 4] = [Service::Cache, Service::RateLimit, Service::Lock, Service::Session];
+    pub const ALL: [Service; 5] = [
+        Service::Cache,
+        Service::RateLimit,
+        Service::Lock,
+        Service::Session,
+        Service::PubSub,
+    ];
 
     /// The name used in the auth file's `allow` list.
     pub fn name(self) -> &'static str {
@@ -48,6 +56,7 @@ impl Service {
             Service::RateLimit => "ratelimit",
             Service::Lock => "lock",
             Service::Session => "session",
+            Service::PubSub => "pubsub",
         }
     }
 

@@ -172,6 +172,7 @@ fn is_read(service: Service, method: &str) -> bool {
         Service::RateLimit => false,
         Service::Lock => method == "Describe",
         Service::Session => matches!(method, "Get" | "ListUserSessions"),
+        Service::PubSub => method == "Subscribe",
     }
 }
 
@@ -189,6 +190,7 @@ fn target(path: &str) -> Target {
         "cachelock.ratelimit.v1.RateLimitService" | "envoy.service.ratelimit.v3.RateLimitService" => Service::RateLimit,
         "cachelock.lock.v1.LockService" => Service::Lock,
         "cachelock.session.v1.SessionService" => Service::Session,
+        "cachelock.pubsub.v1.PubSubService" => Service::PubSub,
         _ => return Target::Unknown,
     };
     Target::Method(service, is_read(service, method))

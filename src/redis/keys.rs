@@ -110,6 +110,30 @@ impl KeySpace {
         self.tagged("lock-released", name)
     }
 
+    /// The channel a Pub/Sub topic is published on. Topics need no hash tag:
+    /// a Redis Cluster carries every PUBLISH to every node.
+    pub fn topic(&self, topic: &str) -> String {
+        let mut channel = String::with_capacity(self.base.len() + 7 + topic.len());
+        channel.push_str(&self.base);
+        channel.push_str("pubsub:");
+        channel.push_str(topic);
+        channel
+    }
+
+    /// The Redis pattern for a caller's topic pattern: the key-space part is
+    /// escaped, so the pattern can only ever match this space's topics.
+    pub fn topic_pattern(&self, pattern: &str) -> String {
+        let mut escaped = String::with_capacity(self.base.len() + 8 + pattern.len());
+        for character in self.base.chars().chain("pubsub:".chars()) {
+            if matches!(character, '*' | '?' | '[' | ']' | '\\') {
+                escaped.push('\\');
+            }
+            escaped.push(character);
+        }
+        escaped.push_str(pattern);
+        escaped
+    }
+
     /// The key holding a session; `routing_tag` is the session's own (see [`crate::session`]).
     pub fn session(&self, routing_tag: &str, member: &str) -> String {
         let mut key = self.start("session", routing_tag, member.len());

@@ -146,6 +146,14 @@ pub struct Metrics {
     pub lock_leases_lost: Counter,
     /// Sessions by event (created, rotated, deleted, evicted, logged_out).
     pub sessions: Family<Outcome, Counter>,
+    /// Messages published through this instance.
+    pub pubsub_published: Counter,
+    /// Messages handed to Subscribe streams (one per stream).
+    pub pubsub_delivered: Counter,
+    /// Messages dropped for a Subscribe stream whose buffer was full.
+    pub pubsub_dropped: Counter,
+    /// Open Subscribe streams.
+    pub pubsub_streams: Gauge,
     /// Requests refused to protect the service, by reason.
     pub refused: Family<Refusal, Counter>,
     /// The build.
@@ -188,6 +196,10 @@ impl Metrics {
             lock_wait_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             lock_leases_lost: Counter::default(),
             sessions: Family::default(),
+            pubsub_published: Counter::default(),
+            pubsub_delivered: Counter::default(),
+            pubsub_dropped: Counter::default(),
+            pubsub_streams: Gauge::default(),
             refused: Family::default(),
             build_info: Family::default(),
             uptime_seconds: Gauge::default(),
@@ -295,6 +307,26 @@ impl Metrics {
             "cachelock_lock_leases_lost",
             "Release or Extend by a token whose lease was lost",
             metrics.lock_leases_lost.clone(),
+        );
+        registry.register(
+            "cachelock_pubsub_published",
+            "Messages published through this instance",
+            metrics.pubsub_published.clone(),
+        );
+        registry.register(
+            "cachelock_pubsub_delivered",
+            "Messages handed to Subscribe streams, one per stream",
+            metrics.pubsub_delivered.clone(),
+        );
+        registry.register(
+            "cachelock_pubsub_dropped",
+            "Messages dropped for a Subscribe stream whose buffer was full",
+            metrics.pubsub_dropped.clone(),
+        );
+        registry.register(
+            "cachelock_pubsub_streams",
+            "Open Subscribe streams",
+            metrics.pubsub_streams.clone(),
         );
         registry.register(
             "cachelock_sessions",

@@ -1,0 +1,501 @@
+//! One Redis subscriber connection shared by every Subscribe stream of the
+//! process, fanning each message out in-process.
+//!
+//! The [`Hub`] keeps a registry of which stream listens to which Redis channel
+//! or pattern. Redis is subscribed once per distinct channel or pattern, and
+//! unsubscribed when the last stream on it leaves. A single task owns the
+//! connection ([`run_subscriber`]): it applies subscription changes in the order
+//! the registry made them, delivers messages, and after a reconnect subscribes
+//! to everything in the registry again and tells every stream that messages may
+//! have been missed. Each stream has a bounded buffer: a message that does not
+//! fit is dropped for that stream alone and counted, and the count reaches the
+//! stream as a gap before its next message, so a slow reader costs bounded
+//! memory and never slows the others.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    time::{sleep, timeout},
+};
+use tracing::{info, warn};
+
+use crate::{
+    error::{Error, Reason},
+    redis::{Backoff, Cause, Topology},
+    telemetry::Meter,
+};
+
+/// Why messages may be missing from a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapCause {
+    /// The stream's buffer was full.
+    SlowReader,
+    /// The Redis connection was lost and restored.
+    Reconnected,
+}
+
+/// What a stream receives.
+#[derive(Debug)]
+pub enum Event {
+    /// A published message: its Redis channel, payload, and the Redis pattern
+    /// that matched it (for a pattern subscription).
+    Message {
+        /// The Redis channel.
+        channel: String,
+        /// The payload.
+        payload: Vec<u8>,
+        /// The Redis pattern, for a pattern subscription.
+        pattern: Option<String>,
+    },
+    /// Messages may be missing here; `missed` of them for certain.
+    Gap {
+        /// Why.
+        cause: GapCause,
+        /// How many were dropped, when known.
+        missed: u64,
+    },
+}
+
+/// The limits on subscriptions.
+#[derive(Debug, Clone, Copy)]
+pub struct HubLimits {
+    /// Messages buffered per stream before they are dropped for it.
+    pub buffer: usize,
+    /// Streams open at once in the process.
+    pub max_streams: usize,
+}
+
+/// The registry of streams and the queue of changes for the subscriber task.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    registry: Mutex<Registry>,
+    commands: mpsc::UnboundedSender<Command>,
+    limits: HubLimits,
+    meter: Meter,
+}
+
+#[derive(Default)]
+struct Registry {
+    channels: HashMap<String, HashMap<u64, Arc<Outlet>>>,
+    patterns: HashMap<String, HashMap<u64, Arc<Outlet>>>,
+    streams: usize,
+    next_id: u64,
+}
+
+/// A change for the subscriber task, queued in the order the registry changed.
+enum Command {
+    Subscribe {
+        channels: Vec<String>,
+        patterns: Vec<String>,
+        live: oneshot::Sender<()>,
+    },
+    Unsubscribe {
+        channels: Vec<String>,
+        patterns: Vec<String>,
+    },
+}
+
+/// The sending side of one stream.
+struct Outlet {
+    events: mpsc::Sender<Event>,
+    /// The gap the stream is owed: it goes before anything sent after it.
+    owed: Mutex<Owed>,
+}
+
+/// What a stream has not been told yet.
+#[derive(Default)]
+struct Owed {
+    /// Messages dropped for a full buffer.
+    missed: u64,
+    /// Whether the Redis connection was restored since.
+    reconnected: bool,
+}
+
+impl Owed {
+    fn take(&mut self) -> Option<Event> {
+        let cause = if self.reconnected {
+            GapCause::Reconnected
+        } else if self.missed > 0 {
+            GapCause::SlowReader
+        } else {
+            return None;
+        };
+        let gap = Event::Gap {
+            cause,
+            missed: self.missed,
+        };
+        *self = Owed::default();
+        Some(gap)
+    }
+}
+
+impl Outlet {
+    /// Delivers `event`, or counts it as missed when the buffer is full. A gap
+    /// owed to the stream goes first, so it stands where the messages went missing.
+    fn deliver(&self, event: Event, meter: &Meter) {
+        let mut owed = self.owed.lock().unwrap_or_else(PoisonError::into_inner);
+        let reconnected = owed.reconnected;
+        if let Some(gap) = owed.take()
+            && let Err(error) = self.events.try_send(gap)
+        {
+            // The gap does not fit either: this message is dropped too, and counted.
+            if let mpsc::error::TrySendError::Full(Event::Gap { missed, .. }) = error {
+                *owed = Owed {
+                    missed: missed + 1,
+                    reconnected,
+                };
+                meter.record(|metrics| metrics.pubsub_dropped.inc());
+            }
+            return;
+        }
+        match self.events.try_send(event) {
+            Ok(()) => meter.record(|metrics| metrics.pubsub_delivered.inc()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                owed.missed += 1;
+                meter.record(|metrics| metrics.pubsub_dropped.inc());
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Tells the stream that the Redis connection was restored, now or before its next event.
+    fn reconnected(&self) {
+        let mut owed = self.owed.lock().unwrap_or_else(PoisonError::into_inner);
+        owed.reconnected = true;
+        if let Some(gap) = owed.take()
+            && let Err(mpsc::error::TrySendError::Full(Event::Gap { missed, .. })) = self.events.try_send(gap)
+        {
+            *owed = Owed {
+                missed,
+                reconnected: true,
+            };
+        }
+    }
+}
+
+/// One stream's subscription: its events, until it is dropped.
+pub struct Subscription {
+    shared: Arc<Shared>,
+    id: u64,
+    channels: Vec<String>,
+    patterns: Vec<String>,
+    outlet: Arc<Outlet>,
+    events: mpsc::Receiver<Event>,
+}
+
+impl Subscription {
+    /// The next event, in order; `None` only if the hub is gone.
+    pub async fn next(&mut self) -> Option<Event> {
+        match self.events.try_recv() {
+            Ok(event) => Some(event),
+            Err(mpsc::error::TryRecvError::Disconnected) => None,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                // A gap owed while the buffer was full is told now, not only before
+                // the next message (which may never come).
+                let owed = self.outlet.owed.lock().unwrap_or_else(PoisonError::into_inner).take();
+                match owed {
+                    Some(gap) => Some(gap),
+                    None => self.events.recv().await,
+                }
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// A hub with `limits`, and the queue its subscriber task reads
+    /// (give it to [`run_subscriber`]).
+    pub fn new(limits: HubLimits, meter: Meter) -> (Hub, Commands) {
+        let (commands, queue) = mpsc::unbounded_channel();
+        let hub = Hub {
+            shared: Arc::new(Shared {
+                registry: Mutex::new(Registry::default()),
+                commands,
+                limits,
+                meter,
+            }),
+        };
+        (hub, Commands(queue))
+    }
+
+    /// Registers a stream on Redis `channels` and `patterns` and waits, at most
+    /// `patience`, until Redis confirms that all of them are subscribed.
+    ///
+    /// # Errors
+    /// RESOURCE_EXHAUSTED when the process has its most streams; UNAVAILABLE when
+    /// Redis did not confirm in time (nothing stays registered).
+    pub async fn subscribe(
+        &self,
+        channels: Vec<String>,
+        patterns: Vec<String>,
+        patience: Duration,
+    ) -> Result<Subscription, Error> {
+        let (sender, events) = mpsc::channel(self.shared.limits.buffer);
+        let outlet = Arc::new(Outlet {
+            events: sender,
+            owed: Mutex::new(Owed::default()),
+        });
+        let (live, confirmed) = oneshot::channel();
+        let subscription = {
+            let mut registry = self.shared.registry.lock().unwrap_or_else(PoisonError::into_inner);
+            if registry.streams >= self.shared.limits.max_streams {
+                drop(registry);
+                self.shared.meter.record(|metrics| metrics.refuse("pubsub_streams"));
+                return Err(Error::Exhausted {
+                    reason: Reason::TooManySubscribers,
+                    message: format!(
+                        "{} Subscribe streams are open (--pubsub-max-streams); retry later",
+                        self.shared.limits.max_streams
+                    ),
+                    retry_after: Some(Duration::from_secs(1)),
+                });
+            }
+            registry.streams += 1;
+            registry.next_id += 1;
+            let id = registry.next_id;
+            for channel in &channels {
+                registry
+                    .channels
+                    .entry(channel.clone())
+                    .or_default()
+                    .insert(id, outlet.clone());
+            }
+            for pattern in &patterns {
+                registry
+                    .patterns
+                    .entry(pattern.clone())
+                    .or_default()
+                    .insert(id, outlet.clone());
+            }
+            self.shared.meter.record(|metrics| metrics.pubsub_streams.inc());
+            // Every channel is (re)subscribed: when the answer comes, all of them are live,
+            // including those another stream's SUBSCRIBE may still have in flight.
+            let _ = self.shared.commands.send(Command::Subscribe {
+                channels: channels.clone(),
+                patterns: patterns.clone(),
+                live,
+            });
+            Subscription {
+                shared: self.shared.clone(),
+                id,
+                channels,
+                patterns,
+                outlet,
+                events,
+            }
+        };
+        match timeout(patience, confirmed).await {
+            Ok(Ok(())) => Ok(subscription),
+            // Dropping the subscription takes it out of the registry again.
+            _ => Err(Error::Unavailable(Cause::Timeout(patience))),
+        }
+    }
+
+    /// The number of open streams.
+    pub fn streams(&self) -> usize {
+        self.shared
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .streams
+    }
+
+    fn dispatch(&self, channel: &str, pattern: Option<&str>, payload: &[u8]) {
+        let registry = self.shared.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let outlets = match pattern {
+            Some(pattern) => registry.patterns.get(pattern),
+            None => registry.channels.get(channel),
+        };
+        for outlet in outlets.into_iter().flat_map(HashMap::values) {
+            let event = Event::Message {
+                channel: channel.to_owned(),
+                payload: payload.to_vec(),
+                pattern: pattern.map(str::to_owned),
+            };
+            outlet.deliver(event, &self.shared.meter);
+        }
+    }
+
+    fn gap_everywhere(&self) {
+        let registry = self.shared.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut told = std::collections::HashSet::new();
+        for (id, outlet) in registry.channels.values().chain(registry.patterns.values()).flatten() {
+            if told.insert(*id) {
+                outlet.reconnected();
+            }
+        }
+    }
+
+    fn everything(&self) -> (Vec<String>, Vec<String>) {
+        let registry = self.shared.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        (
+            registry.channels.keys().cloned().collect(),
+            registry.patterns.keys().cloned().collect(),
+        )
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut registry = self.shared.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        registry.streams -= 1;
+        let unused = |map: &mut HashMap<String, HashMap<u64, Arc<Outlet>>>, names: &[String]| {
+            let mut unused = Vec::new();
+            for name in names {
+                if let Some(streams) = map.get_mut(name) {
+                    streams.remove(&self.id);
+                    if streams.is_empty() {
+                        map.remove(name);
+                        unused.push(name.clone());
+                    }
+                }
+            }
+            unused
+        };
+        let channels = unused(&mut registry.channels, &self.channels);
+        let patterns = unused(&mut registry.patterns, &self.patterns);
+        self.shared.meter.record(|metrics| metrics.pubsub_streams.dec());
+        if !channels.is_empty() || !patterns.is_empty() {
+            let _ = self.shared.commands.send(Command::Unsubscribe { channels, patterns });
+        }
+    }
+}
+
+/// The queue of subscription changes, for [`run_subscriber`].
+pub struct Commands(mpsc::UnboundedReceiver<Command>);
+
+/// Keeps the hub's Redis subscriber connection: connects (with `backoff`
+/// between failed attempts, forever, and again when `failovers` changes),
+/// subscribes to everything registered, applies changes and delivers messages.
+/// Runs until its task is aborted.
+pub async fn run_subscriber(
+    hub: Hub,
+    Commands(mut commands): Commands,
+    topology: Topology,
+    backoff: Backoff,
+    mut failovers: watch::Receiver<u64>,
+) {
+    let mut ever_connected = false;
+    let mut delay = backoff.min;
+    // Streams waiting for their subscription to be confirmed, across reconnects.
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    loop {
+        failovers.borrow_and_update();
+        let connected = async {
+            let (pubsub, node) = topology.subscriber().await?;
+            let (mut sink, stream) = pubsub.split();
+            let (channels, patterns) = hub.everything();
+            if !channels.is_empty() {
+                sink.subscribe(&channels).await.map_err(|e| Cause::of(&e))?;
+            }
+            if !patterns.is_empty() {
+                sink.psubscribe(&patterns).await.map_err(|e| Cause::of(&e))?;
+            }
+            Ok::<_, Cause>((sink, stream, node))
+        };
+        let (mut sink, mut stream, node) = match timeout(topology.connect_timeout(), connected).await {
+            Ok(Ok(connected)) => connected,
+            Ok(Err(cause)) => {
+                warn!(%cause, retry_in = ?delay, "Pub/Sub subscriber connection failed");
+                sleep(delay).await;
+                delay = (delay * 2).min(backoff.max);
+                continue;
+            }
+            Err(_) => {
+                warn!(retry_in = ?delay, "Pub/Sub subscriber connection timed out");
+                sleep(delay).await;
+                delay = (delay * 2).min(backoff.max);
+                continue;
+            }
+        };
+        delay = backoff.min;
+        // Everything registered so far is live again.
+        for live in waiting.drain(..) {
+            let _ = live.send(());
+        }
+        if ever_connected {
+            hub.gap_everywhere();
+            info!(%node, "Pub/Sub subscriptions restored");
+        }
+        ever_connected = true;
+        loop {
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    let applied = match command {
+                        Command::Subscribe { channels, patterns, live } => {
+                            waiting.push(live);
+                            let applied = subscribe(&mut sink, &channels, &patterns).await;
+                            if applied.is_ok() {
+                                for live in waiting.drain(..) {
+                                    let _ = live.send(());
+                                }
+                            }
+                            applied
+                        }
+                        Command::Unsubscribe { channels, patterns } => {
+                            unsubscribe(&mut sink, &channels, &patterns).await
+                        }
+                    };
+                    if let Err(error) = applied {
+                        warn!(%error, "Pub/Sub subscriber connection lost; reconnecting");
+                        break;
+                    }
+                }
+                message = stream.next() => match message {
+                    Some(message) => {
+                        let pattern: Option<String> = if message.from_pattern() {
+                            message.get_pattern().ok()
+                        } else {
+                            None
+                        };
+                        hub.dispatch(message.get_channel_name(), pattern.as_deref(), message.get_payload_bytes());
+                    }
+                    None => {
+                        warn!(%node, "Pub/Sub subscriber connection lost; reconnecting");
+                        break;
+                    }
+                },
+                Ok(()) = failovers.changed() => break,
+            }
+        }
+    }
+}
+
+async fn subscribe(
+    sink: &mut redis::aio::PubSubSink,
+    channels: &[String],
+    patterns: &[String],
+) -> redis::RedisResult<()> {
+    if !channels.is_empty() {
+        sink.subscribe(channels).await?;
+    }
+    if !patterns.is_empty() {
+        sink.psubscribe(patterns).await?;
+    }
+    Ok(())
+}
+
+async fn unsubscribe(
+    sink: &mut redis::aio::PubSubSink,
+    channels: &[String],
+    patterns: &[String],
+) -> redis::RedisResult<()> {
+    if !channels.is_empty() {
+        sink.unsubscribe(channels).await?;
+    }
+    if !patterns.is_empty() {
+        sink.punsubscribe(patterns).await?;
+    }
+    Ok(())
+}

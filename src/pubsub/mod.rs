@@ -1,0 +1,198 @@
+//! `cachelock.pubsub.v1.PubSubService`: Publish through the shared command
+//! connection, Subscribe through the [`Hub`]'s one subscriber connection.
+//!
+//! Topics live in the caller's key space (`<prefix>:<tenant>:pubsub:<topic>`),
+//! so no caller can reach another tenant's topics or the service's own channels
+//! (lock release notices), and a pattern only ever matches topics of its tenant.
+
+mod hub;
+
+use std::{collections::HashSet, pin::Pin, time::Duration};
+
+use futures_util::Stream;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+pub use hub::{Event, GapCause, Hub, HubLimits, Subscription, run_subscriber};
+
+use crate::{
+    auth::Caller,
+    error::Error,
+    pb::pubsub::{
+        Discontinuity, Message, PublishRequest, PublishResponse, SubscribeRequest, SubscribeResponse, Subscribed,
+        discontinuity::Cause, pub_sub_service_server::PubSubService, subscribe_response,
+    },
+    redis::{KeySpace, Op, Redis},
+    request::{Limits, deadline},
+    telemetry::Meter,
+};
+
+/// The gRPC handlers of Pub/Sub.
+pub struct PubSubApi {
+    redis: Redis,
+    hub: Hub,
+    limits: Limits,
+    max_topics: usize,
+    operation_timeout: Duration,
+    draining: watch::Receiver<bool>,
+    meter: Meter,
+}
+
+impl PubSubApi {
+    /// Handlers that publish through `redis` and subscribe through `hub`, with at
+    /// most `max_topics` topics and patterns per stream; streams end once
+    /// `draining` turns true.
+    pub fn new(
+        redis: Redis,
+        hub: Hub,
+        limits: Limits,
+        max_topics: usize,
+        operation_timeout: Duration,
+        draining: watch::Receiver<bool>,
+        meter: Meter,
+    ) -> PubSubApi {
+        PubSubApi {
+            redis,
+            hub,
+            limits,
+            max_topics,
+            operation_timeout,
+            draining,
+            meter,
+        }
+    }
+
+    /// The Redis channels and patterns of a request, checked.
+    fn names(&self, space: &KeySpace, request: &SubscribeRequest) -> Result<(Vec<String>, Vec<String>), Error> {
+        let count = request.topics.len() + request.patterns.len();
+        if count == 0 {
+            return Err(Error::invalid("topics", "name at least one topic or pattern"));
+        }
+        if count > self.max_topics {
+            return Err(Error::invalid(
+                "topics",
+                format!(
+                    "{count} topics and patterns, above the limit of {} (--pubsub-max-topics)",
+                    self.max_topics
+                ),
+            ));
+        }
+        let mut seen = HashSet::new();
+        let mut channels = Vec::with_capacity(request.topics.len());
+        for (index, topic) in request.topics.iter().enumerate() {
+            let field = format!("topics[{index}]");
+            let topic = self.limits.key(&field, topic)?;
+            if !seen.insert(("t", topic)) {
+                return Err(Error::invalid(field, "is named twice"));
+            }
+            channels.push(space.topic(topic));
+        }
+        let mut patterns = Vec::with_capacity(request.patterns.len());
+        for (index, pattern) in request.patterns.iter().enumerate() {
+            let field = format!("patterns[{index}]");
+            let pattern = self.limits.key(&field, pattern)?;
+            if !seen.insert(("p", pattern)) {
+                return Err(Error::invalid(field, "is named twice"));
+            }
+            patterns.push(space.topic_pattern(pattern));
+        }
+        Ok((channels, patterns))
+    }
+}
+
+/// The stream of one Subscribe.
+type EventStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
+
+fn event(event: subscribe_response::Event) -> SubscribeResponse {
+    SubscribeResponse { event: Some(event) }
+}
+
+#[tonic::async_trait]
+impl PubSubService for PubSubApi {
+    async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
+        let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let space = Caller::of(&request)?.space.clone();
+        let request = request.into_inner();
+        let topic = self.limits.key("topic", &request.topic)?;
+        self.limits.value("payload", &request.payload)?;
+        let mut command = redis::cmd("PUBLISH");
+        command.arg(space.topic(topic)).arg(&request.payload);
+        // Sent once: a resend would deliver the message twice.
+        let receivers: u64 = self.redis.run(Op::write("pubsub_publish"), deadline, &command).await?;
+        self.meter.record(|metrics| metrics.pubsub_published.inc());
+        Ok(Response::new(PublishResponse { receivers }))
+    }
+
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<EventStream>, Status> {
+        let space = Caller::of(&request)?.space.clone();
+        let request = request.into_inner();
+        let (channels, patterns) = self.names(&space, &request)?;
+        let subscription = self.hub.subscribe(channels, patterns, self.operation_timeout).await?;
+        let state = Streaming {
+            subscription,
+            prefix_len: space.topic("").len(),
+            pattern_prefix_len: space.topic_pattern("").len(),
+            sequence: 0,
+            draining: self.draining.clone(),
+            started: false,
+        };
+        let stream = futures_util::stream::unfold(state, |mut state| async move {
+            if !state.started {
+                state.started = true;
+                let live = event(subscribe_response::Event::Subscribed(Subscribed {}));
+                return Some((Ok(live), state));
+            }
+            let next = tokio::select! {
+                next = state.subscription.next() => next?,
+                // Ending the stream lets the caller subscribe again on another instance.
+                _ = state.draining.wait_for(|draining| *draining) => return None,
+            };
+            let answer = match next {
+                Event::Message {
+                    channel,
+                    payload,
+                    pattern,
+                } => {
+                    state.sequence += 1;
+                    subscribe_response::Event::Message(Message {
+                        topic: channel.get(state.prefix_len..).unwrap_or_default().to_owned(),
+                        payload,
+                        pattern: pattern
+                            .as_deref()
+                            .and_then(|pattern| pattern.get(state.pattern_prefix_len..))
+                            .unwrap_or_default()
+                            .to_owned(),
+                        sequence: state.sequence,
+                    })
+                }
+                Event::Gap { cause, missed } => {
+                    state.sequence += missed;
+                    subscribe_response::Event::Discontinuity(Discontinuity {
+                        cause: match cause {
+                            GapCause::SlowReader => Cause::SlowReader,
+                            GapCause::Reconnected => Cause::RedisReconnected,
+                        }
+                        .into(),
+                        missed,
+                    })
+                }
+            };
+            Some((Ok(event(answer)), state))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// What a Subscribe stream carries between events.
+struct Streaming {
+    subscription: Subscription,
+    /// The length of the key-space part of a channel name, and of a pattern
+    /// (where it is escaped).
+    prefix_len: usize,
+    pattern_prefix_len: usize,
+    sequence: u64,
+    draining: watch::Receiver<bool>,
+    started: bool,
+}
