@@ -49,3 +49,28 @@ fn every_scenario_runs_without_errors() {
         assert_eq!(row["errors"], 0, "{row}");
     }
 }
+
+#[test]
+fn the_pubsub_fanout_delivers_to_every_subscriber() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cachelock-bench"))
+        .args([
+            "--pubsub-fanout",
+            "10",
+            "--warmup",
+            "0s",
+            "--duration",
+            "200ms",
+            "--concurrency",
+            "2",
+        ])
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("the benchmark runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let row: Vec<&str> = stdout.lines().nth(1).expect("a row").split_whitespace().collect();
+    assert_eq!(row[0], "10", "{stdout}");
+    let delivered: f64 = row[3].parse().expect("delivered/s");
+    assert!(delivered > 0.0, "{stdout}");
+}

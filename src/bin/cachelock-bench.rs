@@ -173,6 +173,10 @@ struct Args {
     /// how long Redis spent on it (from SLOWLOG), the worst a single request can cost Redis.
     #[arg(long)]
     batch_worst_case: bool,
+    /// Instead of the scenarios: open this many Subscribe streams on one topic, publish to it
+    /// from each --concurrency publishers in turn, and report messages delivered per second.
+    #[arg(long, conflicts_with_all = ["batch_worst_case", "secure", "compare_metrics_off"])]
+    pubsub_fanout: Option<usize>,
 }
 
 /// A channel that sends a bearer token when it has one.
@@ -779,6 +783,8 @@ async fn start_secure(dir: &std::path::Path, redis_url: &str) -> Result<SecureSe
     let args = vec![
         "--listen".to_owned(),
         addr.clone(),
+        "--metrics-listen".to_owned(),
+        free_address()?,
         "--redis-url".to_owned(),
         redis_url.to_owned(),
         "--tls-cert".to_owned(),
@@ -827,6 +833,8 @@ async fn set_up(args: &Args) -> Result<Setup, String> {
         let service_args = vec![
             "--listen".to_owned(),
             addr.clone(),
+            "--metrics-listen".to_owned(),
+            free_address()?,
             "--redis-cluster-nodes".to_owned(),
             cluster.seeds(),
         ];
@@ -843,9 +851,12 @@ async fn set_up(args: &Args) -> Result<Setup, String> {
     }
     let redis = EmbeddedRedis::start().await.map_err(|e| e.to_string())?;
     let addr = free_address()?;
+    // Each private service has metrics on a port of its own, so that runs side by side do not collide.
     let args_for_service = vec![
         "--listen".to_owned(),
         addr.clone(),
+        "--metrics-listen".to_owned(),
+        free_address()?,
         "--redis-url".to_owned(),
         redis.url(),
     ];
@@ -1007,6 +1018,13 @@ async fn bench(args: Args) -> Result<(), String> {
         sessions: Arc::new(Vec::new()),
         key_space: args.keys.max(1),
     };
+    if let Some(subscribers) = args.pubsub_fanout {
+        let result = pubsub_fanout(&clients, subscribers, &args).await;
+        if let Some(mut service) = setup.service {
+            let _ = service.kill().await;
+        }
+        return result;
+    }
     if args.batch_worst_case {
         let result = batch_worst_case(&clients, &redis_client).await;
         if let Some(mut service) = setup.service {
@@ -1170,6 +1188,103 @@ const MAX_SESSIONS_PER_USER: usize = 100;
 
 /// Runs each batch RPC once at the default limits and prints the longest time
 /// Redis spent on one command (script) of it, as SLOWLOG records it.
+/// Fan-out: `subscribers` streams on one topic, publishers at each --concurrency,
+/// and how many messages per second reach the streams in all.
+async fn pubsub_fanout(clients: &Clients, subscribers: usize, args: &Args) -> Result<(), String> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use cachelock::pb::pubsub::{
+        PublishRequest, SubscribeRequest, pub_sub_service_client::PubSubServiceClient, subscribe_response::Event,
+    };
+    let delivered = Arc::new(AtomicU64::new(0));
+    let missed = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::with_capacity(subscribers);
+    for index in 0..subscribers {
+        let channel = clients.channels[index % clients.channels.len()].clone();
+        let request = SubscribeRequest {
+            topics: vec!["bench-fanout".to_owned()],
+            patterns: Vec::new(),
+        };
+        let mut stream = PubSubServiceClient::new(channel)
+            .subscribe(request)
+            .await
+            .map_err(|status| format!("Subscribe: {status}"))?
+            .into_inner();
+        // The first event says the stream is live.
+        stream
+            .message()
+            .await
+            .map_err(|status| format!("Subscribe: {status}"))?;
+        let (delivered, missed) = (delivered.clone(), missed.clone());
+        readers.push(tokio::spawn(async move {
+            while let Ok(Some(answer)) = stream.message().await {
+                match answer.event {
+                    Some(Event::Message(_)) => delivered.fetch_add(1, Ordering::Relaxed),
+                    Some(Event::Discontinuity(gap)) => missed.fetch_add(gap.missed, Ordering::Relaxed),
+                    _ => 0,
+                };
+            }
+        }));
+    }
+    println!(
+        "{:<12} {:>11} {:>13} {:>15} {:>9}",
+        "subscribers", "publishers", "published/s", "delivered/s", "missed"
+    );
+    for &publishers in &args.concurrency {
+        let stop = Arc::new(AtomicBool::new(false));
+        let published = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..publishers)
+            .map(|index| {
+                let mut client = PubSubServiceClient::new(clients.channels[index % clients.channels.len()].clone());
+                let (stop, published) = (stop.clone(), published.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let request = PublishRequest {
+                            topic: "bench-fanout".to_owned(),
+                            payload: VALUE.to_vec(),
+                        };
+                        if client.publish(request).await.is_ok() {
+                            published.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        sleep(args.warmup).await;
+        let (published_before, delivered_before, missed_before) = (
+            published.load(Ordering::Relaxed),
+            delivered.load(Ordering::Relaxed),
+            missed.load(Ordering::Relaxed),
+        );
+        let started = Instant::now();
+        sleep(args.duration).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let (published_now, delivered_now, missed_now) = (
+            published.load(Ordering::Relaxed),
+            delivered.load(Ordering::Relaxed),
+            missed.load(Ordering::Relaxed),
+        );
+        stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            let _ = task.await;
+        }
+        println!(
+            "{:<12} {:>11} {:>13.0} {:>15.0} {:>9}",
+            subscribers,
+            publishers,
+            (published_now - published_before) as f64 / elapsed,
+            (delivered_now - delivered_before) as f64 / elapsed,
+            missed_now - missed_before
+        );
+        // Let the streams catch up before the next run.
+        sleep(Duration::from_millis(500)).await;
+    }
+    for reader in readers {
+        reader.abort();
+    }
+    Ok(())
+}
+
 async fn batch_worst_case(clients: &Clients, redis: &redis::Client) -> Result<(), String> {
     use cachelock::pb::{
         cache::{DeleteRequest, GetManyRequest},
