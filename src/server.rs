@@ -17,7 +17,7 @@ use crate::{
     config::{Config, MESSAGE_OVERHEAD_BYTES, RedisMode},
     error::StartError,
     health::{ProbeSettings, health_service, probe_redis},
-    lock::{self, LockApi, LockSettings, LockStore, ReleaseNotices, listen_for_releases},
+    lock::{self, LockApi, LockSettings, LockStore, ReleaseNotices},
     pb::{
         self, cache::cache_service_server::CacheServiceServer,
         envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer as EnvoyRateLimitServiceServer,
@@ -25,7 +25,7 @@ use crate::{
         ratelimit::rate_limit_service_server::RateLimitServiceServer,
         session::session_service_server::SessionServiceServer,
     },
-    pubsub::{Hub, HubLimits, PubSubApi, run_subscriber},
+    pubsub::{Hub, HubLimits, PubSubApi, Releases, run_subscriber},
     ratelimit::{self, RateLimitApi, RateLimitSettings, RateLimitStore},
     redis::{
         Backoff, ConnectSettings, Endpoint, Keys, LuaScript, Redis, RedisSettings, Topology,
@@ -342,13 +342,6 @@ async fn serve(
         },
         meter.clone(),
     ));
-    background.spawn(listen_for_releases(
-        topology.clone(),
-        keys.lock_released_pattern(),
-        release_notices.clone(),
-        backoff,
-        redis.failovers().subscribe(),
-    ));
     let (hub, hub_commands) = Hub::new(
         HubLimits {
             buffer: config.pubsub_buffer,
@@ -356,9 +349,14 @@ async fn serve(
         },
         meter.clone(),
     );
+    // The process's one Redis subscriber connection: Pub/Sub streams and lock releases.
     background.spawn(run_subscriber(
         hub.clone(),
         hub_commands,
+        Releases {
+            pattern: keys.lock_released_pattern(),
+            notices: release_notices.clone(),
+        },
         topology.clone(),
         backoff,
         redis.failovers().subscribe(),

@@ -12,7 +12,7 @@ use tokio::{
 };
 use tonic::{Request, Response, Status};
 
-pub use notices::{Registration, ReleaseNotices, listen_for_releases};
+pub use notices::{Registration, ReleaseNotices};
 pub use store::{Attempt, Grant, Holder, Lapse, LockStore, scripts};
 
 use crate::{

@@ -1,13 +1,13 @@
-//! Lock-release notices: one pub/sub subscriber for the whole process, and a
-//! registry that wakes the Acquire calls waiting on the released lock.
+//! Lock-release notices: a registry that wakes the Acquire calls waiting on the
+//! released lock.
 //!
 //! The release script PUBLISHes on the lock's channel after deleting the holder
-//! record. The subscriber holds a single pattern subscription for every lock's
-//! channel on its own connection (a subscribed connection cannot run other
-//! commands), and bumps a per-channel counter in [`ReleaseNotices`] for each
-//! message. While it is not subscribed (Redis down, reconnecting), waiters fall
-//! back to re-checking at a coarse interval; when it subscribes again, every
-//! waiter is woken, since a release may have gone unheard in between.
+//! record. The process's one Redis subscriber connection (the Pub/Sub hub's, see
+//! [`crate::pubsub::run_subscriber`]) holds a single pattern subscription for
+//! every lock's channel, and bumps a per-channel counter in [`ReleaseNotices`]
+//! for each message. While it is not subscribed (Redis down, reconnecting),
+//! waiters fall back to re-checking at a coarse interval; when it subscribes
+//! again, every waiter is woken, since a release may have gone unheard in between.
 
 use std::{
     collections::HashMap,
@@ -18,17 +18,11 @@ use std::{
     time::Duration,
 };
 
-use futures_util::StreamExt;
-use tokio::{
-    sync::watch,
-    time::{sleep, timeout},
-};
-use tracing::{info, warn};
+use tokio::sync::watch;
 
 use crate::{
     admission::RefusalLog,
     error::{Error, Reason},
-    redis::{Backoff, Cause, Topology},
     telemetry::Meter,
 };
 
@@ -131,21 +125,24 @@ impl ReleaseNotices {
         self.inner.listening.load(Ordering::Acquire)
     }
 
-    fn announce(&self, channel: &str) {
+    /// Wakes the waiters of `channel`.
+    pub(crate) fn announce(&self, channel: &str) {
         let registry = self.inner.channels.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(waiters) = registry.channels.get(channel) {
             waiters.releases.send_modify(|count| *count += 1);
         }
     }
 
-    fn announce_everywhere(&self) {
+    /// Wakes every waiter: releases may have gone unheard.
+    pub(crate) fn announce_everywhere(&self) {
         let registry = self.inner.channels.lock().unwrap_or_else(PoisonError::into_inner);
         for waiters in registry.channels.values() {
             waiters.releases.send_modify(|count| *count += 1);
         }
     }
 
-    fn set_listening(&self, listening: bool) {
+    /// Records whether releases are being heard.
+    pub(crate) fn set_listening(&self, listening: bool) {
         self.inner.listening.store(listening, Ordering::Release);
     }
 }
@@ -186,60 +183,6 @@ impl Drop for Registration {
             waiters.count -= 1;
             if waiters.count == 0 {
                 registry.channels.remove(&self.channel);
-            }
-        }
-    }
-}
-
-/// Keeps one pattern subscription to `pattern` alive, announcing every message to
-/// `notices`; reconnects with `backoff` between failed attempts, forever, and at
-/// once when `failovers` changes (the primary moved). On a Cluster any node
-/// will do: every node hears every PUBLISH. Runs until its task is aborted.
-pub async fn listen_for_releases(
-    topology: Topology,
-    pattern: String,
-    notices: ReleaseNotices,
-    backoff: Backoff,
-    mut failovers: watch::Receiver<u64>,
-) {
-    let mut ever_listened = false;
-    let mut delay = backoff.min;
-    loop {
-        failovers.borrow_and_update();
-        let subscribed = async {
-            let (mut pubsub, node) = topology.subscriber().await?;
-            // Returns once Redis has confirmed the subscription.
-            pubsub.psubscribe(&pattern).await.map_err(|e| Cause::of(&e))?;
-            Ok::<_, Cause>((pubsub, node))
-        };
-        match timeout(topology.connect_timeout(), subscribed).await {
-            Ok(Ok((pubsub, node))) => {
-                delay = backoff.min;
-                notices.set_listening(true);
-                // Releases while nobody listened went unheard: let every waiter look again.
-                notices.announce_everywhere();
-                if ever_listened {
-                    info!(%node, "lock-release subscription restored");
-                }
-                ever_listened = true;
-                let mut messages = pubsub.into_on_message();
-                loop {
-                    tokio::select! {
-                        message = messages.next() => match message {
-                            Some(message) => notices.announce(message.get_channel_name()),
-                            None => break,
-                        },
-                        Ok(()) = failovers.changed() => break,
-                    }
-                }
-                notices.set_listening(false);
-                warn!(%node, "lost the lock-release subscription; waiting Acquires re-check periodically until it is back");
-            }
-            // Why Redis is unreachable is logged by the health prober.
-            Ok(Err(_)) | Err(_) => {
-                notices.set_listening(false);
-                sleep(delay).await;
-                delay = (delay * 2).min(backoff.max);
             }
         }
     }

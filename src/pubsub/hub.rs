@@ -1,5 +1,6 @@
-//! One Redis subscriber connection shared by every Subscribe stream of the
-//! process, fanning each message out in-process.
+//! The process's one Redis subscriber connection, shared by every Subscribe
+//! stream (fanning each message out in-process) and by the lock service's
+//! release notices.
 //!
 //! The [`Hub`] keeps a registry of which stream listens to which Redis channel
 //! or pattern. Redis is subscribed once per distinct channel or pattern, and
@@ -27,9 +28,19 @@ use tracing::{info, warn};
 
 use crate::{
     error::{Error, Reason},
+    lock::ReleaseNotices,
     redis::{Backoff, Cause, Topology},
     telemetry::Meter,
 };
+
+/// The lock service's release notices, heard on the same connection: one
+/// pattern subscription for every lock's release channel, never unsubscribed.
+pub struct Releases {
+    /// The pattern of every lock's release channel.
+    pub pattern: String,
+    /// Where releases are announced.
+    pub notices: ReleaseNotices,
+}
 
 /// Why messages may be missing from a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,13 +385,15 @@ impl Drop for Subscription {
 /// The queue of subscription changes, for [`run_subscriber`].
 pub struct Commands(mpsc::UnboundedReceiver<Command>);
 
-/// Keeps the hub's Redis subscriber connection: connects (with `backoff`
-/// between failed attempts, forever, and again when `failovers` changes),
-/// subscribes to everything registered, applies changes and delivers messages.
-/// Runs until its task is aborted.
+/// Keeps the process's Redis subscriber connection: connects (with `backoff`
+/// between failed attempts, forever, and again when `failovers` changes: the
+/// primary moved), subscribes to `releases` and everything registered, applies
+/// changes and delivers messages. On a Cluster any node will do: every node
+/// hears every PUBLISH. Runs until its task is aborted.
 pub async fn run_subscriber(
     hub: Hub,
     Commands(mut commands): Commands,
+    releases: Releases,
     topology: Topology,
     backoff: Backoff,
     mut failovers: watch::Receiver<u64>,
@@ -394,7 +407,8 @@ pub async fn run_subscriber(
         let connected = async {
             let (pubsub, node) = topology.subscriber().await?;
             let (mut sink, stream) = pubsub.split();
-            let (channels, patterns) = hub.everything();
+            let (channels, mut patterns) = hub.everything();
+            patterns.push(releases.pattern.clone());
             if !channels.is_empty() {
                 sink.subscribe(&channels).await.map_err(|e| Cause::of(&e))?;
             }
@@ -405,27 +419,24 @@ pub async fn run_subscriber(
         };
         let (mut sink, mut stream, node) = match timeout(topology.connect_timeout(), connected).await {
             Ok(Ok(connected)) => connected,
-            Ok(Err(cause)) => {
-                warn!(%cause, retry_in = ?delay, "Pub/Sub subscriber connection failed");
-                sleep(delay).await;
-                delay = (delay * 2).min(backoff.max);
-                continue;
-            }
-            Err(_) => {
-                warn!(retry_in = ?delay, "Pub/Sub subscriber connection timed out");
+            // Why Redis is unreachable is logged by the health prober.
+            Ok(Err(_)) | Err(_) => {
                 sleep(delay).await;
                 delay = (delay * 2).min(backoff.max);
                 continue;
             }
         };
         delay = backoff.min;
+        releases.notices.set_listening(true);
+        // Releases while nobody listened went unheard: let every waiter look again.
+        releases.notices.announce_everywhere();
         // Everything registered so far is live again.
         for live in waiting.drain(..) {
             let _ = live.send(());
         }
         if ever_connected {
             hub.gap_everywhere();
-            info!(%node, "Pub/Sub subscriptions restored");
+            info!(%node, "Redis subscriptions restored (lock releases, Pub/Sub)");
         }
         ever_connected = true;
         loop {
@@ -448,7 +459,7 @@ pub async fn run_subscriber(
                         }
                     };
                     if let Err(error) = applied {
-                        warn!(%error, "Pub/Sub subscriber connection lost; reconnecting");
+                        warn!(%error, "lost the Redis subscriber connection; reconnecting");
                         break;
                     }
                 }
@@ -459,16 +470,25 @@ pub async fn run_subscriber(
                         } else {
                             None
                         };
-                        hub.dispatch(message.get_channel_name(), pattern.as_deref(), message.get_payload_bytes());
+                        if pattern.as_deref() == Some(releases.pattern.as_str()) {
+                            releases.notices.announce(message.get_channel_name());
+                        } else {
+                            hub.dispatch(message.get_channel_name(), pattern.as_deref(), message.get_payload_bytes());
+                        }
                     }
                     None => {
-                        warn!(%node, "Pub/Sub subscriber connection lost; reconnecting");
+                        warn!(
+                            %node,
+                            "lost the Redis subscriber connection; waiting Acquires re-check periodically until it \
+                             is back"
+                        );
                         break;
                     }
                 },
                 Ok(()) = failovers.changed() => break,
             }
         }
+        releases.notices.set_listening(false);
     }
 }
 
