@@ -63,7 +63,12 @@ async fn messages(stream: &mut Streaming<SubscribeResponse>, count: usize) -> Ve
     while received.len() < count {
         match next(stream).await {
             Event::Message(message) => {
-                received.push((message.topic, message.payload, message.pattern, message.sequence));
+                received.push((
+                    message.topic,
+                    message.payload.to_vec(),
+                    message.pattern,
+                    message.sequence,
+                ));
             }
             other => panic!("expected a message, got {other:?}"),
         }

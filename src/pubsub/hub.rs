@@ -19,6 +19,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -59,8 +60,8 @@ pub enum Event {
     Message {
         /// The Redis channel.
         channel: String,
-        /// The payload.
-        payload: Vec<u8>,
+        /// The payload, shared by every stream it goes to.
+        payload: Bytes,
         /// The Redis pattern, for a pattern subscription.
         pattern: Option<String>,
     },
@@ -327,10 +328,11 @@ impl Hub {
             Some(pattern) => registry.patterns.get(pattern),
             None => registry.channels.get(channel),
         };
+        let payload = Bytes::copy_from_slice(payload);
         for outlet in outlets.into_iter().flat_map(HashMap::values) {
             let event = Event::Message {
                 channel: channel.to_owned(),
-                payload: payload.to_vec(),
+                payload: payload.clone(),
                 pattern: pattern.map(str::to_owned),
             };
             outlet.deliver(event, &self.shared.meter);
