@@ -77,26 +77,30 @@ impl PubSubApi {
                 ),
             ));
         }
-        let mut seen = HashSet::new();
-        let mut channels = Vec::with_capacity(request.topics.len());
-        for (index, topic) in request.topics.iter().enumerate() {
-            let field = format!("topics[{index}]");
-            let topic = self.limits.key(&field, topic)?;
-            if !seen.insert(("t", topic)) {
-                return Err(Error::invalid(field, "is named twice"));
-            }
-            channels.push(space.topic(topic));
-        }
-        let mut patterns = Vec::with_capacity(request.patterns.len());
-        for (index, pattern) in request.patterns.iter().enumerate() {
-            let field = format!("patterns[{index}]");
-            let pattern = self.limits.key(&field, pattern)?;
-            if !seen.insert(("p", pattern)) {
-                return Err(Error::invalid(field, "is named twice"));
-            }
-            patterns.push(space.topic_pattern(pattern));
-        }
+        let channels = self.redis_names("topics", &request.topics, |name| space.topic(name))?;
+        let patterns = self.redis_names("patterns", &request.patterns, |name| space.topic_pattern(name))?;
         Ok((channels, patterns))
+    }
+
+    /// The Redis names `redis_name` makes of the request's `field` list, each
+    /// checked as a key and named at most once.
+    fn redis_names(
+        &self,
+        field: &str,
+        names: &[String],
+        redis_name: impl Fn(&str) -> String,
+    ) -> Result<Vec<String>, Error> {
+        let mut seen = HashSet::new();
+        let mut redis_names = Vec::with_capacity(names.len());
+        for (index, name) in names.iter().enumerate() {
+            let field = format!("{field}[{index}]");
+            let name = self.limits.key(&field, name)?;
+            if !seen.insert(name) {
+                return Err(Error::invalid(field, "is named twice"));
+            }
+            redis_names.push(redis_name(name));
+        }
+        Ok(redis_names)
     }
 }
 
