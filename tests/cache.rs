@@ -8,7 +8,9 @@ use cachelock::pb::cache::{
     DeleteRequest, ExpireRequest, GetManyRequest, GetRequest, IncrementRequest, SetCondition, SetEntry, SetManyRequest,
     SetRequest, TakeRequest,
 };
-use common::{Backend, as_millis, assert_invalid, assert_reason, millis};
+use common::{
+    Backend, FaultyLink, TestRedis, TestService, as_millis, assert_invalid, assert_reason, eventually, millis,
+};
 use redis::AsyncCommands;
 use tonic::Code;
 
@@ -569,6 +571,39 @@ async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
             .into_inner()
             .stored
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gets_of_one_key_share_one_redis_read() {
+    let redis = TestRedis::start().await;
+    let link = FaultyLink::start(redis.port()).await;
+    let service = TestService::start(&link.url, &["--health-interval", "60s"]).await;
+    let mut cache = service.cache();
+    cache.set(set("hot", b"v1", None, SetCondition::Always)).await.unwrap();
+    let reads_before = redis.calls("evalsha").await;
+
+    // Redis's answers are held: the first Get's read stays in flight while 500 arrive.
+    link.hold_replies(true);
+    let gets: Vec<_> = (0..500)
+        .map(|_| {
+            let mut cache = cache.clone();
+            tokio::spawn(async move { cache.get(get("hot")).await })
+        })
+        .collect();
+    let started = "grpc_server_started_total{grpc_type=\"unary\",grpc_service=\"cachelock.cache.v1.CacheService\",\
+                   grpc_method=\"Get\"}";
+    eventually("all 500 Gets reaching the service", async || {
+        service.metric(started).await >= 500.0
+    })
+    .await;
+    link.hold_replies(false);
+    for answer in gets {
+        let answer = answer.await.unwrap().unwrap().into_inner();
+        assert!(answer.found);
+        assert_eq!(answer.value, b"v1");
+    }
+    let reads = redis.calls("evalsha").await - reads_before;
+    assert!(reads <= 2, "{reads} Redis reads for 500 Gets");
 }
 
 in_every_mode!(

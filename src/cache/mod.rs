@@ -1,6 +1,7 @@
 //! `cachelock.cache.v1.CacheService`: validates each request, runs it through
 //! [`CacheStore`], and maps the answer.
 
+mod flight;
 mod store;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::{
         GetRequest, GetResponse, IncrementRequest, IncrementResponse, SetCondition, SetManyRequest, SetManyResponse,
         SetRequest, SetResponse, TakeRequest, TakeResponse, cache_service_server::CacheService,
     },
+    redis::KeySpace,
     request::{Limits, cross_slot, deadline, ttl_from_millis},
     telemetry::{Meter, Metrics},
 };
@@ -28,6 +30,7 @@ const ENTRY_FRAMING_BYTES: usize = 32;
 /// The gRPC handlers of the cache.
 pub struct CacheApi {
     store: CacheStore,
+    flights: flight::Flights<Option<Stored>>,
     meter: Meter,
     limits: Limits,
     operation_timeout: Duration,
@@ -38,9 +41,18 @@ impl CacheApi {
     pub fn new(store: CacheStore, limits: Limits, operation_timeout: Duration, meter: Meter) -> CacheApi {
         CacheApi {
             store,
+            flights: flight::Flights::new(),
             meter,
             limits,
             operation_timeout,
+        }
+    }
+
+    /// Ends the sharing of Gets in flight on `keys`, after a write of them (done,
+    /// failed or maybe applied): no later Get may be answered from before it.
+    fn written<'k>(&self, space: &KeySpace, keys: impl IntoIterator<Item = &'k str>) {
+        for key in keys {
+            self.flights.forget(&space.cache(key));
         }
     }
 
@@ -66,7 +78,8 @@ impl CacheService for CacheApi {
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
-        let response = match self.store.get(&space, key, deadline).await? {
+        let read = self.store.get(&space, key, deadline);
+        let response = match self.flights.read(space.cache(key), deadline, read).await? {
             Some(Stored { value, ttl_millis }) => GetResponse {
                 found: true,
                 value,
@@ -151,7 +164,9 @@ impl CacheService for CacheApi {
         let stored = self
             .store
             .set(&space, key, &request.value, ttl, condition, deadline)
-            .await?;
+            .await;
+        self.written(&space, [key]);
+        let stored = stored?;
         if stored {
             self.meter.record(|metrics| metrics.cache_writes.inc());
         }
@@ -181,7 +196,9 @@ impl CacheService for CacheApi {
             return Err(cross_slot("entries", "SetMany", &keys, first, other).into());
         }
         if !entries.is_empty() {
-            self.store.set_many(&space, &entries, deadline).await?;
+            let written = self.store.set_many(&space, &entries, deadline).await;
+            self.written(&space, keys);
+            written?;
             self.meter
                 .record(|metrics| metrics.cache_writes.inc_by(entries.len() as u64));
         }
@@ -197,7 +214,9 @@ impl CacheService for CacheApi {
         let deleted = if keys.is_empty() {
             0
         } else {
-            self.store.delete(&space, keys, deadline).await?
+            let deleted = self.store.delete(&space, keys, deadline).await;
+            self.written(&space, keys.iter().map(String::as_str));
+            deleted?
         };
         Ok(Response::new(DeleteResponse {
             deleted: u32::try_from(deleted).unwrap_or(u32::MAX),
@@ -209,7 +228,9 @@ impl CacheService for CacheApi {
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
-        let response = match self.store.take(&space, key, deadline).await? {
+        let taken = self.store.take(&space, key, deadline).await;
+        self.written(&space, [key]);
+        let response = match taken? {
             Some(value) => TakeResponse { found: true, value },
             None => TakeResponse::default(),
         };
@@ -223,7 +244,9 @@ impl CacheService for CacheApi {
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
         let ttl = self.limits.ttl_or_default("ttl", request.ttl.as_ref())?;
-        let value = self.store.increment(&space, key, request.delta, ttl, deadline).await?;
+        let value = self.store.increment(&space, key, request.delta, ttl, deadline).await;
+        self.written(&space, [key]);
+        let value = value?;
         Ok(Response::new(IncrementResponse { value }))
     }
 
@@ -233,7 +256,9 @@ impl CacheService for CacheApi {
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
         let ttl = self.limits.required_ttl("ttl", request.ttl.as_ref())?;
-        let found = self.store.expire(&space, key, ttl, deadline).await?;
+        let found = self.store.expire(&space, key, ttl, deadline).await;
+        self.written(&space, [key]);
+        let found = found?;
         Ok(Response::new(ExpireResponse { found }))
     }
 }
