@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cachelock::pb::lock::{
-    AcquireRequest, AcquireResponse, DescribeRequest, ExtendRequest, ReleaseRequest,
-    lock_service_client::LockServiceClient,
+    AcquireRequest, AcquireResponse, DescribeRequest, ExtendRequest, HoldRequest, HoldResponse, ReleaseRequest,
+    hold_response::Event as HoldEvent, lock_service_client::LockServiceClient,
 };
 use common::{Backend, PATIENCE, TestRedis, TestService, assert_invalid, assert_reason, millis, redis_and_service};
 use redis::AsyncCommands;
@@ -451,6 +451,87 @@ async fn redis_down_gives_unavailable_within_the_deadline() {
         .unwrap();
     assert!(waited.is_err() || !waited.unwrap().into_inner().acquired);
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+fn hold(name: &str, ttl_ms: i64, wait_ms: i64) -> HoldRequest {
+    HoldRequest {
+        name: name.to_owned(),
+        ttl: Some(millis(ttl_ms)),
+        wait_timeout: (wait_ms > 0).then(|| millis(wait_ms)),
+        owner: "holder".to_owned(),
+    }
+}
+
+async fn hold_event(stream: &mut tonic::Streaming<HoldResponse>) -> Option<HoldEvent> {
+    tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("an event within the patience")
+        .unwrap()
+        .and_then(|response| response.event)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_keeps_the_lease_past_its_ttl_and_closing_the_stream_frees_the_lock() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut client = locks(&service);
+    let mut held = client.hold(hold("report", 300, 0)).await.unwrap().into_inner();
+    let Some(HoldEvent::Acquired(acquired)) = hold_event(&mut held).await else {
+        panic!("the lock was free");
+    };
+
+    // Several leases later, the same grant still holds the lock.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let described = client
+        .describe(DescribeRequest {
+            name: "report".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(described.held);
+    assert_eq!(described.owner, "holder");
+    assert_eq!(described.fencing_token, acquired.fencing_token);
+    let refused = take(&mut client, acquire("report", 10_000, 0)).await;
+    assert!(!refused.acquired);
+
+    // A second Hold waits; closing the first hands it the lock.
+    let mut second = client.hold(hold("report", 10_000, 20_000)).await.unwrap().into_inner();
+    drop(held);
+    let Some(HoldEvent::Acquired(next)) = hold_event(&mut second).await else {
+        panic!("the second Hold got the lock once the first closed");
+    };
+    assert!(next.fencing_token > acquired.fencing_token);
+
+    // A Hold that cannot get the lock in its wait says so, and ends.
+    let mut third = client.hold(hold("report", 10_000, 100)).await.unwrap().into_inner();
+    assert!(matches!(hold_event(&mut third).await, Some(HoldEvent::NotAcquired(_))));
+    assert!(hold_event(&mut third).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_whose_lease_cannot_be_kept_says_it_is_lost() {
+    let (mut redis, service) = redis_and_service(&[]).await;
+    let mut client = locks(&service);
+
+    // Taken over: the lease is gone from under it (here, deleted by hand).
+    let mut held = client.hold(hold("taken", 300, 0)).await.unwrap().into_inner();
+    assert!(matches!(hold_event(&mut held).await, Some(HoldEvent::Acquired(_))));
+    let keys: Vec<String> = redis.command(&["KEYS", "cachelock:*:lock:*taken"]).await;
+    let _: i64 = redis.command(&["DEL", &keys[0]]).await;
+    let Some(HoldEvent::Lost(lost)) = hold_event(&mut held).await else {
+        panic!("the Hold learns that it lost the lock");
+    };
+    assert_eq!(lost.reason, "LOCK_NOT_HELD");
+    assert!(hold_event(&mut held).await.is_none(), "the stream ends");
+
+    // Redis gone for longer than the lease.
+    let mut held = client.hold(hold("outage", 300, 0)).await.unwrap().into_inner();
+    assert!(matches!(hold_event(&mut held).await, Some(HoldEvent::Acquired(_))));
+    redis.stop().await;
+    let Some(HoldEvent::Lost(lost)) = hold_event(&mut held).await else {
+        panic!("the Hold learns that it lost the lock");
+    };
+    assert_eq!(lost.reason, "REDIS_UNAVAILABLE");
 }
 
 in_every_mode!(

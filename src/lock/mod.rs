@@ -4,10 +4,15 @@
 mod notices;
 mod store;
 
-use std::time::{Duration, SystemTime};
+use std::{
+    pin::Pin,
+    time::{Duration, SystemTime},
+};
+
+use futures_util::Stream;
 
 use tokio::{
-    sync::watch,
+    sync::{mpsc, watch},
     time::{Instant, sleep},
 };
 use tonic::{Request, Response, Status};
@@ -21,10 +26,11 @@ use crate::{
     error::{Error, Reason},
     ids::random_token,
     pb::lock::{
-        AcquireRequest, AcquireResponse, DescribeRequest, DescribeResponse, ExtendRequest, ExtendResponse,
-        ReleaseRequest, ReleaseResponse, lock_service_server::LockService,
+        AcquireRequest, AcquireResponse, Acquired, DescribeRequest, DescribeResponse, ExtendRequest, ExtendResponse,
+        HoldRequest, HoldResponse, Lost, NotAcquired, ReleaseRequest, ReleaseResponse, hold_response,
+        lock_service_server::LockService,
     },
-    redis::epoch::DataEpoch,
+    redis::{KeySpace, epoch::DataEpoch},
     request::{Limits, Ttl, caller_budget, deadline, duration_to_proto, positive_duration},
     telemetry::Meter,
 };
@@ -60,6 +66,7 @@ impl From<&Config> for LockSettings {
 }
 
 /// The gRPC handlers of the lock service.
+#[derive(Clone)]
 pub struct LockApi {
     store: LockStore,
     meter: Meter,
@@ -254,6 +261,83 @@ fn lapsed(lapse: Lapse) -> Error {
     }
 }
 
+/// The stream of one Hold.
+type HoldStream = Pin<Box<dyn Stream<Item = Result<HoldResponse, Status>> + Send>>;
+
+fn hold_event(event: hold_response::Event) -> Result<HoldResponse, Status> {
+    Ok(HoldResponse { event: Some(event) })
+}
+
+/// What keeps one Hold's lease: renews it every third of the lease while the
+/// stream is open, and releases it when the stream closes or the server drains.
+struct Keeper {
+    store: LockStore,
+    space: KeySpace,
+    name: String,
+    token: String,
+    ttl: Ttl,
+    operation_timeout: Duration,
+    events: mpsc::Sender<Result<HoldResponse, Status>>,
+    draining: watch::Receiver<bool>,
+    meter: Meter,
+}
+
+impl Keeper {
+    async fn keep(self) {
+        let lease = Duration::from_millis(self.ttl.millis());
+        // The lease is certain until then: counted from before the last renewal was sent.
+        let mut certain_until = Instant::now() + lease;
+        loop {
+            let mut draining = self.draining.clone();
+            let shutting_down = tokio::select! {
+                // The caller closed the stream, or its connection is gone.
+                () = self.events.closed() => break,
+                _ = draining.wait_for(|draining| *draining) => true,
+                () = sleep(lease / 3) => false,
+            };
+            if shutting_down {
+                self.lost("SHUTTING_DOWN").await;
+                break;
+            }
+            let sent = Instant::now();
+            let deadline = sent + self.operation_timeout.min(lease / 3);
+            match self
+                .store
+                .extend(&self.space, &self.name, &self.token, self.ttl, deadline)
+                .await
+            {
+                Ok(Ok(_)) => certain_until = sent + lease,
+                Ok(Err(lapse)) => {
+                    self.meter.record(|metrics| metrics.lock_leases_lost.inc());
+                    self.lost(match lapse {
+                        Lapse::Taken => "LEASE_LOST",
+                        Lapse::Free => "LOCK_NOT_HELD",
+                    })
+                    .await;
+                    return;
+                }
+                // Tried again at the next third, while the lease is certain.
+                Err(_) if Instant::now() < certain_until => {}
+                Err(_) => {
+                    self.meter.record(|metrics| metrics.lock_leases_lost.inc());
+                    self.lost("REDIS_UNAVAILABLE").await;
+                    return;
+                }
+            }
+        }
+        let deadline = Instant::now() + self.operation_timeout;
+        // Best effort: if it fails, the lease runs out by itself.
+        let _ = self.store.release(&self.space, &self.name, &self.token, deadline).await;
+    }
+
+    async fn lost(&self, reason: &str) {
+        let lost = hold_event(hold_response::Event::Lost(Lost {
+            reason: reason.to_owned(),
+        }));
+        let _ = self.events.send(lost).await;
+    }
+}
+
 #[tonic::async_trait]
 impl LockService for LockApi {
     async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
@@ -380,6 +464,65 @@ impl LockService for LockApi {
             ttl: Some(duration_to_proto(lease)),
             fencing_token,
         }))
+    }
+
+    type HoldStream = HoldStream;
+
+    async fn hold(&self, request: Request<HoldRequest>) -> Result<Response<HoldStream>, Status> {
+        let (metadata, extensions, request) = request.into_parts();
+        let space = Caller::in_extensions(&extensions)?.space.clone();
+        let name = self.limits.key("name", &request.name)?.to_owned();
+        let ttl = self.lease(request.ttl.as_ref())?;
+        let acquire = AcquireRequest {
+            name: request.name,
+            ttl: request.ttl,
+            wait_timeout: request.wait_timeout,
+            owner: request.owner,
+            request_id: String::new(),
+        };
+        let (events, stream) = mpsc::channel(2);
+        // The stream opens at once; the lock is taken (waiting as Acquire does) behind it.
+        let api = self.clone();
+        tokio::spawn(async move {
+            let granted = match api.acquire(Request::from_parts(metadata, extensions, acquire)).await {
+                Ok(granted) => granted.into_inner(),
+                Err(status) => {
+                    let _ = events.send(Err(status)).await;
+                    return;
+                }
+            };
+            if !granted.acquired {
+                let not_acquired = NotAcquired { ttl: granted.ttl };
+                let _ = events
+                    .send(hold_event(hold_response::Event::NotAcquired(not_acquired)))
+                    .await;
+                return;
+            }
+            let acquired = Acquired {
+                fencing_token: granted.fencing_token,
+                ttl: granted.ttl,
+            };
+            let keeper = Keeper {
+                store: api.store.clone(),
+                space,
+                name,
+                token: granted.token,
+                ttl,
+                operation_timeout: api.settings.operation_timeout,
+                events,
+                draining: api.draining.clone(),
+                meter: api.meter.clone(),
+            };
+            // A caller gone before the grant still gets the lock released by the keeper.
+            let _ = keeper
+                .events
+                .send(hold_event(hold_response::Event::Acquired(acquired)))
+                .await;
+            keeper.keep().await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            stream,
+        ))))
     }
 
     async fn describe(&self, request: Request<DescribeRequest>) -> Result<Response<DescribeResponse>, Status> {
