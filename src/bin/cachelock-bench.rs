@@ -1250,20 +1250,19 @@ async fn pubsub_fanout(clients: &Clients, subscribers: usize, args: &Args) -> Re
                 })
             })
             .collect();
+        let counts = || {
+            (
+                published.load(Ordering::Relaxed),
+                delivered.load(Ordering::Relaxed),
+                missed.load(Ordering::Relaxed),
+            )
+        };
         sleep(args.warmup).await;
-        let (published_before, delivered_before, missed_before) = (
-            published.load(Ordering::Relaxed),
-            delivered.load(Ordering::Relaxed),
-            missed.load(Ordering::Relaxed),
-        );
+        let (published_before, delivered_before, missed_before) = counts();
         let started = Instant::now();
         sleep(args.duration).await;
         let elapsed = started.elapsed().as_secs_f64();
-        let (published_now, delivered_now, missed_now) = (
-            published.load(Ordering::Relaxed),
-            delivered.load(Ordering::Relaxed),
-            missed.load(Ordering::Relaxed),
-        );
+        let (published_now, delivered_now, missed_now) = counts();
         stop.store(true, Ordering::Relaxed);
         for task in tasks {
             let _ = task.await;

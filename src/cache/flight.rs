@@ -46,7 +46,7 @@ impl<V: Clone + Send + Sync> Flights<V> {
     /// for the read in flight.
     pub async fn read(
         &self,
-        key: String,
+        key: &str,
         deadline: Instant,
         read: impl Future<Output = Result<V, Error>>,
     ) -> Result<V, Error> {
@@ -54,7 +54,7 @@ impl<V: Clone + Send + Sync> Flights<V> {
             .reading
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
+            .get(key)
             .map(|flight| flight.answer.clone());
         if let Some(mut answer) = joined {
             let started = Instant::now();
@@ -80,11 +80,11 @@ impl<V: Clone + Send + Sync> Flights<V> {
         self.reading
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.clone(), Flight { id, answer });
+            .insert(key.to_owned(), Flight { id, answer });
         // Taken out however this ends, a cancelled call included.
         let landing = Landing {
             reading: self.reading.clone(),
-            key,
+            key: key.to_owned(),
             id,
         };
         let result = read.await;
@@ -130,48 +130,56 @@ impl<V> Drop for Landing<V> {
 mod tests {
     use std::time::Duration;
 
-    use tokio::sync::oneshot;
+    use tokio::{sync::oneshot, task::JoinHandle};
 
     use super::*;
 
-    fn in_flight(flights: &Flights<u32>, key: &str) -> bool {
-        flights
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    /// A read of "k" that answers `answer` once released, started and in flight.
+    async fn leader(
+        flights: &Arc<Flights<u32>>,
+        answer: Result<u32, Error>,
+    ) -> (JoinHandle<Result<u32, Error>>, oneshot::Sender<()>) {
+        let (release, released) = oneshot::channel::<()>();
+        let read = async move {
+            let _ = released.await;
+            answer
+        };
+        let leader = {
+            let flights = flights.clone();
+            tokio::spawn(async move { flights.read("k", deadline(), read).await })
+        };
+        while !flights
             .reading
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(key)
+            .contains_key("k")
+        {
+            tokio::task::yield_now().await;
+        }
+        (leader, release)
+    }
+
+    /// A read of "k" that would answer `own` by itself, started (and joined, if it can).
+    async fn follower(flights: &Arc<Flights<u32>>, own: u32) -> JoinHandle<Result<u32, Error>> {
+        let flights = flights.clone();
+        let follower = tokio::spawn(async move { flights.read("k", deadline(), async move { Ok(own) }).await });
+        tokio::task::yield_now().await;
+        follower
     }
 
     #[tokio::test]
     async fn reads_share_the_one_in_flight_until_a_write_ends_the_sharing() {
         let flights = Arc::new(Flights::<u32>::new());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let (release, released) = oneshot::channel::<()>();
-        let leader = {
-            let flights = flights.clone();
-            tokio::spawn(async move {
-                let read = async move {
-                    let _ = released.await;
-                    Ok(1)
-                };
-                flights.read("k".to_owned(), deadline, read).await
-            })
-        };
-        while !in_flight(&flights, "k") {
-            tokio::task::yield_now().await;
-        }
-        let follower = {
-            let flights = flights.clone();
-            tokio::spawn(async move { flights.read("k".to_owned(), deadline, async { Ok(2) }).await })
-        };
-        tokio::task::yield_now().await;
+        let (leader, release) = leader(&flights, Ok(1)).await;
+        let follower = follower(&flights, 2).await;
 
         // A write completed: a read that starts now does not join the old one.
         flights.forget("k");
-        assert_eq!(
-            flights.read("k".to_owned(), deadline, async { Ok(3) }).await.ok(),
-            Some(3)
-        );
+        assert_eq!(flights.read("k", deadline(), async { Ok(3) }).await.ok(), Some(3));
 
         let _ = release.send(());
         assert_eq!(leader.await.ok().and_then(Result::ok), Some(1));
@@ -180,32 +188,20 @@ mod tests {
             Some(1),
             "it joined before the write"
         );
-        assert!(!in_flight(&flights, "k"));
+        assert!(
+            !flights
+                .reading
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key("k")
+        );
     }
 
     #[tokio::test]
     async fn a_failed_read_is_not_shared_and_each_waiter_reads_for_itself() {
         let flights = Arc::new(Flights::<u32>::new());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let (release, released) = oneshot::channel::<()>();
-        let leader = {
-            let flights = flights.clone();
-            tokio::spawn(async move {
-                let read = async move {
-                    let _ = released.await;
-                    Err(Error::Internal("failed".to_owned()))
-                };
-                flights.read("k".to_owned(), deadline, read).await
-            })
-        };
-        while !in_flight(&flights, "k") {
-            tokio::task::yield_now().await;
-        }
-        let follower = {
-            let flights = flights.clone();
-            tokio::spawn(async move { flights.read("k".to_owned(), deadline, async { Ok(2) }).await })
-        };
-        tokio::task::yield_now().await;
+        let (leader, release) = leader(&flights, Err(Error::Internal("failed".to_owned()))).await;
+        let follower = follower(&flights, 2).await;
         let _ = release.send(());
         assert!(leader.await.ok().is_some_and(|result| result.is_err()));
         assert_eq!(follower.await.ok().and_then(Result::ok), Some(2));

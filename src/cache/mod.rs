@@ -78,8 +78,9 @@ impl CacheService for CacheApi {
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
-        let read = self.store.get(&space, key, deadline);
-        let response = match self.flights.read(space.cache(key), deadline, read).await? {
+        let redis_key = space.cache(key);
+        let read = self.store.get(&redis_key, deadline);
+        let response = match self.flights.read(&redis_key, deadline, read).await? {
             Some(Stored { value, ttl_millis }) => GetResponse {
                 found: true,
                 value,

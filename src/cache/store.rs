@@ -68,9 +68,9 @@ impl CacheStore {
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
-    pub async fn get(&self, space: &KeySpace, key: &str, deadline: Instant) -> Result<Option<Stored>, Error> {
+    pub async fn get(&self, redis_key: &str, deadline: Instant) -> Result<Option<Stored>, Error> {
         let mut invocation = GET.prepare();
-        invocation.key(space.cache(key));
+        invocation.key(redis_key);
         let reply: (Option<Vec<u8>>, i64) = self.redis.run(Op::read(GET.name()), deadline, &invocation).await?;
         Ok(stored(reply))
     }

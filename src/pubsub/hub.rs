@@ -58,12 +58,12 @@ pub enum Event {
     /// A published message: its Redis channel, payload, and the Redis pattern
     /// that matched it (for a pattern subscription).
     Message {
-        /// The Redis channel.
-        channel: String,
+        /// The Redis channel, shared by every stream it goes to.
+        channel: Arc<str>,
         /// The payload, shared by every stream it goes to.
         payload: Bytes,
         /// The Redis pattern, for a pattern subscription.
-        pattern: Option<String>,
+        pattern: Option<Arc<str>>,
     },
     /// Messages may be missing here; `missed` of them for certain.
     Gap {
@@ -328,12 +328,17 @@ impl Hub {
             Some(pattern) => registry.patterns.get(pattern),
             None => registry.channels.get(channel),
         };
+        // Nobody here listens any more (the UNSUBSCRIBE is on its way).
+        let Some(outlets) = outlets else { return };
+        // Made once per message; each stream gets references.
         let payload = Bytes::copy_from_slice(payload);
-        for outlet in outlets.into_iter().flat_map(HashMap::values) {
+        let channel: Arc<str> = Arc::from(channel);
+        let pattern: Option<Arc<str>> = pattern.map(Arc::from);
+        for outlet in outlets.values() {
             let event = Event::Message {
-                channel: channel.to_owned(),
+                channel: channel.clone(),
                 payload: payload.clone(),
-                pattern: pattern.map(str::to_owned),
+                pattern: pattern.clone(),
             };
             outlet.deliver(event, &self.shared.meter);
         }
