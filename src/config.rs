@@ -278,6 +278,16 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_MAX_CONCURRENT_STREAMS", default_value_t = 512)]
     pub max_concurrent_streams: u32,
 
+    /// How often an idle client connection is pinged (HTTP/2 PING). A client that vanished
+    /// without closing (a killed machine, a dropped network) is found this way: its Watch,
+    /// Subscribe and Hold streams are closed, and a Hold's lock released.
+    #[arg(long, env = "CACHELOCK_CLIENT_PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub client_ping_interval: Duration,
+
+    /// How long a client has to answer a ping before its connection is closed.
+    #[arg(long, env = "CACHELOCK_CLIENT_PING_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub client_ping_timeout: Duration,
+
     /// Most client connections at once; beyond it new connections wait in the listen backlog.
     #[arg(long, env = "CACHELOCK_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
@@ -537,6 +547,20 @@ impl Config {
                 "CACHELOCK_REDIS_KEEPALIVE",
                 self.redis_keepalive,
                 SECOND,
+                HOUR,
+            ),
+            (
+                "client-ping-interval",
+                "CACHELOCK_CLIENT_PING_INTERVAL",
+                self.client_ping_interval,
+                Duration::from_millis(100),
+                HOUR,
+            ),
+            (
+                "client-ping-timeout",
+                "CACHELOCK_CLIENT_PING_TIMEOUT",
+                self.client_ping_timeout,
+                Duration::from_millis(100),
                 HOUR,
             ),
             (

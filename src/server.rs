@@ -42,10 +42,6 @@ use crate::{
 
 /// Idle time before TCP keepalive probes on client connections.
 const CLIENT_KEEPALIVE: Duration = Duration::from_secs(60);
-/// How often the server pings idle HTTP/2 connections, and how long it waits for
-/// the answer: a Watch stream from a peer that vanished is closed instead of kept.
-const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
-const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The health-checked gRPC service names, besides the whole server's `""`.
 pub const SERVICE_NAMES: &[&str] = &[
@@ -448,8 +444,9 @@ async fn serve(
     };
     let mut drained = draining_rx;
     let server = Server::builder()
-        .http2_keepalive_interval(Some(HTTP2_PING_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_PING_TIMEOUT))
+        // A stream from a peer that vanished is closed instead of kept.
+        .http2_keepalive_interval(Some(config.client_ping_interval))
+        .http2_keepalive_timeout(Some(config.client_ping_timeout))
         .max_concurrent_streams(config.max_concurrent_streams)
         // Outermost: every RPC is measured and spanned, refused ones included.
         .layer(RpcLayer::new(meter.clone(), config.slow_request))

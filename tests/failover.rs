@@ -146,6 +146,7 @@ impl Load {
                             wait_timeout: Some(millis(500)),
                             owner: format!("worker-{index}"),
                             request_id: String::new(),
+                            permits: 0,
                         })
                         .await;
                     let grant = match reply {

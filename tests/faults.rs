@@ -56,6 +56,7 @@ fn acquire(name: &str, ttl_ms: i64) -> AcquireRequest {
         wait_timeout: None,
         owner: "faults".to_owned(),
         request_id: String::new(),
+        permits: 0,
     }
 }
 

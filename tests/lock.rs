@@ -9,7 +9,9 @@ use cachelock::pb::lock::{
     AcquireRequest, AcquireResponse, DescribeRequest, ExtendRequest, HoldRequest, HoldResponse, ReleaseRequest,
     hold_response::Event as HoldEvent, lock_service_client::LockServiceClient,
 };
-use common::{Backend, PATIENCE, TestRedis, TestService, assert_invalid, assert_reason, millis, redis_and_service};
+use common::{
+    Backend, FaultyLink, PATIENCE, TestRedis, TestService, assert_invalid, assert_reason, millis, redis_and_service,
+};
 use redis::AsyncCommands;
 use tonic::{Code, transport::Channel};
 
@@ -24,6 +26,7 @@ fn acquire(name: &str, ttl_ms: i64, wait_ms: i64) -> AcquireRequest {
         wait_timeout: (wait_ms > 0).then(|| millis(wait_ms)),
         owner: "test".to_owned(),
         request_id: String::new(),
+        permits: 0,
     }
 }
 
@@ -383,6 +386,7 @@ async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
         (bad(&|r| r.wait_timeout = Some(millis(10_001))), "wait_timeout"),
         (bad(&|r| r.wait_timeout = Some(millis(-1))), "wait_timeout"),
         (bad(&|r| r.owner = "o".repeat(257)), "owner"),
+        (bad(&|r| r.permits = 10_001), "permits"),
         (bad(&|r| r.request_id = "r".repeat(129)), "request_id"),
     ];
     for (request, field) in cases {
@@ -459,6 +463,7 @@ fn hold(name: &str, ttl_ms: i64, wait_ms: i64) -> HoldRequest {
         ttl: Some(millis(ttl_ms)),
         wait_timeout: (wait_ms > 0).then(|| millis(wait_ms)),
         owner: "holder".to_owned(),
+        permits: 0,
     }
 }
 
@@ -509,6 +514,39 @@ async fn a_hold_keeps_the_lease_past_its_ttl_and_closing_the_stream_frees_the_lo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_whose_client_vanished_without_closing_frees_the_lock_when_pings_go_unanswered() {
+    let (_redis, service) =
+        redis_and_service(&["--client-ping-interval", "300ms", "--client-ping-timeout", "300ms"]).await;
+    // The client reaches the service through a link that can go silent both
+    // ways, as when the client's machine dies: no FIN, no RST, nothing.
+    let link = FaultyLink::start(service.addr.port()).await;
+    let endpoint = link.url.replace("redis://", "http://");
+    let vanishing = tonic::transport::Endpoint::from_shared(endpoint)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut held = LockServiceClient::new(vanishing)
+        .hold(hold("orphan", 2_000, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(hold_event(&mut held).await, Some(HoldEvent::Acquired(_))));
+    link.hold_requests(true);
+    link.hold_replies(true);
+
+    // Without the pings the lease would be renewed for ever; with them the
+    // connection is closed, the stream with it, and the lock is released.
+    let mut client = locks(&service);
+    let next = take(&mut client, acquire("orphan", 10_000, 14_000)).await;
+    assert!(
+        next.acquired,
+        "the lock is freed once the silent client's pings go unanswered"
+    );
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_whose_lease_cannot_be_kept_says_it_is_lost() {
     let (mut redis, service) = redis_and_service(&[]).await;
     let mut client = locks(&service);
@@ -534,7 +572,136 @@ async fn a_hold_whose_lease_cannot_be_kept_says_it_is_lost() {
     assert_eq!(lost.reason, "REDIS_UNAVAILABLE");
 }
 
+async fn describe(client: &mut LockServiceClient<Channel>, name: &str) -> cachelock::pb::lock::DescribeResponse {
+    client
+        .describe(DescribeRequest { name: name.to_owned() })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until `count` callers wait for `name`, as Describe sees it.
+async fn until_waiting(client: &mut LockServiceClient<Channel>, name: &str, count: u32) {
+    let deadline = Instant::now() + PATIENCE;
+    while describe(client, name).await.waiting != count {
+        assert!(Instant::now() < deadline, "{count} waiters queue for {name}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn waiters_on_two_instances_are_granted_in_the_order_they_queued(backend: Backend) {
+    let first = backend.service(&[]).await;
+    let second = backend.service(&[]).await;
+    let mut client = locks(&first);
+    let holder = take(&mut client, acquire("line", 30_000, 0)).await;
+    assert!(holder.acquired);
+
+    // Twenty waiters, alternately on each instance, each queued before the next starts.
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for place in 0..20u32 {
+        let mut waiter = locks(if place % 2 == 0 { &first } else { &second });
+        let order = order.clone();
+        waiters.push(tokio::spawn(async move {
+            let mut request = acquire("line", 30_000, 60_000);
+            request.owner = format!("waiter {place}");
+            let granted = take(&mut waiter, request).await;
+            assert!(granted.acquired, "waiter {place} is granted the lock");
+            order.lock().unwrap().push(place);
+            release(&mut waiter, "line", &granted.token).await.unwrap();
+        }));
+        until_waiting(&mut client, "line", place + 1).await;
+    }
+    // The holder's lease runs out with no release to name the next waiter:
+    // every waiter attempts again at about the same time, and the queue decides.
+    client
+        .extend(ExtendRequest {
+            name: "line".to_owned(),
+            token: holder.token.clone(),
+            ttl: Some(millis(300)),
+        })
+        .await
+        .unwrap();
+    // Free now, until the first waiter attempts: a caller that does not wait
+    // is still not let in ahead of those that queued.
+    let deadline = Instant::now() + PATIENCE;
+    while describe(&mut client, "line").await.held {
+        assert!(Instant::now() < deadline, "the holder's lease runs out");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!take(&mut client, acquire("line", 30_000, 0)).await.acquired);
+    for waiter in waiters {
+        tokio::time::timeout(PATIENCE, waiter).await.unwrap().unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), (0..20).collect::<Vec<u32>>());
+    let after = describe(&mut client, "line").await;
+    assert_eq!((after.held, after.waiting), (false, 0));
+}
+
+async fn a_semaphore_never_has_more_holders_than_permits(backend: Backend) {
+    let first = backend.service(&[]).await;
+    let second = backend.service(&[]).await;
+    let permits = 3;
+    let contenders = 30;
+    let started = Instant::now();
+
+    // Each contender records when it held a permit: from after the grant's answer
+    // to before its release, so each recorded span lies inside the real one.
+    let tasks: Vec<_> = (0..contenders)
+        .map(|contender| {
+            let mut client = locks(if contender % 2 == 0 { &first } else { &second });
+            tokio::spawn(async move {
+                let mut request = acquire("pool", 30_000, 60_000);
+                request.permits = permits;
+                let granted = take(&mut client, request).await;
+                assert!(granted.acquired, "contender {contender} is granted a permit");
+                let from = started.elapsed();
+                let seen = describe(&mut client, "pool").await;
+                assert!(seen.holders >= 1 && seen.holders <= permits, "{seen:?}");
+                assert_eq!(seen.permits, permits);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let to = started.elapsed();
+                release(&mut client, "pool", &granted.token).await.unwrap();
+                (from, to, granted.fencing_token)
+            })
+        })
+        .collect();
+    let mut spans = Vec::new();
+    for task in tasks {
+        spans.push(tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap());
+    }
+
+    // The overlap checker: at no instant more holders than permits.
+    let mut edges: Vec<(Duration, i32)> = spans.iter().flat_map(|&(from, to, _)| [(from, 1), (to, -1)]).collect();
+    // Ends before starts at the same instant: touching spans do not overlap.
+    edges.sort();
+    let mut holding = 0;
+    let mut most = 0;
+    for (_, change) in edges {
+        holding += change;
+        most = most.max(holding);
+    }
+    assert!(most <= 3, "{most} holders at once with {permits} permits");
+
+    // Fencing tokens: all distinct, and a grant after another ended has a larger one.
+    let mut tokens: Vec<u64> = spans.iter().map(|span| span.2).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    assert_eq!(tokens.len(), contenders);
+    for earlier in &spans {
+        for later in &spans {
+            if earlier.1 <= later.0 {
+                assert!(earlier.2 < later.2, "{earlier:?} then {later:?}");
+            }
+        }
+    }
+    let after = describe(&mut locks(&first), "pool").await;
+    assert_eq!((after.holders, after.waiting), (0, 0));
+}
+
 in_every_mode!(
+    waiters_on_two_instances_are_granted_in_the_order_they_queued,
+    a_semaphore_never_has_more_holders_than_permits,
     contending_workers_never_overlap_and_fencing_tokens_increase_in_grant_order,
     an_expired_lease_is_lost_and_the_next_grant_fences_it_out,
     a_lease_that_ran_out_with_nobody_holding_the_lock_is_not_held,

@@ -197,6 +197,7 @@ async fn waiting_acquires_beyond_their_caps_are_refused() {
         wait_timeout: (wait_ms > 0).then(|| millis(wait_ms)),
         owner: "overload".to_owned(),
         request_id: String::new(),
+        permits: 0,
     };
     let mut held = Vec::new();
     for name in ["a", "b", "c"] {

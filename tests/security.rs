@@ -43,6 +43,7 @@ fn acquire(name: &str, wait_ms: i64) -> AcquireRequest {
         wait_timeout: (wait_ms > 0).then(|| millis(wait_ms)),
         owner: "security".to_owned(),
         request_id: String::new(),
+        permits: 0,
     }
 }
 

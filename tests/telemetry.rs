@@ -47,6 +47,7 @@ fn acquire(name: &str, wait_ms: i64) -> AcquireRequest {
         wait_timeout: (wait_ms > 0).then(|| millis(wait_ms)),
         owner: "telemetry".to_owned(),
         request_id: String::new(),
+        permits: 0,
     }
 }
 

@@ -179,6 +179,7 @@ async fn cluster_lock_releases_wake_waiters_whichever_node_their_keys_live_on() 
             wait_timeout: Some(millis(wait)),
             owner: "test".to_owned(),
             request_id: String::new(),
+            permits: 0,
         };
         let held = holder.acquire(acquire(0)).await.unwrap().into_inner();
         assert!(held.acquired);

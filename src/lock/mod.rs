@@ -18,7 +18,7 @@ use tokio::{
 use tonic::{Request, Response, Status};
 
 pub use notices::{Registration, ReleaseNotices};
-pub use store::{Attempt, Grant, Holder, Lapse, LockStore, scripts};
+pub use store::{Attempt, Grant, Holder, Lapse, LockStore, QUEUE_PLACE_LIFE, scripts};
 
 use crate::{
     auth::Caller,
@@ -43,6 +43,12 @@ const MAX_REQUEST_ID_BYTES: usize = 128;
 const MAX_TOKEN_BYTES: usize = 64;
 /// How often a waiter re-checks while release notices are not being heard.
 const UNHEARD_RECHECK: Duration = Duration::from_millis(250);
+/// How often a waiter attempts again even when not woken: it renews its place
+/// in the queue (which lapses after [`QUEUE_PLACE_LIFE`]), and finds the places
+/// of waiters gone without leaving lapsed.
+const QUEUE_RENEW: Duration = Duration::from_secs(1);
+/// Most permits one name can have.
+const MAX_PERMITS: u32 = 10_000;
 
 /// The lock's settings, from the configuration.
 #[derive(Debug, Clone)]
@@ -223,6 +229,40 @@ impl Drop for WaitTimer<'_> {
     }
 }
 
+/// A waiter's place in a lock's queue: taken out of the queue when the Acquire
+/// ends without the lock, however it ends (the wait ran out, an error, the
+/// caller went away), so that the next in line need not wait for it to lapse.
+struct QueuePlace {
+    store: LockStore,
+    space: KeySpace,
+    name: String,
+    ticket: String,
+    operation_timeout: Duration,
+    granted: bool,
+}
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        if self.granted {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        let space = self.space.clone();
+        let name = std::mem::take(&mut self.name);
+        let ticket = std::mem::take(&mut self.ticket);
+        let deadline = Instant::now() + self.operation_timeout;
+        runtime.spawn(async move {
+            // Best effort: if it fails, the place lapses by itself.
+            if let Err(error) = store.leave(&space, &name, &ticket, deadline).await {
+                tracing::debug!(%error, "could not leave a lock's queue; the place will lapse");
+            }
+        });
+    }
+}
+
 fn bounded_text<'a>(field: &str, text: &'a str, max: usize) -> Result<&'a str, Error> {
     if text.len() > max {
         return Err(Error::invalid(
@@ -231,6 +271,18 @@ fn bounded_text<'a>(field: &str, text: &'a str, max: usize) -> Result<&'a str, E
         ));
     }
     Ok(text)
+}
+
+/// The permits asked for: unset means 1, a lock.
+fn permits(asked: u32) -> Result<u32, Error> {
+    match asked {
+        0 => Ok(1),
+        permits if permits > MAX_PERMITS => Err(Error::invalid(
+            "permits",
+            format!("{permits} is above the limit of {MAX_PERMITS}"),
+        )),
+        permits => Ok(permits),
+    }
 }
 
 fn expires_at(ttl: Duration) -> prost_types::Timestamp {
@@ -364,13 +416,26 @@ impl LockService for LockApi {
         }
         let owner = bounded_text("owner", &request.owner, MAX_OWNER_BYTES)?;
         let request_id = bounded_text("request_id", &request.request_id, MAX_REQUEST_ID_BYTES)?;
+        let permits = permits(request.permits)?;
         let token = random_token()?;
+        // A caller that may wait queues at its first attempt, under a ticket of its own.
+        let ticket = if wait.is_zero() { String::new() } else { random_token()? };
+        let mut place = (!wait.is_zero()).then(|| QueuePlace {
+            store: self.store.clone(),
+            space: space.clone(),
+            name: name.to_owned(),
+            ticket: ticket.clone(),
+            operation_timeout: self.settings.operation_timeout,
+            granted: false,
+        });
         let grant = store::Request {
             name,
             token: &token,
             ttl,
             owner,
             request_id,
+            permits,
+            ticket: &ticket,
         };
         let plan = WaitPlan::new(wait, caller_left, self.settings.operation_timeout);
         if !self.sit_out_pause(&plan).await? {
@@ -395,6 +460,9 @@ impl LockService for LockApi {
                     fencing_token,
                     ttl,
                 }) => {
+                    if let Some(place) = place.as_mut() {
+                        place.granted = true;
+                    }
                     self.meter.record(|metrics| metrics.lock_grants.inc());
                     return Ok(Response::new(AcquireResponse {
                         acquired: true,
@@ -406,15 +474,22 @@ impl LockService for LockApi {
                 }
                 Attempt::Held { ttl } => ttl,
             };
-            let Some(mut nap) = plan.pause(holder_ttl) else {
+            // Woken by a release that names this waiter; otherwise it attempts
+            // again when the first lease ends, or to renew its place.
+            let until_next_chance = if holder_ttl.is_zero() {
+                QUEUE_RENEW
+            } else {
+                holder_ttl.min(QUEUE_RENEW)
+            };
+            let Some(mut nap) = plan.pause(until_next_chance) else {
                 return Ok(Response::new(not_acquired(holder_ttl)));
             };
             let Some(registration) = registration.as_mut() else {
                 // The lock is held and the caller waits: only now does it take a
-                // waiter's place. SAFETY (no lost wake-up): the next attempt runs
-                // after registering, so a release between the first attempt and
-                // the registration is seen by that attempt.
-                registration = Some(self.notices.register(space.lock_released(name))?);
+                // waiter's place here. SAFETY (no lost wake-up): the next attempt
+                // runs after registering, so a release between the first attempt
+                // and the registration is seen by that attempt.
+                registration = Some(self.notices.register(space.lock_released(name), ticket.clone())?);
                 waited.start();
                 continue;
             };
@@ -479,6 +554,7 @@ impl LockService for LockApi {
             wait_timeout: request.wait_timeout,
             owner: request.owner,
             request_id: String::new(),
+            permits: request.permits,
         };
         let (events, stream) = mpsc::channel(2);
         // The stream opens at once; the lock is taken (waiting as Acquire does) behind it.
@@ -532,11 +608,14 @@ impl LockService for LockApi {
         let name = self.limits.key("name", &request.name)?;
         let holder = self.store.describe(&space, name, deadline).await?;
         Ok(Response::new(DescribeResponse {
-            held: holder.held,
+            held: holder.holders > 0,
             owner: holder.owner,
             ttl: holder.ttl.map(duration_to_proto),
             expires_at: holder.ttl.map(expires_at),
             fencing_token: holder.fencing_token,
+            holders: holder.holders,
+            waiting: holder.waiting,
+            permits: holder.permits,
         }))
     }
 }

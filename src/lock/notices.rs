@@ -1,13 +1,15 @@
 //! Lock-release notices: a registry that wakes the Acquire calls waiting on the
 //! released lock.
 //!
-//! The release script PUBLISHes on the lock's channel after deleting the holder
-//! record. The process's one Redis subscriber connection (the Pub/Sub hub's, see
-//! [`crate::pubsub::run_subscriber`]) holds a single pattern subscription for
-//! every lock's channel, and bumps a per-channel counter in [`ReleaseNotices`]
-//! for each message. While it is not subscribed (Redis down, reconnecting),
-//! waiters fall back to re-checking at a coarse interval; when it subscribes
-//! again, every waiter is woken, since a release may have gone unheard in between.
+//! The release script PUBLISHes on the lock's channel, after removing the
+//! holder, the tickets of the queued waiters to wake: as many as permits are
+//! free, first in line first. The process's one Redis subscriber connection (the
+//! Pub/Sub hub's, see [`crate::pubsub::run_subscriber`]) holds a single pattern
+//! subscription for every lock's channel, and wakes the waiters of this process
+//! that the message names — only those, so a release does not send every waiter
+//! to Redis. While it is not subscribed (Redis down, reconnecting), waiters fall
+//! back to re-checking at a coarse interval; when it subscribes again, every
+//! waiter is woken, since a release may have gone unheard in between.
 
 use std::{
     collections::HashMap,
@@ -50,13 +52,9 @@ struct Inner {
 
 #[derive(Default)]
 struct Registry {
-    channels: HashMap<String, Waiters>,
+    /// Per channel, each waiter's ticket and its wake-up counter.
+    channels: HashMap<String, HashMap<String, watch::Sender<u64>>>,
     total: usize,
-}
-
-struct Waiters {
-    releases: watch::Sender<u64>,
-    count: usize,
 }
 
 impl ReleaseNotices {
@@ -74,11 +72,12 @@ impl ReleaseNotices {
         }
     }
 
-    /// Starts watching `channel` for releases until the returned registration is dropped.
+    /// Starts watching `channel` for releases that name `ticket` until the
+    /// returned registration is dropped.
     ///
     /// # Errors
     /// [`Error::Exhausted`] when the waiters in all, or on this channel, are at their limit.
-    pub fn register(&self, channel: String) -> Result<Registration, Error> {
+    pub fn register(&self, channel: String, ticket: String) -> Result<Registration, Error> {
         let mut registry = self.inner.channels.lock().unwrap_or_else(PoisonError::into_inner);
         if registry.total >= self.inner.max_waiters {
             drop(registry);
@@ -93,11 +92,8 @@ impl ReleaseNotices {
                 retry_after: Some(WAITERS_RETRY),
             });
         }
-        let waiters = registry.channels.entry(channel.clone()).or_insert_with(|| Waiters {
-            releases: watch::Sender::new(0),
-            count: 0,
-        });
-        if waiters.count >= self.inner.max_per_channel {
+        let waiters = registry.channels.entry(channel.clone()).or_default();
+        if waiters.len() >= self.inner.max_per_channel {
             drop(registry);
             WAITERS_FULL.record();
             self.inner.meter.record(|metrics| metrics.refuse("lock_waiters"));
@@ -110,12 +106,15 @@ impl ReleaseNotices {
                 retry_after: Some(WAITERS_RETRY),
             });
         }
-        waiters.count += 1;
-        let releases = waiters.releases.subscribe();
+        let releases = waiters
+            .entry(ticket.clone())
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe();
         registry.total += 1;
         Ok(Registration {
             notices: self.inner.clone(),
             channel,
+            ticket,
             releases,
         })
     }
@@ -125,20 +124,28 @@ impl ReleaseNotices {
         self.inner.listening.load(Ordering::Acquire)
     }
 
-    /// Wakes the waiters of `channel`.
-    pub(crate) fn announce(&self, channel: &str) {
+    /// Wakes the waiters of `channel` whose tickets `tickets` names
+    /// (space-separated); every waiter of the channel when it names none.
+    pub(crate) fn announce(&self, channel: &str, tickets: &[u8]) {
         let registry = self.inner.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(waiters) = registry.channels.get(channel) {
-            waiters.releases.send_modify(|count| *count += 1);
+        let Some(waiters) = registry.channels.get(channel) else {
+            return;
+        };
+        if tickets.is_empty() {
+            waiters.values().for_each(wake);
+            return;
+        }
+        for ticket in tickets.split(|&byte| byte == b' ') {
+            if let Some(waiter) = std::str::from_utf8(ticket).ok().and_then(|ticket| waiters.get(ticket)) {
+                wake(waiter);
+            }
         }
     }
 
     /// Wakes every waiter: releases may have gone unheard.
     pub(crate) fn announce_everywhere(&self) {
         let registry = self.inner.channels.lock().unwrap_or_else(PoisonError::into_inner);
-        for waiters in registry.channels.values() {
-            waiters.releases.send_modify(|count| *count += 1);
-        }
+        registry.channels.values().flat_map(HashMap::values).for_each(wake);
     }
 
     /// Records whether releases are being heard.
@@ -147,10 +154,15 @@ impl ReleaseNotices {
     }
 }
 
+fn wake(waiter: &watch::Sender<u64>) {
+    waiter.send_modify(|count| *count += 1);
+}
+
 /// One waiter's interest in a channel.
 pub struct Registration {
     notices: Arc<Inner>,
     channel: String,
+    ticket: String,
     releases: watch::Receiver<u64>,
 }
 
@@ -180,8 +192,8 @@ impl Drop for Registration {
         let mut registry = self.notices.channels.lock().unwrap_or_else(PoisonError::into_inner);
         registry.total -= 1;
         if let Some(waiters) = registry.channels.get_mut(&self.channel) {
-            waiters.count -= 1;
-            if waiters.count == 0 {
+            waiters.remove(&self.ticket);
+            if waiters.is_empty() {
                 registry.channels.remove(&self.channel);
             }
         }

@@ -14,11 +14,18 @@ static ACQUIRE: LuaScript = LuaScript::new("lock_acquire", include_str!("../scri
 static RELEASE: LuaScript = LuaScript::new("lock_release", include_str!("../scripts/lock_release.lua"));
 static EXTEND: LuaScript = LuaScript::new("lock_extend", include_str!("../scripts/lock_extend.lua"));
 static DESCRIBE: LuaScript = LuaScript::new("lock_describe", include_str!("../scripts/lock_describe.lua"));
+static LEAVE: LuaScript = LuaScript::new("lock_leave", include_str!("../scripts/lock_leave.lua"));
 
 /// The lock's scripts, for loading into Redis ahead of the first request.
-pub fn scripts() -> [&'static LuaScript; 4] {
-    [&ACQUIRE, &RELEASE, &EXTEND, &DESCRIBE]
+pub fn scripts() -> [&'static LuaScript; 5] {
+    [&ACQUIRE, &RELEASE, &EXTEND, &DESCRIBE, &LEAVE]
 }
+
+/// How long a waiter's place in a lock's queue lasts unless it renews it by
+/// attempting again: long enough to outlast a slow attempt on a busy machine,
+/// short enough that the waiters of an instance that died without leaving
+/// hold the line up only briefly.
+pub const QUEUE_PLACE_LIFE: Duration = Duration::from_secs(5);
 
 /// A lease granted to the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,9 +43,10 @@ pub struct Grant {
 pub enum Attempt {
     /// The caller holds the lock (now, or still, for a repeated request id).
     Granted(Grant),
-    /// Someone else holds it, for this long at most.
+    /// Every permit is held, or earlier waiters go first.
     Held {
-        /// The holder's lease left.
+        /// The lease left of the holder whose lease ends first; zero when
+        /// nobody holds it and earlier waiters are about to take it.
         ttl: Duration,
     },
 }
@@ -62,14 +70,18 @@ impl Lapse {
 /// What Describe shows of a lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
-    /// Whether the lock is held.
-    pub held: bool,
-    /// The holder's owner text.
+    /// How many grants hold it (at most its permits).
+    pub holders: u32,
+    /// The latest grant's owner text.
     pub owner: String,
-    /// The holder's fencing token, or the last one granted.
+    /// The latest grant's fencing token, or the last one granted.
     pub fencing_token: u64,
-    /// The holder's lease left.
+    /// The latest grant's lease left.
     pub ttl: Option<Duration>,
+    /// How many callers wait in its queue.
+    pub waiting: u32,
+    /// The permits of its last grant.
+    pub permits: u32,
 }
 
 /// What a new grant is made of.
@@ -86,6 +98,10 @@ pub struct Request<'a> {
     pub owner: &'a str,
     /// The caller's retry key ("" for none).
     pub request_id: &'a str,
+    /// How many grants may hold the name at once (1 for a lock).
+    pub permits: u32,
+    /// The caller's place in the queue when it waits ("" when it does not).
+    pub ticket: &'a str,
 }
 
 /// Locks in Redis, under keys from [`KeySpace::lock`] and [`KeySpace::lock_fence`].
@@ -168,15 +184,16 @@ impl LockStore {
         deadline: Instant,
     ) -> Result<Attempt, Error> {
         let mut invocation = ACQUIRE.prepare();
-        invocation
-            .key(space.lock(request.name))
-            .key(space.lock_fence(request.name))
+        lock_keys(&mut invocation, space, request.name)
             .arg(request.token)
             .arg(request.ttl.millis())
             .arg(request.owner)
             .arg(request.request_id)
-            .arg(self.retention_millis());
-        let ((granted, token, fencing_token, ttl), acknowledged): ((i64, String, u64, i64), u32) = self
+            .arg(self.retention_millis())
+            .arg(request.permits)
+            .arg(request.ticket)
+            .arg(u64::try_from(QUEUE_PLACE_LIFE.as_millis()).unwrap_or(u64::MAX));
+        let ((granted, token, fencing_token, ttl, _ahead), acknowledged): ((i64, String, u64, i64, i64), u32) = self
             .granting(Op::replayable(ACQUIRE.name()), &invocation, deadline)
             .await?;
         if granted == 1 && acknowledged < self.min_replicas {
@@ -209,9 +226,7 @@ impl LockStore {
         deadline: Instant,
     ) -> Result<Result<(), Lapse>, Error> {
         let mut invocation = RELEASE.prepare();
-        invocation
-            .key(space.lock(name))
-            .key(space.lock_fence(name))
+        lock_keys(&mut invocation, space, name)
             .arg(token)
             .arg(space.lock_released(name))
             .arg(self.retention_millis());
@@ -224,6 +239,23 @@ impl LockStore {
         } else {
             Err(Lapse::of(released))
         })
+    }
+
+    /// Takes `ticket` out of the lock's queue: its wait ended without the lock.
+    /// Returns whether it was queued.
+    ///
+    /// # Errors
+    /// Redis failures and timeouts, as [`Error`].
+    pub async fn leave(&self, space: &KeySpace, name: &str, ticket: &str, deadline: Instant) -> Result<bool, Error> {
+        let mut invocation = LEAVE.prepare();
+        lock_keys(&mut invocation, space, name)
+            .arg(ticket)
+            .arg(space.lock_released(name));
+        let left: i64 = self
+            .redis
+            .run(Op::idempotent(LEAVE.name()), deadline, &invocation)
+            .await?;
+        Ok(left == 1)
     }
 
     /// Renews the lease if `token` holds the lock and returns its fencing token;
@@ -267,16 +299,27 @@ impl LockStore {
     /// Redis failures and timeouts, as [`Error`].
     pub async fn describe(&self, space: &KeySpace, name: &str, deadline: Instant) -> Result<Holder, Error> {
         let mut invocation = DESCRIBE.prepare();
-        invocation.key(space.lock(name)).key(space.lock_fence(name));
-        let (held, owner, fencing_token, ttl): (i64, String, u64, i64) =
+        lock_keys(&mut invocation, space, name);
+        let (holders, owner, fencing_token, ttl, waiting, permits): (u32, String, u64, i64, u32, u32) =
             self.redis.run(Op::read(DESCRIBE.name()), deadline, &invocation).await?;
         Ok(Holder {
-            held: held == 1,
+            holders,
             owner,
             fencing_token,
-            ttl: (held == 1).then(|| millis(ttl)),
+            ttl: (holders > 0).then(|| millis(ttl)),
+            waiting,
+            permits,
         })
     }
+}
+
+/// A lock's four keys, in the order every lock script takes them.
+fn lock_keys<'i>(invocation: &'i mut Invocation, space: &KeySpace, name: &str) -> &'i mut Invocation {
+    invocation
+        .key(space.lock(name))
+        .key(space.lock_fence(name))
+        .key(space.lock_queue(name))
+        .key(space.lock_waiting(name))
 }
 
 fn millis(millis: i64) -> Duration {

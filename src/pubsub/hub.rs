@@ -478,7 +478,7 @@ pub async fn run_subscriber(
                             None
                         };
                         if pattern.as_deref() == Some(releases.pattern.as_str()) {
-                            releases.notices.announce(message.get_channel_name());
+                            releases.notices.announce(message.get_channel_name(), message.get_payload_bytes());
                         } else {
                             hub.dispatch(message.get_channel_name(), pattern.as_deref(), message.get_payload_bytes());
                         }

@@ -95,14 +95,26 @@ impl KeySpace {
         redis_key
     }
 
-    /// The key holding a lock's holder record.
+    /// The key holding a lock's holders (see `lock_acquire.lua`).
     pub fn lock(&self, name: &str) -> String {
         self.tagged("lock", name)
     }
 
-    /// The key holding a lock's last fencing token, in the same slot as [`KeySpace::lock`].
+    /// The key holding a lock's fencing counter and its holders' details, in
+    /// the same slot as [`KeySpace::lock`].
     pub fn lock_fence(&self, name: &str) -> String {
         self.tagged("lock-fence", name)
+    }
+
+    /// The key holding the queue of a lock's waiters, in the same slot as [`KeySpace::lock`].
+    pub fn lock_queue(&self, name: &str) -> String {
+        self.tagged("lock-queue", name)
+    }
+
+    /// The key holding when each queued waiter's place lapses, in the same slot
+    /// as [`KeySpace::lock`].
+    pub fn lock_waiting(&self, name: &str) -> String {
+        self.tagged("lock-waiting", name)
     }
 
     /// The channel a lock's release is announced on.
@@ -220,6 +232,8 @@ mod tests {
             let fence = space.lock_fence(name);
             let channel = space.lock_released(name);
             assert_eq!(tag_of(&lock), tag_of(&fence), "{name}");
+            assert_eq!(tag_of(&lock), tag_of(&space.lock_queue(name)), "{name}");
+            assert_eq!(tag_of(&lock), tag_of(&space.lock_waiting(name)), "{name}");
             assert_eq!(tag_of(&lock), tag_of(&channel), "{name}");
             assert_eq!(tag_of(&lock).len(), 4, "{name}");
             assert!(lock.ends_with(name));
