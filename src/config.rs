@@ -278,6 +278,14 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_MAX_CONCURRENT_STREAMS", default_value_t = 512)]
     pub max_concurrent_streams: u32,
 
+    /// Most GetOrLease calls waiting at once for another caller's fill.
+    #[arg(long, env = "CACHELOCK_CACHE_MAX_FILL_WAITERS", default_value_t = 10_000)]
+    pub cache_max_fill_waiters: usize,
+
+    /// Longest a GetOrLease waits for another caller's fill (and the wait when none is given).
+    #[arg(long, env = "CACHELOCK_CACHE_MAX_FILL_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub cache_max_fill_wait: Duration,
+
     /// How often an idle client connection is pinged (HTTP/2 PING). A client that vanished
     /// without closing (a killed machine, a dropped network) is found this way: its Watch,
     /// Subscribe and Hold streams are closed, and a Hold's lock released.
@@ -550,6 +558,13 @@ impl Config {
                 HOUR,
             ),
             (
+                "cache-max-fill-wait",
+                "CACHELOCK_CACHE_MAX_FILL_WAIT",
+                self.cache_max_fill_wait,
+                Duration::ZERO,
+                HOUR,
+            ),
+            (
                 "client-ping-interval",
                 "CACHELOCK_CLIENT_PING_INTERVAL",
                 self.client_ping_interval,
@@ -768,6 +783,12 @@ impl Config {
                 "pubsub-max-topics",
                 "CACHELOCK_PUBSUB_MAX_TOPICS",
                 self.pubsub_max_topics,
+                CONCURRENCY_CEILING,
+            ),
+            (
+                "cache-max-fill-waiters",
+                "CACHELOCK_CACHE_MAX_FILL_WAITERS",
+                self.cache_max_fill_waiters,
                 CONCURRENCY_CEILING,
             ),
             (

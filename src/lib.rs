@@ -15,6 +15,7 @@ pub mod error;
 pub mod health;
 pub mod ids;
 pub mod lock;
+pub mod notices;
 pub mod probe;
 pub mod pubsub;
 pub mod ratelimit;

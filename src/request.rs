@@ -201,7 +201,7 @@ pub struct Ttl(u64);
 
 impl Ttl {
     /// Rounds a positive duration up to whole milliseconds, so that a ttl never shrinks.
-    fn from_duration(duration: Duration) -> Ttl {
+    pub(crate) fn from_duration(duration: Duration) -> Ttl {
         let millis = duration.as_nanos().div_ceil(1_000_000);
         Ttl(u64::try_from(millis).unwrap_or(u64::MAX).max(1))
     }

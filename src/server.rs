@@ -13,11 +13,12 @@ use crate::{
         AuthFile, AuthLayer, Authenticator, ReloadableTls, TlsFiles, reload_on_change,
         tls::{over_tls, plaintext},
     },
-    cache::{self, CacheApi, CacheStore},
+    cache::{self, CacheApi, CacheSettings, CacheStore},
     config::{Config, MESSAGE_OVERHEAD_BYTES, RedisMode},
     error::StartError,
     health::{ProbeSettings, health_service, probe_redis},
-    lock::{self, LockApi, LockSettings, LockStore, ReleaseNotices},
+    lock::{self, LockApi, LockSettings, LockStore},
+    notices::Notices,
     pb::{
         self, cache::cache_service_server::CacheServiceServer,
         envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer as EnvoyRateLimitServiceServer,
@@ -25,7 +26,7 @@ use crate::{
         ratelimit::rate_limit_service_server::RateLimitServiceServer,
         session::session_service_server::SessionServiceServer,
     },
-    pubsub::{Hub, HubLimits, PubSubApi, Releases, run_subscriber},
+    pubsub::{Hub, HubLimits, PubSubApi, Wakers, run_subscriber},
     ratelimit::{self, RateLimitApi, RateLimitSettings, RateLimitStore},
     redis::{
         Backoff, ConnectSettings, Endpoint, Keys, LuaScript, Redis, RedisSettings, Topology,
@@ -322,7 +323,18 @@ async fn serve(
         meter.clone(),
     )
     .await;
-    let release_notices = ReleaseNotices::new(config.lock_max_waiters, config.lock_max_waiters_per_name, meter.clone());
+    let release_notices = Notices::new(
+        config.lock_max_waiters,
+        config.lock_max_waiters_per_name,
+        meter.clone(),
+        &lock::WAITING,
+    );
+    let fill_notices = Notices::new(
+        config.cache_max_fill_waiters,
+        config.cache_max_fill_waiters,
+        meter.clone(),
+        &cache::WAITING,
+    );
     let mut background = Background::default();
     if let Some((metrics_listener, metrics)) = metrics {
         background.spawn(telemetry::http::serve(metrics_listener, metrics, health.clone()));
@@ -349,9 +361,11 @@ async fn serve(
     background.spawn(run_subscriber(
         hub.clone(),
         hub_commands,
-        Releases {
-            pattern: keys.lock_released_pattern(),
-            notices: release_notices.clone(),
+        Wakers {
+            routes: vec![
+                (keys.lock_released_pattern(), release_notices.clone()),
+                (keys.cache_filled_pattern(), fill_notices.clone()),
+            ],
         },
         topology.clone(),
         backoff,
@@ -376,8 +390,13 @@ async fn serve(
     let cache = CacheServiceServer::new(CacheApi::new(
         CacheStore::new(redis.clone()),
         Limits::from(config),
-        config.operation_timeout,
+        CacheSettings {
+            operation_timeout: config.operation_timeout,
+            max_fill_wait: config.cache_max_fill_wait,
+        },
+        fill_notices,
         meter.clone(),
+        draining_rx.clone(),
     ))
     .max_decoding_message_size(requests)
     .max_encoding_message_size(responses);

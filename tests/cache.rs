@@ -5,8 +5,9 @@ mod common;
 use std::time::Duration;
 
 use cachelock::pb::cache::{
-    DeleteRequest, ExpireRequest, GetManyRequest, GetRequest, IncrementRequest, SetCondition, SetEntry, SetManyRequest,
-    SetRequest, TakeRequest,
+    DeleteRequest, ExpireRequest, GetManyRequest, GetOrLeaseRequest, GetOrLeaseResponse, GetRequest, IncrementRequest,
+    LeaseOutcome, SetCondition, SetEntry, SetManyRequest, SetRequest, TakeRequest,
+    cache_service_client::CacheServiceClient,
 };
 use common::{
     Backend, FaultyLink, TestRedis, TestService, as_millis, assert_invalid, assert_reason, eventually, millis,
@@ -20,6 +21,8 @@ fn set(key: &str, value: &[u8], ttl_ms: Option<i64>, condition: SetCondition) ->
         value: value.to_vec(),
         ttl: ttl_ms.map(millis),
         condition: condition as i32,
+        lease_token: String::new(),
+        stale_ttl: None,
     }
 }
 
@@ -460,6 +463,32 @@ async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
     let mut cache = service.cache();
 
     assert_invalid(cache.get(get("")).await.unwrap_err(), "key");
+    let mut bad_lease = or_lease("k", 1_000, None);
+    for refresh in [1.0, -0.1, f64::NAN] {
+        bad_lease.refresh_ahead = refresh;
+        assert_invalid(
+            cache.get_or_lease(bad_lease.clone()).await.unwrap_err(),
+            "refresh_ahead",
+        );
+    }
+    assert_invalid(
+        cache.get_or_lease(or_lease("k", -5, None)).await.unwrap_err(),
+        "lease_ttl",
+    );
+    assert_invalid(
+        cache
+            .get_or_lease(or_lease("k", 1_000, Some(3_600_000)))
+            .await
+            .unwrap_err(),
+        "wait",
+    );
+    assert_invalid(cache.get_or_lease(or_lease("", 1_000, None)).await.unwrap_err(), "key");
+    let mut conditional_fill = fill("k", b"v", 1_000, "token");
+    conditional_fill.condition = SetCondition::IfAbsent as i32;
+    assert_invalid(cache.set(conditional_fill).await.unwrap_err(), "condition");
+    let mut long_stale = set("k", b"v", Some(1_000), SetCondition::Always);
+    long_stale.stale_ttl = Some(millis(-1));
+    assert_invalid(cache.set(long_stale).await.unwrap_err(), "stale_ttl");
     assert_invalid(cache.get(get("123456789")).await.unwrap_err(), "key");
     assert_invalid(
         cache
@@ -606,7 +635,244 @@ async fn concurrent_gets_of_one_key_share_one_redis_read() {
     assert!(reads <= 2, "{reads} Redis reads for 500 Gets");
 }
 
+fn or_lease(key: &str, lease_ms: i64, wait_ms: Option<i64>) -> GetOrLeaseRequest {
+    GetOrLeaseRequest {
+        key: key.to_owned(),
+        lease_ttl: Some(millis(lease_ms)),
+        wait: wait_ms.map(millis),
+        refresh_ahead: 0.0,
+    }
+}
+
+async fn get_or_lease(
+    cache: &mut CacheServiceClient<tonic::transport::Channel>,
+    request: GetOrLeaseRequest,
+) -> GetOrLeaseResponse {
+    cache.get_or_lease(request).await.unwrap().into_inner()
+}
+
+fn fill(key: &str, value: &[u8], ttl_ms: i64, lease_token: &str) -> SetRequest {
+    SetRequest {
+        lease_token: lease_token.to_owned(),
+        ..set(key, value, Some(ttl_ms), SetCondition::Always)
+    }
+}
+
+async fn a_stampede_on_a_missing_key_gives_one_lease_and_everyone_the_filled_value(backend: Backend) {
+    let service = backend.service(&[]).await;
+    let callers = 200;
+    let source_reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let mut cache = service.cache();
+            let source_reads = source_reads.clone();
+            tokio::spawn(async move {
+                let answer = get_or_lease(&mut cache, or_lease("hot", 10_000, None)).await;
+                if answer.outcome() == LeaseOutcome::Lease {
+                    // The one caller that reads the source of truth, slowly.
+                    source_reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let stored = cache
+                        .set(fill("hot", b"from the database", 60_000, &answer.lease_token))
+                        .await;
+                    assert!(stored.unwrap().into_inner().stored);
+                }
+                answer
+            })
+        })
+        .collect();
+    let mut outcomes = std::collections::HashMap::new();
+    for task in tasks {
+        let answer = task.await.unwrap();
+        if answer.outcome() == LeaseOutcome::Hit {
+            assert_eq!(answer.value, b"from the database");
+        }
+        *outcomes.entry(answer.outcome()).or_insert(0) += 1;
+    }
+    assert_eq!(source_reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(outcomes.get(&LeaseOutcome::Lease), Some(&1), "{outcomes:?}");
+    assert_eq!(outcomes.get(&LeaseOutcome::Hit), Some(&(callers - 1)), "{outcomes:?}");
+}
+
+async fn a_lease_that_runs_out_unfilled_passes_to_the_next_caller(backend: Backend) {
+    let service = backend.service(&[]).await;
+    let mut cache = service.cache();
+    // The leaseholder dies mid-fill: it never calls back.
+    let first = get_or_lease(&mut cache, or_lease("orphaned", 500, Some(0))).await;
+    assert_eq!(first.outcome(), LeaseOutcome::Lease);
+    assert!(!first.found);
+
+    // Another caller that does not wait is told someone fills it.
+    let impatient = get_or_lease(&mut cache, or_lease("orphaned", 5_000, Some(0))).await;
+    assert_eq!(impatient.outcome(), LeaseOutcome::Miss);
+    assert!(impatient.lease_ttl.is_some_and(|left| as_millis(&left) <= 500));
+
+    // One that waits gets the lease when the first one's runs out.
+    let started = std::time::Instant::now();
+    let next = get_or_lease(&mut cache, or_lease("orphaned", 5_000, Some(10_000))).await;
+    assert_eq!(next.outcome(), LeaseOutcome::Lease);
+    assert_ne!(next.lease_token, first.lease_token);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The first leaseholder's late fill is refused: its lease passed on.
+    let late = cache
+        .set(fill("orphaned", b"late", 60_000, &first.lease_token))
+        .await
+        .unwrap_err();
+    assert_reason(&late, Code::FailedPrecondition, "LEASE_LOST");
+    assert!(
+        cache
+            .set(fill("orphaned", b"fresh", 60_000, &next.lease_token))
+            .await
+            .unwrap()
+            .into_inner()
+            .stored
+    );
+    let hit = get_or_lease(&mut cache, or_lease("orphaned", 5_000, Some(0))).await;
+    assert_eq!(
+        (hit.outcome(), hit.value.as_slice()),
+        (LeaseOutcome::Hit, &b"fresh"[..])
+    );
+}
+
+async fn a_stale_copy_is_served_while_one_caller_refreshes(backend: Backend) {
+    let service = backend.service(&[]).await;
+    let mut cache = service.cache();
+    let mut request = set("quote", b"old", Some(200), SetCondition::Always);
+    request.stale_ttl = Some(millis(30_000));
+    cache.set(request).await.unwrap();
+    eventually("the value's ttl runs out", async || {
+        !service.cache().get(get("quote")).await.unwrap().into_inner().found
+    })
+    .await;
+
+    // The first caller past the ttl refreshes it, with the stale value in hand.
+    let refresher = get_or_lease(&mut cache, or_lease("quote", 10_000, Some(0))).await;
+    assert_eq!(refresher.outcome(), LeaseOutcome::Lease);
+    assert_eq!((refresher.found, refresher.value.as_slice()), (true, &b"old"[..]));
+    // Everyone else reads the stale copy meanwhile, without waiting.
+    let reader = get_or_lease(&mut cache, or_lease("quote", 10_000, None)).await;
+    assert_eq!(
+        (reader.outcome(), reader.value.as_slice()),
+        (LeaseOutcome::Stale, &b"old"[..])
+    );
+    assert!(reader.lease_token.is_empty());
+
+    cache
+        .set(fill("quote", b"new", 60_000, &refresher.lease_token))
+        .await
+        .unwrap();
+    let fresh = get_or_lease(&mut cache, or_lease("quote", 10_000, None)).await;
+    assert_eq!(
+        (fresh.outcome(), fresh.value.as_slice()),
+        (LeaseOutcome::Hit, &b"new"[..])
+    );
+}
+
+async fn refresh_ahead_hands_one_caller_a_lease_while_the_value_still_serves(backend: Backend) {
+    let service = backend.service(&[]).await;
+    let mut cache = service.cache();
+    let lease = get_or_lease(&mut cache, or_lease("rates", 10_000, None)).await;
+    cache
+        .set(fill("rates", b"v1", 10_000, &lease.lease_token))
+        .await
+        .unwrap();
+    let mut early = or_lease("rates", 10_000, None);
+    early.refresh_ahead = 0.5;
+    let plenty_left = get_or_lease(&mut cache, early.clone()).await;
+    assert_eq!(plenty_left.outcome(), LeaseOutcome::Hit);
+    assert!(plenty_left.lease_token.is_empty());
+
+    // Less than half of its 10 s left: one caller is chosen to refresh it.
+    cache
+        .expire(ExpireRequest {
+            key: "rates".to_owned(),
+            ttl: Some(millis(3_000)),
+        })
+        .await
+        .unwrap();
+    let chosen = get_or_lease(&mut cache, early.clone()).await;
+    assert_eq!(
+        (chosen.outcome(), chosen.value.as_slice()),
+        (LeaseOutcome::Hit, &b"v1"[..])
+    );
+    assert!(!chosen.lease_token.is_empty());
+    let others = get_or_lease(&mut cache, early.clone()).await;
+    assert_eq!(
+        (others.outcome(), others.value.as_slice()),
+        (LeaseOutcome::Hit, &b"v1"[..])
+    );
+    assert!(others.lease_token.is_empty(), "only one caller refreshes");
+    cache
+        .set(fill("rates", b"v2", 10_000, &chosen.lease_token))
+        .await
+        .unwrap();
+    let refreshed = get_or_lease(&mut cache, early).await;
+    assert_eq!(
+        (refreshed.value.as_slice(), refreshed.lease_token.as_str()),
+        (&b"v2"[..], "")
+    );
+}
+
+async fn writes_and_deletes_end_a_lease_and_wake_its_waiters(backend: Backend) {
+    let service = backend.service(&[]).await;
+    let mut cache = service.cache();
+    let lease = get_or_lease(&mut cache, or_lease("profile", 30_000, None)).await;
+    assert_eq!(lease.outcome(), LeaseOutcome::Lease);
+
+    // A waiter, far from the lease's end; a plain write by someone else fills it.
+    let mut waiting = service.cache();
+    let waiter =
+        tokio::spawn(async move { get_or_lease(&mut waiting, or_lease("profile", 30_000, Some(20_000))).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cache
+        .set(set("profile", b"written", Some(60_000), SetCondition::Always))
+        .await
+        .unwrap();
+    let woken = tokio::time::timeout(common::PATIENCE, waiter).await.unwrap().unwrap();
+    assert_eq!(
+        (woken.outcome(), woken.value.as_slice()),
+        (LeaseOutcome::Hit, &b"written"[..])
+    );
+    // The lease it ended no longer fills.
+    let refused = cache
+        .set(fill("profile", b"older", 60_000, &lease.lease_token))
+        .await
+        .unwrap_err();
+    assert_reason(&refused, Code::FailedPrecondition, "LEASE_LOST");
+
+    // A Delete ends a lease too.
+    cache
+        .delete(DeleteRequest {
+            keys: vec!["profile".to_owned()],
+        })
+        .await
+        .unwrap();
+    let again = get_or_lease(&mut cache, or_lease("profile", 30_000, None)).await;
+    assert_eq!(again.outcome(), LeaseOutcome::Lease);
+    cache
+        .delete(DeleteRequest {
+            keys: vec!["profile".to_owned()],
+        })
+        .await
+        .unwrap();
+    let refused = cache
+        .set(fill("profile", b"older", 60_000, &again.lease_token))
+        .await
+        .unwrap_err();
+    assert_reason(&refused, Code::FailedPrecondition, "LEASE_LOST");
+}
+
 in_every_mode!(
+    a_stampede_on_a_missing_key_gives_one_lease_and_everyone_the_filled_value,
+    a_lease_that_runs_out_unfilled_passes_to_the_next_caller,
+    a_stale_copy_is_served_while_one_caller_refreshes,
+    refresh_ahead_hands_one_caller_a_lease_while_the_value_still_serves,
+    writes_and_deletes_end_a_lease_and_wake_its_waiters,
     get_misses_then_hits_with_the_remaining_ttl,
     values_expire_after_their_ttl,
     a_write_without_ttl_gets_the_default,

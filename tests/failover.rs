@@ -201,6 +201,8 @@ impl Load {
                             value: round.to_string().into_bytes(),
                             ttl: Some(millis(60_000)),
                             condition: 0,
+                            lease_token: String::new(),
+                            stale_ttl: None,
                         })
                         .await
                         .map(|_| ());

@@ -34,6 +34,8 @@ fn set(key: &str, condition: SetCondition) -> SetRequest {
         value: b"v".to_vec(),
         ttl: Some(millis(60_000)),
         condition: condition as i32,
+        lease_token: String::new(),
+        stale_ttl: None,
     }
 }
 

@@ -36,6 +36,8 @@ fn set(key: &str, value: Vec<u8>) -> SetRequest {
         value,
         ttl: None,
         condition: SetCondition::Always as i32,
+        lease_token: String::new(),
+        stale_ttl: None,
     }
 }
 

@@ -29,6 +29,8 @@ fn set(key: &str, value: &[u8]) -> SetRequest {
         value: value.to_vec(),
         ttl: Some(millis(60_000)),
         condition: SetCondition::Always as i32,
+        lease_token: String::new(),
+        stale_ttl: None,
     }
 }
 

@@ -22,6 +22,8 @@ fn set(key: &str) -> SetRequest {
         value: b"v".to_vec(),
         ttl: Some(millis(60_000)),
         condition: SetCondition::Always as i32,
+        lease_token: String::new(),
+        stale_ttl: None,
     }
 }
 

@@ -49,6 +49,8 @@ async fn cluster_keys_spread_over_every_primary_and_multi_key_requests_split_or_
                 value: key.as_bytes().to_vec(),
                 ttl: Some(millis(60_000)),
                 condition: 0,
+                lease_token: String::new(),
+                stale_ttl: None,
             })
             .await
             .unwrap();
@@ -317,6 +319,8 @@ async fn sentinels_and_data_nodes_may_have_different_passwords_and_neither_is_lo
             value: b"v".to_vec(),
             ttl: None,
             condition: 0,
+            lease_token: String::new(),
+            stale_ttl: None,
         })
         .await
         .unwrap();

@@ -81,6 +81,8 @@ async fn set_then_get(service: &TestService) {
             value: b"v".to_vec(),
             ttl: None,
             condition: 0,
+            lease_token: String::new(),
+            stale_ttl: None,
         })
         .await
         .unwrap();

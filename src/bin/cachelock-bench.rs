@@ -291,6 +291,8 @@ impl Clients {
                         value: VALUE.to_vec(),
                         ttl: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
                         condition: 0,
+                        lease_token: String::new(),
+                        stale_ttl: None,
                     })
                     .await
                     .map(|_| ())
@@ -545,6 +547,8 @@ async fn prepare(clients: &mut Clients, scenario: Scenario) -> Result<(), String
                                     nanos: 0,
                                 }),
                                 condition: 0,
+                                lease_token: String::new(),
+                                stale_ttl: None,
                             })
                             .await
                             .map(|_| ())

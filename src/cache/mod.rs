@@ -4,22 +4,35 @@
 mod flight;
 mod store;
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
+use tokio::{
+    sync::watch,
+    time::{Instant, sleep},
+};
 use tonic::{Request, Response, Status};
 
-pub use store::{CacheStore, Condition, NewEntry, Stored, scripts};
+pub use store::{CacheStore, Condition, Lease, Leased, NewEntry, SetOptions, Stored, Written, scripts};
 
 use crate::{
+    admission::RefusalLog,
     auth::Caller,
     error::{Error, Reason},
+    ids::random_token,
+    notices::{Notices, Registration, Waiting},
     pb::cache::{
         DeleteRequest, DeleteResponse, Entry, ExpireRequest, ExpireResponse, GetManyRequest, GetManyResponse,
-        GetRequest, GetResponse, IncrementRequest, IncrementResponse, SetCondition, SetManyRequest, SetManyResponse,
-        SetRequest, SetResponse, TakeRequest, TakeResponse, cache_service_server::CacheService,
+        GetOrLeaseRequest, GetOrLeaseResponse, GetRequest, GetResponse, IncrementRequest, IncrementResponse,
+        LeaseOutcome, SetCondition, SetManyRequest, SetManyResponse, SetRequest, SetResponse, TakeRequest,
+        TakeResponse, cache_service_server::CacheService,
     },
     redis::KeySpace,
-    request::{Limits, cross_slot, deadline, ttl_from_millis},
+    request::{
+        Limits, Ttl, caller_budget, cross_slot, deadline, duration_to_proto, positive_duration, ttl_from_millis,
+    },
     telemetry::{Meter, Metrics},
 };
 
@@ -27,24 +40,186 @@ use crate::{
 /// lengths, `found` and the ttl.
 const ENTRY_FRAMING_BYTES: usize = 32;
 
+/// A fill lease's ttl when the request gives none.
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often a fill waiter re-checks while fill notices are not being heard.
+const UNHEARD_RECHECK: Duration = Duration::from_millis(250);
+/// Longest lease token a caller can hand back (ours are 22 characters).
+const MAX_LEASE_TOKEN_BYTES: usize = 64;
+
+/// GetOrLease calls waiting for a fill, for [`Notices`].
+pub static WAITING: Waiting = Waiting {
+    calls: "GetOrLease calls",
+    what: "fills",
+    what_one: "fills",
+    flag: "cache-max-fill-waiters",
+    flag_per_channel: "cache-max-fill-waiters",
+    refusal: "cache_fill_waiters",
+    log: &FILL_WAITERS_FULL,
+};
+
+static FILL_WAITERS_FULL: RefusalLog =
+    RefusalLog::new("GetOrLease calls refused with RESOURCE_EXHAUSTED: --cache-max-fill-waiters reached");
+
+/// The cache's settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Longest wait for Redis in one call.
+    pub operation_timeout: Duration,
+    /// Longest GetOrLease wait for a fill.
+    pub max_fill_wait: Duration,
+}
+
 /// The gRPC handlers of the cache.
 pub struct CacheApi {
     store: CacheStore,
     flights: flight::Flights<Option<Stored>>,
+    fills: Notices,
+    next_waiter: AtomicU64,
     meter: Meter,
     limits: Limits,
-    operation_timeout: Duration,
+    settings: CacheSettings,
+    draining: watch::Receiver<bool>,
 }
 
 impl CacheApi {
-    /// Handlers over `store`, checking requests against `limits`.
-    pub fn new(store: CacheStore, limits: Limits, operation_timeout: Duration, meter: Meter) -> CacheApi {
+    /// Handlers over `store`, checking requests against `limits`; GetOrLease
+    /// waiters are woken by `fills` and end (MISS) once `draining` turns true.
+    pub fn new(
+        store: CacheStore,
+        limits: Limits,
+        settings: CacheSettings,
+        fills: Notices,
+        meter: Meter,
+        draining: watch::Receiver<bool>,
+    ) -> CacheApi {
         CacheApi {
             store,
             flights: flight::Flights::new(),
+            fills,
+            next_waiter: AtomicU64::new(0),
             meter,
             limits,
-            operation_timeout,
+            settings,
+            draining,
+        }
+    }
+
+    /// Counts a GetOrLease answer.
+    fn leased(&self, outcome: &'static str) {
+        self.meter
+            .record(|metrics| Metrics::count(&metrics.cache_lease_answers, outcome));
+    }
+
+    /// Waits for `key`'s fill up to `wait_ends` (woken by the fill, or when
+    /// the filler's lease ends), then answers what GetOrLease finds.
+    #[allow(clippy::too_many_arguments)]
+    async fn get_or_lease_waiting(
+        &self,
+        space: &KeySpace,
+        key: &str,
+        token: &str,
+        lease_ttl: Ttl,
+        refresh_millionths: u32,
+        wait_ends: Instant,
+        caller_deadline: Option<Instant>,
+    ) -> Result<GetOrLeaseResponse, Error> {
+        let mut registration: Option<Registration> = None;
+        loop {
+            if let Some(registration) = registration.as_mut() {
+                registration.mark_seen();
+            }
+            let now = Instant::now();
+            let attempt_ends = now + self.settings.operation_timeout;
+            let deadline = caller_deadline.map_or(attempt_ends, |caller| caller.min(attempt_ends));
+            let found = self
+                .store
+                .get_or_lease(space, key, token, lease_ttl, refresh_millionths, deadline)
+                .await?;
+            let lease_left = match found {
+                Leased::Filling { lease_left } => lease_left,
+                found => {
+                    if registration.is_some() {
+                        self.leased("waited");
+                    }
+                    return Ok(self.answer(found));
+                }
+            };
+            let wait_left = wait_ends.saturating_duration_since(Instant::now());
+            if wait_left.is_zero() {
+                self.leased("miss");
+                return Ok(GetOrLeaseResponse {
+                    outcome: LeaseOutcome::Miss.into(),
+                    lease_ttl: Some(duration_to_proto(lease_left)),
+                    ..GetOrLeaseResponse::default()
+                });
+            }
+            let Some(registration) = registration.as_mut() else {
+                // Another caller fills it and this one waits: only now does it
+                // register. SAFETY (no lost wake-up): the next attempt runs after
+                // registering, so a fill before the registration is seen by it.
+                let ticket = self.next_waiter.fetch_add(1, Ordering::Relaxed).to_string();
+                registration = Some(self.fills.register(space.cache_filled(key), ticket)?);
+                continue;
+            };
+            // Woken by the fill; otherwise looks again when the filler's lease ends.
+            let mut nap = wait_left.min(lease_left);
+            if !self.fills.is_listening() {
+                nap = nap.min(UNHEARD_RECHECK);
+            }
+            let mut draining = self.draining.clone();
+            tokio::select! {
+                () = registration.released() => {}
+                () = sleep(nap) => {}
+                _ = draining.wait_for(|draining| *draining) => {
+                    self.leased("miss");
+                    return Ok(GetOrLeaseResponse {
+                        outcome: LeaseOutcome::Miss.into(),
+                        ..GetOrLeaseResponse::default()
+                    });
+                }
+            }
+        }
+    }
+
+    /// The response for what GetOrLease found, counted.
+    fn answer(&self, found: Leased) -> GetOrLeaseResponse {
+        let with_value =
+            |outcome: LeaseOutcome, stored: Option<Stored>, lease: Option<Lease>, lease_left: Option<Duration>| {
+                let (found, value, ttl) = match stored {
+                    Some(Stored { value, ttl_millis }) => (true, value, ttl_from_millis(ttl_millis)),
+                    None => (false, Vec::new(), None),
+                };
+                let (lease_token, lease_ttl) = match lease {
+                    Some(Lease { token, ttl }) => (token, Some(duration_to_proto(ttl))),
+                    None => (String::new(), lease_left.map(duration_to_proto)),
+                };
+                GetOrLeaseResponse {
+                    outcome: outcome.into(),
+                    found,
+                    value,
+                    ttl,
+                    lease_token,
+                    lease_ttl,
+                }
+            };
+        match found {
+            Leased::Fresh { stored, lease } => {
+                self.leased(if lease.is_some() { "refresh" } else { "hit" });
+                with_value(LeaseOutcome::Hit, Some(stored), lease, None)
+            }
+            Leased::Stale { stored, lease_left } => {
+                self.leased("stale");
+                with_value(LeaseOutcome::Stale, Some(stored), None, Some(lease_left))
+            }
+            Leased::Lease { lease, stale } => {
+                self.leased("lease");
+                with_value(LeaseOutcome::Lease, stale, Some(lease), None)
+            }
+            Leased::Filling { lease_left } => {
+                self.leased("miss");
+                with_value(LeaseOutcome::Miss, None, None, Some(lease_left))
+            }
         }
     }
 
@@ -74,7 +249,7 @@ impl CacheApi {
 #[tonic::async_trait]
 impl CacheService for CacheApi {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
@@ -92,8 +267,63 @@ impl CacheService for CacheApi {
         Ok(Response::new(response))
     }
 
+    async fn get_or_lease(&self, request: Request<GetOrLeaseRequest>) -> Result<Response<GetOrLeaseResponse>, Status> {
+        let (metadata, extensions, request) = request.into_parts();
+        let space = Caller::in_extensions(&extensions)?.space.clone();
+        let caller_left = caller_budget(&metadata)?;
+        let key = self.limits.key("key", &request.key)?;
+        let lease_ttl = match request.lease_ttl.as_ref() {
+            None => Ttl::from_duration(DEFAULT_LEASE_TTL.min(self.limits.max_ttl)),
+            Some(lease_ttl) => self.limits.required_ttl("lease_ttl", Some(lease_ttl))?,
+        };
+        let wait = match request.wait.as_ref() {
+            None => self.settings.max_fill_wait,
+            Some(wait) if wait.seconds == 0 && wait.nanos == 0 => Duration::ZERO,
+            Some(wait) => positive_duration("wait", wait)?,
+        };
+        if wait > self.settings.max_fill_wait {
+            return Err(Error::invalid(
+                "wait",
+                format!(
+                    "{} is above the maximum fill wait of {} (--cache-max-fill-wait)",
+                    humantime::format_duration(wait),
+                    humantime::format_duration(self.settings.max_fill_wait)
+                ),
+            )
+            .into());
+        }
+        let refresh = request.refresh_ahead;
+        if !(0.0..1.0).contains(&refresh) {
+            return Err(Error::invalid("refresh_ahead", "must be at least 0 and below 1").into());
+        }
+        // In millionths, for the script's integer arithmetic; below 1, so it fits.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let refresh_millionths = (refresh * 1e6) as u32;
+        let token = random_token()?;
+        let now = Instant::now();
+        // A wait cut short by the caller's deadline ends early enough to leave the
+        // last attempt a tenth of the caller's time.
+        let wait_ends = now + caller_left.map_or(wait, |left| wait.min(left - left / 10));
+        let caller_deadline = caller_left.map(|left| now + left);
+        let response = self
+            .get_or_lease_waiting(
+                &space,
+                key,
+                &token,
+                lease_ttl,
+                refresh_millionths,
+                wait_ends,
+                caller_deadline,
+            )
+            .await?;
+        if response.found {
+            self.read(true);
+        }
+        Ok(Response::new(response))
+    }
+
     async fn get_many(&self, request: Request<GetManyRequest>) -> Result<Response<GetManyResponse>, Status> {
-        let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let keys = self.keys("keys", &request.keys)?;
@@ -147,7 +377,7 @@ impl CacheService for CacheApi {
     }
 
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
-        let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
@@ -162,12 +392,41 @@ impl CacheService for CacheApi {
                 return Err(Error::invalid("condition", reason).into());
             }
         };
-        let stored = self
+        let lease_token = request.lease_token.as_str();
+        if lease_token.len() > MAX_LEASE_TOKEN_BYTES {
+            return Err(Error::invalid("lease_token", "is not a lease this service issued").into());
+        }
+        if !lease_token.is_empty() && condition != Condition::Always {
+            return Err(Error::invalid("condition", "cannot be combined with a lease_token").into());
+        }
+        let stale_ttl = match request.stale_ttl.as_ref() {
+            None => Duration::ZERO,
+            Some(stale) if stale.seconds == 0 && stale.nanos == 0 => Duration::ZERO,
+            Some(stale) => Duration::from_millis(self.limits.required_ttl("stale_ttl", Some(stale))?.millis()),
+        };
+        let options = SetOptions {
+            condition,
+            stale_ttl,
+            lease_token,
+        };
+        let written = self
             .store
-            .set(&space, key, &request.value, ttl, condition, deadline)
+            .set(&space, key, &request.value, ttl, options, deadline)
             .await;
         self.written(&space, [key]);
-        let stored = stored?;
+        let stored = match written? {
+            Written::Stored => true,
+            Written::NotStored => false,
+            Written::LeaseLost => {
+                return Err(Error::FailedPrecondition(
+                    Reason::LeaseLost,
+                    "the fill lease is no longer this token's: it ran out (and may have passed to another caller), \
+                     or a write or Delete of the key ended it; nothing was stored"
+                        .to_owned(),
+                )
+                .into());
+            }
+        };
         if stored {
             self.meter.record(|metrics| metrics.cache_writes.inc());
         }
@@ -175,7 +434,7 @@ impl CacheService for CacheApi {
     }
 
     async fn set_many(&self, request: Request<SetManyRequest>) -> Result<Response<SetManyResponse>, Status> {
-        let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         self.limits.batch("entries", request.entries.len())?;
@@ -208,7 +467,7 @@ impl CacheService for CacheApi {
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
-        let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let keys = self.keys("keys", &request.keys)?;
@@ -225,7 +484,7 @@ impl CacheService for CacheApi {
     }
 
     async fn take(&self, request: Request<TakeRequest>) -> Result<Response<TakeResponse>, Status> {
-        let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
@@ -240,7 +499,7 @@ impl CacheService for CacheApi {
     }
 
     async fn increment(&self, request: Request<IncrementRequest>) -> Result<Response<IncrementResponse>, Status> {
-        let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
@@ -252,7 +511,7 @@ impl CacheService for CacheApi {
     }
 
     async fn expire(&self, request: Request<ExpireRequest>) -> Result<Response<ExpireResponse>, Status> {
-        let deadline = deadline(request.metadata(), self.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;

@@ -3,8 +3,9 @@
 //! job, because a Lua script copies every value it touches twice (into Lua and
 //! back out), which makes bulk reads and writes several times slower for Redis.
 
+use std::time::Duration;
+
 use futures_util::future::try_join_all;
-use redis::Value;
 use tokio::time::Instant;
 
 use crate::{
@@ -15,10 +16,75 @@ use crate::{
 
 static GET: LuaScript = LuaScript::new("cache_get", include_str!("../scripts/cache_get.lua"));
 static INCREMENT: LuaScript = LuaScript::new("cache_increment", include_str!("../scripts/cache_increment.lua"));
+static GET_OR_LEASE: LuaScript =
+    LuaScript::new("cache_get_or_lease", include_str!("../scripts/cache_get_or_lease.lua"));
+static FILL: LuaScript = LuaScript::new("cache_fill", include_str!("../scripts/cache_fill.lua"));
 
 /// The cache's scripts, for loading into Redis ahead of the first request.
-pub fn scripts() -> [&'static LuaScript; 2] {
-    [&GET, &INCREMENT]
+pub fn scripts() -> [&'static LuaScript; 4] {
+    [&GET, &INCREMENT, &GET_OR_LEASE, &FILL]
+}
+
+/// What a [`CacheStore::get_or_lease`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leased {
+    /// A fresh value, and a lease to refresh it when this caller was chosen to.
+    Fresh {
+        /// The value and its ttl left.
+        stored: Stored,
+        /// The refresh lease, if this caller got it.
+        lease: Option<Lease>,
+    },
+    /// The value is past its ttl, kept as stale; another caller fills it.
+    Stale {
+        /// The stale copy and how long it is kept.
+        stored: Stored,
+        /// The other caller's lease left.
+        lease_left: Duration,
+    },
+    /// This caller holds the lease and should fill the key.
+    Lease {
+        /// The lease.
+        lease: Lease,
+        /// The stale copy, if one is kept.
+        stale: Option<Stored>,
+    },
+    /// Another caller fills it, and no stale copy is kept.
+    Filling {
+        /// The other caller's lease left.
+        lease_left: Duration,
+    },
+}
+
+/// A fill lease given to this caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The token that fills the key (Set with `lease_token`).
+    pub token: String,
+    /// The lease left.
+    pub ttl: Duration,
+}
+
+/// What a [`CacheStore::set`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The value is stored.
+    Stored,
+    /// The condition did not hold.
+    NotStored,
+    /// The fill lease is no longer the caller's.
+    LeaseLost,
+}
+
+/// How a [`CacheStore::set`] writes besides the value and its ttl.
+#[derive(Debug, Clone, Copy)]
+pub struct SetOptions<'a> {
+    /// When it may write.
+    pub condition: Condition,
+    /// How long a stale copy is kept past the ttl (zero: none).
+    pub stale_ttl: Duration,
+    /// The fill lease it fills ("" for none).
+    pub lease_token: &'a str,
 }
 
 /// A stored value and its remaining time to live.
@@ -162,10 +228,13 @@ impl CacheStore {
             .collect())
     }
 
-    /// Writes one entry if `condition` holds; returns whether it wrote.
+    /// Writes one entry if the condition holds and, with a lease token, the
+    /// lease is still the caller's. Any write ends the key's lease and stale
+    /// copy (a newer value makes both obsolete) and wakes the lease's waiters.
     ///
-    /// A conditional write is not repeated after a lost connection: its repetition
-    /// would answer "not stored" for a write that happened.
+    /// A plain write is a SET with the fill record's UNLINK in one round trip;
+    /// the rest is one script. Neither is repeated after a lost connection when
+    /// its repetition could answer differently (a condition, a lease).
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`]; a full Redis as [`Error::OutOfMemory`].
@@ -175,24 +244,104 @@ impl CacheStore {
         key: &str,
         value: &[u8],
         ttl: Ttl,
-        condition: Condition,
+        options: SetOptions<'_>,
         deadline: Instant,
-    ) -> Result<bool, Error> {
-        let mut command = redis::cmd("SET");
-        command.arg(space.cache(key)).arg(value).arg("PX").arg(ttl.millis());
-        let op = match condition {
-            Condition::Always => Op::idempotent("cache_set"),
-            Condition::IfAbsent => {
-                command.arg("NX");
-                Op::write("cache_set_if_absent")
+    ) -> Result<Written, Error> {
+        let plain =
+            options.condition == Condition::Always && options.stale_ttl.is_zero() && options.lease_token.is_empty();
+        if plain {
+            let mut write = redis::pipe();
+            write
+                .cmd("SET")
+                .arg(space.cache(key))
+                .arg(value)
+                .arg("PX")
+                .arg(ttl.millis())
+                .ignore()
+                .cmd("UNLINK")
+                .arg(space.cache_fill(key));
+            let (ended,): (u64,) = self.redis.run(Op::idempotent("cache_set"), deadline, &write).await?;
+            if ended > 0 {
+                self.announce_fills(space, [key], deadline).await;
             }
-            Condition::IfPresent => {
-                command.arg("XX");
-                Op::write("cache_set_if_present")
-            }
-        };
-        let reply: Value = self.redis.run(op, deadline, &command).await?;
-        Ok(!matches!(reply, Value::Nil))
+            return Ok(Written::Stored);
+        }
+        let mut invocation = FILL.prepare();
+        invocation
+            .key(space.cache(key))
+            .key(space.cache_fill(key))
+            .arg(value)
+            .arg(ttl.millis())
+            .arg(u64::try_from(options.stale_ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(options.lease_token)
+            .arg(match options.condition {
+                Condition::Always => "",
+                Condition::IfAbsent => "NX",
+                Condition::IfPresent => "XX",
+            })
+            .arg(space.cache_filled(key));
+        let written: i64 = self.redis.run(Op::write(FILL.name()), deadline, &invocation).await?;
+        Ok(match written {
+            1 => Written::Stored,
+            0 => Written::NotStored,
+            _ => Written::LeaseLost,
+        })
+    }
+
+    /// Wakes the waiters for the fill of `keys`, whose leases a write or a
+    /// Delete just ended. Best effort: a waiter that misses it looks again when
+    /// the lease would have ended.
+    async fn announce_fills<'k>(&self, space: &KeySpace, keys: impl IntoIterator<Item = &'k str>, deadline: Instant) {
+        let mut announce = redis::pipe();
+        for key in keys {
+            announce.cmd("PUBLISH").arg(space.cache_filled(key)).arg("").ignore();
+        }
+        let sent: Result<(), Error> = self
+            .redis
+            .run(Op::idempotent("cache_fill_notice"), deadline, &announce)
+            .await;
+        if let Err(error) = sent {
+            tracing::debug!(%error, "could not announce the end of fill leases; their waiters look again later");
+        }
+    }
+
+    /// Reads an entry, or takes the lease to fill it (see `cache_get_or_lease.lua`).
+    ///
+    /// # Errors
+    /// Redis failures and timeouts, as [`Error`]. Sent again after a lost
+    /// connection: the token makes a repeated call find its own lease.
+    pub async fn get_or_lease(
+        &self,
+        space: &KeySpace,
+        key: &str,
+        token: &str,
+        lease_ttl: Ttl,
+        refresh_millionths: u32,
+        deadline: Instant,
+    ) -> Result<Leased, Error> {
+        let mut invocation = GET_OR_LEASE.prepare();
+        invocation
+            .key(space.cache(key))
+            .key(space.cache_fill(key))
+            .arg(token)
+            .arg(lease_ttl.millis())
+            .arg(refresh_millionths);
+        let (outcome, value, ttl_millis, token, lease_millis): (i64, Option<Vec<u8>>, i64, String, i64) = self
+            .redis
+            .run(Op::replayable(GET_OR_LEASE.name()), deadline, &invocation)
+            .await?;
+        let stored = value.map(|value| Stored { value, ttl_millis });
+        let lease_left = Duration::from_millis(u64::try_from(lease_millis).unwrap_or(0));
+        let lease = (!token.is_empty()).then_some(Lease { token, ttl: lease_left });
+        match (outcome, stored, lease) {
+            (1, Some(stored), lease) => Ok(Leased::Fresh { stored, lease }),
+            (2, Some(stored), None) => Ok(Leased::Stale { stored, lease_left }),
+            (3, stale, Some(lease)) => Ok(Leased::Lease { lease, stale }),
+            (4, None, None) => Ok(Leased::Filling { lease_left }),
+            _ => Err(Error::Internal(format!(
+                "unexpected cache_get_or_lease outcome {outcome}"
+            ))),
+        }
     }
 
     /// Writes every entry, atomically: one MULTI/EXEC transaction. A full Redis
@@ -215,10 +364,18 @@ impl CacheStore {
                 .arg(entry.ttl.millis())
                 .ignore();
         }
-        let () = self
+        let unlink = transaction.cmd("UNLINK");
+        for entry in entries {
+            unlink.arg(space.cache_fill(entry.key));
+        }
+        let (ended,): (u64,) = self
             .redis
             .run(Op::idempotent("cache_set_many"), deadline, &transaction)
             .await?;
+        if ended > 0 {
+            self.announce_fills(space, entries.iter().map(|entry| entry.key), deadline)
+                .await;
+        }
         Ok(())
     }
 
@@ -233,14 +390,23 @@ impl CacheStore {
         let groups = self.redis.group_by_slot(&redis_keys);
         let counts = try_join_all(groups.iter().map(|group| {
             // UNLINK frees large values off Redis's main thread; it counts like DEL.
-            let mut command = redis::cmd("UNLINK");
+            // The entries' fill records go too: a Delete ends their leases.
+            let mut unlink = redis::pipe();
+            let entries = unlink.cmd("UNLINK");
             for &index in group {
-                command.arg(&redis_keys[index]);
+                entries.arg(&redis_keys[index]);
+            }
+            let records = unlink.cmd("UNLINK");
+            for &index in group {
+                records.arg(space.cache_fill(&keys[index]));
             }
             async move {
-                self.redis
-                    .run::<u64>(Op::write("cache_delete"), deadline, &command)
-                    .await
+                let (deleted, ended): (u64, u64) = self.redis.run(Op::write("cache_delete"), deadline, &unlink).await?;
+                if ended > 0 {
+                    self.announce_fills(space, group.iter().map(|&index| keys[index].as_str()), deadline)
+                        .await;
+                }
+                Ok::<u64, Error>(deleted)
             }
         }))
         .await?;
@@ -254,14 +420,22 @@ impl CacheStore {
         self.redis.first_cross_slot(&redis_keys)
     }
 
-    /// Reads and deletes one entry atomically (GETDEL).
+    /// Reads and deletes one entry atomically (GETDEL), with its fill record.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`]. After a timeout the value may be gone.
     pub async fn take(&self, space: &KeySpace, key: &str, deadline: Instant) -> Result<Option<Vec<u8>>, Error> {
-        let mut command = redis::cmd("GETDEL");
-        command.arg(space.cache(key));
-        self.redis.run(Op::write("cache_take"), deadline, &command).await
+        let mut take = redis::pipe();
+        take.atomic()
+            .cmd("GETDEL")
+            .arg(space.cache(key))
+            .cmd("UNLINK")
+            .arg(space.cache_fill(key));
+        let (value, ended): (Option<Vec<u8>>, u64) = self.redis.run(Op::write("cache_take"), deadline, &take).await?;
+        if ended > 0 {
+            self.announce_fills(space, [key], deadline).await;
+        }
+        Ok(value)
     }
 
     /// Adds `delta` to a counter, creating it with `ttl`; returns the new value.

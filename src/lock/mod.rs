@@ -1,7 +1,6 @@
 //! `cachelock.lock.v1.LockService`: leases with fencing tokens, server-side
 //! waiting woken by release notices, and idempotent acquire.
 
-mod notices;
 mod store;
 
 use std::{
@@ -17,14 +16,15 @@ use tokio::{
 };
 use tonic::{Request, Response, Status};
 
-pub use notices::{Registration, ReleaseNotices};
 pub use store::{Attempt, Grant, Holder, Lapse, LockStore, QUEUE_PLACE_LIFE, scripts};
 
 use crate::{
+    admission::RefusalLog,
     auth::Caller,
     config::Config,
     error::{Error, Reason},
     ids::random_token,
+    notices::{Notices, Registration, Waiting},
     pb::lock::{
         AcquireRequest, AcquireResponse, Acquired, DescribeRequest, DescribeResponse, ExtendRequest, ExtendResponse,
         HoldRequest, HoldResponse, Lost, NotAcquired, ReleaseRequest, ReleaseResponse, hold_response,
@@ -49,6 +49,21 @@ const UNHEARD_RECHECK: Duration = Duration::from_millis(250);
 const QUEUE_RENEW: Duration = Duration::from_secs(1);
 /// Most permits one name can have.
 const MAX_PERMITS: u32 = 10_000;
+
+/// Acquires (and Holds) waiting for a lock, for [`Notices`].
+pub static WAITING: Waiting = Waiting {
+    calls: "Acquires",
+    what: "locks",
+    what_one: "this lock",
+    flag: "lock-max-waiters",
+    flag_per_channel: "lock-max-waiters-per-name",
+    refusal: "lock_waiters",
+    log: &WAITERS_FULL,
+};
+
+static WAITERS_FULL: RefusalLog = RefusalLog::new(
+    "Acquires refused with RESOURCE_EXHAUSTED: --lock-max-waiters or --lock-max-waiters-per-name reached",
+);
 
 /// The lock's settings, from the configuration.
 #[derive(Debug, Clone)]
@@ -76,7 +91,7 @@ impl From<&Config> for LockSettings {
 pub struct LockApi {
     store: LockStore,
     meter: Meter,
-    notices: ReleaseNotices,
+    notices: Notices,
     epoch: DataEpoch,
     limits: Limits,
     settings: LockSettings,
@@ -144,7 +159,7 @@ impl LockApi {
     pub fn new(
         store: LockStore,
         meter: Meter,
-        notices: ReleaseNotices,
+        notices: Notices,
         epoch: DataEpoch,
         limits: Limits,
         settings: LockSettings,

@@ -29,18 +29,22 @@ use tracing::{info, warn};
 
 use crate::{
     error::{Error, Reason},
-    lock::ReleaseNotices,
+    notices::Notices,
     redis::{Backoff, Cause, Topology},
     telemetry::Meter,
 };
 
-/// The lock service's release notices, heard on the same connection: one
-/// pattern subscription for every lock's release channel, never unsubscribed.
-pub struct Releases {
-    /// The pattern of every lock's release channel.
-    pub pattern: String,
-    /// Where releases are announced.
-    pub notices: ReleaseNotices,
+/// Wake-up notices heard on the same connection (lock releases, cache fills):
+/// one pattern subscription for each kind's channels, never unsubscribed.
+pub struct Wakers {
+    /// Each pattern, and where its messages are announced.
+    pub routes: Vec<(String, Notices)>,
+}
+
+impl Wakers {
+    fn notices(&self) -> impl Iterator<Item = &Notices> {
+        self.routes.iter().map(|(_, notices)| notices)
+    }
 }
 
 /// Why messages may be missing from a stream.
@@ -394,13 +398,13 @@ pub struct Commands(mpsc::UnboundedReceiver<Command>);
 
 /// Keeps the process's Redis subscriber connection: connects (with `backoff`
 /// between failed attempts, forever, and again when `failovers` changes: the
-/// primary moved), subscribes to `releases` and everything registered, applies
+/// primary moved), subscribes to the `wakers`' patterns and everything registered, applies
 /// changes and delivers messages. On a Cluster any node will do: every node
 /// hears every PUBLISH. Runs until its task is aborted.
 pub async fn run_subscriber(
     hub: Hub,
     Commands(mut commands): Commands,
-    releases: Releases,
+    wakers: Wakers,
     topology: Topology,
     backoff: Backoff,
     mut failovers: watch::Receiver<u64>,
@@ -415,7 +419,7 @@ pub async fn run_subscriber(
             let (pubsub, node) = topology.subscriber().await?;
             let (mut sink, stream) = pubsub.split();
             let (channels, mut patterns) = hub.everything();
-            patterns.push(releases.pattern.clone());
+            patterns.extend(wakers.routes.iter().map(|(pattern, _)| pattern.clone()));
             if !channels.is_empty() {
                 sink.subscribe(&channels).await.map_err(|e| Cause::of(&e))?;
             }
@@ -434,9 +438,11 @@ pub async fn run_subscriber(
             }
         };
         delay = backoff.min;
-        releases.notices.set_listening(true);
-        // Releases while nobody listened went unheard: let every waiter look again.
-        releases.notices.announce_everywhere();
+        // Notices while nobody listened went unheard: let every waiter look again.
+        for notices in wakers.notices() {
+            notices.set_listening(true);
+            notices.announce_everywhere();
+        }
         // Everything registered so far is live again.
         for live in waiting.drain(..) {
             let _ = live.send(());
@@ -477,10 +483,10 @@ pub async fn run_subscriber(
                         } else {
                             None
                         };
-                        if pattern.as_deref() == Some(releases.pattern.as_str()) {
-                            releases.notices.announce(message.get_channel_name(), message.get_payload_bytes());
-                        } else {
-                            hub.dispatch(message.get_channel_name(), pattern.as_deref(), message.get_payload_bytes());
+                        let waker = wakers.routes.iter().find(|(route, _)| pattern.as_deref() == Some(route.as_str()));
+                        match waker {
+                            Some((_, notices)) => notices.announce(message.get_channel_name(), message.get_payload_bytes()),
+                            None => hub.dispatch(message.get_channel_name(), pattern.as_deref(), message.get_payload_bytes()),
                         }
                     }
                     None => {
@@ -495,7 +501,9 @@ pub async fn run_subscriber(
                 Ok(()) = failovers.changed() => break,
             }
         }
-        releases.notices.set_listening(false);
+        for notices in wakers.notices() {
+            notices.set_listening(false);
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use futures_util::Stream;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-pub use hub::{Event, GapCause, Hub, HubLimits, Releases, Subscription, run_subscriber};
+pub use hub::{Event, GapCause, Hub, HubLimits, Subscription, Wakers, run_subscriber};
 
 use crate::{
     auth::Caller,

@@ -47,6 +47,11 @@ impl Keys {
         format!("{}:*:lock-released:*", self.prefix)
     }
 
+    /// The pattern matching every tenant's cache-fill channels, for the one subscriber.
+    pub fn cache_filled_pattern(&self) -> String {
+        format!("{}:*:cache-filled:*", self.prefix)
+    }
+
     /// The key recording which copy of the data this Redis holds (see
     /// [`crate::redis::epoch`]). One per deployment, not per tenant.
     pub fn epoch(&self) -> String {
@@ -82,6 +87,17 @@ impl KeySpace {
     /// The key holding a cache entry.
     pub fn cache(&self, key: &str) -> String {
         self.tagged("cache", key)
+    }
+
+    /// The key holding a cache entry's fill lease and stale copy (see
+    /// `cache_get_or_lease.lua`), in the same slot as [`KeySpace::cache`].
+    pub fn cache_fill(&self, key: &str) -> String {
+        self.tagged("cache-fill", key)
+    }
+
+    /// The channel a cache entry's fill is announced on.
+    pub fn cache_filled(&self, key: &str) -> String {
+        self.tagged("cache-filled", key)
     }
 
     /// The key holding one rate limiter's state. The algorithm, the limit and the
@@ -274,6 +290,10 @@ mod tests {
     fn the_release_pattern_matches_every_tenants_channels() {
         let keys = Keys::new("p");
         assert_eq!(keys.lock_released_pattern(), "p:*:lock-released:*");
+        assert_eq!(keys.cache_filled_pattern(), "p:*:cache-filled:*");
+        let space = keys.space("t");
+        assert_eq!(tag_of(&space.cache("k")), tag_of(&space.cache_fill("k")));
+        assert_eq!(tag_of(&space.cache("k")), tag_of(&space.cache_filled("k")));
         assert!(keys.space("t").lock_released("x").starts_with("p:t:lock-released:{"));
     }
 }

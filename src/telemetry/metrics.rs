@@ -129,6 +129,8 @@ pub struct Metrics {
     pub cache_reads: Family<Outcome, Counter>,
     /// Cache entries written.
     pub cache_writes: Counter,
+    /// GetOrLease answers by outcome (hit, refresh, stale, lease, miss, waited).
+    pub cache_lease_answers: Family<Outcome, Counter>,
     /// Rate-limit decisions by result (allowed, denied, policy_allowed, policy_denied).
     pub ratelimit_decisions: Family<Outcome, Counter>,
     /// Envoy ShouldRateLimit descriptors by result (ok, over_limit, shadow_over_limit,
@@ -188,6 +190,7 @@ impl Metrics {
             health_serving: Family::default(),
             cache_reads: Family::default(),
             cache_writes: Counter::default(),
+            cache_lease_answers: Family::default(),
             ratelimit_decisions: Family::default(),
             rls_descriptors: Family::default(),
             rls_reloads: Family::default(),
@@ -274,6 +277,12 @@ impl Metrics {
             "cachelock_cache_writes",
             "Cache entries written",
             metrics.cache_writes.clone(),
+        );
+        registry.register(
+            "cachelock_cache_lease_answers",
+            "GetOrLease answers by outcome: hit, refresh (a hit with a refresh lease), stale, lease, miss \
+             (the wait ended); waited counts those that waited for another caller's fill",
+            metrics.cache_lease_answers.clone(),
         );
         registry.register(
             "cachelock_ratelimit_decisions",

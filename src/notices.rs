@@ -1,7 +1,8 @@
-//! Lock-release notices: a registry that wakes the Acquire calls waiting on the
-//! released lock.
+//! Wake-up notices heard from Redis: a registry that wakes the calls waiting
+//! in this process for something another caller does — a lock's release, a
+//! cache fill.
 //!
-//! The release script PUBLISHes on the lock's channel, after removing the
+//! Locks: the release script PUBLISHes on the lock's channel, after removing the
 //! holder, the tickets of the queued waiters to wake: as many as permits are
 //! free, first in line first. The process's one Redis subscriber connection (the
 //! Pub/Sub hub's, see [`crate::pubsub::run_subscriber`]) holds a single pattern
@@ -10,6 +11,9 @@
 //! to Redis. While it is not subscribed (Redis down, reconnecting), waiters fall
 //! back to re-checking at a coarse interval; when it subscribes again, every
 //! waiter is woken, since a release may have gone unheard in between.
+//!
+//! Cache fills work the same way with an empty message: every waiter of the
+//! key is woken, since every one of them wants the value.
 
 use std::{
     collections::HashMap,
@@ -28,17 +32,31 @@ use crate::{
     telemetry::Meter,
 };
 
-static WAITERS_FULL: RefusalLog = RefusalLog::new(
-    "Acquires refused with RESOURCE_EXHAUSTED: --lock-max-waiters or --lock-max-waiters-per-name reached",
-);
-
-/// The delay suggested (`RetryInfo`) to an Acquire refused for too many waiters:
-/// places free up as waiters are granted the lock or give up.
+/// The delay suggested (`RetryInfo`) to a call refused for too many waiters:
+/// places free up as waiters are served or give up.
 const WAITERS_RETRY: Duration = Duration::from_secs(1);
 
-/// Waiters registered per release channel, and whether the subscriber is listening.
+/// Who waits, for the messages and metrics of refusals.
+pub struct Waiting {
+    /// The calls that wait, in the refusal messages: "Acquires".
+    pub calls: &'static str,
+    /// What they wait for: "locks", "this lock".
+    pub what: &'static str,
+    /// The same, for one channel.
+    pub what_one: &'static str,
+    /// The flag that limits them in all.
+    pub flag: &'static str,
+    /// The flag that limits them per channel (may be the same).
+    pub flag_per_channel: &'static str,
+    /// The `reason` label of `cachelock_requests_refused_total`.
+    pub refusal: &'static str,
+    /// The log line counting refusals.
+    pub log: &'static RefusalLog,
+}
+
+/// Waiters registered per channel, and whether the subscriber is listening.
 #[derive(Clone)]
-pub struct ReleaseNotices {
+pub struct Notices {
     inner: Arc<Inner>,
 }
 
@@ -48,6 +66,7 @@ struct Inner {
     max_waiters: usize,
     max_per_channel: usize,
     meter: Meter,
+    waiting: &'static Waiting,
 }
 
 #[derive(Default)]
@@ -57,17 +76,18 @@ struct Registry {
     total: usize,
 }
 
-impl ReleaseNotices {
+impl Notices {
     /// A registry of at most `max_waiters` waiters, `max_per_channel` of them per
-    /// lock, counting refusals in `meter`.
-    pub fn new(max_waiters: usize, max_per_channel: usize, meter: Meter) -> ReleaseNotices {
-        ReleaseNotices {
+    /// channel, counting refusals in `meter`.
+    pub fn new(max_waiters: usize, max_per_channel: usize, meter: Meter, waiting: &'static Waiting) -> Notices {
+        Notices {
             inner: Arc::new(Inner {
                 channels: Mutex::new(Registry::default()),
                 listening: AtomicBool::new(false),
                 max_waiters,
                 max_per_channel,
                 meter,
+                waiting,
             }),
         }
     }
@@ -79,32 +99,21 @@ impl ReleaseNotices {
     /// [`Error::Exhausted`] when the waiters in all, or on this channel, are at their limit.
     pub fn register(&self, channel: String, ticket: String) -> Result<Registration, Error> {
         let mut registry = self.inner.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        let waiting = self.inner.waiting;
         if registry.total >= self.inner.max_waiters {
             drop(registry);
-            WAITERS_FULL.record();
-            self.inner.meter.record(|metrics| metrics.refuse("lock_waiters"));
-            return Err(Error::Exhausted {
-                reason: Reason::TooManyWaiters,
-                message: format!(
-                    "{} Acquires are already waiting for locks (--lock-max-waiters); retry later",
-                    self.inner.max_waiters
-                ),
-                retry_after: Some(WAITERS_RETRY),
-            });
+            return Err(self.full(format!(
+                "{} {} are already waiting for {} (--{}); retry later",
+                self.inner.max_waiters, waiting.calls, waiting.what, waiting.flag
+            )));
         }
         let waiters = registry.channels.entry(channel.clone()).or_default();
         if waiters.len() >= self.inner.max_per_channel {
             drop(registry);
-            WAITERS_FULL.record();
-            self.inner.meter.record(|metrics| metrics.refuse("lock_waiters"));
-            return Err(Error::Exhausted {
-                reason: Reason::TooManyWaiters,
-                message: format!(
-                    "{} Acquires are already waiting for this lock (--lock-max-waiters-per-name); retry later",
-                    self.inner.max_per_channel
-                ),
-                retry_after: Some(WAITERS_RETRY),
-            });
+            return Err(self.full(format!(
+                "{} {} are already waiting for {} (--{}); retry later",
+                self.inner.max_per_channel, waiting.calls, waiting.what_one, waiting.flag_per_channel
+            )));
         }
         let releases = waiters
             .entry(ticket.clone())
@@ -117,6 +126,18 @@ impl ReleaseNotices {
             ticket,
             releases,
         })
+    }
+
+    fn full(&self, message: String) -> Error {
+        self.inner.waiting.log.record();
+        self.inner
+            .meter
+            .record(|metrics| metrics.refuse(self.inner.waiting.refusal));
+        Error::Exhausted {
+            reason: Reason::TooManyWaiters,
+            message,
+            retry_after: Some(WAITERS_RETRY),
+        }
     }
 
     /// Whether releases are being heard right now.
