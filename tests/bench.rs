@@ -77,3 +77,41 @@ fn the_pubsub_fanout_delivers_to_every_subscriber() {
     let delivered: f64 = row[3].parse().expect("delivered/s");
     assert!(delivered > 0.0, "{stdout}");
 }
+
+#[test]
+fn the_stampede_gives_one_lease_per_round() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cachelock-bench"))
+        .args([
+            "--stampede",
+            "10",
+            "--warmup",
+            "0s",
+            "--duration",
+            "200ms",
+            "--fill-time",
+            "5ms",
+        ])
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("the benchmark runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let row = |name: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("a {name} row: {stdout}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let leased = row("GetOrLease ");
+    assert_eq!(
+        (leased[2].as_str(), leased[3].as_str(), leased[6].as_str()),
+        ("1.0", "1.00", "0"),
+        "{stdout}"
+    );
+    // Without leases, how many callers read the source depends on timing: not asserted.
+    assert_eq!(row("Get ")[6], "0", "{stdout}");
+}

@@ -177,6 +177,15 @@ struct Args {
     /// from each --concurrency publishers in turn, and report messages delivered per second.
     #[arg(long, conflicts_with_all = ["batch_worst_case", "secure", "compare_metrics_off"])]
     pubsub_fanout: Option<usize>,
+    /// Instead of the scenarios: this many callers at once on one key. First they Get one
+    /// hot key for --duration (Redis reads per Get: what coalescing saves); then, in rounds,
+    /// they find a missing key whose fill takes --fill-time, once with Get (each reads the
+    /// source itself) and once with GetOrLease (one lease): source reads and time to value.
+    #[arg(long, conflicts_with_all = ["batch_worst_case", "secure", "compare_metrics_off", "pubsub_fanout"])]
+    stampede: Option<usize>,
+    /// How long the source of truth takes to answer a fill in --stampede.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    fill_time: Duration,
 }
 
 /// A channel that sends a bearer token when it has one.
@@ -1029,6 +1038,13 @@ async fn bench(args: Args) -> Result<(), String> {
         }
         return result;
     }
+    if let Some(callers) = args.stampede {
+        let result = stampede(&clients, callers, &args).await;
+        if let Some(mut service) = setup.service {
+            let _ = service.kill().await;
+        }
+        return result;
+    }
     if args.batch_worst_case {
         let result = batch_worst_case(&clients, &redis_client).await;
         if let Some(mut service) = setup.service {
@@ -1284,6 +1300,155 @@ async fn pubsub_fanout(clients: &Clients, subscribers: usize, args: &Args) -> Re
     }
     for reader in readers {
         reader.abort();
+    }
+    Ok(())
+}
+
+/// Calls of EVALSHA so far, from INFO commandstats: every cache read is one.
+async fn script_calls(redis: &MultiplexedConnection) -> Result<u64, String> {
+    let mut conn = redis.clone();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(info
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0))
+}
+
+/// --stampede: what coalescing saves Redis, and what leases save the source of truth.
+async fn stampede(clients: &Clients, callers: usize, args: &Args) -> Result<(), String> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use cachelock::pb::cache::{GetOrLeaseRequest, LeaseOutcome};
+    const ROUNDS: usize = 20;
+    let cache = |index: usize| CacheServiceClient::new(clients.channels[index % clients.channels.len()].clone());
+    let set = |key: &str, lease_token: String| SetRequest {
+        key: key.to_owned(),
+        value: VALUE.to_vec(),
+        ttl: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+        condition: 0,
+        lease_token,
+        stale_ttl: None,
+    };
+
+    // Coalescing: every caller Gets one hot key, again and again.
+    cache(0)
+        .set(set("stampede-hot", String::new()))
+        .await
+        .map_err(|status| format!("Set: {status}"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let gets = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..callers)
+        .map(|index| {
+            let (mut client, stop, gets) = (cache(index), stop.clone(), gets.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let request = GetRequest {
+                        key: "stampede-hot".to_owned(),
+                    };
+                    if client.get(request).await.is_ok_and(|answer| answer.into_inner().found) {
+                        gets.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    sleep(args.warmup).await;
+    let (gets_before, reads_before) = (gets.load(Ordering::Relaxed), script_calls(&clients.redis).await?);
+    let started = Instant::now();
+    sleep(args.duration).await;
+    let (gets_after, reads_after) = (gets.load(Ordering::Relaxed), script_calls(&clients.redis).await?);
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        let _ = reader.await;
+    }
+    let (gets, reads) = (gets_after - gets_before, (reads_after - reads_before).max(1));
+    println!(
+        "coalescing: {callers} callers Get one key: {:.0} Gets/s, {:.0} Redis reads/s: {:.1} Gets per read, {:.1}% of reads saved",
+        gets as f64 / elapsed,
+        reads as f64 / elapsed,
+        gets as f64 / reads as f64,
+        100.0 * (1.0 - reads as f64 / gets.max(1) as f64)
+    );
+
+    // Stampede: a missing key, every caller at once; the fill takes --fill-time.
+    println!(
+        "{:<12} {:>8} {:>15} {:>15} {:>13} {:>13} {:>7}",
+        "stampede", "callers", "source reads", "leases/round", "p50 ms", "max ms", "errors"
+    );
+    for leased in [false, true] {
+        let source_reads = Arc::new(AtomicU64::new(0));
+        let leases = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(AtomicU64::new(0));
+        let mut times = Histogram::<u64>::new(3).map_err(|e| e.to_string())?;
+        for round in 0..ROUNDS {
+            let key = format!("stampede-{leased}-{round}-{}", std::process::id());
+            let tasks: Vec<_> = (0..callers)
+                .map(|index| {
+                    let mut client = cache(index);
+                    let key = key.clone();
+                    let (source_reads, leases, errors) = (source_reads.clone(), leases.clone(), errors.clone());
+                    let fill_time = args.fill_time;
+                    tokio::spawn(async move {
+                        let started = Instant::now();
+                        let from_source = async || {
+                            source_reads.fetch_add(1, Ordering::Relaxed);
+                            sleep(fill_time).await;
+                        };
+                        let had_it = if leased {
+                            let request = GetOrLeaseRequest {
+                                key: key.clone(),
+                                lease_ttl: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+                                wait: None,
+                                refresh_ahead: 0.0,
+                            };
+                            match client.get_or_lease(request).await.map(tonic::Response::into_inner) {
+                                Ok(answer) if answer.outcome() == LeaseOutcome::Lease => {
+                                    leases.fetch_add(1, Ordering::Relaxed);
+                                    from_source().await;
+                                    client.set(set(&key, answer.lease_token)).await.is_ok()
+                                }
+                                Ok(answer) => answer.outcome() == LeaseOutcome::Hit,
+                                Err(_) => false,
+                            }
+                        } else {
+                            match client.get(GetRequest { key: key.clone() }).await {
+                                Ok(answer) if answer.get_ref().found => true,
+                                Ok(_) => {
+                                    from_source().await;
+                                    client.set(set(&key, String::new())).await.is_ok()
+                                }
+                                Err(_) => false,
+                            }
+                        };
+                        if !had_it {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+                    })
+                })
+                .collect();
+            for task in tasks {
+                let micros = task.await.map_err(|e| e.to_string())?;
+                let _ = times.record(micros);
+            }
+        }
+        println!(
+            "{:<12} {:>8} {:>15.1} {:>15.2} {:>13.1} {:>13.1} {:>7}",
+            if leased { "GetOrLease" } else { "Get" },
+            callers,
+            source_reads.load(Ordering::Relaxed) as f64 / ROUNDS as f64,
+            leases.load(Ordering::Relaxed) as f64 / ROUNDS as f64,
+            times.value_at_quantile(0.5) as f64 / 1000.0,
+            times.max() as f64 / 1000.0,
+            errors.load(Ordering::Relaxed)
+        );
     }
     Ok(())
 }
