@@ -514,6 +514,37 @@ async fn a_hold_keeps_the_lease_past_its_ttl_and_closing_the_stream_frees_the_lo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_share_a_semaphore_up_to_its_permits() {
+    let (_redis, service) = redis_and_service(&[]).await;
+    let mut client = locks(&service);
+    let semaphore = |wait_ms| HoldRequest {
+        permits: 2,
+        ..hold("seats", 300, wait_ms)
+    };
+    let mut first = client.hold(semaphore(0)).await.unwrap().into_inner();
+    let mut second = client.hold(semaphore(0)).await.unwrap().into_inner();
+    let Some(HoldEvent::Acquired(one)) = hold_event(&mut first).await else {
+        panic!("a permit was free");
+    };
+    let Some(HoldEvent::Acquired(two)) = hold_event(&mut second).await else {
+        panic!("a second permit was free");
+    };
+    assert!(two.fencing_token > one.fencing_token);
+    // Both leases outlive their ttl; a third Hold waits in line.
+    let mut third = client.hold(semaphore(20_000)).await.unwrap().into_inner();
+    until_waiting(&mut client, "seats", 1).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let seen = describe(&mut client, "seats").await;
+    assert_eq!((seen.holders, seen.waiting, seen.permits), (2, 1, 2));
+    drop(first);
+    let Some(HoldEvent::Acquired(three)) = hold_event(&mut third).await else {
+        panic!("the third Hold got the permit the first gave back");
+    };
+    assert!(three.fencing_token > two.fencing_token);
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_whose_client_vanished_without_closing_frees_the_lock_when_pings_go_unanswered() {
     let (_redis, service) =
         redis_and_service(&["--client-ping-interval", "300ms", "--client-ping-timeout", "300ms"]).await;
