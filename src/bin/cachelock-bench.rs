@@ -53,6 +53,9 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 /// Every scenario the tool knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
+    /// grpc.health.v1 Check on a bare tonic server (health only, the service's transport
+    /// settings, in a process of its own): what gRPC costs without cachelock's layers.
+    BareFloor,
     /// grpc.health.v1 Check: a gRPC round trip that never reaches Redis (the floor).
     GrpcFloor,
     /// Cache Get of keys that exist, over the key space.
@@ -75,7 +78,8 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 9] = [
+    const ALL: [Scenario; 10] = [
+        Scenario::BareFloor,
         Scenario::GrpcFloor,
         Scenario::CacheGet,
         Scenario::CacheSet,
@@ -89,6 +93,7 @@ impl Scenario {
 
     fn name(self) -> &'static str {
         match self {
+            Scenario::BareFloor => "bare-floor",
             Scenario::GrpcFloor => "grpc-floor",
             Scenario::CacheGet => "cache-get",
             Scenario::CacheSet => "cache-set",
@@ -183,6 +188,17 @@ struct Args {
     /// source itself) and once with GetOrLease (one lease): source reads and time to value.
     #[arg(long, conflicts_with_all = ["batch_worst_case", "secure", "compare_metrics_off", "pubsub_fanout"])]
     stampede: Option<usize>,
+    /// Instead of every scenario once: these two scenarios, interleaved A B A B for --rounds
+    /// rounds at each concurrency (machine noise then hits both alike), then their totals
+    /// and the ratio B / A.
+    #[arg(long, value_enum, value_delimiter = ',', num_args = 1, conflicts_with_all = ["stampede", "pubsub_fanout", "batch_worst_case"])]
+    compare: Vec<Scenario>,
+    /// Rounds of --compare.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Runs the bare tonic server of bare-floor on this address (the tool starts it itself).
+    #[arg(long, hide = true)]
+    serve_bare: Option<SocketAddr>,
     /// How long the source of truth takes to answer a fill in --stampede.
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     fill_time: Duration,
@@ -212,6 +228,11 @@ struct Clients {
     secure_channels: Vec<Conn>,
     /// Channels to the service without metrics, with `--compare-metrics-off`.
     unmetered_channels: Vec<Conn>,
+    /// Channels to the bare tonic server of bare-floor.
+    bare_channels: Vec<Conn>,
+    /// The processes whose CPU time is reported: the service and the bare server.
+    service_pid: Option<u32>,
+    bare_pid: Option<u32>,
     redis: MultiplexedConnection,
     keys: KeySpace,
     sessions: Arc<Vec<String>>,
@@ -224,9 +245,47 @@ struct Measured {
     errors: u64,
     elapsed: Duration,
     latency: Histogram<u64>,
+    /// CPU time of the server that answered (the service, or the bare server) over the
+    /// measured period, when the tool started it.
+    server_cpu: Option<Duration>,
+    /// Redis's CPU and script time over the measured period.
+    redis_busy: Option<RedisBusy>,
 }
 
 impl Measured {
+    fn empty() -> Measured {
+        Measured {
+            requests: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latency: latency_histogram(),
+            server_cpu: Some(Duration::ZERO),
+            redis_busy: Some(RedisBusy {
+                cpu: Duration::ZERO,
+                scripts: Duration::ZERO,
+            }),
+        }
+    }
+
+    /// Adds another run of the same scenario (for --compare's totals).
+    fn add(&mut self, other: &Measured) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        let _ = self.latency.add(&other.latency);
+        self.server_cpu = self.server_cpu.zip(other.server_cpu).map(|(a, b)| a + b);
+        self.redis_busy = self.redis_busy.zip(other.redis_busy).map(|(a, b)| RedisBusy {
+            cpu: a.cpu + b.cpu,
+            scripts: a.scripts + b.scripts,
+        });
+    }
+
+    /// Microseconds of `time` per request.
+    fn per_request(&self, time: Option<Duration>) -> Option<f64> {
+        time.filter(|_| self.requests > 0)
+            .map(|time| time.as_secs_f64() * 1e6 / self.requests as f64)
+    }
+
     fn per_second(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
@@ -277,6 +336,13 @@ impl Clients {
         let k = key_for(worker, i, self.key_space);
         let key = format!("bench:{k}");
         match (target, scenario) {
+            (_, Scenario::BareFloor) => {
+                HealthClient::new(self.bare_channels[worker % self.bare_channels.len()].clone())
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| status.to_string())
+            }
             (Target::Service | Target::Secure | Target::Unmetered, Scenario::GrpcFloor) => {
                 HealthClient::new(self.channel_to(target, worker))
                     .check(HealthCheckRequest::default())
@@ -453,6 +519,27 @@ async fn run(
     let started = Instant::now();
     let measure_from = started + warmup;
     let stop_at = measure_from + duration;
+    let pid = match (scenario, target) {
+        (Scenario::BareFloor, _) => clients.bare_pid,
+        (_, Target::Service) => clients.service_pid,
+        _ => None,
+    };
+    let sampler = {
+        let redis = clients.redis.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from).await;
+            let before = (pid.and_then(process_cpu), redis_busy(&redis).await);
+            tokio::time::sleep_until(stop_at).await;
+            let after = (pid.and_then(process_cpu), redis_busy(&redis).await);
+            (
+                before
+                    .0
+                    .zip(after.0)
+                    .map(|(before, after)| after.saturating_sub(before)),
+                before.1.zip(after.1).map(|(before, after)| after.since(before)),
+            )
+        })
+    };
     let workers: Vec<_> = (0..concurrency)
         .map(|worker| {
             let clients = clients.clone();
@@ -479,11 +566,14 @@ async fn run(
             })
         })
         .collect();
+    let (server_cpu, redis_busy) = sampler.await.unwrap_or((None, None));
     let mut total = Measured {
         requests: 0,
         errors: 0,
         elapsed: duration,
         latency: latency_histogram(),
+        server_cpu,
+        redis_busy,
     };
     for worker in workers {
         if let Ok((requests, errors, latency)) = worker.await {
@@ -493,6 +583,56 @@ async fn run(
         }
     }
     total
+}
+
+/// CPU time (user and system, every thread) process `pid` has used so far, from
+/// /proc/PID/stat, in clock ticks of 10 ms (USER_HZ is 100 on Linux).
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces:
+    // the 14th and 15th of the line (utime, stime) are the 12th and 13th here.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Redis's CPU time so far (INFO cpu: user and system, its networking included),
+/// and the time it has spent in script calls (INFO commandstats: EVALSHA's usec,
+/// which every hot path but cache-set uses).
+async fn redis_busy(redis: &MultiplexedConnection) -> Option<RedisBusy> {
+    let mut conn = redis.clone();
+    let info: String = redis::cmd("INFO")
+        .arg("cpu")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    let field = |prefix: &str| info.lines().find_map(|line| line.strip_prefix(prefix)).map(str::trim);
+    let seconds = |name: &str| field(name).and_then(|value| value.parse::<f64>().ok());
+    let cpu = seconds("used_cpu_user:")? + seconds("used_cpu_sys:")?;
+    let scripts = field("cmdstat_evalsha:")
+        .and_then(|stats| stats.split("usec=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    Some(RedisBusy {
+        cpu: Duration::from_secs_f64(cpu),
+        scripts: Duration::from_micros(scripts),
+    })
+}
+
+/// Redis's time, as [`redis_busy`] reads it.
+#[derive(Debug, Clone, Copy)]
+struct RedisBusy {
+    cpu: Duration,
+    scripts: Duration,
+}
+
+impl RedisBusy {
+    fn since(self, before: RedisBusy) -> RedisBusy {
+        RedisBusy {
+            cpu: self.cpu.saturating_sub(before.cpu),
+            scripts: self.scripts.saturating_sub(before.scripts),
+        }
+    }
 }
 
 /// Counts the top-level Redis commands `scenario` sends per request, by watching
@@ -603,6 +743,8 @@ struct Setup {
     secure: Option<SecureService>,
     /// With `--compare-metrics-off`: the second service's address and process.
     unmetered: Option<(String, Child)>,
+    /// The bare tonic server of bare-floor, when the tool starts its own service.
+    bare: Option<(String, Child)>,
 }
 
 /// A second service on the same Redis, with TLS and an auth file.
@@ -838,6 +980,7 @@ async fn set_up(args: &Args) -> Result<Setup, String> {
             service: None,
             secure,
             unmetered: None,
+            bare: None,
         });
     }
     if args.cluster {
@@ -860,6 +1003,7 @@ async fn set_up(args: &Args) -> Result<Setup, String> {
             service: Some(service),
             secure: None,
             unmetered: None,
+            bare: None,
         });
     }
     let redis = EmbeddedRedis::start().await.map_err(|e| e.to_string())?;
@@ -893,6 +1037,22 @@ async fn set_up(args: &Args) -> Result<Setup, String> {
     } else {
         None
     };
+    let bare = free_address()?;
+    let bare_process = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .arg("--serve-bare")
+        .arg(&bare)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the bare server: {e}"))?;
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while probe::check(&plain_probe(&bare)).await != Ok(ServingStatus::Serving) {
+        if Instant::now() > give_up {
+            return Err(format!("the bare server at {bare} did not answer within 20 s"));
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
     Ok(Setup {
         addr,
         redis_url: redis.url(),
@@ -901,7 +1061,27 @@ async fn set_up(args: &Args) -> Result<Setup, String> {
         service: Some(service),
         secure,
         unmetered,
+        bare: Some((bare, bare_process)),
     })
+}
+
+/// The bare server of bare-floor: tonic's health service alone, with the transport
+/// settings of the service (TCP nodelay and keepalive, HTTP/2 pings, the stream
+/// limit) on a default multi-threaded runtime, as the service's. Runs until killed.
+async fn serve_bare(addr: SocketAddr) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| e.to_string())?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(512)
+        .add_service(health)
+        .serve_with_incoming(incoming)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn sibling_binary(name: &str) -> Result<PathBuf, String> {
@@ -947,6 +1127,9 @@ fn print_row(
             "redis_commands_per_request": if commands.is_nan() { serde_json::Value::Null } else { commands.into() },
             "throughput_vs_direct": throughput_ratio,
             "p50_vs_direct": p50_ratio,
+            "server_cpu_us_per_request": measured.per_request(measured.server_cpu),
+            "redis_cpu_us_per_request": measured.per_request(measured.redis_busy.map(|busy| busy.cpu)),
+            "redis_script_us_per_request": measured.per_request(measured.redis_busy.map(|busy| busy.scripts)),
         });
         println!("{line}");
     } else {
@@ -956,8 +1139,9 @@ fn print_row(
         } else {
             format!("{commands:.2}")
         };
+        let micros = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
         println!(
-            "{:<26} {:<8} {:>5} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>6} {:>9} {:>9}",
+            "{:<26} {:<8} {:>5} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8}",
             scenario.name(),
             target_name,
             concurrency,
@@ -970,8 +1154,32 @@ fn print_row(
             commands,
             ratio(throughput_ratio),
             ratio(p50_ratio),
+            micros(measured.per_request(measured.server_cpu)),
+            micros(measured.per_request(measured.redis_busy.map(|busy| busy.cpu))),
+            micros(measured.per_request(measured.redis_busy.map(|busy| busy.scripts))),
         );
     }
+}
+
+fn print_header() {
+    println!(
+        "{:<26} {:<8} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "scenario",
+        "target",
+        "conc",
+        "req/s",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "errors",
+        "cmds",
+        "rps/dir",
+        "p50/dir",
+        "srv µs",
+        "rds µs",
+        "lua µs"
+    );
 }
 
 async fn bench(args: Args) -> Result<(), String> {
@@ -1022,10 +1230,25 @@ async fn bench(args: Args) -> Result<(), String> {
             unmetered_channels.push(InterceptedService::new(channel, Token::default()));
         }
     }
+    let mut bare_channels = Vec::new();
+    if let Some((bare, _)) = &setup.bare {
+        for _ in 0..args.connections.max(1) {
+            let channel = Endpoint::from_shared(format!("http://{bare}"))
+                .map_err(|e| e.to_string())?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect to {bare}: {e}"))?;
+            bare_channels.push(InterceptedService::new(channel, Token::default()));
+        }
+    }
     let mut clients = Clients {
         channels,
         secure_channels,
         unmetered_channels,
+        bare_channels,
+        service_pid: setup.service.as_ref().and_then(Child::id),
+        bare_pid: setup.bare.as_ref().and_then(|(_, process)| process.id()),
         redis,
         keys: Keys::new(&args.key_prefix).space(DEFAULT_TENANT),
         sessions: Arc::new(Vec::new()),
@@ -1052,29 +1275,25 @@ async fn bench(args: Args) -> Result<(), String> {
         }
         return result;
     }
+    if !args.compare.is_empty() {
+        let result = compare(&mut clients, &args).await;
+        if let Some(mut service) = setup.service {
+            let _ = service.kill().await;
+        }
+        return result;
+    }
     let scenarios = if args.scenarios.is_empty() {
         Scenario::ALL.to_vec()
     } else {
         args.scenarios.clone()
     };
     if !args.json {
-        println!(
-            "{:<26} {:<8} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>9} {:>9}",
-            "scenario",
-            "target",
-            "conc",
-            "req/s",
-            "p50 µs",
-            "p90 µs",
-            "p99 µs",
-            "p99.9 µs",
-            "errors",
-            "cmds",
-            "rps/dir",
-            "p50/dir"
-        );
+        print_header();
     }
     for scenario in scenarios {
+        if scenario == Scenario::BareFloor && clients.bare_channels.is_empty() {
+            continue;
+        }
         prepare(&mut clients, scenario).await?;
         // On a Cluster one node sees only part of the commands.
         let commands = if args.cluster {
@@ -1300,6 +1519,67 @@ async fn pubsub_fanout(clients: &Clients, subscribers: usize, args: &Args) -> Re
     }
     for reader in readers {
         reader.abort();
+    }
+    Ok(())
+}
+
+/// --compare A,B: the two scenarios interleaved, A B A B…, then their totals and B / A.
+async fn compare(clients: &mut Clients, args: &Args) -> Result<(), String> {
+    let &[first, second] = args.compare.as_slice() else {
+        return Err("--compare takes two scenarios, such as grpc-floor,cache-get".to_owned());
+    };
+    if args.compare.contains(&Scenario::BareFloor) && clients.bare_channels.is_empty() {
+        return Err("bare-floor needs the tool to start its own service (no --addr, no --cluster)".to_owned());
+    }
+    prepare(clients, first).await?;
+    prepare(clients, second).await?;
+    if !args.json {
+        print_header();
+    }
+    for &concurrency in &args.concurrency {
+        let concurrency = concurrency.max(1);
+        let mut totals = [Measured::empty(), Measured::empty()];
+        for _ in 0..args.rounds.max(1) {
+            for (total, scenario) in totals.iter_mut().zip([first, second]) {
+                let measured = run(
+                    clients,
+                    scenario,
+                    Target::Service,
+                    concurrency,
+                    args.warmup,
+                    args.duration,
+                )
+                .await;
+                print_row(
+                    args,
+                    scenario,
+                    concurrency,
+                    Target::Service,
+                    &measured,
+                    (f64::NAN, None, None),
+                );
+                total.add(&measured);
+            }
+        }
+        if !args.json {
+            println!(
+                "totals of {} rounds; ratios are {} / {}:",
+                args.rounds.max(1),
+                second.name(),
+                first.name()
+            );
+        }
+        let [a, b] = &totals;
+        print_row(args, first, concurrency, Target::Service, a, (f64::NAN, None, None));
+        let ratios = (b.per_second() / a.per_second(), b.micros(0.5) / a.micros(0.5));
+        print_row(
+            args,
+            second,
+            concurrency,
+            Target::Service,
+            b,
+            (f64::NAN, Some(ratios.0), Some(ratios.1)),
+        );
     }
     Ok(())
 }
@@ -1610,6 +1890,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(addr) = args.serve_bare {
+        return match runtime.block_on(serve_bare(addr)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("cachelock-bench: the bare server: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(bench(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
