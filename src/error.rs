@@ -17,8 +17,8 @@ use tracing::warn;
 
 use crate::redis::{Cause, Effect};
 
-/// Why an RPC failed.
-#[derive(Debug, thiserror::Error)]
+/// Why an RPC failed. Cloned when one Redis call answers several requests.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request itself is wrong; `field` names the offending field.
     #[error("{field}: {reason}")]

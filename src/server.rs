@@ -401,7 +401,7 @@ async fn serve(
     .max_decoding_message_size(requests)
     .max_encoding_message_size(responses);
     let limiter = Arc::new(RateLimitApi::new(
-        RateLimitStore::new(redis.clone()),
+        RateLimitStore::new(redis.clone(), meter.clone()),
         Limits::from(config),
         RateLimitSettings::from(config),
         meter.clone(),

@@ -93,6 +93,12 @@ async fn concurrent_checks_allow_exactly_the_limit_for_every_algorithm(backend: 
         );
         assert_eq!(denied, 200, "{algorithm:?}");
     }
+    // Requests that arrived while a call was in flight went together in the next
+    // one (group commit), and were still decided one by one, exactly.
+    let calls = service.metric("cachelock_ratelimit_batches_total").await;
+    let requests = service.metric("cachelock_ratelimit_batched_requests_total").await;
+    assert_eq!(requests, 900.0);
+    assert!(calls < requests, "{calls} calls for {requests} requests");
 }
 
 async fn a_denied_request_retried_after_retry_after_is_allowed(backend: Backend) {

@@ -1,14 +1,31 @@
 //! The rate limiter's Redis side: one script decides every limit of a request
 //! and consumes their cost, all or nothing, in one round trip.
+//!
+//! Group commit: while a script call is in flight, the requests that arrive (on
+//! one Redis Cluster slot) queue, and go together in the next call, decided one
+//! after the other in arrival order exactly as if sent one by one. A lone request
+//! goes at once; there is no timer. Under load this divides the script calls,
+//! their parsing and their system calls by the batch size, on both sides.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
-use tokio::time::Instant;
+use tokio::{
+    sync::oneshot,
+    time::{Instant, timeout_at},
+};
 
 use crate::{
     error::Error,
-    redis::{Invocation, KeySpace, LuaScript, Op, Redis},
+    redis::{Effect, Invocation, KeySpace, LuaScript, Op, Redis},
+    telemetry::Meter,
 };
+
+/// Script calls one lane may have in flight before requests queue for the next.
+const CALLS_IN_FLIGHT: usize = 1;
 
 static RATELIMIT: LuaScript = LuaScript::new("ratelimit", include_str!("../scripts/ratelimit.lua"));
 
@@ -82,16 +99,155 @@ pub struct Decision {
     pub retry_after: Option<Duration>,
 }
 
+/// One limit as the script takes it, owning its key: a queued request outlives
+/// the borrows of its handler's call.
+#[derive(Debug, Clone)]
+struct Limit {
+    redis_key: String,
+    algorithm: u8,
+    limit: u64,
+    period_micros: u64,
+    cost: u64,
+    /// Stands alone (Envoy's shadow and quota modes) rather than all or nothing.
+    alone: bool,
+}
+
+impl Limit {
+    fn of(space: &KeySpace, check: &LimitCheck<'_>) -> Limit {
+        Limit {
+            redis_key: redis_key(space, check),
+            algorithm: check.algorithm.code(),
+            limit: check.limit,
+            period_micros: check.period_micros,
+            cost: check.cost,
+            alone: check.alone,
+        }
+    }
+}
+
+/// The requests of one lane (a Cluster slot; everything on one node) waiting for
+/// the call in flight to end.
+#[derive(Default)]
+struct Lane {
+    in_flight: usize,
+    queue: Vec<Queued>,
+}
+
+struct Queued {
+    limits: Vec<Limit>,
+    deadline: Instant,
+    answer: oneshot::Sender<Result<Vec<Decision>, Error>>,
+}
+
 /// Rate-limit state in Redis, under keys from [`KeySpace::ratelimit`].
 #[derive(Clone)]
 pub struct RateLimitStore {
     redis: Redis,
+    lanes: Arc<Mutex<HashMap<u16, Lane>>>,
+    meter: Meter,
+}
+
+/// Hands a lane's turn on when its call ends, however it ends (a caller that
+/// went away included): the queued requests go as the next call, or the lane
+/// has one call fewer in flight.
+struct Turn<'s> {
+    store: &'s RateLimitStore,
+    lane: u16,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.store.hand_on(self.lane);
+    }
 }
 
 impl RateLimitStore {
-    /// A store on the shared connections.
-    pub fn new(redis: Redis) -> RateLimitStore {
-        RateLimitStore { redis }
+    /// A store on the shared connections, counting its calls in `meter`.
+    pub fn new(redis: Redis, meter: Meter) -> RateLimitStore {
+        RateLimitStore {
+            redis,
+            lanes: Arc::new(Mutex::new(HashMap::new())),
+            meter,
+        }
+    }
+
+    /// Sends the requests queued on `lane` as one call (on a task of its own,
+    /// which hands on again when it ends), or frees the lane's turn.
+    fn hand_on(&self, lane: u16) {
+        let batch: Vec<Queued> = {
+            let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(state) = lanes.get_mut(&lane) else {
+                return;
+            };
+            // Requests whose caller stopped waiting are dropped before they are sent.
+            state.queue.retain(|queued| !queued.answer.is_closed());
+            if state.queue.is_empty() {
+                state.in_flight = state.in_flight.saturating_sub(1);
+                if state.in_flight == 0 {
+                    lanes.remove(&lane);
+                }
+                return;
+            }
+            std::mem::take(&mut state.queue)
+        };
+        let store = self.clone();
+        tokio::spawn(async move {
+            let _turn = Turn { store: &store, lane };
+            let deadline = batch
+                .iter()
+                .map(|queued| queued.deadline)
+                .max()
+                .unwrap_or_else(Instant::now);
+            let requests: Vec<&[Limit]> = batch.iter().map(|queued| queued.limits.as_slice()).collect();
+            let mut answers = match store.call(&requests, deadline).await {
+                Ok(decisions) => decisions.into_iter().map(Ok).collect(),
+                Err(error) => vec![Err(error); batch.len()],
+            };
+            for (queued, answer) in batch.into_iter().zip(answers.drain(..)) {
+                let _ = queued.answer.send(answer);
+            }
+        });
+    }
+
+    /// Decides `limits` (one request's, in one slot): at once if the lane is free,
+    /// else with the next call.
+    async fn decide(&self, limits: Vec<Limit>, deadline: Instant) -> Result<Vec<Decision>, Error> {
+        let lane = limits.first().map_or(0, |limit| self.redis.lane(&limit.redis_key));
+        let mut limits = Some(limits);
+        let queued = {
+            let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+            let state = lanes.entry(lane).or_default();
+            if state.in_flight < CALLS_IN_FLIGHT {
+                state.in_flight += 1;
+                None
+            } else {
+                let (answer, answered) = oneshot::channel();
+                state.queue.push(Queued {
+                    limits: limits.take().unwrap_or_default(),
+                    deadline,
+                    answer,
+                });
+                Some(answered)
+            }
+        };
+        let Some(answered) = queued else {
+            let _turn = Turn { store: self, lane };
+            let limits = limits.unwrap_or_default();
+            let mut decisions = self.call(&[&limits], deadline).await?;
+            return decisions
+                .pop()
+                .ok_or_else(|| Error::Internal("a rate-limit script answered no request".to_owned()));
+        };
+        let started = Instant::now();
+        match timeout_at(deadline, answered).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(Error::Internal("a batched rate-limit call was dropped".to_owned())),
+            // It may be in a call already sent: it may have applied.
+            Err(_) => Err(Error::Timeout {
+                waited: started.elapsed(),
+                effect: Effect::Write,
+            }),
+        }
     }
 
     /// On a Cluster, the positions of two of `checks` whose state lives in
@@ -139,31 +295,46 @@ impl RateLimitStore {
             .collect()
     }
 
-    /// Decides `checks`, all in one slot, with one script.
+    /// Decides `checks`, all in one slot, with one script call (shared with
+    /// the requests queued beside it).
     async fn check_together(
         &self,
         space: &KeySpace,
         checks: &[LimitCheck<'_>],
         deadline: Instant,
     ) -> Result<Vec<Decision>, Error> {
-        let invocation = invocation(space, checks);
+        let limits = checks.iter().map(|check| Limit::of(space, check)).collect();
+        self.decide(limits, deadline).await
+    }
+
+    /// One script call deciding `requests` in order; the decisions of each.
+    async fn call(&self, requests: &[&[Limit]], deadline: Instant) -> Result<Vec<Vec<Decision>>, Error> {
+        let invocation = batch_invocation(requests);
         let replies: Vec<(i64, i64, i64, i64)> = self
             .redis
             .run(Op::write(RATELIMIT.name()), deadline, &invocation)
             .await?;
-        if replies.len() != checks.len() {
+        self.meter.record(|metrics| {
+            metrics.ratelimit_batches.inc();
+            metrics.ratelimit_batched_requests.inc_by(requests.len() as u64);
+        });
+        let wanted: usize = requests.iter().map(|limits| limits.len()).sum();
+        if replies.len() != wanted {
             return Err(Error::Internal(
                 "a rate-limit script answered too few limits".to_owned(),
             ));
         }
-        Ok(replies
+        let mut replies = replies
             .into_iter()
             .map(|(allowed, remaining, reset_after, retry_after)| Decision {
                 allowed: allowed == 1,
                 remaining: u64::try_from(remaining).unwrap_or(0),
                 reset_after: micros(reset_after),
                 retry_after: (retry_after >= 0).then(|| micros(retry_after)),
-            })
+            });
+        Ok(requests
+            .iter()
+            .map(|limits| replies.by_ref().take(limits.len()).collect())
             .collect())
     }
 
@@ -190,17 +361,27 @@ impl RateLimitStore {
     }
 }
 
-/// The script call deciding `checks`, as [`RateLimitStore::check`] sends it.
+/// The script call deciding one request's `checks` alone, as
+/// [`RateLimitStore::check`] sends it when nothing else is queued.
 pub fn invocation(space: &KeySpace, checks: &[LimitCheck<'_>]) -> Invocation {
+    let limits: Vec<Limit> = checks.iter().map(|check| Limit::of(space, check)).collect();
+    batch_invocation(&[&limits])
+}
+
+/// The script call deciding `requests` one after the other, each its own group.
+fn batch_invocation(requests: &[&[Limit]]) -> Invocation {
     let mut invocation = RATELIMIT.prepare();
-    for check in checks {
-        invocation
-            .key(redis_key(space, check))
-            .arg(check.algorithm.code())
-            .arg(check.limit)
-            .arg(check.period_micros)
-            .arg(check.cost)
-            .arg(u8::from(check.alone));
+    for (index, limits) in requests.iter().enumerate() {
+        let group = index + 1;
+        for limit in limits.iter() {
+            invocation
+                .key(&limit.redis_key)
+                .arg(limit.algorithm)
+                .arg(limit.limit)
+                .arg(limit.period_micros)
+                .arg(limit.cost)
+                .arg(if limit.alone { 0 } else { group });
+        }
     }
     invocation
 }

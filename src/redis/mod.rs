@@ -339,6 +339,15 @@ impl Redis {
         groups.into_iter().map(|(_, members)| members).collect()
     }
 
+    /// The slot of `redis_key` on a Cluster; 0 elsewhere (one lane for everything).
+    pub fn lane(&self, redis_key: &str) -> u16 {
+        if self.kind() == Kind::Cluster {
+            keys::slot(redis_key)
+        } else {
+            0
+        }
+    }
+
     /// On a Cluster, the indices of the first two of `redis_keys` that live in
     /// different slots (and so cannot change together atomically).
     pub fn first_cross_slot(&self, redis_keys: &[String]) -> Option<(usize, usize)> {

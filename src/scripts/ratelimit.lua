@@ -1,19 +1,25 @@
 #!lua
--- ratelimit: decides one or more rate limits and consumes their cost, all or nothing.
+-- ratelimit: decides rate limits and consumes their cost, group by group, each
+-- group all or nothing: one request's limits, or the requests of a batch.
 --
 -- KEYS[i]       the i-th limit's state key (one key per user key and algorithm)
 -- ARGV[5i - 4]  the i-th algorithm: 1 token bucket (GCRA), 2 fixed window, 3 sliding window
 -- ARGV[5i - 3]  the i-th limit: units per period, 1 <= limit <= period in microseconds
 -- ARGV[5i - 2]  the i-th period in microseconds (>= 1000)
 -- ARGV[5i - 1]  the i-th cost: units to consume; 0 decides as for 1 but consumes nothing
--- ARGV[5i]      1 if the i-th limit stands alone, else 0 (see below)
+-- ARGV[5i]      the i-th limit's group: a positive number shared by limits decided all
+--               or nothing together (one request's), or 0 for a limit that stands alone
+--               (an Envoy rule in shadow or quota mode)
 -- Returns       one {allowed (0 or 1), remaining, reset_after_us, retry_after_us} per
 --               limit. retry_after_us is 0 when allowed and -1 when the cost exceeds
---               the limit (no wait lets it pass). The limits that do not stand alone
---               are written only if every one of them allows; otherwise their remaining
---               and reset_after describe the state as it is. A limit that stands alone
---               (an Envoy rule in shadow or quota mode) is written whenever it allows
---               itself, whatever the others decide, and takes no part in theirs.
+--               the limit (no wait lets it pass). A group's limits are written only if
+--               every one of them allows; otherwise their remaining and reset_after
+--               describe the state as it is. A limit that stands alone is written
+--               whenever it allows itself, whatever the others decide.
+--
+-- Groups are decided one after the other, in the order of their first limit, each
+-- seeing what the ones before it consumed: a batch of requests (see the service's
+-- group commit) is decided exactly as if they had come one by one in that order.
 --
 -- Time is the Redis server's clock (TIME), so every service instance agrees. Times
 -- are microseconds since 2024-01-01 UTC: small enough for a double to keep them to
@@ -161,29 +167,43 @@ end
 
 local algorithms = {token_bucket, fixed_window, sliding_window}
 
-local decisions, untouched, commits, alone = {}, {}, {}, {}
-local all_allowed = true
+-- The groups, in the order of their first limit; a limit alone is a group of its own.
+local order, members = {}, {}
 for i = 1, #KEYS do
-  local base = 5 * (i - 1)
-  local decide = algorithms[tonumber(ARGV[base + 1])]
-  local decision, as_is, commit = decide(KEYS[i], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]),
-    tonumber(ARGV[base + 4]))
-  decisions[i], untouched[i], commits[i] = decision, as_is, commit
-  alone[i] = ARGV[base + 5] == '1'
-  if decision[1] == 0 and not alone[i] then
-    all_allowed = false
+  local group = ARGV[5 * i]
+  if group == '0' then
+    group = 'alone ' .. i
   end
+  if not members[group] then
+    members[group] = {}
+    order[#order + 1] = group
+  end
+  table.insert(members[group], i)
 end
 
-for i = 1, #KEYS do
-  if alone[i] or all_allowed then
-    if commits[i] then
-      commits[i]()
+local decisions = {}
+for _, group in ipairs(order) do
+  local untouched, commits = {}, {}
+  local all_allowed = true
+  for _, i in ipairs(members[group]) do
+    local base = 5 * (i - 1)
+    local decide = algorithms[tonumber(ARGV[base + 1])]
+    decisions[i], untouched[i], commits[i] = decide(KEYS[i], tonumber(ARGV[base + 2]),
+      tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]))
+    if decisions[i][1] == 0 then
+      all_allowed = false
     end
-  else
-    -- Nothing of the group is consumed, so it reports its state as it stands.
-    decisions[i][2] = untouched[i][1]
-    decisions[i][3] = untouched[i][2]
+  end
+  for _, i in ipairs(members[group]) do
+    if all_allowed then
+      if commits[i] then
+        commits[i]()
+      end
+    else
+      -- Nothing of the group is consumed, so it reports its state as it stands.
+      decisions[i][2] = untouched[i][1]
+      decisions[i][3] = untouched[i][2]
+    end
   end
 end
 return decisions

@@ -133,6 +133,9 @@ pub struct Metrics {
     pub cache_lease_answers: Family<Outcome, Counter>,
     /// Rate-limit decisions by result (allowed, denied, policy_allowed, policy_denied).
     pub ratelimit_decisions: Family<Outcome, Counter>,
+    /// Rate-limit script calls, and the requests they decided (group commit).
+    pub ratelimit_batches: Counter,
+    pub ratelimit_batched_requests: Counter,
     /// Envoy ShouldRateLimit descriptors by result (ok, over_limit, shadow_over_limit,
     /// unlimited, no_rule, policy_ok, policy_over_limit).
     pub rls_descriptors: Family<Outcome, Counter>,
@@ -192,6 +195,8 @@ impl Metrics {
             cache_writes: Counter::default(),
             cache_lease_answers: Family::default(),
             ratelimit_decisions: Family::default(),
+            ratelimit_batches: Counter::default(),
+            ratelimit_batched_requests: Counter::default(),
             rls_descriptors: Family::default(),
             rls_reloads: Family::default(),
             lock_grants: Counter::default(),
@@ -283,6 +288,16 @@ impl Metrics {
             "GetOrLease answers by outcome: hit, refresh (a hit with a refresh lease), stale, lease, miss \
              (the wait ended); waited counts those that waited for another caller's fill",
             metrics.cache_lease_answers.clone(),
+        );
+        registry.register(
+            "cachelock_ratelimit_batches",
+            "Rate-limit script calls sent to Redis; each decides one or more requests (group commit)",
+            metrics.ratelimit_batches.clone(),
+        );
+        registry.register(
+            "cachelock_ratelimit_batched_requests",
+            "Rate-limit requests decided by those calls: divided by the calls, the mean batch size",
+            metrics.ratelimit_batched_requests.clone(),
         );
         registry.register(
             "cachelock_ratelimit_decisions",
