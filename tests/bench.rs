@@ -21,6 +21,7 @@ fn every_scenario_runs_without_errors() {
         .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
         .collect();
     let scenarios = [
+        "bare-floor",
         "grpc-floor",
         "cache-get",
         "cache-set",
@@ -39,7 +40,7 @@ fn every_scenario_runs_without_errors() {
         assert_eq!(service["errors"], 0, "{service}");
         let commands = service["redis_commands_per_request"].as_f64().expect("a command count");
         let expected = match scenario {
-            "grpc-floor" => 0.0,
+            "bare-floor" | "grpc-floor" => 0.0,
             // Both in one round trip: the SET, and the UNLINK of the key's fill record
             // (a write ends a GetOrLease lease and drops a stale copy).
             "cache-set" => 2.0,
@@ -47,6 +48,9 @@ fn every_scenario_runs_without_errors() {
             _ => 1.0,
         };
         assert_eq!(commands, expected, "{scenario}: Redis commands per request");
+        // The tool started the server: its CPU per request is known.
+        assert!(service["server_cpu_us_per_request"].as_f64().is_some(), "{service}");
+        assert!(service["redis_cpu_us_per_request"].as_f64().is_some(), "{service}");
     }
     for row in rows.iter().filter(|row| row["target"] == "direct") {
         assert_eq!(row["errors"], 0, "{row}");
@@ -114,4 +118,52 @@ fn the_stampede_gives_one_lease_per_round() {
     );
     // Without leases, how many callers read the source depends on timing: not asserted.
     assert_eq!(row("Get ")[6], "0", "{stdout}");
+}
+
+#[test]
+fn compare_interleaves_two_scenarios_and_totals_them() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cachelock-bench"))
+        .args([
+            "--json",
+            "--compare",
+            "grpc-floor,ratelimit-token-bucket",
+            "--rounds",
+            "2",
+        ])
+        .args(["--warmup", "0s", "--duration", "100ms", "--concurrency", "2"])
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("the benchmark runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let names: Vec<&str> = rows.iter().filter_map(|row| row["scenario"].as_str()).collect();
+    // A B A B, then the totals of A and B.
+    assert_eq!(
+        names,
+        [
+            "grpc-floor",
+            "ratelimit-token-bucket",
+            "grpc-floor",
+            "ratelimit-token-bucket",
+            "grpc-floor",
+            "ratelimit-token-bucket"
+        ],
+        "{stdout}"
+    );
+    let runs: u64 = rows[..4]
+        .iter()
+        .filter(|row| row["scenario"] == "grpc-floor")
+        .map(|row| row["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rows[4]["requests"].as_u64(), Some(runs), "the totals add the rounds up");
+    assert!(
+        rows[5]["throughput_vs_direct"].as_f64().is_some(),
+        "B / A is given: {stdout}"
+    );
+    assert!(rows.iter().all(|row| row["errors"] == 0), "{stdout}");
 }

@@ -190,12 +190,17 @@ struct Args {
     stampede: Option<usize>,
     /// Instead of every scenario once: these two scenarios, interleaved A B A B for --rounds
     /// rounds at each concurrency (machine noise then hits both alike), then their totals
-    /// and the ratio B / A.
+    /// and the ratio B / A (in B's total row, in the rps/dir and p50/dir columns; JSON:
+    /// throughput_vs_direct, p50_vs_direct).
     #[arg(long, value_enum, value_delimiter = ',', num_args = 1, conflicts_with_all = ["stampede", "pubsub_fanout", "batch_worst_case"])]
     compare: Vec<Scenario>,
     /// Rounds of --compare.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// An extra flag for the service the tool starts, such as --service-arg=--worker-threads=1
+    /// (repeatable): to measure a setting.
+    #[arg(long, allow_hyphen_values = true)]
+    service_arg: Vec<String>,
     /// Runs the bare tonic server of bare-floor on this address (the tool starts it itself).
     #[arg(long, hide = true)]
     serve_bare: Option<SocketAddr>,
@@ -1009,7 +1014,7 @@ async fn set_up(args: &Args) -> Result<Setup, String> {
     let redis = EmbeddedRedis::start().await.map_err(|e| e.to_string())?;
     let addr = free_address()?;
     // Each private service has metrics on a port of its own, so that runs side by side do not collide.
-    let args_for_service = vec![
+    let mut args_for_service = vec![
         "--listen".to_owned(),
         addr.clone(),
         "--metrics-listen".to_owned(),
@@ -1017,6 +1022,7 @@ async fn set_up(args: &Args) -> Result<Setup, String> {
         "--redis-url".to_owned(),
         redis.url(),
     ];
+    args_for_service.extend(args.service_arg.iter().cloned());
     let service = start_service(&addr, &args_for_service, plain_probe(&addr)).await?;
     let secure = match &args.secure {
         Some(dir) => Some(start_secure(dir, &redis.url()).await?),

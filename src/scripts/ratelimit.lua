@@ -167,6 +167,16 @@ end
 
 local algorithms = {token_bucket, fixed_window, sliding_window}
 
+-- One limit, the common case: decided without the bookkeeping of groups.
+if #KEYS == 1 then
+  local decision, _, commit = algorithms[tonumber(ARGV[1])](KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+    tonumber(ARGV[4]))
+  if decision[1] == 1 and commit then
+    commit()
+  end
+  return {decision}
+end
+
 -- The groups, in the order of their first limit; a limit alone is a group of its own.
 local order, members = {}, {}
 for i = 1, #KEYS do
