@@ -4,17 +4,35 @@
 
 use std::process::Command;
 
-#[test]
-fn every_scenario_runs_without_errors() {
+/// Runs the tool with `args` against its own private Redis and service; its
+/// standard output, once it has succeeded.
+fn bench(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_cachelock-bench"))
-        .args(["--json", "--warmup", "0s", "--duration", "150ms", "--concurrency", "2"])
-        .args(["--keys", "50", "--count-requests", "5"])
+        .args(args)
         .env_remove("REDIS_URL")
         .output()
         .expect("the benchmark runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
+    stdout
+}
+
+#[test]
+fn every_scenario_runs_without_errors() {
+    let stdout = bench(&[
+        "--json",
+        "--warmup",
+        "0s",
+        "--duration",
+        "150ms",
+        "--concurrency",
+        "2",
+        "--keys",
+        "50",
+        "--count-requests",
+        "5",
+    ]);
 
     let rows: Vec<serde_json::Value> = stdout
         .lines()
@@ -59,23 +77,16 @@ fn every_scenario_runs_without_errors() {
 
 #[test]
 fn the_pubsub_fanout_delivers_to_every_subscriber() {
-    let output = Command::new(env!("CARGO_BIN_EXE_cachelock-bench"))
-        .args([
-            "--pubsub-fanout",
-            "10",
-            "--warmup",
-            "0s",
-            "--duration",
-            "200ms",
-            "--concurrency",
-            "2",
-        ])
-        .env_remove("REDIS_URL")
-        .output()
-        .expect("the benchmark runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = bench(&[
+        "--pubsub-fanout",
+        "10",
+        "--warmup",
+        "0s",
+        "--duration",
+        "200ms",
+        "--concurrency",
+        "2",
+    ]);
     let row: Vec<&str> = stdout.lines().nth(1).expect("a row").split_whitespace().collect();
     assert_eq!(row[0], "10", "{stdout}");
     let delivered: f64 = row[3].parse().expect("delivered/s");
@@ -84,23 +95,16 @@ fn the_pubsub_fanout_delivers_to_every_subscriber() {
 
 #[test]
 fn the_stampede_gives_one_lease_per_round() {
-    let output = Command::new(env!("CARGO_BIN_EXE_cachelock-bench"))
-        .args([
-            "--stampede",
-            "10",
-            "--warmup",
-            "0s",
-            "--duration",
-            "200ms",
-            "--fill-time",
-            "5ms",
-        ])
-        .env_remove("REDIS_URL")
-        .output()
-        .expect("the benchmark runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = bench(&[
+        "--stampede",
+        "10",
+        "--warmup",
+        "0s",
+        "--duration",
+        "200ms",
+        "--fill-time",
+        "5ms",
+    ]);
     let row = |name: &str| -> Vec<String> {
         stdout
             .lines()
@@ -122,21 +126,19 @@ fn the_stampede_gives_one_lease_per_round() {
 
 #[test]
 fn compare_interleaves_two_scenarios_and_totals_them() {
-    let output = Command::new(env!("CARGO_BIN_EXE_cachelock-bench"))
-        .args([
-            "--json",
-            "--compare",
-            "grpc-floor,ratelimit-token-bucket",
-            "--rounds",
-            "2",
-        ])
-        .args(["--warmup", "0s", "--duration", "100ms", "--concurrency", "2"])
-        .env_remove("REDIS_URL")
-        .output()
-        .expect("the benchmark runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let stdout = bench(&[
+        "--json",
+        "--compare",
+        "grpc-floor,ratelimit-token-bucket",
+        "--rounds",
+        "2",
+        "--warmup",
+        "0s",
+        "--duration",
+        "100ms",
+        "--concurrency",
+        "2",
+    ]);
     let rows: Vec<serde_json::Value> = stdout
         .lines()
         .map(|line| serde_json::from_str(line).expect("one JSON object per line"))

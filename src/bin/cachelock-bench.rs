@@ -1188,16 +1188,10 @@ fn print_header() {
     );
 }
 
-async fn bench(args: Args) -> Result<(), String> {
-    let setup = set_up(&args).await?;
-    let redis_client = redis::Client::open(setup.redis_url.as_str()).map_err(|e| e.to_string())?;
-    let redis = redis_client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|e| e.to_string())?;
-    let addr: SocketAddr = setup.addr.parse().map_err(|e| format!("--addr: {e}"))?;
-    let mut channels = Vec::with_capacity(args.connections.max(1));
-    for _ in 0..args.connections.max(1) {
+/// `connections` plaintext HTTP/2 connections to `addr` (at least one).
+async fn plain_channels(addr: &str, connections: usize) -> Result<Vec<Conn>, String> {
+    let mut channels = Vec::with_capacity(connections.max(1));
+    for _ in 0..connections.max(1) {
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| e.to_string())?
             .tcp_nodelay(true)
@@ -1206,6 +1200,18 @@ async fn bench(args: Args) -> Result<(), String> {
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         channels.push(InterceptedService::new(channel, Token::default()));
     }
+    Ok(channels)
+}
+
+async fn bench(args: Args) -> Result<(), String> {
+    let setup = set_up(&args).await?;
+    let redis_client = redis::Client::open(setup.redis_url.as_str()).map_err(|e| e.to_string())?;
+    let redis = redis_client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr: SocketAddr = setup.addr.parse().map_err(|e| format!("--addr: {e}"))?;
+    let channels = plain_channels(&addr.to_string(), args.connections).await?;
     let mut secure_channels = Vec::new();
     if let Some(secure) = &setup.secure {
         let token: MetadataValue<Ascii> = format!("Bearer {}", secure.token).parse().map_err(|_| "a bad token")?;
@@ -1224,30 +1230,14 @@ async fn bench(args: Args) -> Result<(), String> {
             secure_channels.push(InterceptedService::new(channel, Token(Some(token.clone()))));
         }
     }
-    let mut unmetered_channels = Vec::new();
-    if let Some((other, _)) = &setup.unmetered {
-        for _ in 0..args.connections.max(1) {
-            let channel = Endpoint::from_shared(format!("http://{other}"))
-                .map_err(|e| e.to_string())?
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .map_err(|e| format!("cannot connect to {other}: {e}"))?;
-            unmetered_channels.push(InterceptedService::new(channel, Token::default()));
-        }
-    }
-    let mut bare_channels = Vec::new();
-    if let Some((bare, _)) = &setup.bare {
-        for _ in 0..args.connections.max(1) {
-            let channel = Endpoint::from_shared(format!("http://{bare}"))
-                .map_err(|e| e.to_string())?
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .map_err(|e| format!("cannot connect to {bare}: {e}"))?;
-            bare_channels.push(InterceptedService::new(channel, Token::default()));
-        }
-    }
+    let unmetered_channels = match &setup.unmetered {
+        Some((other, _)) => plain_channels(other, args.connections).await?,
+        None => Vec::new(),
+    };
+    let bare_channels = match &setup.bare {
+        Some((bare, _)) => plain_channels(bare, args.connections).await?,
+        None => Vec::new(),
+    };
     let mut clients = Clients {
         channels,
         secure_channels,
