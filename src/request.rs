@@ -195,6 +195,38 @@ pub fn positive_duration(field: &str, duration: &prost_types::Duration) -> Resul
     Ok(Duration::new(seconds, nanos))
 }
 
+/// A server-side wait asked for in `field`: `unset` when the request gives none,
+/// zero for an explicit zero (do not wait), at most `max` (its setting named as
+/// `flag` in the refusal).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming `field` for a negative or malformed wait, or
+/// one above `max`.
+pub fn wait(
+    field: &str,
+    asked: Option<&prost_types::Duration>,
+    unset: Duration,
+    max: Duration,
+    flag: &str,
+) -> Result<Duration, Error> {
+    let wait = match asked {
+        None => unset,
+        Some(wait) if wait.seconds == 0 && wait.nanos == 0 => Duration::ZERO,
+        Some(wait) => positive_duration(field, wait)?,
+    };
+    if wait > max {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{} is above the maximum wait of {} (--{flag})",
+                humantime::format_duration(wait),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(wait)
+}
+
 /// A validated time to live, in whole milliseconds (what Redis's PX takes), at least 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ttl(u64);

@@ -30,9 +30,7 @@ use crate::{
         TakeResponse, cache_service_server::CacheService,
     },
     redis::KeySpace,
-    request::{
-        Limits, Ttl, caller_budget, cross_slot, deadline, duration_to_proto, positive_duration, ttl_from_millis,
-    },
+    request::{self, Limits, Ttl, caller_budget, cross_slot, deadline, duration_to_proto, ttl_from_millis},
     telemetry::{Meter, Metrics},
 };
 
@@ -276,22 +274,8 @@ impl CacheService for CacheApi {
             None => Ttl::from_duration(DEFAULT_LEASE_TTL.min(self.limits.max_ttl)),
             Some(lease_ttl) => self.limits.required_ttl("lease_ttl", Some(lease_ttl))?,
         };
-        let wait = match request.wait.as_ref() {
-            None => self.settings.max_fill_wait,
-            Some(wait) if wait.seconds == 0 && wait.nanos == 0 => Duration::ZERO,
-            Some(wait) => positive_duration("wait", wait)?,
-        };
-        if wait > self.settings.max_fill_wait {
-            return Err(Error::invalid(
-                "wait",
-                format!(
-                    "{} is above the maximum fill wait of {} (--cache-max-fill-wait)",
-                    humantime::format_duration(wait),
-                    humantime::format_duration(self.settings.max_fill_wait)
-                ),
-            )
-            .into());
-        }
+        let max_wait = self.settings.max_fill_wait;
+        let wait = request::wait("wait", request.wait.as_ref(), max_wait, max_wait, "cache-max-fill-wait")?;
         let refresh = request.refresh_ahead;
         if !(0.0..1.0).contains(&refresh) {
             return Err(Error::invalid("refresh_ahead", "must be at least 0 and below 1").into());

@@ -31,7 +31,7 @@ use crate::{
         lock_service_server::LockService,
     },
     redis::{KeySpace, epoch::DataEpoch},
-    request::{Limits, Ttl, caller_budget, deadline, duration_to_proto, positive_duration},
+    request::{self, Limits, Ttl, caller_budget, deadline, duration_to_proto},
     telemetry::Meter,
 };
 
@@ -413,22 +413,13 @@ impl LockService for LockApi {
         let caller_left = caller_budget(&metadata)?;
         let name = self.limits.key("name", &request.name)?;
         let ttl = self.lease(request.ttl.as_ref())?;
-        let wait = match request.wait_timeout.as_ref() {
-            None => Duration::ZERO,
-            Some(wait) if wait.seconds == 0 && wait.nanos == 0 => Duration::ZERO,
-            Some(wait) => positive_duration("wait_timeout", wait)?,
-        };
-        if wait > self.settings.max_wait {
-            return Err(Error::invalid(
-                "wait_timeout",
-                format!(
-                    "{} is above the maximum wait of {}",
-                    humantime::format_duration(wait),
-                    humantime::format_duration(self.settings.max_wait)
-                ),
-            )
-            .into());
-        }
+        let wait = request::wait(
+            "wait_timeout",
+            request.wait_timeout.as_ref(),
+            Duration::ZERO,
+            self.settings.max_wait,
+            "lock-max-wait",
+        )?;
         let owner = bounded_text("owner", &request.owner, MAX_OWNER_BYTES)?;
         let request_id = bounded_text("request_id", &request.request_id, MAX_REQUEST_ID_BYTES)?;
         let permits = permits(request.permits)?;
