@@ -603,6 +603,67 @@ async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_gets_of_different_keys_go_together_and_each_gets_its_own_answer() {
+    let redis = TestRedis::start().await;
+    // A proxy that holds the first read: the Gets behind it queue for the next call.
+    let link = FaultyLink::start(redis.port()).await;
+    let service = TestService::start(&link.url, &["--health-interval", "60s"]).await;
+    let mut cache = service.cache();
+    for i in 0..50 {
+        cache
+            .set(set(
+                &format!("k{i}"),
+                format!("v{i}").as_bytes(),
+                None,
+                SetCondition::Always,
+            ))
+            .await
+            .unwrap();
+    }
+    // Something other than cachelock put a list under one of the keys.
+    let foreign = format!(
+        "cachelock:default:cache:{{{}}}:k7",
+        cachelock::redis::keys::slot_tag("k7")
+    );
+    let _: i64 = redis.command(&["DEL", &foreign]).await;
+    let _: i64 = redis.command(&["RPUSH", &foreign, "x"]).await;
+    let reads_before = redis.calls("evalsha").await;
+
+    link.hold_requests(true);
+    let first = {
+        let mut cache = service.cache();
+        tokio::spawn(async move { cache.get(get("k0")).await })
+    };
+    link.held_bytes_arrived().await;
+    let rest: Vec<_> = (1..50)
+        .map(|i| {
+            let mut cache = service.cache();
+            tokio::spawn(async move { (i, cache.get(get(&format!("k{i}"))).await) })
+        })
+        .collect();
+    let started = "grpc_server_started_total{grpc_type=\"unary\",grpc_service=\"cachelock.cache.v1.CacheService\",\
+                   grpc_method=\"Get\"}";
+    eventually("all 50 Gets reaching the service", async || {
+        service.metric(started).await >= 50.0
+    })
+    .await;
+    link.hold_requests(false);
+
+    assert_eq!(first.await.unwrap().unwrap().into_inner().value, b"v0");
+    for task in rest {
+        let (i, answer) = task.await.unwrap();
+        if i == 7 {
+            // The foreign value fails its own Get, not the others of its batch.
+            assert_reason(&answer.unwrap_err(), Code::Internal, "INTERNAL");
+        } else {
+            assert_eq!(answer.unwrap().into_inner().value, format!("v{i}").into_bytes());
+        }
+    }
+    let reads = redis.calls("evalsha").await - reads_before;
+    assert!(reads < 50, "50 Gets took {reads} Redis reads");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_gets_of_one_key_share_one_redis_read() {
     let redis = TestRedis::start().await;
     let link = FaultyLink::start(redis.port()).await;

@@ -10,7 +10,10 @@ use tokio::time::Instant;
 
 use crate::{
     error::{Error, Reason},
-    redis::{KeySpace, LuaScript, Op, Redis},
+    redis::{
+        Effect, KeySpace, LuaScript, Op, Redis,
+        batch::{Batcher, Calls},
+    },
     request::Ttl,
 };
 
@@ -122,23 +125,63 @@ pub struct NewEntry<'a> {
 #[derive(Clone)]
 pub struct CacheStore {
     redis: Redis,
+    reads: Batcher<Reads>,
+}
+
+/// The script calls that read batches of entries (group commit: Gets that
+/// arrive while a read is in flight go together in the next one).
+#[derive(Clone)]
+struct Reads {
+    redis: Redis,
+}
+
+impl Calls for Reads {
+    type Request = String;
+    type Answer = Result<Option<Stored>, Error>;
+
+    async fn call(&self, keys: &[&String], deadline: Instant) -> Result<Vec<Self::Answer>, Error> {
+        let mut invocation = GET.prepare();
+        for key in keys {
+            invocation.key(key.as_str());
+        }
+        let replies: Vec<(Option<Vec<u8>>, i64)> = self.redis.run(Op::read(GET.name()), deadline, &invocation).await?;
+        Ok(replies
+            .into_iter()
+            .map(|(value, ttl_millis)| {
+                if ttl_millis == -3 {
+                    Err(Error::Internal(
+                        "a cache key holds a value that is not a string (written by something other than cachelock)"
+                            .to_owned(),
+                    ))
+                } else {
+                    Ok(stored((value, ttl_millis)))
+                }
+            })
+            .collect())
+    }
+
+    fn effect(&self) -> Effect {
+        Effect::Read
+    }
 }
 
 impl CacheStore {
     /// A store on the shared connections.
     pub fn new(redis: Redis) -> CacheStore {
-        CacheStore { redis }
+        CacheStore {
+            reads: Batcher::new(Reads { redis: redis.clone() }),
+            redis,
+        }
     }
 
-    /// Reads one entry.
+    /// Reads one entry, in the next read call of its lane.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
     pub async fn get(&self, redis_key: &str, deadline: Instant) -> Result<Option<Stored>, Error> {
-        let mut invocation = GET.prepare();
-        invocation.key(redis_key);
-        let reply: (Option<Vec<u8>>, i64) = self.redis.run(Op::read(GET.name()), deadline, &invocation).await?;
-        Ok(stored(reply))
+        self.reads
+            .run(self.redis.lane(redis_key), redis_key.to_owned(), deadline)
+            .await?
     }
 
     /// Reads several entries, answering in the order of `keys`, if their values

@@ -1,31 +1,22 @@
 //! The rate limiter's Redis side: one script decides every limit of a request
 //! and consumes their cost, all or nothing, in one round trip.
 //!
-//! Group commit: while a script call is in flight, the requests that arrive (on
-//! one Redis Cluster slot) queue, and go together in the next call, decided one
-//! after the other in arrival order exactly as if sent one by one. A lone request
-//! goes at once; there is no timer. Under load this divides the script calls,
-//! their parsing and their system calls by the batch size, on both sides.
+//! Group commit ([`crate::redis::batch`]): requests that arrive while a call is
+//! in flight go together in the next call, decided one after the other in
+//! arrival order exactly as if sent one by one.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::time::Duration;
 
-use tokio::{
-    sync::oneshot,
-    time::{Instant, timeout_at},
-};
+use tokio::time::Instant;
 
 use crate::{
     error::Error,
-    redis::{Effect, Invocation, KeySpace, LuaScript, Op, Redis},
+    redis::{
+        Effect, Invocation, KeySpace, LuaScript, Op, Redis,
+        batch::{Batcher, Calls},
+    },
     telemetry::Meter,
 };
-
-/// Script calls one lane may have in flight before requests queue for the next.
-const CALLS_IN_FLIGHT: usize = 1;
 
 static RATELIMIT: LuaScript = LuaScript::new("ratelimit", include_str!("../scripts/ratelimit.lua"));
 
@@ -125,39 +116,57 @@ impl Limit {
     }
 }
 
-/// The requests of one lane (a Cluster slot; everything on one node) waiting for
-/// the call in flight to end.
-#[derive(Default)]
-struct Lane {
-    in_flight: usize,
-    queue: Vec<Queued>,
-}
-
-struct Queued {
-    limits: Vec<Limit>,
-    deadline: Instant,
-    answer: oneshot::Sender<Result<Vec<Decision>, Error>>,
-}
-
 /// Rate-limit state in Redis, under keys from [`KeySpace::ratelimit`].
 #[derive(Clone)]
 pub struct RateLimitStore {
     redis: Redis,
-    lanes: Arc<Mutex<HashMap<u16, Lane>>>,
+    batches: Batcher<Scripts>,
+}
+
+/// The script calls that decide batches of requests.
+#[derive(Clone)]
+struct Scripts {
+    redis: Redis,
     meter: Meter,
 }
 
-/// Hands a lane's turn on when its call ends, however it ends (a caller that
-/// went away included): the queued requests go as the next call, or the lane
-/// has one call fewer in flight.
-struct Turn<'s> {
-    store: &'s RateLimitStore,
-    lane: u16,
-}
+impl Calls for Scripts {
+    type Request = Vec<Limit>;
+    type Answer = Vec<Decision>;
 
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        self.store.hand_on(self.lane);
+    /// One script call deciding `requests` in order; the decisions of each.
+    async fn call(&self, requests: &[&Vec<Limit>], deadline: Instant) -> Result<Vec<Vec<Decision>>, Error> {
+        let invocation = batch_invocation(requests.iter().map(|limits| limits.as_slice()));
+        let replies: Vec<(i64, i64, i64, i64)> = self
+            .redis
+            .run(Op::write(RATELIMIT.name()), deadline, &invocation)
+            .await?;
+        self.meter.record(|metrics| {
+            metrics.ratelimit_batches.inc();
+            metrics.ratelimit_batched_requests.inc_by(requests.len() as u64);
+        });
+        let wanted: usize = requests.iter().map(|limits| limits.len()).sum();
+        if replies.len() != wanted {
+            return Err(Error::Internal(
+                "a rate-limit script answered too few limits".to_owned(),
+            ));
+        }
+        let mut replies = replies
+            .into_iter()
+            .map(|(allowed, remaining, reset_after, retry_after)| Decision {
+                allowed: allowed == 1,
+                remaining: u64::try_from(remaining).unwrap_or(0),
+                reset_after: micros(reset_after),
+                retry_after: (retry_after >= 0).then(|| micros(retry_after)),
+            });
+        Ok(requests
+            .iter()
+            .map(|limits| replies.by_ref().take(limits.len()).collect())
+            .collect())
+    }
+
+    fn effect(&self) -> Effect {
+        Effect::Write
     }
 }
 
@@ -165,88 +174,11 @@ impl RateLimitStore {
     /// A store on the shared connections, counting its calls in `meter`.
     pub fn new(redis: Redis, meter: Meter) -> RateLimitStore {
         RateLimitStore {
-            redis,
-            lanes: Arc::new(Mutex::new(HashMap::new())),
-            meter,
-        }
-    }
-
-    /// Sends the requests queued on `lane` as one call (on a task of its own,
-    /// which hands on again when it ends), or frees the lane's turn.
-    fn hand_on(&self, lane: u16) {
-        let batch: Vec<Queued> = {
-            let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(state) = lanes.get_mut(&lane) else {
-                return;
-            };
-            // Requests whose caller stopped waiting are dropped before they are sent.
-            state.queue.retain(|queued| !queued.answer.is_closed());
-            if state.queue.is_empty() {
-                state.in_flight = state.in_flight.saturating_sub(1);
-                if state.in_flight == 0 {
-                    lanes.remove(&lane);
-                }
-                return;
-            }
-            std::mem::take(&mut state.queue)
-        };
-        let store = self.clone();
-        tokio::spawn(async move {
-            let _turn = Turn { store: &store, lane };
-            let deadline = batch
-                .iter()
-                .map(|queued| queued.deadline)
-                .max()
-                .unwrap_or_else(Instant::now);
-            let requests: Vec<&[Limit]> = batch.iter().map(|queued| queued.limits.as_slice()).collect();
-            let mut answers = match store.call(&requests, deadline).await {
-                Ok(decisions) => decisions.into_iter().map(Ok).collect(),
-                Err(error) => vec![Err(error); batch.len()],
-            };
-            for (queued, answer) in batch.into_iter().zip(answers.drain(..)) {
-                let _ = queued.answer.send(answer);
-            }
-        });
-    }
-
-    /// Decides `limits` (one request's, in one slot): at once if the lane is free,
-    /// else with the next call.
-    async fn decide(&self, limits: Vec<Limit>, deadline: Instant) -> Result<Vec<Decision>, Error> {
-        let lane = limits.first().map_or(0, |limit| self.redis.lane(&limit.redis_key));
-        let mut limits = Some(limits);
-        let queued = {
-            let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
-            let state = lanes.entry(lane).or_default();
-            if state.in_flight < CALLS_IN_FLIGHT {
-                state.in_flight += 1;
-                None
-            } else {
-                let (answer, answered) = oneshot::channel();
-                state.queue.push(Queued {
-                    limits: limits.take().unwrap_or_default(),
-                    deadline,
-                    answer,
-                });
-                Some(answered)
-            }
-        };
-        let Some(answered) = queued else {
-            let _turn = Turn { store: self, lane };
-            let limits = limits.unwrap_or_default();
-            let mut decisions = self.call(&[&limits], deadline).await?;
-            return decisions
-                .pop()
-                .ok_or_else(|| Error::Internal("a rate-limit script answered no request".to_owned()));
-        };
-        let started = Instant::now();
-        match timeout_at(deadline, answered).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(Error::Internal("a batched rate-limit call was dropped".to_owned())),
-            // It may be in a call already sent: it may have applied.
-            Err(_) => Err(Error::Timeout {
-                waited: started.elapsed(),
-                effect: Effect::Write,
+            batches: Batcher::new(Scripts {
+                redis: redis.clone(),
+                meter,
             }),
+            redis,
         }
     }
 
@@ -303,39 +235,9 @@ impl RateLimitStore {
         checks: &[LimitCheck<'_>],
         deadline: Instant,
     ) -> Result<Vec<Decision>, Error> {
-        let limits = checks.iter().map(|check| Limit::of(space, check)).collect();
-        self.decide(limits, deadline).await
-    }
-
-    /// One script call deciding `requests` in order; the decisions of each.
-    async fn call(&self, requests: &[&[Limit]], deadline: Instant) -> Result<Vec<Vec<Decision>>, Error> {
-        let invocation = batch_invocation(requests);
-        let replies: Vec<(i64, i64, i64, i64)> = self
-            .redis
-            .run(Op::write(RATELIMIT.name()), deadline, &invocation)
-            .await?;
-        self.meter.record(|metrics| {
-            metrics.ratelimit_batches.inc();
-            metrics.ratelimit_batched_requests.inc_by(requests.len() as u64);
-        });
-        let wanted: usize = requests.iter().map(|limits| limits.len()).sum();
-        if replies.len() != wanted {
-            return Err(Error::Internal(
-                "a rate-limit script answered too few limits".to_owned(),
-            ));
-        }
-        let mut replies = replies
-            .into_iter()
-            .map(|(allowed, remaining, reset_after, retry_after)| Decision {
-                allowed: allowed == 1,
-                remaining: u64::try_from(remaining).unwrap_or(0),
-                reset_after: micros(reset_after),
-                retry_after: (retry_after >= 0).then(|| micros(retry_after)),
-            });
-        Ok(requests
-            .iter()
-            .map(|limits| replies.by_ref().take(limits.len()).collect())
-            .collect())
+        let limits: Vec<Limit> = checks.iter().map(|check| Limit::of(space, check)).collect();
+        let lane = limits.first().map_or(0, |limit| self.redis.lane(&limit.redis_key));
+        self.batches.run(lane, limits, deadline).await
     }
 
     /// Clears the state of the limiters of `key` with `limit` per `period_micros`
@@ -365,13 +267,13 @@ impl RateLimitStore {
 /// [`RateLimitStore::check`] sends it when nothing else is queued.
 pub fn invocation(space: &KeySpace, checks: &[LimitCheck<'_>]) -> Invocation {
     let limits: Vec<Limit> = checks.iter().map(|check| Limit::of(space, check)).collect();
-    batch_invocation(&[&limits])
+    batch_invocation([limits.as_slice()])
 }
 
 /// The script call deciding `requests` one after the other, each its own group.
-fn batch_invocation(requests: &[&[Limit]]) -> Invocation {
+fn batch_invocation<'l>(requests: impl IntoIterator<Item = &'l [Limit]>) -> Invocation {
     let mut invocation = RATELIMIT.prepare();
-    for (index, limits) in requests.iter().enumerate() {
+    for (index, limits) in requests.into_iter().enumerate() {
         let group = index + 1;
         for limit in limits.iter() {
             invocation

@@ -18,6 +18,7 @@
 //! that moved (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) or a Sentinel primary that was
 //! demoted (READONLY) — is followed within the call's deadline.
 
+pub mod batch;
 pub mod connect;
 pub mod connection;
 pub mod embedded;
