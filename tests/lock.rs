@@ -521,11 +521,12 @@ async fn holds_share_a_semaphore_up_to_its_permits() {
         permits: 2,
         ..hold("seats", 300, wait_ms)
     };
+    // One after the other, so that the grants come in a known order.
     let mut first = client.hold(semaphore(0)).await.unwrap().into_inner();
-    let mut second = client.hold(semaphore(0)).await.unwrap().into_inner();
     let Some(HoldEvent::Acquired(one)) = hold_event(&mut first).await else {
         panic!("a permit was free");
     };
+    let mut second = client.hold(semaphore(0)).await.unwrap().into_inner();
     let Some(HoldEvent::Acquired(two)) = hold_event(&mut second).await else {
         panic!("a second permit was free");
     };
