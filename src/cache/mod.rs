@@ -15,7 +15,7 @@ use tokio::{
 };
 use tonic::{Request, Response, Status};
 
-pub use store::{CacheStore, Condition, Lease, Leased, NewEntry, SetOptions, Stored, Written, scripts};
+pub use store::{CacheStore, Condition, Lease, LeaseAsk, Leased, NewEntry, SetOptions, Stored, Written, scripts};
 
 use crate::{
     admission::RefusalLog,
@@ -109,16 +109,12 @@ impl CacheApi {
             .record(|metrics| Metrics::count(&metrics.cache_lease_answers, outcome));
     }
 
-    /// Waits for `key`'s fill up to `wait_ends` (woken by the fill, or when
+    /// Waits for the key's fill up to `wait_ends` (woken by the fill, or when
     /// the filler's lease ends), then answers what GetOrLease finds.
-    #[allow(clippy::too_many_arguments)]
     async fn get_or_lease_waiting(
         &self,
         space: &KeySpace,
-        key: &str,
-        token: &str,
-        lease_ttl: Ttl,
-        refresh_millionths: u32,
+        ask: LeaseAsk<'_>,
         wait_ends: Instant,
         caller_deadline: Option<Instant>,
     ) -> Result<GetOrLeaseResponse, Error> {
@@ -130,10 +126,7 @@ impl CacheApi {
             let now = Instant::now();
             let attempt_ends = now + self.settings.operation_timeout;
             let deadline = caller_deadline.map_or(attempt_ends, |caller| caller.min(attempt_ends));
-            let found = self
-                .store
-                .get_or_lease(space, key, token, lease_ttl, refresh_millionths, deadline)
-                .await?;
+            let found = self.store.get_or_lease(space, ask, deadline).await?;
             let lease_left = match found {
                 Leased::Filling { lease_left } => lease_left,
                 found => {
@@ -157,7 +150,7 @@ impl CacheApi {
                 // register. SAFETY (no lost wake-up): the next attempt runs after
                 // registering, so a fill before the registration is seen by it.
                 let ticket = self.next_waiter.fetch_add(1, Ordering::Relaxed).to_string();
-                registration = Some(self.fills.register(space.cache_filled(key), ticket)?);
+                registration = Some(self.fills.register(space.cache_filled(ask.key), ticket)?);
                 continue;
             };
             // Woken by the fill; otherwise looks again when the filler's lease ends.
@@ -289,16 +282,14 @@ impl CacheService for CacheApi {
         // last attempt a tenth of the caller's time.
         let wait_ends = now + caller_left.map_or(wait, |left| wait.min(left - left / 10));
         let caller_deadline = caller_left.map(|left| now + left);
+        let ask = LeaseAsk {
+            key,
+            token: &token,
+            lease_ttl,
+            refresh_millionths,
+        };
         let response = self
-            .get_or_lease_waiting(
-                &space,
-                key,
-                &token,
-                lease_ttl,
-                refresh_millionths,
-                wait_ends,
-                caller_deadline,
-            )
+            .get_or_lease_waiting(&space, ask, wait_ends, caller_deadline)
             .await?;
         if response.found {
             self.read(true);

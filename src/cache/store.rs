@@ -59,6 +59,19 @@ pub enum Leased {
     },
 }
 
+/// What one GetOrLease asks of Redis.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseAsk<'a> {
+    /// The user's key.
+    pub key: &'a str,
+    /// The token of the lease this call may be given (fresh for each call).
+    pub token: &'a str,
+    /// That lease's ttl.
+    pub lease_ttl: Ttl,
+    /// Refresh ahead, in millionths of the entry's ttl (0: never).
+    pub refresh_millionths: u32,
+}
+
 /// A fill lease given to this caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -353,22 +366,14 @@ impl CacheStore {
     /// # Errors
     /// Redis failures and timeouts, as [`Error`]. Sent again after a lost
     /// connection: the token makes a repeated call find its own lease.
-    pub async fn get_or_lease(
-        &self,
-        space: &KeySpace,
-        key: &str,
-        token: &str,
-        lease_ttl: Ttl,
-        refresh_millionths: u32,
-        deadline: Instant,
-    ) -> Result<Leased, Error> {
+    pub async fn get_or_lease(&self, space: &KeySpace, ask: LeaseAsk<'_>, deadline: Instant) -> Result<Leased, Error> {
         let mut invocation = GET_OR_LEASE.prepare();
         invocation
-            .key(space.cache(key))
-            .key(space.cache_fill(key))
-            .arg(token)
-            .arg(lease_ttl.millis())
-            .arg(refresh_millionths);
+            .key(space.cache(ask.key))
+            .key(space.cache_fill(ask.key))
+            .arg(ask.token)
+            .arg(ask.lease_ttl.millis())
+            .arg(ask.refresh_millionths);
         let (outcome, value, ttl_millis, token, lease_millis): (i64, Option<Vec<u8>>, i64, String, i64) = self
             .redis
             .run(Op::replayable(GET_OR_LEASE.name()), deadline, &invocation)

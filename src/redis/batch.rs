@@ -97,38 +97,34 @@ impl<C: Calls> Batcher<C> {
     /// # Errors
     /// Those of the call; [`Error::Timeout`] when `deadline` passes in the queue.
     pub async fn run(&self, lane: u16, request: C::Request, deadline: Instant) -> Result<C::Answer, Error> {
-        let mut request = Some(request);
-        let queued = {
+        // Ok: this request goes now; Err: it waits for the next call.
+        let turn = {
             let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
             let state = lanes.entry(lane).or_insert_with(|| Lane {
                 in_flight: 0,
                 queue: Vec::new(),
             });
-            match request.take() {
-                Some(mine) if state.in_flight >= CALLS_IN_FLIGHT => {
-                    let (answer, answered) = oneshot::channel();
-                    state.queue.push(Queued {
-                        request: mine,
-                        deadline,
-                        answer,
-                    });
-                    Err(answered)
-                }
-                mine => {
-                    state.in_flight += 1;
-                    Ok(mine)
-                }
+            if state.in_flight < CALLS_IN_FLIGHT {
+                state.in_flight += 1;
+                Ok(request)
+            } else {
+                let (answer, answered) = oneshot::channel();
+                state.queue.push(Queued {
+                    request,
+                    deadline,
+                    answer,
+                });
+                Err(answered)
             }
         };
-        match queued {
-            Ok(Some(mine)) => {
+        match turn {
+            Ok(mine) => {
                 let _turn = Turn { batcher: self, lane };
                 let mut answers = self.calls.call(&[&mine], deadline).await?;
                 answers
                     .pop()
                     .ok_or_else(|| Error::Internal("a batched Redis call answered no request".to_owned()))
             }
-            Ok(None) => Err(Error::Internal("a request went missing before its call".to_owned())),
             Err(answered) => {
                 let started = Instant::now();
                 match timeout_at(deadline, answered).await {
