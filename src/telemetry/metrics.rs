@@ -9,7 +9,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        LazyLock,
+        LazyLock, OnceLock,
         atomic::{AtomicI64, AtomicU64},
     },
     time::Duration,
@@ -104,11 +104,15 @@ pub struct BuildLabels {
 pub struct Metrics {
     registry: Registry,
     /// RPCs started.
-    pub rpc_started: Family<MethodLabels, Counter>,
+    rpc_started: Family<MethodLabels, Counter>,
     /// RPCs finished, by code.
-    pub rpc_handled: Family<HandledLabels, Counter>,
+    rpc_handled: Family<HandledLabels, Counter>,
     /// Time from request to response headers.
-    pub rpc_seconds: Family<MethodLabels, Histogram>,
+    rpc_seconds: Family<MethodLabels, Histogram>,
+    /// Each known method's series of the three families above, by [`Method`] index.
+    rpc_series: Box<[RpcSeries]>,
+    /// The series of the "unknown" method.
+    rpc_unknown: RpcSeries,
     /// RPCs being handled now.
     pub rpc_in_flight: Gauge,
     /// Time of each Redis round trip, by operation.
@@ -168,6 +172,16 @@ pub struct Metrics {
     started: std::time::Instant,
 }
 
+/// One method's RPC series, each found in its family on first use and kept: a
+/// family lookup hashes every label under a lock, and every RPC makes three.
+#[derive(Default)]
+struct RpcSeries {
+    started: OnceLock<Counter>,
+    seconds: OnceLock<Histogram>,
+    /// By status code number (0 to 16).
+    handled: [OnceLock<Counter>; 17],
+}
+
 impl Default for Metrics {
     fn default() -> Metrics {
         Metrics::new()
@@ -183,6 +197,8 @@ impl Metrics {
             rpc_started: Family::default(),
             rpc_handled: Family::default(),
             rpc_seconds: Family::new_with_constructor(histogram),
+            rpc_series: (0..KNOWN_METHODS.len()).map(|_| RpcSeries::default()).collect(),
+            rpc_unknown: RpcSeries::default(),
             rpc_in_flight: Gauge::default(),
             redis_seconds: Family::new_with_constructor(histogram),
             redis_errors: Family::default(),
@@ -392,6 +408,44 @@ impl Metrics {
         text
     }
 
+    /// Records the start of an RPC of `method`.
+    pub fn rpc_started(&self, method: Method) {
+        self.rpc_in_flight.inc();
+        self.series(method)
+            .started
+            .get_or_init(|| self.rpc_started.get_or_create(method.labels).clone())
+            .inc();
+    }
+
+    /// Records that an RPC of `method` sent its response headers `took` after it started.
+    pub fn rpc_answered(&self, method: Method, took: Duration) {
+        self.series(method)
+            .seconds
+            .get_or_init(|| self.rpc_seconds.get_or_create(method.labels).clone())
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records the end of an RPC of `method` with `code`.
+    pub fn rpc_finished(&self, method: Method, code: tonic::Code) {
+        self.rpc_in_flight.dec();
+        let labels = HandledLabels {
+            grpc_type: method.labels.grpc_type,
+            grpc_service: method.labels.grpc_service,
+            grpc_method: method.labels.grpc_method,
+            grpc_code: code_name(code),
+        };
+        match self.series(method).handled.get(code as usize) {
+            Some(handled) => handled
+                .get_or_init(|| self.rpc_handled.get_or_create(&labels).clone())
+                .inc(),
+            None => self.rpc_handled.get_or_create(&labels).inc(),
+        };
+    }
+
+    fn series(&self, method: Method) -> &RpcSeries {
+        self.rpc_series.get(method.index).unwrap_or(&self.rpc_unknown)
+    }
+
     /// Records one Redis round trip of `operation`.
     pub fn redis_call(&self, operation: &'static str, took: Duration) {
         self.redis_seconds
@@ -422,9 +476,24 @@ impl Metrics {
     }
 }
 
+/// A gRPC method the server knows, or the one "unknown" method that stands for
+/// every other path: its labels, and where [`Metrics`] keeps its series.
+#[derive(Debug, Clone, Copy)]
+pub struct Method {
+    /// The method's labels.
+    pub labels: &'static MethodLabels,
+    index: usize,
+}
+
+static UNKNOWN_METHOD: MethodLabels = MethodLabels {
+    grpc_type: "unknown",
+    grpc_service: "unknown",
+    grpc_method: "unknown",
+};
+
 /// Every gRPC method the server knows, by path, with its labels: read from the
 /// service descriptors once, so that a label never holds a path a caller made up.
-static KNOWN_METHODS: LazyLock<HashMap<String, MethodLabels>> = LazyLock::new(|| {
+static KNOWN_METHODS: LazyLock<HashMap<String, Method>> = LazyLock::new(|| {
     let mut methods = HashMap::new();
     for set in [
         crate::pb::FILE_DESCRIPTOR_SET,
@@ -448,14 +517,15 @@ static KNOWN_METHODS: LazyLock<HashMap<String, MethodLabels>> = LazyLock::new(||
                         (true, true) => "bidi_stream",
                     };
                     let method_name: &'static str = Box::leak(method.name.unwrap_or_default().into_boxed_str());
-                    methods.insert(
-                        format!("/{service_name}/{method_name}"),
-                        MethodLabels {
-                            grpc_type,
-                            grpc_service: service_name,
-                            grpc_method: method_name,
-                        },
-                    );
+                    let labels = Box::leak(Box::new(MethodLabels {
+                        grpc_type,
+                        grpc_service: service_name,
+                        grpc_method: method_name,
+                    }));
+                    let index = methods.len();
+                    methods
+                        .entry(format!("/{service_name}/{method_name}"))
+                        .or_insert(Method { labels, index });
                 }
             }
         }
@@ -463,12 +533,11 @@ static KNOWN_METHODS: LazyLock<HashMap<String, MethodLabels>> = LazyLock::new(||
     methods
 });
 
-/// The labels of the method at `path`; one fixed "unknown" label for any other path.
-pub fn method_labels(path: &str) -> MethodLabels {
-    KNOWN_METHODS.get(path).cloned().unwrap_or(MethodLabels {
-        grpc_type: "unknown",
-        grpc_service: "unknown",
-        grpc_method: "unknown",
+/// The method at `path`; the one "unknown" method for any other path.
+pub fn method(path: &str) -> Method {
+    KNOWN_METHODS.get(path).copied().unwrap_or(Method {
+        labels: &UNKNOWN_METHOD,
+        index: KNOWN_METHODS.len(),
     })
 }
 
@@ -493,5 +562,70 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         Code::Unavailable => "Unavailable",
         Code::DataLoss => "DataLoss",
         Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the series `name{labels}` in `text`.
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn kept_series_count_into_their_families() {
+        let metrics = Metrics::new();
+        let get = method("/grpc.health.v1.Health/Check");
+        let made_up = method("/no.such.Service/Method");
+        for _ in 0..3 {
+            metrics.rpc_started(get);
+            metrics.rpc_answered(get, Duration::from_millis(1));
+            metrics.rpc_finished(get, tonic::Code::Ok);
+        }
+        metrics.rpc_started(get);
+        metrics.rpc_finished(get, tonic::Code::Unavailable);
+        metrics.rpc_started(made_up);
+        metrics.rpc_finished(made_up, tonic::Code::Unimplemented);
+
+        let text = metrics.render();
+        let health = "grpc_type=\"unary\",grpc_service=\"grpc.health.v1.Health\",grpc_method=\"Check\"";
+        let unknown = "grpc_type=\"unknown\",grpc_service=\"unknown\",grpc_method=\"unknown\"";
+        assert_eq!(
+            value(&text, &format!("grpc_server_started_total{{{health}}}")),
+            Some(4.0)
+        );
+        assert_eq!(
+            value(&text, &format!("grpc_server_handling_seconds_count{{{health}}}")),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("grpc_server_handled_total{{{health},grpc_code=\"OK\"}}")
+            ),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("grpc_server_handled_total{{{health},grpc_code=\"Unavailable\"}}")
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, &format!("grpc_server_started_total{{{unknown}}}")),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("grpc_server_handled_total{{{unknown},grpc_code=\"Unimplemented\"}}")
+            ),
+            Some(1.0)
+        );
+        assert_eq!(value(&text, "grpc_server_in_flight"), Some(0.0));
     }
 }

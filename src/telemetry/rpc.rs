@@ -1,4 +1,4 @@
-//! The outermost layer: every RPC gets a span (service, method, client, code),
+//! The outermost layer: every RPC gets a span (service, method, client),
 //! go-grpc-prometheus metrics, and a WARN when it is slower than
 //! `--slow-request`, with the time its Redis work took — never its arguments.
 
@@ -18,7 +18,7 @@ use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 
 use super::{
     Meter,
-    metrics::{HandledLabels, MethodLabels, code_name, method_labels},
+    metrics::{Method, code_name, method},
 };
 
 tokio::task_local! {
@@ -87,16 +87,12 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
-        let labels = method_labels(request.uri().path());
-        let span = info_span!(
-            "rpc",
-            service = labels.grpc_service,
-            method = labels.grpc_method,
-            client = Empty,
-            code = Empty,
-        );
-        let (service, method) = (labels.grpc_service, labels.grpc_method);
-        let completion = Completion::start(self.meter.clone(), labels, span.clone());
+        let rpc = method(request.uri().path());
+        let (service, method) = (rpc.labels.grpc_service, rpc.labels.grpc_method);
+        // Displayed, not debugged: the text format then writes the names as they
+        // are instead of escaping them character by character, on every RPC.
+        let span = info_span!("rpc", service = %service, method = %method, client = Empty);
+        let completion = Completion::start(self.meter.clone(), rpc);
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let slow = self.slow;
@@ -158,42 +154,21 @@ fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
 /// The bookkeeping of one RPC, finished exactly once.
 struct Completion {
     meter: Meter,
-    labels: MethodLabels,
-    span: Span,
+    method: Method,
 }
 
 impl Completion {
-    fn start(meter: Meter, labels: MethodLabels, span: Span) -> Completion {
-        meter.record(|metrics| {
-            metrics.rpc_started.get_or_create(&labels).inc();
-            metrics.rpc_in_flight.inc();
-        });
-        Completion { meter, labels, span }
+    fn start(meter: Meter, method: Method) -> Completion {
+        meter.record(|metrics| metrics.rpc_started(method));
+        Completion { meter, method }
     }
 
     fn headers_sent(&self, took: Duration) {
-        self.meter.record(|metrics| {
-            metrics
-                .rpc_seconds
-                .get_or_create(&self.labels)
-                .observe(took.as_secs_f64())
-        });
+        self.meter.record(|metrics| metrics.rpc_answered(self.method, took));
     }
 
     fn finish(self, code: tonic::Code) {
-        self.span.record("code", code_name(code));
-        self.meter.record(|metrics| {
-            metrics.rpc_in_flight.dec();
-            metrics
-                .rpc_handled
-                .get_or_create(&HandledLabels {
-                    grpc_type: self.labels.grpc_type,
-                    grpc_service: self.labels.grpc_service,
-                    grpc_method: self.labels.grpc_method,
-                    grpc_code: code_name(code),
-                })
-                .inc();
-        });
+        self.meter.record(|metrics| metrics.rpc_finished(self.method, code));
     }
 }
 
