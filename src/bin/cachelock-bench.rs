@@ -8,6 +8,11 @@
 
 #![forbid(unsafe_code)]
 
+/// The allocator the service uses (see its `main.rs`), here too: for the bare
+/// tonic server this binary starts, so that the floor is compared like for like.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{
     net::SocketAddr,
     path::PathBuf,
