@@ -18,6 +18,14 @@ fn bench(args: &[&str]) -> String {
     stdout
 }
 
+/// The rows of a `--json` run: one JSON object per line.
+fn json_rows(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}
+
 #[test]
 fn every_scenario_runs_without_errors() {
     let stdout = bench(&[
@@ -34,10 +42,7 @@ fn every_scenario_runs_without_errors() {
         "5",
     ]);
 
-    let rows: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-        .collect();
+    let rows = json_rows(&stdout);
     let scenarios = [
         "bare-floor",
         "grpc-floor",
@@ -139,10 +144,7 @@ fn compare_interleaves_two_scenarios_and_totals_them() {
         "--concurrency",
         "2",
     ]);
-    let rows: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
-        .collect();
+    let rows = json_rows(&stdout);
     let names: Vec<&str> = rows.iter().filter_map(|row| row["scenario"].as_str()).collect();
     // A B A B, then the totals of A and B.
     assert_eq!(

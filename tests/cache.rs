@@ -602,6 +602,16 @@ async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
     );
 }
 
+/// Waits until `count` Cache.Gets have reached the service (its RPC metrics count them).
+async fn gets_reaching(service: &TestService, count: u32) {
+    let started = "grpc_server_started_total{grpc_type=\"unary\",grpc_service=\"cachelock.cache.v1.CacheService\",\
+                   grpc_method=\"Get\"}";
+    eventually(&format!("all {count} Gets reaching the service"), async || {
+        service.metric(started).await >= f64::from(count)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_gets_of_different_keys_go_together_and_each_gets_its_own_answer() {
     let redis = TestRedis::start().await;
@@ -641,12 +651,7 @@ async fn concurrent_gets_of_different_keys_go_together_and_each_gets_its_own_ans
             tokio::spawn(async move { (i, cache.get(get(&format!("k{i}"))).await) })
         })
         .collect();
-    let started = "grpc_server_started_total{grpc_type=\"unary\",grpc_service=\"cachelock.cache.v1.CacheService\",\
-                   grpc_method=\"Get\"}";
-    eventually("all 50 Gets reaching the service", async || {
-        service.metric(started).await >= 50.0
-    })
-    .await;
+    gets_reaching(&service, 50).await;
     link.hold_requests(false);
 
     assert_eq!(first.await.unwrap().unwrap().into_inner().value, b"v0");
@@ -680,12 +685,7 @@ async fn concurrent_gets_of_one_key_share_one_redis_read() {
             tokio::spawn(async move { cache.get(get("hot")).await })
         })
         .collect();
-    let started = "grpc_server_started_total{grpc_type=\"unary\",grpc_service=\"cachelock.cache.v1.CacheService\",\
-                   grpc_method=\"Get\"}";
-    eventually("all 500 Gets reaching the service", async || {
-        service.metric(started).await >= 500.0
-    })
-    .await;
+    gets_reaching(&service, 500).await;
     link.hold_replies(false);
     for answer in gets {
         let answer = answer.await.unwrap().unwrap().into_inner();
