@@ -71,6 +71,13 @@ impl Node {
     }
 
     fn start_in(port: u16, args: &[String], dir: PathBuf, password: Option<String>) -> Node {
+        Node::try_start_in(port, args, dir, password)
+            .unwrap_or_else(|log| panic!("redis-server on port {port} exited at start:\n{log}"))
+    }
+
+    /// Starts the process and waits until it answers PING; its log when it exits first
+    /// (a port taken since it was found free, for one).
+    fn try_start_in(port: u16, args: &[String], dir: PathBuf, password: Option<String>) -> Result<Node, String> {
         let script = r#"dir=$1; shift; redis-server "$@" >"$dir/log.txt" 2>&1 & pid=$!; echo "$pid"; read _; kill -9 "$pid" 2>/dev/null; rm -rf "$dir""#;
         let mut keeper = Command::new("sh")
             .arg("-c")
@@ -98,6 +105,16 @@ impl Node {
         };
         let give_up = Instant::now() + FORMING;
         while node.ping().is_err() {
+            if node.exited() {
+                let log = std::fs::read_to_string(node.dir.join("log.txt")).unwrap_or_default();
+                return Err(if log.is_empty() {
+                    "no log (is redis-server installed? Debian/Ubuntu: apt-get install redis-server \
+                     redis-tools)"
+                        .to_owned()
+                } else {
+                    log
+                });
+            }
             assert!(
                 Instant::now() < give_up,
                 "redis-server on port {port} did not start (is redis-server installed? \
@@ -105,7 +122,14 @@ impl Node {
             );
             sleep(Duration::from_millis(20));
         }
-        node
+        Ok(node)
+    }
+
+    /// Whether the process has ended (its keeper has not reaped it yet: a zombie).
+    fn exited(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).map_or(true, |stat| {
+            stat.rsplit_once(") ").is_none_or(|(_, rest)| rest.starts_with('Z'))
+        })
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -170,11 +194,11 @@ impl Node {
     }
 }
 
-/// A free loopback port at most 55535 (a Cluster node's bus listens on port + 10000).
+/// A free loopback port at most 55535 whose Cluster bus port (port + 10000) is free too.
 pub fn cluster_port() -> u16 {
     loop {
         let port = TestRedis::free_port();
-        if port <= 55535 {
+        if port <= 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
             return port;
         }
     }
@@ -224,29 +248,36 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
+    /// Starts one Cluster node. Its two ports were free when chosen but another process
+    /// may take one before the node binds it: then the node starts again on new ones.
+    fn start_node() -> Node {
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let port = cluster_port();
+            let dir = node_dir(port);
+            let args = node_args(
+                port,
+                &dir,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                ],
+            );
+            match Node::try_start_in(port, &args, dir, None) {
+                Ok(node) => return node,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("no Cluster node started on five pairs of ports; the last one's log:\n{last_log}");
+    }
+
     /// Starts six nodes and joins them into a Cluster with `redis-cli --cluster create`.
     pub fn start() -> TestCluster {
-        let nodes: Vec<Node> = (0..6)
-            .map(|_| {
-                let port = cluster_port();
-                let dir = node_dir(port);
-                Node::start(
-                    port,
-                    &node_args(
-                        port,
-                        &dir,
-                        &[
-                            "--cluster-enabled",
-                            "yes",
-                            "--cluster-config-file",
-                            "nodes.conf",
-                            "--cluster-node-timeout",
-                            "1000",
-                        ],
-                    ),
-                )
-            })
-            .collect();
+        let nodes: Vec<Node> = (0..6).map(|_| TestCluster::start_node()).collect();
         let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
         let created = Command::new("redis-cli")
             .arg("--cluster")
