@@ -685,7 +685,11 @@ async fn concurrent_gets_of_one_key_share_one_redis_read() {
             tokio::spawn(async move { cache.get(get("hot")).await })
         })
         .collect();
-    gets_reaching(&service, 500).await;
+    // Every Get but the first joined its read: none can start a read of its own.
+    eventually("499 Gets joining the read in flight", async || {
+        service.metric("cachelock_cache_shared_reads_total").await >= 499.0
+    })
+    .await;
     link.hold_replies(false);
     for answer in gets {
         let answer = answer.await.unwrap().unwrap().into_inner();

@@ -40,6 +40,7 @@ impl<V: Clone + Send + Sync> Flights<V> {
 
     /// The answer of the read of `key` in flight, or of `read` when there is none
     /// (or the one in flight fails or is cancelled: each caller then reads for itself).
+    /// `joined` is called when this call joins a read in flight.
     ///
     /// # Errors
     /// Those of `read`; [`Error::Timeout`] when `deadline` passes while waiting
@@ -49,14 +50,16 @@ impl<V: Clone + Send + Sync> Flights<V> {
         key: &str,
         deadline: Instant,
         read: impl Future<Output = Result<V, Error>>,
+        joined: impl FnOnce(),
     ) -> Result<V, Error> {
-        let joined = self
+        let in_flight = self
             .reading
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(key)
             .map(|flight| flight.answer.clone());
-        if let Some(mut answer) = joined {
+        if let Some(mut answer) = in_flight {
+            joined();
             let started = Instant::now();
             let shared = tokio::time::timeout_at(deadline, answer.wait_for(Option::is_some))
                 .await
@@ -150,7 +153,7 @@ mod tests {
         };
         let leader = {
             let flights = flights.clone();
-            tokio::spawn(async move { flights.read("k", deadline(), read).await })
+            tokio::spawn(async move { flights.read("k", deadline(), read, || ()).await })
         };
         while !flights
             .reading
@@ -166,7 +169,7 @@ mod tests {
     /// A read of "k" that would answer `own` by itself, started (and joined, if it can).
     async fn follower(flights: &Arc<Flights<u32>>, own: u32) -> JoinHandle<Result<u32, Error>> {
         let flights = flights.clone();
-        let follower = tokio::spawn(async move { flights.read("k", deadline(), async move { Ok(own) }).await });
+        let follower = tokio::spawn(async move { flights.read("k", deadline(), async move { Ok(own) }, || ()).await });
         tokio::task::yield_now().await;
         follower
     }
@@ -179,7 +182,10 @@ mod tests {
 
         // A write completed: a read that starts now does not join the old one.
         flights.forget("k");
-        assert_eq!(flights.read("k", deadline(), async { Ok(3) }).await.ok(), Some(3));
+        assert_eq!(
+            flights.read("k", deadline(), async { Ok(3) }, || ()).await.ok(),
+            Some(3)
+        );
 
         let _ = release.send(());
         assert_eq!(leader.await.ok().and_then(Result::ok), Some(1));

@@ -246,7 +246,8 @@ impl CacheService for CacheApi {
         let key = self.limits.key("key", &request.key)?;
         let redis_key = space.cache(key);
         let read = self.store.get(&redis_key, deadline);
-        let response = match self.flights.read(&redis_key, deadline, read).await? {
+        let joined = || self.meter.record(|metrics| metrics.cache_shared_reads.inc());
+        let response = match self.flights.read(&redis_key, deadline, read, joined).await? {
             Some(Stored { value, ttl_millis }) => GetResponse {
                 found: true,
                 value,

@@ -133,6 +133,8 @@ pub struct Metrics {
     pub cache_reads: Family<Outcome, Counter>,
     /// Cache entries written.
     pub cache_writes: Counter,
+    /// Gets that joined a read of their key already in flight (single-flight).
+    pub cache_shared_reads: Counter,
     /// GetOrLease answers by outcome (hit, refresh, stale, lease, miss, waited).
     pub cache_lease_answers: Family<Outcome, Counter>,
     /// Rate-limit decisions by result (allowed, denied, policy_allowed, policy_denied).
@@ -209,6 +211,7 @@ impl Metrics {
             health_serving: Family::default(),
             cache_reads: Family::default(),
             cache_writes: Counter::default(),
+            cache_shared_reads: Counter::default(),
             cache_lease_answers: Family::default(),
             ratelimit_decisions: Family::default(),
             ratelimit_batches: Counter::default(),
@@ -298,6 +301,11 @@ impl Metrics {
             "cachelock_cache_writes",
             "Cache entries written",
             metrics.cache_writes.clone(),
+        );
+        registry.register(
+            "cachelock_cache_shared_reads",
+            "Gets that joined a read of their key already in flight on this instance instead of sending their own",
+            metrics.cache_shared_reads.clone(),
         );
         registry.register(
             "cachelock_cache_lease_answers",
