@@ -497,6 +497,26 @@ impl TestSentinels {
         text
     }
 
+    /// Whether the group is whole: the node the first Sentinel names as primary
+    /// says it is one, and the other node follows it with its link up. Which
+    /// node is which does not matter: on a loaded machine a Sentinel may fail
+    /// over once more while a returning node catches up.
+    pub fn is_whole(&self) -> bool {
+        let Some(port) = self.primary_port() else {
+            return false;
+        };
+        let (primary, replica) = if self.first.port == port {
+            (&self.first, &self.second)
+        } else {
+            (&self.second, &self.first)
+        };
+        primary.port == port
+            && primary.info("replication", "role") == "master"
+            && replica.info("replication", "role") == "slave"
+            && replica.info("replication", "master_port") == port.to_string()
+            && replica.info("replication", "master_link_status") == "up"
+    }
+
     /// The Sentinel URLs, comma-separated, for `--redis-sentinel-nodes`.
     pub fn urls(&self) -> String {
         self.sentinels.iter().map(Node::url).collect::<Vec<_>>().join(",")
