@@ -260,8 +260,18 @@ async fn a_retry_with_the_same_request_id_gets_the_same_grant(backend: Backend) 
     let anonymous = take(&mut client, acquire("charge:42", 10_000, 0)).await;
     assert!(!anonymous.acquired);
 
-    // Once released, the old request id holds nothing: a retry is a new grant.
+    // Once released, the old request id holds nothing: a retry is a new grant,
+    // and the lock's state keeps nothing of the holder or its request id.
     release(&mut client, "charge:42", &first.token).await.unwrap();
+    let state = backend.keys(&format!("{}:*lock-fence*", backend.prefix())).await;
+    assert_eq!(state.len(), 1, "{state:?}");
+    let mut fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&state[0])
+        .query_async(&mut backend.connection().await)
+        .await
+        .expect("HKEYS");
+    fields.sort();
+    assert_eq!(fields, ["f", "p", "r"]);
     let fresh = take(&mut client, with_id("3f1c-retry")).await;
     assert!(fresh.acquired);
     assert_ne!(fresh.token, first.token);

@@ -48,11 +48,12 @@ local permits, ticket, place_life = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8]
 
 -- Leases that ran out, and waiters whose instance went away without leaving.
 for _, expired in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  local fields = {'f:' .. expired, 'o:' .. expired, 'i:' .. expired}
   local expired_rid = redis.call('HGET', KEYS[2], 'i:' .. expired)
   if expired_rid and expired_rid ~= '' then
-    redis.call('HDEL', KEYS[2], 'g:' .. expired_rid)
+    fields[4] = 'g:' .. expired_rid
   end
-  redis.call('HDEL', KEYS[2], 'f:' .. expired, 'o:' .. expired, 'i:' .. expired)
+  redis.call('HDEL', KEYS[2], unpack(fields))
   redis.call('ZREM', KEYS[1], expired)
 end
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)) do
@@ -62,13 +63,14 @@ end
 
 -- This grant already: the same call again, or a retry of the same request.
 local held_by = token
-if not redis.call('ZSCORE', KEYS[1], token) and rid ~= '' then
+local ends = redis.call('ZSCORE', KEYS[1], token)
+if not ends and rid ~= '' then
   local earlier = redis.call('HGET', KEYS[2], 'g:' .. rid)
   if earlier and redis.call('HGET', KEYS[2], 'o:' .. earlier) == owner then
     held_by = earlier
+    ends = redis.call('ZSCORE', KEYS[1], earlier)
   end
 end
-local ends = redis.call('ZSCORE', KEYS[1], held_by)
 if ends then
   local fence = redis.call('HGET', KEYS[2], 'f:' .. held_by)
   -- A write of what is already there, so that a WAIT after this reply (see
@@ -96,14 +98,19 @@ if holders + ahead < permits then
   local fence = math.max(last + 1, now_us)
   -- %.0f keeps all digits; Lua's default number format would round to 14.
   local fence_text = string.format('%.0f', fence)
-  redis.call('HSET', KEYS[2], 'f', fence_text, 'p', permits,
-    'f:' .. token, fence_text, 'o:' .. token, owner, 'i:' .. token, rid)
+  local fields = {'f', fence_text, 'p', permits,
+    'f:' .. token, fence_text, 'o:' .. token, owner, 'i:' .. token, rid}
   if rid ~= '' then
-    redis.call('HSET', KEYS[2], 'g:' .. rid, token)
+    fields[11], fields[12] = 'g:' .. rid, token
   end
+  redis.call('HSET', KEYS[2], unpack(fields))
   redis.call('ZADD', KEYS[1], now + lease, token)
-  local last_end = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
-  redis.call('PEXPIRE', KEYS[1], tonumber(last_end) - now)
+  -- The holders last as long as the longest lease; alone, that is this one.
+  local last_end = now + lease
+  if holders > 0 then
+    last_end = tonumber(redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2])
+  end
+  redis.call('PEXPIRE', KEYS[1], last_end - now)
   if redis.call('PTTL', KEYS[2]) < lease + tonumber(ARGV[5]) then
     redis.call('PEXPIRE', KEYS[2], lease + tonumber(ARGV[5]))
   end

@@ -22,21 +22,25 @@ local token = ARGV[1]
 local ends = redis.call('ZSCORE', KEYS[1], token)
 if ends and tonumber(ends) > now then
   redis.call('ZREM', KEYS[1], token)
+  local fields = {'f:' .. token, 'o:' .. token, 'i:' .. token}
   local rid = redis.call('HGET', KEYS[2], 'i:' .. token)
   if rid and rid ~= '' then
-    redis.call('HDEL', KEYS[2], 'g:' .. rid)
+    fields[4] = 'g:' .. rid
   end
-  redis.call('HDEL', KEYS[2], 'f:' .. token, 'o:' .. token, 'i:' .. token)
+  redis.call('HDEL', KEYS[2], unpack(fields))
   redis.call('HSET', KEYS[2], 'r', token)
   if redis.call('PTTL', KEYS[2]) < 0 then
     redis.call('PEXPIRE', KEYS[2], ARGV[3])
   end
-  local permits = tonumber(redis.call('HGET', KEYS[2], 'p') or '1')
-  local free = permits - redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
-  if free > 0 then
-    local next = redis.call('ZRANGE', KEYS[3], 0, free - 1)
-    if #next > 0 then
-      redis.call('PUBLISH', ARGV[2], table.concat(next, ' '))
+  -- Nobody waits in the common case; only a queue needs the count of free permits.
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    local permits = tonumber(redis.call('HGET', KEYS[2], 'p') or '1')
+    local free = permits - redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+    if free > 0 then
+      local next = redis.call('ZRANGE', KEYS[3], 0, free - 1)
+      if #next > 0 then
+        redis.call('PUBLISH', ARGV[2], table.concat(next, ' '))
+      end
     end
   end
   return 1
