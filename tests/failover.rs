@@ -29,7 +29,8 @@ use cachelock::{
     redis::Keys,
 };
 use common::{
-    FORMING, Node, TestCluster, TestSentinels, TestService, eventually, eventually_within, holds_within, millis,
+    FORMING, Node, PATIENCE, TestCluster, TestSentinels, TestService, eventually, eventually_within, holds_within,
+    millis,
 };
 use tokio::task::JoinHandle;
 use tonic::Code;
@@ -93,6 +94,8 @@ struct Outcome {
 #[derive(Default)]
 struct Seen {
     outcomes: Vec<Outcome>,
+    /// The code and message of the last failed call.
+    last_failure: Option<String>,
     /// Codes outside the documented ones for a failover (UNAVAILABLE, DEADLINE_EXCEEDED).
     unexpected: Vec<String>,
 }
@@ -102,10 +105,11 @@ impl Seen {
         let ok = match result {
             Ok(()) => true,
             Err(status) => {
+                let failure = format!("{:?}: {}", status.code(), status.message());
                 if !matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) {
-                    self.unexpected
-                        .push(format!("{:?}: {}", status.code(), status.message()));
+                    self.unexpected.push(failure.clone());
                 }
+                self.last_failure = Some(failure);
                 false
             }
         };
@@ -249,19 +253,39 @@ impl Load {
         seen
     }
 
-    /// Waits until every worker has had `count` successful calls that began after `since`.
+    /// Waits until every worker has had `count` successful calls that began
+    /// after `since`.
     async fn wait_for_successes(&self, since: Instant, count: usize) {
-        eventually("every worker succeeding again", async || {
-            self.seen.iter().all(|(_, seen)| {
-                let seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
-                seen.outcomes
-                    .iter()
-                    .filter(|outcome| outcome.ok && outcome.at > since)
-                    .count()
-                    >= count
-            })
-        })
-        .await;
+        if let Err(lagging) = self.successes_after(since, count).await {
+            panic!("{lagging}");
+        }
+    }
+
+    /// Waits until every worker has had `count` successful calls that began
+    /// after `since`, or [`PATIENCE`] passes: then the error names the workers
+    /// still short of it, with what each saw last.
+    async fn successes_after(&self, since: Instant, count: usize) -> Result<(), String> {
+        let lagging = || -> Vec<String> {
+            self.seen
+                .iter()
+                .filter_map(|(name, seen)| {
+                    let seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                    let ok = seen
+                        .outcomes
+                        .iter()
+                        .filter(|outcome| outcome.ok && outcome.at > since)
+                        .count();
+                    (ok < count).then(|| format!("{name}: {ok} ok, last failure {:?}", seen.last_failure))
+                })
+                .collect()
+        };
+        if holds_within(PATIENCE, async || lagging().is_empty()).await {
+            return Ok(());
+        }
+        Err(format!(
+            "not every worker succeeded {count} times within {PATIENCE:?}:\n{}",
+            lagging().join("\n")
+        ))
     }
 
     /// Stops the workers and reports: the longest time any worker went from
@@ -378,6 +402,28 @@ async fn new_primary_named(group: &TestSentinels, old_port: u16) -> Instant {
     Instant::now()
 }
 
+/// Waits until the group is whole again after `what` at `trigger` (the
+/// primary on `old` before it), and returns when.
+async fn whole_again(group: &TestSentinels, old: u16, trigger: Instant, what: &str) -> Instant {
+    let whole = holds_within(REJOIN, async || group.is_whole()).await;
+    assert!(
+        whole,
+        "{what}: no primary had a replica in sync within {REJOIN:?}:\n{}",
+        group.describe()
+    );
+    let now = Instant::now();
+    let primary = if group.primary_port() == Some(old) {
+        "the old one"
+    } else {
+        "the promoted one"
+    };
+    eprintln!(
+        "{what}: a primary had a replica in sync again {} ms after it (primary on {primary})",
+        (now - trigger).as_millis()
+    );
+    now
+}
+
 /// How long a Sentinel group may take to be whole again (a primary with a
 /// replica in sync) once the old primary is back. A Sentinel turns the returning
 /// node into a replica only after it has reported itself primary for 8 s, on
@@ -408,23 +454,10 @@ async fn a_sentinel_failover_mid_load_is_followed_with_no_double_grant_when_gran
         "SENTINEL FAILOVER: the Sentinels named the new primary {} ms after the command",
         (promoted - trigger).as_millis()
     );
-    let back = holds_within(REJOIN, async || group.is_whole()).await;
-    assert!(
-        back,
-        "the old primary did not follow the new one within {REJOIN:?}:\n{}",
-        group.describe()
-    );
-    let rejoined = Instant::now();
-    eprintln!(
-        "SENTINEL FAILOVER: a primary had a replica in sync again {} ms after the command (primary on {})",
-        (rejoined - trigger).as_millis(),
-        if group.primary_port() == Some(old) {
-            "the old one"
-        } else {
-            "the promoted one"
-        },
-    );
-    load.wait_for_successes(rejoined, 20).await;
+    let rejoined = whole_again(&group, old, trigger, "SENTINEL FAILOVER").await;
+    if let Err(lagging) = load.successes_after(rejoined, 20).await {
+        panic!("{lagging}\n{}", group.describe());
+    }
     service.wait_for_health("", ServingStatus::Serving).await;
     load.stop(trigger, "SENTINEL FAILOVER").await;
 }
@@ -459,23 +492,10 @@ async fn a_killed_sentinel_primary_is_replaced_with_no_double_grant_when_grants_
         &mut group.second
     };
     killed.restart();
-    let back = holds_within(REJOIN, async || group.is_whole()).await;
-    assert!(
-        back,
-        "the old primary did not rejoin as a replica within {REJOIN:?}:\n{}",
-        group.describe()
-    );
-    let rejoined = Instant::now();
-    eprintln!(
-        "kill -9 of the primary: a primary had a replica in sync again {} ms after the kill (primary on {})",
-        (rejoined - trigger).as_millis(),
-        if group.primary_port() == Some(old) {
-            "the old one"
-        } else {
-            "the promoted one"
-        },
-    );
-    load.wait_for_successes(rejoined, 20).await;
+    let rejoined = whole_again(&group, old, trigger, "kill -9 of the primary").await;
+    if let Err(lagging) = load.successes_after(rejoined, 20).await {
+        panic!("{lagging}\n{}", group.describe());
+    }
     service.wait_for_health("", ServingStatus::Serving).await;
     load.stop(trigger, "kill -9 of the primary").await;
 }

@@ -132,6 +132,13 @@ impl Node {
         })
     }
 
+    /// The last `lines` lines of its log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.join("log.txt")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// `redis://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         match &self.password {
@@ -345,6 +352,14 @@ impl TestCluster {
 /// The master name the test Sentinels monitor.
 pub const MASTER: &str = "testmaster";
 
+/// How long a data node must be silent before a Sentinel thinks it down. A
+/// Sentinel pings every second and counts from the last answer, and after a
+/// failover it starts a fresh link to the promoted node; with 1000 ms a link
+/// that took a moment to come back marked the new primary down one second after
+/// its promotion, and the Sentinels failed over again, to the old primary that
+/// had just restarted empty. 3000 ms leaves two seconds for that.
+const DOWN_AFTER_MS: u32 = 3000;
+
 /// A primary, its replica and three Sentinels that monitor them.
 pub struct TestSentinels {
     /// The node that starts as primary.
@@ -387,7 +402,7 @@ impl TestSentinels {
                 let mut text = format!(
                     "bind 127.0.0.1\nport {port}\nprotected-mode no\ndir {dir}\n\
                      sentinel monitor {MASTER} 127.0.0.1 {primary} 2\n\
-                     sentinel down-after-milliseconds {MASTER} 1000\n\
+                     sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}\n\
                      sentinel failover-timeout {MASTER} 5000\n",
                     dir = dir.display(),
                 );
@@ -461,8 +476,9 @@ impl TestSentinels {
     }
 
     /// What each Sentinel and data node reports, for a failure message: whether
-    /// a Sentinel is in TILT mode, which primary and replicas it knows, and each
-    /// data node's replication state.
+    /// a Sentinel is in TILT mode, which primary and replicas it knows, each
+    /// data node's replication state, and the events in the first Sentinel's log
+    /// (down, failover, switch and TILT are logged at its warning level).
     pub fn describe(&self) -> String {
         let mut text = String::new();
         for sentinel in &self.sentinels {
@@ -494,6 +510,11 @@ impl TestSentinels {
                 node.info("replication", "master_link_status"),
             ));
         }
+        text.push_str(&format!(
+            "the log of sentinel {}:\n{}\n",
+            self.sentinels[0].port,
+            self.sentinels[0].log_tail(40)
+        ));
         text
     }
 
