@@ -14,6 +14,7 @@ redis.call('ZREM', KEYS[4], ARGV[1])
 if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then
   return 0
 end
+-- Wakes the waiters now first in line, as lock_release.lua does: change both together.
 local permits = tonumber(redis.call('HGET', KEYS[2], 'p') or '1')
 local free = permits - redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 if free > 0 then

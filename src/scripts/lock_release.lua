@@ -33,6 +33,7 @@ if ends and tonumber(ends) > now then
     redis.call('PEXPIRE', KEYS[2], ARGV[3])
   end
   -- Nobody waits in the common case; only a queue needs the count of free permits.
+  -- The wake-up below is lock_leave.lua's too: change both together.
   if redis.call('EXISTS', KEYS[3]) == 1 then
     local permits = tonumber(redis.call('HGET', KEYS[2], 'p') or '1')
     local free = permits - redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
