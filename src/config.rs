@@ -230,6 +230,14 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_REQUIRE_NOEVICTION")]
     pub require_noeviction: bool,
 
+    /// Grant and extend locks, and report the lock and session services SERVING, even while
+    /// Redis may evict keys (a maxmemory with any policy but noeviction). By default lock grants
+    /// and extensions are then refused (EVICTION_POLICY): an evicted lease would be granted
+    /// again while its holder still works, and an evicted session index hides sessions from
+    /// log-out-everywhere. Set it only if you accept those risks.
+    #[arg(long, env = "CACHELOCK_ALLOW_EVICTING_REDIS")]
+    pub allow_evicting_redis: bool,
+
     /// After a shutdown signal, how long health says NOT_SERVING while calls are still served,
     /// so that load balancers stop sending before the listener closes. A second signal skips it.
     #[arg(long, env = "CACHELOCK_SHUTDOWN_DELAY", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -347,9 +355,18 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_RLS_HEADERS")]
     pub rls_headers: bool,
 
-    /// Longest lease a lock may ask for. After Redis loses its data, lock grants pause this long.
+    /// Longest lease a lock may ask for. After Redis loses its data (or may have), lock grants
+    /// pause this long.
     #[arg(long, env = "CACHELOCK_LOCK_MAX_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub lock_max_ttl: Duration,
+
+    /// Grant locks at once on a Redis node that started less than --lock-max-ttl ago and holds
+    /// no record of earlier grants. By default grants there wait until it has been up that long,
+    /// because such a node may have restarted empty while leases it had granted are still held.
+    /// Safe only for a Redis that has never held locks (a new deployment, a test); never as a
+    /// standing setting where Redis runs without persistence. The development Redis needs none.
+    #[arg(long, env = "CACHELOCK_LOCK_TRUST_YOUNG_REDIS")]
+    pub lock_trust_young_redis: bool,
 
     /// Replicas that must acknowledge a lock grant or extension (Redis WAIT) before it is
     /// answered; when fewer do within the call's budget, it is released and the caller gets

@@ -123,8 +123,13 @@ pub enum Reason {
     RedisUnavailable,
     /// UNAVAILABLE: Redis did not answer in time, and the command is safe to repeat.
     RedisTimeout,
-    /// UNAVAILABLE: lock grants are paused after Redis lost its data.
+    /// UNAVAILABLE: lock grants are paused after Redis lost its data (or may have).
     LocksPaused,
+    /// FAILED_PRECONDITION: Redis may evict keys, so lock grants and extensions are
+    /// refused (see `--allow-evicting-redis`).
+    EvictionPolicy,
+    /// FAILED_PRECONDITION: the lock's holders were granted with other permits.
+    PermitsMismatch,
     /// DEADLINE_EXCEEDED: a change was in flight when Redis stopped answering; it
     /// may or may not have been applied.
     MayHaveApplied,
@@ -153,7 +158,7 @@ pub const DOMAIN: &str = "cachelock.dev";
 
 impl Reason {
     /// Every reason, for the README's list and its test.
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 25] = [
         Reason::InvalidField,
         Reason::MalformedRequest,
         Reason::Unauthenticated,
@@ -167,6 +172,8 @@ impl Reason {
         Reason::RedisUnavailable,
         Reason::RedisTimeout,
         Reason::LocksPaused,
+        Reason::EvictionPolicy,
+        Reason::PermitsMismatch,
         Reason::MayHaveApplied,
         Reason::DeadlinePassed,
         Reason::RedisOutOfMemory,
@@ -195,6 +202,8 @@ impl Reason {
             Reason::RedisUnavailable => "REDIS_UNAVAILABLE",
             Reason::RedisTimeout => "REDIS_TIMEOUT",
             Reason::LocksPaused => "LOCKS_PAUSED",
+            Reason::EvictionPolicy => "EVICTION_POLICY",
+            Reason::PermitsMismatch => "PERMITS_MISMATCH",
             Reason::MayHaveApplied => "MAY_HAVE_APPLIED",
             Reason::DeadlinePassed => "DEADLINE_PASSED",
             Reason::RedisOutOfMemory => "REDIS_OUT_OF_MEMORY",
@@ -340,9 +349,10 @@ impl Error {
                 (
                     Code::Unavailable,
                     format!(
-                        "lock grants are paused for {} more: Redis lost its data (a restart without \
-                         persistence or a failover to an empty replica), and a lease granted before may \
-                         still be in use until the longest lease has run out; retry after that",
+                        "lock grants are paused for {} more: the Redis node holding the lock lost its \
+                         data, or may have (a restart without persistence, a failover to an empty replica, \
+                         an eviction), and a lease granted before may still be in use until the longest \
+                         lease has run out; retry after that",
                         humantime::format_duration(left)
                     ),
                     Reason::LocksPaused,
@@ -535,6 +545,16 @@ mod tests {
                 true,
             ),
             (Error::LocksPaused(Duration::from_secs(3)), Code::Unavailable, true),
+            (
+                Error::FailedPrecondition(Reason::EvictionPolicy, "evicts".to_owned()),
+                Code::FailedPrecondition,
+                false,
+            ),
+            (
+                Error::FailedPrecondition(Reason::PermitsMismatch, "3".to_owned()),
+                Code::FailedPrecondition,
+                false,
+            ),
             (Error::MayHaveApplied(Cause::Closed), Code::DeadlineExceeded, false),
             (
                 Error::Timeout {

@@ -44,7 +44,7 @@ use tracing::{info, warn};
 use crate::{
     admission::RefusalLog,
     error::{Error, Reason},
-    redis::{Kind, Op, Patience, Redis, Request as RedisRequest, State, Topology, epoch::DataEpoch},
+    redis::{Kind, Op, Patience, Redis, Request as RedisRequest, State, Topology},
     telemetry::{Meter, metrics::HealthName},
 };
 
@@ -73,6 +73,24 @@ impl HealthStatus {
         self.set(status).await;
     }
 
+    /// Sets every registered name SERVING but those in `withheld`, which stay
+    /// NOT_SERVING (unless shutting down: then nothing changes).
+    pub async fn serve(&self, withheld: &[&'static str]) {
+        let closed = self.closed.lock().await;
+        if *closed {
+            return;
+        }
+        self.serving.store(true, Ordering::Release);
+        for name in self.names.iter() {
+            let status = if withheld.contains(name) {
+                ServingStatus::NotServing
+            } else {
+                ServingStatus::Serving
+            };
+            self.report(name, status).await;
+        }
+    }
+
     /// Sets every name NOT_SERVING for good: the process is shutting down.
     pub async fn close(&self) {
         let mut closed = self.closed.lock().await;
@@ -81,17 +99,20 @@ impl HealthStatus {
     }
 
     async fn set(&self, status: ServingStatus) {
-        let serving = status == ServingStatus::Serving;
-        self.serving.store(serving, Ordering::Release);
+        self.serving.store(status == ServingStatus::Serving, Ordering::Release);
         for name in self.names.iter() {
-            self.reporter.set_service_status(name, status).await;
-            self.meter.record(|metrics| {
-                metrics
-                    .health_serving
-                    .get_or_create(&HealthName { service: name })
-                    .set(i64::from(serving));
-            });
+            self.report(name, status).await;
         }
+    }
+
+    async fn report(&self, name: &'static str, status: ServingStatus) {
+        self.reporter.set_service_status(name, status).await;
+        self.meter.record(|metrics| {
+            metrics
+                .health_serving
+                .get_or_create(&HealthName { service: name })
+                .set(i64::from(status == ServingStatus::Serving));
+        });
     }
 
     /// Whether the names are SERVING now.
@@ -198,6 +219,9 @@ pub struct ProbeSettings {
     pub timeout: Duration,
     /// Whether an eviction policy other than `noeviction` makes the service NOT_SERVING.
     pub require_noeviction: bool,
+    /// The names that are NOT_SERVING while Redis may evict keys (the lock and
+    /// session services, unless `--allow-evicting-redis`).
+    pub unsafe_when_evicting: Vec<&'static str>,
 }
 
 /// What a probe found.
@@ -234,13 +258,16 @@ struct Shape {
 struct Observed {
     policy: String,
     full: bool,
+    /// A maxmemory is set and the policy is not `noeviction` (on any primary).
+    evicts: bool,
 }
 
 /// Watches Redis and sets every health name from what it sees; runs until its
-/// task is aborted. `epoch` is checked at every probe while Redis is ready.
-pub async fn probe_redis(redis: Redis, health: HealthStatus, epoch: DataEpoch, settings: ProbeSettings, meter: Meter) {
+/// task is aborted.
+pub async fn probe_redis(redis: Redis, health: HealthStatus, settings: ProbeSettings, meter: Meter) {
     let mut changes = redis.watch();
     let mut serving = false;
+    let mut withheld: &[&'static str] = &[];
     let mut ever_served = false;
     let mut last_reason: Option<String> = None;
     let mut observed = Observed::default();
@@ -260,6 +287,11 @@ pub async fn probe_redis(redis: Redis, health: HealthStatus, epoch: DataEpoch, s
                     metrics.redis_used_memory.set(facts.used_memory);
                     metrics.redis_max_memory.set(facts.max_memory);
                 });
+                let now_withheld: &[&'static str] = if facts.observed.evicts {
+                    &settings.unsafe_when_evicting
+                } else {
+                    &[]
+                };
                 if !serving {
                     let event = if ever_served {
                         "Redis is serving again"
@@ -272,9 +304,12 @@ pub async fn probe_redis(redis: Redis, health: HealthStatus, epoch: DataEpoch, s
                         maxmemory_policy = %facts.observed.policy,
                         "{event}; health is SERVING"
                     );
-                    health.set_all(ServingStatus::Serving).await;
+                }
+                if !serving || now_withheld != withheld {
+                    health.serve(now_withheld).await;
                     serving = true;
                     ever_served = true;
+                    withheld = now_withheld;
                 }
                 if facts.shape != shape {
                     info!(
@@ -285,12 +320,8 @@ pub async fn probe_redis(redis: Redis, health: HealthStatus, epoch: DataEpoch, s
                     shape = facts.shape;
                 }
                 last_reason = None;
-                log_changes(&observed, &facts.observed);
+                log_changes(&observed, &facts.observed, withheld);
                 observed = facts.observed;
-                let deadline = Instant::now() + settings.timeout;
-                if let Err(error) = redis.check_epoch(&epoch, deadline).await {
-                    tracing::debug!(%error, "could not check the data epoch");
-                }
             }
             Assessment::NotReady(reason) => {
                 // Once per change of cause, not once per probe.
@@ -437,6 +468,7 @@ async fn assess_cluster(redis: &Redis, settings: &ProbeSettings) -> Result<Facts
         total.version = facts.version;
         total.observed.policy = facts.observed.policy;
         total.observed.full |= facts.observed.full;
+        total.observed.evicts |= facts.observed.evicts;
         total.used_memory = total.used_memory.saturating_add(facts.used_memory);
         total.max_memory = total.max_memory.saturating_add(facts.max_memory);
     }
@@ -461,6 +493,7 @@ fn judge(info: &HashMap<&str, &str>, settings: &ProbeSettings) -> Result<Facts, 
     let observed = Observed {
         policy: field("maxmemory_policy").to_owned(),
         full: number("maxmemory") > 0 && number("used_memory") >= number("maxmemory"),
+        evicts: number("maxmemory") > 0 && !matches!(field("maxmemory_policy"), "noeviction" | ""),
     };
     if field("role") != "master" {
         Err(format!(
@@ -524,15 +557,28 @@ fn parse_cluster_nodes(text: &str) -> Vec<ClusterNode> {
         .collect()
 }
 
-/// Logs what changed in Redis's configuration or memory since the last probe.
-fn log_changes(before: &Observed, now: &Observed) {
-    if now.policy != before.policy && now.policy != "noeviction" && !now.policy.is_empty() {
-        warn!(
-            maxmemory_policy = %now.policy,
-            "Redis may evict keys under memory pressure: every key cachelock writes has a ttl, so any \
-             volatile-* or allkeys-* policy can drop held locks, live sessions and rate-limit state. \
-             Set maxmemory-policy to noeviction"
-        );
+/// Logs what changed in Redis's configuration or memory since the last probe;
+/// `withheld` are the names kept NOT_SERVING because Redis may evict.
+fn log_changes(before: &Observed, now: &Observed, withheld: &[&'static str]) {
+    let policy_changed = now.policy != before.policy && now.policy != "noeviction" && !now.policy.is_empty();
+    if policy_changed || (now.evicts && !before.evicts) {
+        if withheld.is_empty() {
+            warn!(
+                maxmemory_policy = %now.policy,
+                "Redis may evict keys under memory pressure: every key cachelock writes has a ttl, so any \
+                 volatile-* or allkeys-* policy can drop held locks, live sessions and rate-limit state. \
+                 Set maxmemory-policy to noeviction"
+            );
+        } else {
+            warn!(
+                maxmemory_policy = %now.policy,
+                not_serving = %withheld.join(","),
+                "Redis may evict keys under memory pressure: an evicted lease would be granted again while its \
+                 holder still works, and an evicted session index hides sessions from log-out-everywhere, so lock \
+                 grants and extensions are refused and these services' health is NOT_SERVING. Set \
+                 maxmemory-policy to noeviction (or start cachelock with --allow-evicting-redis, accepting that risk)"
+            );
+        }
     }
     if now.full && !before.full {
         warn!("Redis is out of memory (used_memory >= maxmemory): writes are refused, reads and deletes still work");

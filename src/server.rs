@@ -17,7 +17,7 @@ use crate::{
     config::{Config, MESSAGE_OVERHEAD_BYTES, RedisMode},
     error::StartError,
     health::{ProbeSettings, health_service, probe_redis},
-    lock::{self, LockApi, LockSettings, LockStore},
+    lock::{self, GrantRules, LockApi, LockSettings, LockStore},
     notices::Notices,
     pb::{
         self, cache::cache_service_server::CacheServiceServer,
@@ -31,8 +31,6 @@ use crate::{
     redis::{
         Backoff, ConnectSettings, Endpoint, Keys, LuaScript, Redis, RedisSettings, Topology,
         embedded::EmbeddedRedis,
-        epoch,
-        epoch::DataEpoch,
         topology::{Cluster, Sentinels, watch_failovers},
     },
     request::Limits,
@@ -61,7 +59,6 @@ fn all_scripts() -> Vec<&'static LuaScript> {
         .chain(ratelimit::scripts())
         .chain(lock::scripts())
         .chain(session::scripts())
-        .chain(epoch::scripts())
         .collect()
 }
 
@@ -145,7 +142,7 @@ pub async fn run_until_signals(
         _ => None,
     };
     let result = match topology(&config, embedded.as_ref()) {
-        Ok(topology) => serve(listeners, &config, topology, signals).await,
+        Ok(topology) => serve(listeners, &config, topology, embedded.is_some(), signals).await,
         Err(error) => Err(error),
     };
     if let Some(redis) = embedded {
@@ -230,10 +227,13 @@ fn topology(config: &Config, embedded: Option<&EmbeddedRedis>) -> Result<Topolog
     })
 }
 
+/// Serves on `listeners` until `signals`; `own_redis`: Redis is the development
+/// redis-server this process started, empty.
 async fn serve(
     listeners: Listeners,
     config: &Config,
     topology: Topology,
+    own_redis: bool,
     signals: impl Stream<Item = ()>,
 ) -> Result<(), StartError> {
     let address = |listener: &TcpListener| {
@@ -304,13 +304,11 @@ async fn serve(
         min: config.reconnect_min_backoff,
         max: config.reconnect_max_backoff,
     };
-    let epoch = DataEpoch::new(keys.epoch(), config.lock_max_ttl);
     let redis = Redis::start(
         RedisSettings {
             topology: topology.clone(),
             scripts: all_scripts(),
             backoff,
-            epoch: epoch.clone(),
             blocking: config.lock_min_replicas > 0,
         },
         meter.clone(),
@@ -339,14 +337,22 @@ async fn serve(
     if let Some((metrics_listener, metrics)) = metrics {
         background.spawn(telemetry::http::serve(metrics_listener, metrics, health.clone()));
     }
+    let unsafe_when_evicting = if config.allow_evicting_redis {
+        Vec::new()
+    } else {
+        vec![
+            <LockServiceServer<LockApi> as NamedService>::NAME,
+            <SessionServiceServer<SessionApi> as NamedService>::NAME,
+        ]
+    };
     background.spawn(probe_redis(
         redis.clone(),
         health.clone(),
-        epoch.clone(),
         ProbeSettings {
             interval: config.health_interval,
             timeout: config.operation_timeout,
             require_noeviction: config.require_noeviction,
+            unsafe_when_evicting,
         },
         meter.clone(),
     ));
@@ -421,10 +427,20 @@ async fn serve(
     .max_decoding_message_size(requests)
     .max_encoding_message_size(responses);
     let lock = LockServiceServer::new(LockApi::new(
-        LockStore::new(redis.clone(), config.lock_fence_retention, config.lock_min_replicas),
+        LockStore::new(
+            redis.clone(),
+            GrantRules {
+                fence_retention: config.lock_fence_retention,
+                min_replicas: config.lock_min_replicas,
+                max_ttl: config.lock_max_ttl,
+                // The development Redis was started by this process, empty: it cannot
+                // hold a lease from before.
+                trust_young_redis: config.lock_trust_young_redis || own_redis,
+                allow_evicting: config.allow_evicting_redis,
+            },
+        ),
         meter.clone(),
         release_notices,
-        epoch,
         Limits::from(config),
         LockSettings::from(config),
         draining_rx.clone(),

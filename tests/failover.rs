@@ -338,7 +338,7 @@ impl Load {
 
 /// The Redis key of lock `name` in the default tenant, under the default prefix.
 fn lock_key(name: &str) -> String {
-    Keys::new("cachelock").space("default").lock(name)
+    Keys::new("cachelock").space("default").lock(name).holders
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

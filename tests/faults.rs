@@ -936,7 +936,7 @@ async fn after_redis_loses_its_data_lock_grants_pause_for_the_longest_lease() {
         "LOCKS_PAUSED",
         "paused",
     );
-    logs.wait_for("Redis lost its data").await;
+    logs.wait_for("lost its data").await;
 
     // An Acquire whose wait covers the rest of the pause is granted when it ends.
     let mut waiting = acquire("job", 2_000);

@@ -474,6 +474,7 @@ fn hold(name: &str, ttl_ms: i64, wait_ms: i64) -> HoldRequest {
         wait_timeout: (wait_ms > 0).then(|| millis(wait_ms)),
         owner: "holder".to_owned(),
         permits: 0,
+        safety_margin: None,
     }
 }
 

@@ -1,6 +1,11 @@
 //! `cachelock.lock.v1.LockService`: leases with fencing tokens, server-side
-//! waiting woken by release notices, and idempotent acquire.
+//! waiting woken by release notices, idempotent acquire, and Hold streams whose
+//! holder hears of a loss before its lease could have ended.
+//!
+//! Every grant and extension is decided by `lock_grant.lua` (see [`store`]);
+//! nothing here grants: this module validates, waits, and keeps Holds.
 
+mod keeper;
 mod store;
 
 use std::{
@@ -9,14 +14,15 @@ use std::{
 };
 
 use futures_util::Stream;
-
 use tokio::{
     sync::{mpsc, watch},
     time::{Instant, sleep},
 };
 use tonic::{Request, Response, Status};
 
-pub use store::{Attempt, Grant, Holder, Lapse, LockStore, QUEUE_PLACE_LIFE, scripts};
+pub use store::{
+    Attempt, Grant, GrantRules, Holder, Lapse, LockStore, PauseCause, QUEUE_PLACE_LIFE, Renewal, request_key, scripts,
+};
 
 use crate::{
     admission::RefusalLog,
@@ -27,13 +33,14 @@ use crate::{
     notices::{Notices, Registration, Waiting},
     pb::lock::{
         AcquireRequest, AcquireResponse, Acquired, DescribeRequest, DescribeResponse, ExtendRequest, ExtendResponse,
-        HoldRequest, HoldResponse, Lost, NotAcquired, ReleaseRequest, ReleaseResponse, hold_response,
+        HoldRequest, HoldResponse, NotAcquired, ReleaseRequest, ReleaseResponse, hold_response,
         lock_service_server::LockService,
     },
-    redis::{KeySpace, epoch::DataEpoch},
+    redis::LockKeys,
     request::{self, Limits, Ttl, caller_budget, deadline, duration_to_proto},
     telemetry::Meter,
 };
+use keeper::Keeper;
 
 /// Longest owner text.
 const MAX_OWNER_BYTES: usize = 256;
@@ -65,6 +72,30 @@ static WAITERS_FULL: RefusalLog = RefusalLog::new(
     "Acquires refused with RESOURCE_EXHAUSTED: --lock-max-waiters or --lock-max-waiters-per-name reached",
 );
 
+static PAUSED_LOST: RefusalLog = RefusalLog::new(
+    "lock grants paused: the Redis node holding the lock lost its data (a restart without persistence, a \
+     failover to an empty replica, or a flush); grants there wait until every lease granted before may have \
+     ended (--lock-max-ttl)",
+);
+static PAUSED_YOUNG: RefusalLog = RefusalLog::new(
+    "lock grants paused: the Redis node holding the lock started less than --lock-max-ttl ago and has no record \
+     of earlier grants, so it may have restarted empty; grants there wait until it has been up that long (set \
+     --lock-trust-young-redis only for a Redis that never held locks)",
+);
+static PAUSED_EVICTED: RefusalLog = RefusalLog::new(
+    "lock grants paused: the Redis node holding the lock evicted keys, perhaps leases; grants there wait until \
+     every lease granted before may have ended (--lock-max-ttl). Set maxmemory-policy to noeviction",
+);
+
+/// Logs (at most every 10 s, with their count) why grants were paused.
+fn record_pause(cause: PauseCause) {
+    match cause {
+        PauseCause::Lost => PAUSED_LOST.record(),
+        PauseCause::Young => PAUSED_YOUNG.record(),
+        PauseCause::Evicted => PAUSED_EVICTED.record(),
+    }
+}
+
 /// The lock's settings, from the configuration.
 #[derive(Debug, Clone)]
 pub struct LockSettings {
@@ -92,7 +123,6 @@ pub struct LockApi {
     store: LockStore,
     meter: Meter,
     notices: Notices,
-    epoch: DataEpoch,
     limits: Limits,
     settings: LockSettings,
     draining: watch::Receiver<bool>,
@@ -150,17 +180,85 @@ impl WaitPlan {
     }
 }
 
+/// One Acquire (or the acquiring part of a Hold), validated.
+struct Ask {
+    keys: LockKeys,
+    token: String,
+    ttl: Ttl,
+    owner: String,
+    request_key: String,
+    permits: u32,
+    /// The caller's place in the queue when it may wait ("" when it does not).
+    ticket: String,
+    plan: WaitPlan,
+}
+
+/// How an Acquire ended.
+enum Outcome {
+    /// Granted; the attempt that was granted was sent at `sent`, so the lease
+    /// is certain until `sent` plus the grant's ttl.
+    Granted { grant: Grant, sent: Instant },
+    /// The wait ended without the lock.
+    NotAcquired {
+        /// The lease left of the holder whose lease ends first.
+        holder_ttl: Duration,
+    },
+}
+
+/// What an Acquire may leave behind in Redis if it ends before its caller has
+/// the grant — however it ends (the wait ran out, an error, the caller went
+/// away, its future was dropped mid-attempt): its place in the queue, and a
+/// grant its last attempt may have made although no answer came back. Both are
+/// given up in one script when it is dropped, so neither outlives the call
+/// (otherwise the next in line would wait for the place to lapse, or a grant
+/// nobody knows of would hold the lock until its lease ran out).
+struct Pending {
+    store: LockStore,
+    keys: LockKeys,
+    token: String,
+    ticket: String,
+    operation_timeout: Duration,
+    /// An attempt is in flight or went unanswered, or a place is queued, and
+    /// nothing was handed over yet.
+    armed: bool,
+}
+
+impl Pending {
+    /// The grant reached its caller: nothing is left to undo.
+    fn handed_over(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        let keys = self.keys.clone();
+        let token = std::mem::take(&mut self.token);
+        let ticket = std::mem::take(&mut self.ticket);
+        let deadline = Instant::now() + self.operation_timeout;
+        runtime.spawn(async move {
+            // Best effort: if it fails, the place lapses and the lease runs out by themselves.
+            if let Err(error) = store.release(&keys, &token, &ticket, deadline).await {
+                tracing::debug!(%error, "could not leave a lock's queue; the place will lapse");
+            }
+        });
+    }
+}
+
 impl LockApi {
-    /// Handlers over `store`, woken by `notices`, with
-    /// grants paused while `epoch` says Redis recently lost its data. Waiting
-    /// Acquires end (not acquired) once `draining` turns true, so a shutdown
-    /// does not wait for them.
-    #[allow(clippy::too_many_arguments)]
+    /// Handlers over `store`, woken by `notices`. Waiting Acquires end (not
+    /// acquired) once `draining` turns true, so a shutdown does not wait for them.
     pub fn new(
         store: LockStore,
         meter: Meter,
         notices: Notices,
-        epoch: DataEpoch,
         limits: Limits,
         settings: LockSettings,
         draining: watch::Receiver<bool>,
@@ -169,7 +267,6 @@ impl LockApi {
             store,
             meter,
             notices,
-            epoch,
             limits,
             settings,
             draining,
@@ -194,21 +291,141 @@ impl LockApi {
         Ok(token)
     }
 
-    /// Waits out a pause of grants after Redis lost its data, if the wait covers it.
+    /// Validates what Acquire and Hold share.
+    fn ask(&self, caller: &Caller, request: &AcquireRequest, caller_left: Option<Duration>) -> Result<Ask, Error> {
+        let name = self.limits.key("name", &request.name)?;
+        let ttl = self.lease(request.ttl.as_ref())?;
+        let wait = request::wait(
+            "wait_timeout",
+            request.wait_timeout.as_ref(),
+            Duration::ZERO,
+            self.settings.max_wait,
+            "lock-max-wait",
+        )?;
+        let owner = bounded_text("owner", &request.owner, MAX_OWNER_BYTES)?;
+        let request_id = bounded_text("request_id", &request.request_id, MAX_REQUEST_ID_BYTES)?;
+        Ok(Ask {
+            keys: caller.space.lock(name),
+            token: random_token()?,
+            ttl,
+            owner: owner.to_owned(),
+            request_key: request_key(caller.client.as_deref(), owner, request_id),
+            permits: permits(request.permits)?,
+            // A caller that may wait queues at its first attempt, under a ticket of its own.
+            ticket: if wait.is_zero() { String::new() } else { random_token()? },
+            plan: WaitPlan::new(wait, caller_left, self.settings.operation_timeout),
+        })
+    }
+
+    /// Attempts until the lock is granted or the wait ends. Every attempt is
+    /// the grant script's decision: a pause it reports (Redis lost its data) is
+    /// seen by a waiter already waiting too, and waited out only when the wait
+    /// covers it.
     ///
     /// # Errors
-    /// [`Error::LocksPaused`] when it does not.
-    async fn sit_out_pause(&self, plan: &WaitPlan) -> Result<bool, Error> {
-        let Some(left) = self.epoch.paused_for() else {
-            return Ok(true);
+    /// Redis failures, [`Error::LocksPaused`] when a pause outlasts the wait,
+    /// and the grant script's refusals.
+    async fn take(&self, ask: &Ask, pending: &mut Pending) -> Result<Outcome, Error> {
+        let request = store::Request {
+            keys: &ask.keys,
+            token: &ask.token,
+            ttl: ask.ttl,
+            owner: &ask.owner,
+            request_key: &ask.request_key,
+            permits: ask.permits,
+            ticket: &ask.ticket,
         };
-        if !plan.covers(left) {
-            return Err(Error::LocksPaused(left));
+        let plan = &ask.plan;
+        let mut holder_ttl = Duration::ZERO;
+        let mut registration: Option<Registration> = None;
+        let mut queued = false;
+        // Counted when the Acquire ends, however it ends, if it waited.
+        let waited = WaitTimer::new(&self.meter);
+        loop {
+            if let Some(registration) = registration.as_mut() {
+                registration.mark_seen();
+            }
+            let Some(deadline) = plan.attempt_deadline() else {
+                // Only after a first attempt: the caller's deadline ended the wait.
+                return Ok(Outcome::NotAcquired { holder_ttl });
+            };
+            let sent = Instant::now();
+            // In flight: if this future is dropped now, the attempt may still grant.
+            pending.armed = true;
+            let answer = self.store.try_acquire(request, deadline).await;
+            if !matches!(answer, Err(Error::Timeout { .. } | Error::MayHaveApplied(_))) {
+                // An answer came (or nothing was sent): only a queued place is left behind.
+                pending.armed = queued;
+            }
+            let (until_next_chance, held) = match answer? {
+                Attempt::Granted(grant) => {
+                    self.meter.record(|metrics| metrics.lock_grants.inc());
+                    return Ok(Outcome::Granted { grant, sent });
+                }
+                Attempt::Held { ttl } => {
+                    holder_ttl = ttl;
+                    // Woken by a release that names this waiter; otherwise it attempts
+                    // again when the first lease ends, or to renew its place.
+                    (
+                        if ttl.is_zero() {
+                            QUEUE_RENEW
+                        } else {
+                            ttl.min(QUEUE_RENEW)
+                        },
+                        true,
+                    )
+                }
+                Attempt::Paused { left, cause } => {
+                    record_pause(cause);
+                    if !plan.covers(left) {
+                        return Err(Error::LocksPaused(left));
+                    }
+                    // The script kept the waiter's place; it renews it through the pause.
+                    (left.min(QUEUE_RENEW), false)
+                }
+            };
+            // A waiter's attempt that was not granted holds a place in the queue.
+            queued = !ask.ticket.is_empty();
+            pending.armed = queued;
+            let Some(mut nap) = plan.pause(until_next_chance) else {
+                return Ok(Outcome::NotAcquired { holder_ttl });
+            };
+            if registration.is_none() && held {
+                // The lock is held and the caller waits: only now does it take a
+                // waiter's place here. SAFETY (no lost wake-up): the next attempt
+                // runs after registering, so a release between the first attempt
+                // and the registration is seen by that attempt.
+                registration = Some(self.notices.register(ask.keys.released.clone(), ask.ticket.clone())?);
+                waited.start();
+                continue;
+            }
+            if !self.notices.is_listening() {
+                nap = nap.min(UNHEARD_RECHECK);
+            }
+            let mut draining = self.draining.clone();
+            let released = async {
+                match registration.as_mut() {
+                    Some(registration) => registration.released().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = released => {}
+                () = sleep(nap) => {}
+                // The caller can retry on another instance rather than be cut off at the grace's end.
+                _ = draining.wait_for(|draining| *draining) => return Ok(Outcome::NotAcquired { holder_ttl }),
+            }
         }
-        let mut draining = self.draining.clone();
-        tokio::select! {
-            () = sleep(left) => Ok(true),
-            _ = draining.wait_for(|draining| *draining) => Ok(false),
+    }
+
+    fn pending(&self, ask: &Ask) -> Pending {
+        Pending {
+            store: self.store.clone(),
+            keys: ask.keys.clone(),
+            token: ask.token.clone(),
+            ticket: ask.ticket.clone(),
+            operation_timeout: self.settings.operation_timeout,
+            armed: false,
         }
     }
 }
@@ -244,40 +461,6 @@ impl Drop for WaitTimer<'_> {
     }
 }
 
-/// A waiter's place in a lock's queue: taken out of the queue when the Acquire
-/// ends without the lock, however it ends (the wait ran out, an error, the
-/// caller went away), so that the next in line need not wait for it to lapse.
-struct QueuePlace {
-    store: LockStore,
-    space: KeySpace,
-    name: String,
-    ticket: String,
-    operation_timeout: Duration,
-    granted: bool,
-}
-
-impl Drop for QueuePlace {
-    fn drop(&mut self) {
-        if self.granted {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let store = self.store.clone();
-        let space = self.space.clone();
-        let name = std::mem::take(&mut self.name);
-        let ticket = std::mem::take(&mut self.ticket);
-        let deadline = Instant::now() + self.operation_timeout;
-        runtime.spawn(async move {
-            // Best effort: if it fails, the place lapses by itself.
-            if let Err(error) = store.leave(&space, &name, &ticket, deadline).await {
-                tracing::debug!(%error, "could not leave a lock's queue; the place will lapse");
-            }
-        });
-    }
-}
-
 fn bounded_text<'a>(field: &str, text: &'a str, max: usize) -> Result<&'a str, Error> {
     if text.len() > max {
         return Err(Error::invalid(
@@ -300,8 +483,10 @@ fn permits(asked: u32) -> Result<u32, Error> {
     }
 }
 
-fn expires_at(ttl: Duration) -> prost_types::Timestamp {
-    prost_types::Timestamp::from(SystemTime::now() + ttl)
+/// When a lease of `ttl` whose grant was sent at `sent` ends at the latest
+/// (Redis counts it from a moment after the send), on the system clock.
+fn expires_at(sent: Instant, ttl: Duration) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(SystemTime::now() - sent.elapsed() + ttl)
 }
 
 fn not_acquired(holder_ttl: Duration) -> AcquireResponse {
@@ -335,180 +520,46 @@ fn hold_event(event: hold_response::Event) -> Result<HoldResponse, Status> {
     Ok(HoldResponse { event: Some(event) })
 }
 
-/// What keeps one Hold's lease: renews it every third of the lease while the
-/// stream is open, and releases it when the stream closes or the server drains.
-struct Keeper {
-    store: LockStore,
-    space: KeySpace,
-    name: String,
-    token: String,
-    ttl: Ttl,
-    operation_timeout: Duration,
-    events: mpsc::Sender<Result<HoldResponse, Status>>,
-    draining: watch::Receiver<bool>,
-    meter: Meter,
-}
-
-impl Keeper {
-    async fn keep(self) {
-        let lease = Duration::from_millis(self.ttl.millis());
-        // The lease is certain until then: counted from before the last renewal was sent.
-        let mut certain_until = Instant::now() + lease;
-        loop {
-            let mut draining = self.draining.clone();
-            let shutting_down = tokio::select! {
-                // The caller closed the stream, or its connection is gone.
-                () = self.events.closed() => break,
-                _ = draining.wait_for(|draining| *draining) => true,
-                () = sleep(lease / 3) => false,
-            };
-            if shutting_down {
-                self.lost("SHUTTING_DOWN").await;
-                break;
-            }
-            let sent = Instant::now();
-            let deadline = sent + self.operation_timeout.min(lease / 3);
-            match self
-                .store
-                .extend(&self.space, &self.name, &self.token, self.ttl, deadline)
-                .await
-            {
-                Ok(Ok(_)) => certain_until = sent + lease,
-                Ok(Err(lapse)) => {
-                    self.meter.record(|metrics| metrics.lock_leases_lost.inc());
-                    self.lost(match lapse {
-                        Lapse::Taken => "LEASE_LOST",
-                        Lapse::Free => "LOCK_NOT_HELD",
-                    })
-                    .await;
-                    return;
-                }
-                // Tried again at the next third, while the lease is certain.
-                Err(_) if Instant::now() < certain_until => {}
-                Err(_) => {
-                    self.meter.record(|metrics| metrics.lock_leases_lost.inc());
-                    self.lost("REDIS_UNAVAILABLE").await;
-                    return;
-                }
-            }
-        }
-        let deadline = Instant::now() + self.operation_timeout;
-        // Best effort: if it fails, the lease runs out by itself.
-        let _ = self.store.release(&self.space, &self.name, &self.token, deadline).await;
+/// The margin a Hold keeps before its lease could end: the caller's, or a
+/// tenth of the lease; at most half of it.
+fn safety_margin(asked: Option<&prost_types::Duration>, lease: Duration) -> Result<Duration, Error> {
+    let margin = match asked {
+        None => return Ok(lease / 10),
+        Some(margin) if margin.seconds == 0 && margin.nanos == 0 => Duration::ZERO,
+        Some(margin) => request::positive_duration("safety_margin", margin)?,
+    };
+    if margin > lease / 2 {
+        return Err(Error::invalid(
+            "safety_margin",
+            format!(
+                "{} is more than half the ttl ({})",
+                humantime::format_duration(margin),
+                humantime::format_duration(lease)
+            ),
+        ));
     }
-
-    async fn lost(&self, reason: &str) {
-        let lost = hold_event(hold_response::Event::Lost(Lost {
-            reason: reason.to_owned(),
-        }));
-        let _ = self.events.send(lost).await;
-    }
+    Ok(margin)
 }
 
 #[tonic::async_trait]
 impl LockService for LockApi {
     async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
-        let (metadata, extensions, request) = request.into_parts();
-        let space = Caller::in_extensions(&extensions)?.space.clone();
-        let caller_left = caller_budget(&metadata)?;
-        let name = self.limits.key("name", &request.name)?;
-        let ttl = self.lease(request.ttl.as_ref())?;
-        let wait = request::wait(
-            "wait_timeout",
-            request.wait_timeout.as_ref(),
-            Duration::ZERO,
-            self.settings.max_wait,
-            "lock-max-wait",
-        )?;
-        let owner = bounded_text("owner", &request.owner, MAX_OWNER_BYTES)?;
-        let request_id = bounded_text("request_id", &request.request_id, MAX_REQUEST_ID_BYTES)?;
-        let permits = permits(request.permits)?;
-        let token = random_token()?;
-        // A caller that may wait queues at its first attempt, under a ticket of its own.
-        let ticket = if wait.is_zero() { String::new() } else { random_token()? };
-        let mut place = (!wait.is_zero()).then(|| QueuePlace {
-            store: self.store.clone(),
-            space: space.clone(),
-            name: name.to_owned(),
-            ticket: ticket.clone(),
-            operation_timeout: self.settings.operation_timeout,
-            granted: false,
-        });
-        let grant = store::Request {
-            name,
-            token: &token,
-            ttl,
-            owner,
-            request_id,
-            permits,
-            ticket: &ticket,
-        };
-        let plan = WaitPlan::new(wait, caller_left, self.settings.operation_timeout);
-        if !self.sit_out_pause(&plan).await? {
-            return Ok(Response::new(not_acquired(Duration::ZERO)));
-        }
-
-        let mut holder_ttl = Duration::ZERO;
-        let mut registration: Option<Registration> = None;
-        // Counted when the Acquire ends, however it ends, if it waited.
-        let waited = WaitTimer::new(&self.meter);
-        loop {
-            if let Some(registration) = registration.as_mut() {
-                registration.mark_seen();
+        let caller_left = caller_budget(request.metadata())?;
+        let caller = Caller::of(&request)?;
+        let ask = self.ask(caller, request.get_ref(), caller_left)?;
+        let mut pending = self.pending(&ask);
+        match self.take(&ask, &mut pending).await? {
+            Outcome::Granted { grant, sent } => {
+                pending.handed_over();
+                Ok(Response::new(AcquireResponse {
+                    acquired: true,
+                    token: grant.token,
+                    fencing_token: grant.fencing_token,
+                    expires_at: Some(expires_at(sent, grant.ttl)),
+                    ttl: Some(duration_to_proto(grant.ttl)),
+                }))
             }
-            let Some(deadline) = plan.attempt_deadline() else {
-                // Only after a first attempt: the caller's deadline ended the wait.
-                return Ok(Response::new(not_acquired(holder_ttl)));
-            };
-            holder_ttl = match self.store.try_acquire(&space, grant, deadline).await? {
-                Attempt::Granted(Grant {
-                    token,
-                    fencing_token,
-                    ttl,
-                }) => {
-                    if let Some(place) = place.as_mut() {
-                        place.granted = true;
-                    }
-                    self.meter.record(|metrics| metrics.lock_grants.inc());
-                    return Ok(Response::new(AcquireResponse {
-                        acquired: true,
-                        token,
-                        fencing_token,
-                        expires_at: Some(expires_at(ttl)),
-                        ttl: Some(duration_to_proto(ttl)),
-                    }));
-                }
-                Attempt::Held { ttl } => ttl,
-            };
-            // Woken by a release that names this waiter; otherwise it attempts
-            // again when the first lease ends, or to renew its place.
-            let until_next_chance = if holder_ttl.is_zero() {
-                QUEUE_RENEW
-            } else {
-                holder_ttl.min(QUEUE_RENEW)
-            };
-            let Some(mut nap) = plan.pause(until_next_chance) else {
-                return Ok(Response::new(not_acquired(holder_ttl)));
-            };
-            let Some(registration) = registration.as_mut() else {
-                // The lock is held and the caller waits: only now does it take a
-                // waiter's place here. SAFETY (no lost wake-up): the next attempt
-                // runs after registering, so a release between the first attempt
-                // and the registration is seen by that attempt.
-                registration = Some(self.notices.register(space.lock_released(name), ticket.clone())?);
-                waited.start();
-                continue;
-            };
-            if !self.notices.is_listening() {
-                nap = nap.min(UNHEARD_RECHECK);
-            }
-            let mut draining = self.draining.clone();
-            tokio::select! {
-                () = registration.released() => {}
-                () = sleep(nap) => {}
-                // The caller can retry on another instance rather than be cut off at the grace's end.
-                _ = draining.wait_for(|draining| *draining) => return Ok(Response::new(not_acquired(holder_ttl))),
-            }
+            Outcome::NotAcquired { holder_ttl } => Ok(Response::new(not_acquired(holder_ttl))),
         }
     }
 
@@ -516,9 +567,9 @@ impl LockService for LockApi {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
-        let name = self.limits.key("name", &request.name)?;
+        let keys = space.lock(self.limits.key("name", &request.name)?);
         let token = self.token(&request.token)?;
-        if let Err(lapse) = self.store.release(&space, name, token, deadline).await? {
+        if let Err(lapse) = self.store.release(&keys, token, "", deadline).await? {
             self.meter.record(|metrics| metrics.lock_leases_lost.inc());
             return Err(lapsed(lapse).into());
         }
@@ -529,19 +580,24 @@ impl LockService for LockApi {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
-        let name = self.limits.key("name", &request.name)?;
+        let keys = space.lock(self.limits.key("name", &request.name)?);
         let token = self.token(&request.token)?;
         let ttl = self.lease(request.ttl.as_ref())?;
-        let fencing_token = match self.store.extend(&space, name, token, ttl, deadline).await? {
-            Ok(fencing_token) => fencing_token,
-            Err(lapse) => {
+        let sent = Instant::now();
+        let fencing_token = match self.store.extend(&keys, token, ttl, deadline).await? {
+            Renewal::Extended(fencing_token) => fencing_token,
+            Renewal::Lapsed(lapse) => {
                 self.meter.record(|metrics| metrics.lock_leases_lost.inc());
                 return Err(lapsed(lapse).into());
+            }
+            Renewal::Paused { left, cause } => {
+                record_pause(cause);
+                return Err(Error::LocksPaused(left).into());
             }
         };
         let lease = Duration::from_millis(ttl.millis());
         Ok(Response::new(ExtendResponse {
-            expires_at: Some(expires_at(lease)),
+            expires_at: Some(expires_at(sent, lease)),
             ttl: Some(duration_to_proto(lease)),
             fencing_token,
         }))
@@ -550,10 +606,8 @@ impl LockService for LockApi {
     type HoldStream = HoldStream;
 
     async fn hold(&self, request: Request<HoldRequest>) -> Result<Response<HoldStream>, Status> {
-        let (metadata, extensions, request) = request.into_parts();
-        let space = Caller::in_extensions(&extensions)?.space.clone();
-        let name = self.limits.key("name", &request.name)?.to_owned();
-        let ttl = self.lease(request.ttl.as_ref())?;
+        let caller = Caller::of(&request)?.clone();
+        let request = request.into_inner();
         let acquire = AcquireRequest {
             name: request.name,
             ttl: request.ttl,
@@ -562,34 +616,49 @@ impl LockService for LockApi {
             request_id: String::new(),
             permits: request.permits,
         };
+        // A Hold's wait is bounded by its wait_timeout alone: its stream outlives any deadline.
+        let ask = self.ask(&caller, &acquire, None)?;
+        let lease = Duration::from_millis(ask.ttl.millis());
+        let margin = safety_margin(request.safety_margin.as_ref(), lease)?;
         let (events, stream) = mpsc::channel(2);
         // The stream opens at once; the lock is taken (waiting as Acquire does) behind it.
         let api = self.clone();
         tokio::spawn(async move {
-            let granted = match api.acquire(Request::from_parts(metadata, extensions, acquire)).await {
-                Ok(granted) => granted.into_inner(),
-                Err(status) => {
-                    let _ = events.send(Err(status)).await;
+            let mut pending = api.pending(&ask);
+            // A caller that goes away while it waits leaves the queue at once:
+            // dropping the attempt drops `pending`, which gives its place up.
+            let outcome = tokio::select! {
+                outcome = api.take(&ask, &mut pending) => outcome,
+                () = events.closed() => return,
+            };
+            let (grant, sent) = match outcome {
+                Ok(Outcome::Granted { grant, sent }) => (grant, sent),
+                Ok(Outcome::NotAcquired { holder_ttl }) => {
+                    let not_acquired = NotAcquired {
+                        ttl: Some(duration_to_proto(holder_ttl)),
+                    };
+                    let _ = events
+                        .send(hold_event(hold_response::Event::NotAcquired(not_acquired)))
+                        .await;
+                    return;
+                }
+                Err(error) => {
+                    let _ = events.send(Err(error.into())).await;
                     return;
                 }
             };
-            if !granted.acquired {
-                let not_acquired = NotAcquired { ttl: granted.ttl };
-                let _ = events
-                    .send(hold_event(hold_response::Event::NotAcquired(not_acquired)))
-                    .await;
-                return;
-            }
+            // From here the keeper answers for the grant, and releases it when done.
+            pending.handed_over();
             let acquired = Acquired {
-                fencing_token: granted.fencing_token,
-                ttl: granted.ttl,
+                fencing_token: grant.fencing_token,
+                ttl: Some(duration_to_proto(lease)),
             };
             let keeper = Keeper {
                 store: api.store.clone(),
-                space,
-                name,
-                token: granted.token,
-                ttl,
+                keys: ask.keys,
+                token: grant.token,
+                ttl: ask.ttl,
+                margin,
                 operation_timeout: api.settings.operation_timeout,
                 events,
                 draining: api.draining.clone(),
@@ -600,7 +669,7 @@ impl LockService for LockApi {
                 .events
                 .send(hold_event(hold_response::Event::Acquired(acquired)))
                 .await;
-            keeper.keep().await;
+            keeper.keep(sent, grant.ttl).await;
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
             stream,
@@ -611,13 +680,14 @@ impl LockService for LockApi {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
-        let name = self.limits.key("name", &request.name)?;
-        let holder = self.store.describe(&space, name, deadline).await?;
+        let keys = space.lock(self.limits.key("name", &request.name)?);
+        let holder = self.store.describe(&keys, deadline).await?;
+        let now = Instant::now();
         Ok(Response::new(DescribeResponse {
             held: holder.holders > 0,
             owner: holder.owner,
             ttl: holder.ttl.map(duration_to_proto),
-            expires_at: holder.ttl.map(expires_at),
+            expires_at: holder.ttl.map(|ttl| expires_at(now, ttl)),
             fencing_token: holder.fencing_token,
             holders: holder.holders,
             waiting: holder.waiting,

@@ -1,24 +1,31 @@
-//! The lock's Redis side: each operation is one script, so one round trip.
+//! The lock's Redis side: each operation is one script, so one round trip, and
+//! every grant and extension goes through the one script that decides them
+//! (`lock_grant.lua`).
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
+use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::{
-    error::Error,
-    redis::{Cause, Invocation, KeySpace, LuaScript, Op, Redis, Request as RedisRequest},
+    error::{Error, Reason},
+    redis::{Cause, Invocation, LockKeys, LuaScript, Op, Redis, Request as RedisRequest},
     request::Ttl,
 };
 
-static ACQUIRE: LuaScript = LuaScript::new("lock_acquire", include_str!("../scripts/lock_acquire.lua"));
+static GRANT: LuaScript = LuaScript::new("lock_grant", include_str!("../scripts/lock_grant.lua"));
 static RELEASE: LuaScript = LuaScript::new("lock_release", include_str!("../scripts/lock_release.lua"));
-static EXTEND: LuaScript = LuaScript::new("lock_extend", include_str!("../scripts/lock_extend.lua"));
 static DESCRIBE: LuaScript = LuaScript::new("lock_describe", include_str!("../scripts/lock_describe.lua"));
-static LEAVE: LuaScript = LuaScript::new("lock_leave", include_str!("../scripts/lock_leave.lua"));
 
 /// The lock's scripts, for loading into Redis ahead of the first request.
-pub fn scripts() -> [&'static LuaScript; 5] {
-    [&ACQUIRE, &RELEASE, &EXTEND, &DESCRIBE, &LEAVE]
+pub fn scripts() -> [&'static LuaScript; 3] {
+    [&GRANT, &RELEASE, &DESCRIBE]
 }
 
 /// How long a waiter's place in a lock's queue lasts unless it renews it by
@@ -27,6 +34,11 @@ pub fn scripts() -> [&'static LuaScript; 5] {
 /// hold the line up only briefly.
 pub const QUEUE_PLACE_LIFE: Duration = Duration::from_secs(5);
 
+/// How long an epoch marker lives without a grant in its slot tag (each grant
+/// renews it). Far longer than any lease: a marker that expired says nothing
+/// of a lease, since none can have been granted in its tag meanwhile.
+const MARKER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// A lease granted to the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
@@ -34,20 +46,81 @@ pub struct Grant {
     pub token: String,
     /// The grant's fencing token.
     pub fencing_token: u64,
-    /// The lease left.
+    /// The lease left when Redis granted it.
     pub ttl: Duration,
+}
+
+/// Why grants on a lock's node are paused, as its epoch marker says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseCause {
+    /// The node lost the data a marker recorded (a restart without persistence,
+    /// a failover to an empty replica, a flush).
+    Lost,
+    /// The node has no marker and started less than the longest lease ago: it
+    /// may have restarted empty.
+    Young,
+    /// The node evicted keys: perhaps leases.
+    Evicted,
+}
+
+impl PauseCause {
+    fn of(why: &str) -> PauseCause {
+        match why {
+            "young" => PauseCause::Young,
+            "evicted" => PauseCause::Evicted,
+            _ => PauseCause::Lost,
+        }
+    }
+
+    /// Words for the log and the caller.
+    pub fn explain(self) -> &'static str {
+        match self {
+            PauseCause::Lost => {
+                "the Redis node holding the lock lost its data (a restart without persistence, a failover to an \
+                 empty replica, or a flush)"
+            }
+            PauseCause::Young => {
+                "the Redis node holding the lock started less than --lock-max-ttl ago and holds no record of \
+                 earlier grants: it may have restarted empty"
+            }
+            PauseCause::Evicted => "the Redis node holding the lock evicted keys, perhaps leases",
+        }
+    }
 }
 
 /// The result of one attempt to take a lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
-    /// The caller holds the lock (now, or still, for a repeated request id).
+    /// The caller holds the lock (now, or still, for a repeated request).
     Granted(Grant),
     /// Every permit is held, or earlier waiters go first.
     Held {
         /// The lease left of the holder whose lease ends first; zero when
         /// nobody holds it and earlier waiters are about to take it.
         ttl: Duration,
+    },
+    /// Grants on the lock's node are paused this much longer.
+    Paused {
+        /// The pause left, by the Redis clock.
+        left: Duration,
+        /// Why.
+        cause: PauseCause,
+    },
+}
+
+/// The result of one attempt to extend a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Extended; the grant's fencing token.
+    Extended(u64),
+    /// The token does not hold the lock.
+    Lapsed(Lapse),
+    /// Grants and extensions on the lock's node are paused.
+    Paused {
+        /// The pause left, by the Redis clock.
+        left: Duration,
+        /// Why.
+        cause: PauseCause,
     },
 }
 
@@ -58,13 +131,6 @@ pub enum Lapse {
     Free,
     /// Another token holds the lock: the lease ran out and the lock was granted again.
     Taken,
-}
-
-impl Lapse {
-    /// Reads a script's 0 (free) or -1 (taken).
-    fn of(answer: i64) -> Lapse {
-        if answer < 0 { Lapse::Taken } else { Lapse::Free }
-    }
 }
 
 /// What Describe shows of a lock.
@@ -87,8 +153,8 @@ pub struct Holder {
 /// What a new grant is made of.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
-    /// The lock's name.
-    pub name: &'a str,
+    /// The lock's keys.
+    pub keys: &'a LockKeys,
     /// The token to grant with, fresh for each Acquire call: sending the same
     /// attempt again after a lost connection finds its own grant.
     pub token: &'a str,
@@ -96,44 +162,74 @@ pub struct Request<'a> {
     pub ttl: Ttl,
     /// Who asks.
     pub owner: &'a str,
-    /// The caller's retry key ("" for none).
-    pub request_id: &'a str,
+    /// The request's retry key ("" for none; see [`request_key`]).
+    pub request_key: &'a str,
     /// How many grants may hold the name at once (1 for a lock).
     pub permits: u32,
     /// The caller's place in the queue when it waits ("" when it does not).
     pub ticket: &'a str,
 }
 
-/// Locks in Redis, under keys from [`KeySpace::lock`] and [`KeySpace::lock_fence`].
+/// The key under which a grant is found again by a retry: a digest of the
+/// request id with the authenticated client and the owner text, so that a
+/// request id another caller also uses is another key, never the same grant.
+pub fn request_key(client: Option<&str>, owner: &str, request_id: &str) -> String {
+    if request_id.is_empty() {
+        return String::new();
+    }
+    let mut digest = Sha256::new();
+    for part in [client.unwrap_or(""), owner, request_id] {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part.as_bytes());
+    }
+    digest.finalize()[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// How grants are made, from the configuration.
+#[derive(Debug, Clone)]
+pub struct GrantRules {
+    /// How long a fencing counter outlives the lease it was last used for.
+    pub fence_retention: Duration,
+    /// Replicas that must acknowledge a grant or an extension (`--lock-min-replicas`).
+    pub min_replicas: u32,
+    /// The longest lease (`--lock-max-ttl`): how long grants pause after a possible loss.
+    pub max_ttl: Duration,
+    /// Grant at once on a young Redis without a marker (`--lock-trust-young-redis`).
+    pub trust_young_redis: bool,
+    /// Grant although Redis may evict keys (`--allow-evicting-redis`).
+    pub allow_evicting: bool,
+}
+
+/// Locks in Redis, under the keys of [`crate::redis::KeySpace::lock`].
 #[derive(Clone)]
 pub struct LockStore {
     redis: Redis,
-    /// How long a fencing counter outlives the lease it was last used for.
-    fence_retention: Duration,
-    /// Replicas that must acknowledge a grant or an extension (`--lock-min-replicas`).
-    min_replicas: u32,
+    rules: Arc<GrantRules>,
+    /// The id of the epoch marker of each slot tag as this instance last saw it
+    /// (0: never seen). Given to every grant, so that a marker that vanished or
+    /// changed since is noticed in the grant's own script.
+    markers: Arc<[AtomicU64]>,
 }
 
 impl LockStore {
-    /// A store on the shared connections; grants wait for `min_replicas` replicas.
-    pub fn new(redis: Redis, fence_retention: Duration, min_replicas: u32) -> LockStore {
+    /// A store on the shared connections, granting by `rules`.
+    pub fn new(redis: Redis, rules: GrantRules) -> LockStore {
         LockStore {
             redis,
-            fence_retention,
-            min_replicas,
+            rules: Arc::new(rules),
+            markers: (0..=u16::MAX).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
-    /// Runs a script that grants or extends a lease. With `--lock-min-replicas`,
-    /// WAIT follows in the same round trip on a connection of its own (WAIT holds
-    /// its connection), and the second value is how many replicas acknowledged.
-    async fn granting<T: redis::FromRedisValue>(
-        &self,
-        op: Op,
-        invocation: &Invocation,
-        deadline: Instant,
-    ) -> Result<(T, u32), Error> {
-        if self.min_replicas == 0 {
+    /// Runs the grant script. With `--lock-min-replicas`, WAIT follows in the
+    /// same round trip on a connection of its own (WAIT holds its connection),
+    /// and the second value is how many replicas acknowledged.
+    async fn granting(&self, op: Op, invocation: &Invocation, deadline: Instant) -> Result<(GrantReply, u32), Error> {
+        let min_replicas = self.rules.min_replicas;
+        if min_replicas == 0 {
             let reply = self.redis.run(op, deadline, invocation).await?;
             return Ok((reply, 0));
         }
@@ -141,8 +237,8 @@ impl LockStore {
         let left = deadline.saturating_duration_since(Instant::now()) / 2;
         let request = RedisRequest::ScriptThenWait {
             script: invocation,
-            replicas: self.min_replicas,
-            timeout_ms: u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1),
+            replicas: min_replicas,
+            timeout_ms: millis_of(left).max(1),
         };
         self.redis.run(op.blocking(), deadline, request).await
     }
@@ -150,156 +246,182 @@ impl LockStore {
     /// Releases a grant that too few replicas acknowledged: a failover could
     /// erase it, so it is not handed out. If the release fails too, the lease
     /// runs out by itself; nobody was given its token.
-    async fn unacknowledged(
-        &self,
-        space: &KeySpace,
-        name: &str,
-        token: &str,
-        acknowledged: u32,
-        deadline: Instant,
-    ) -> Error {
-        let released = self.release(space, name, token, deadline).await;
-        if let Err(error) = released {
+    async fn unacknowledged(&self, keys: &LockKeys, token: &str, acknowledged: u32, deadline: Instant) -> Error {
+        if let Err(error) = self.release(keys, token, "", deadline).await {
             tracing::debug!(%error, "could not release an unacknowledged lock grant; its lease will run out");
         }
         Error::Unavailable(Cause::NotReplicated {
-            wanted: self.min_replicas,
+            wanted: self.rules.min_replicas,
             acknowledged,
         })
     }
 
-    fn retention_millis(&self) -> u64 {
-        u64::try_from(self.fence_retention.as_millis()).unwrap_or(u64::MAX)
+    /// The grant script's call, with the arguments every mode shares.
+    fn invocation(&self, mode: &str, request: &Request<'_>) -> Result<Invocation, Error> {
+        let known = self.markers[usize::from(request.keys.tag)].load(Ordering::Relaxed);
+        let mut invocation = GRANT.prepare();
+        invocation
+            .key(&request.keys.holders)
+            .key(&request.keys.state)
+            .key(&request.keys.queue)
+            .key(&request.keys.waiting)
+            .key(&request.keys.epoch)
+            .arg(mode)
+            .arg(request.token)
+            .arg(request.ttl.millis())
+            .arg(request.owner)
+            .arg(request.request_key)
+            .arg(request.permits)
+            .arg(request.ticket)
+            .arg(millis_of(QUEUE_PLACE_LIFE))
+            .arg(millis_of(self.rules.fence_retention))
+            .arg(if known == 0 { String::new() } else { known.to_string() })
+            .arg(fresh_marker_id()?.to_string())
+            .arg(millis_of(self.rules.max_ttl))
+            .arg(u8::from(self.rules.trust_young_redis))
+            .arg(u8::from(self.rules.allow_evicting))
+            .arg(millis_of(MARKER_RETENTION));
+        Ok(invocation)
+    }
+
+    /// Remembers the marker a reply named, and turns refusals that are errors
+    /// for every caller into them.
+    fn read(&self, keys: &LockKeys, reply: &GrantReply) -> Result<(), Error> {
+        if let Ok(id) = reply.marker.parse::<u64>() {
+            self.markers[usize::from(keys.tag)].store(id, Ordering::Relaxed);
+        }
+        match reply.code {
+            -4 => Err(Error::FailedPrecondition(
+                Reason::EvictionPolicy,
+                format!(
+                    "Redis may evict keys (maxmemory-policy {}), and an evicted lease would be granted again while \
+                     its holder still works, so lock grants and extensions are refused: set maxmemory-policy to \
+                     noeviction (or start cachelock with --allow-evicting-redis, accepting that risk)",
+                    reply.detail
+                ),
+            )),
+            -5 => Err(Error::FailedPrecondition(
+                Reason::PermitsMismatch,
+                format!(
+                    "the lock is held with permits {}: every caller of a name must ask for the same permits while \
+                     anyone holds it",
+                    reply.n
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Takes the lock if it is free (or already granted to this request).
     ///
     /// # Errors
-    /// Redis failures and timeouts, as [`Error`]. Sent again after a lost
+    /// Redis failures and timeouts, as [`Error`]; FAILED_PRECONDITION when Redis
+    /// may evict or the holders have other permits. Sent again after a lost
     /// connection: the token makes a repeated attempt find its own grant.
-    pub async fn try_acquire(
-        &self,
-        space: &KeySpace,
-        request: Request<'_>,
-        deadline: Instant,
-    ) -> Result<Attempt, Error> {
-        let mut invocation = ACQUIRE.prepare();
-        lock_keys(&mut invocation, space, request.name)
-            .arg(request.token)
-            .arg(request.ttl.millis())
-            .arg(request.owner)
-            .arg(request.request_id)
-            .arg(self.retention_millis())
-            .arg(request.permits)
-            .arg(request.ticket)
-            .arg(u64::try_from(QUEUE_PLACE_LIFE.as_millis()).unwrap_or(u64::MAX));
-        let ((granted, token, fencing_token, ttl, _ahead), acknowledged): ((i64, String, u64, i64, i64), u32) = self
-            .granting(Op::replayable(ACQUIRE.name()), &invocation, deadline)
+    pub async fn try_acquire(&self, request: Request<'_>, deadline: Instant) -> Result<Attempt, Error> {
+        let invocation = self.invocation("acquire", &request)?;
+        let (reply, acknowledged) = self
+            .granting(Op::replayable(GRANT.name()), &invocation, deadline)
             .await?;
-        if granted == 1 && acknowledged < self.min_replicas {
-            return Err(self
-                .unacknowledged(space, request.name, &token, acknowledged, deadline)
-                .await);
-        }
-        let ttl = millis(ttl);
-        Ok(if granted == 1 {
-            Attempt::Granted(Grant {
-                token,
-                fencing_token,
-                ttl,
-            })
-        } else {
-            Attempt::Held { ttl }
+        self.read(request.keys, &reply)?;
+        Ok(match reply.code {
+            1 if acknowledged < self.rules.min_replicas => {
+                return Err(self
+                    .unacknowledged(request.keys, &reply.token, acknowledged, deadline)
+                    .await);
+            }
+            1 => Attempt::Granted(Grant {
+                token: reply.token,
+                fencing_token: reply.fencing_token,
+                ttl: millis(reply.ms),
+            }),
+            -3 => Attempt::Paused {
+                left: millis(reply.ms),
+                cause: PauseCause::of(&reply.detail),
+            },
+            _ => Attempt::Held { ttl: millis(reply.ms) },
+        })
+    }
+
+    /// Renews the lease if `token` holds the lock, and returns its fencing token;
+    /// otherwise says why not.
+    ///
+    /// # Errors
+    /// Redis failures and timeouts, as [`Error`]; FAILED_PRECONDITION when Redis may evict.
+    pub async fn extend(&self, keys: &LockKeys, token: &str, ttl: Ttl, deadline: Instant) -> Result<Renewal, Error> {
+        let request = Request {
+            keys,
+            token,
+            ttl,
+            owner: "",
+            request_key: "",
+            permits: 0,
+            ticket: "",
+        };
+        let invocation = self.invocation("extend", &request)?;
+        let (reply, acknowledged) = self
+            .granting(Op::idempotent(GRANT.name()), &invocation, deadline)
+            .await?;
+        self.read(keys, &reply)?;
+        Ok(match reply.code {
+            1 if acknowledged < self.rules.min_replicas => {
+                return Err(self.unacknowledged(keys, token, acknowledged, deadline).await);
+            }
+            1 => Renewal::Extended(reply.fencing_token),
+            -1 => Renewal::Lapsed(Lapse::Taken),
+            -3 => Renewal::Paused {
+                left: millis(reply.ms),
+                cause: PauseCause::of(&reply.detail),
+            },
+            _ => Renewal::Lapsed(Lapse::Free),
         })
     }
 
     /// Releases the lock if `token` holds it (or already did, by this same
-    /// token); otherwise says why not.
+    /// token), and takes `ticket` (unless empty) out of the queue; says why
+    /// the token did not hold it.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
     pub async fn release(
         &self,
-        space: &KeySpace,
-        name: &str,
+        keys: &LockKeys,
         token: &str,
+        ticket: &str,
         deadline: Instant,
     ) -> Result<Result<(), Lapse>, Error> {
         let mut invocation = RELEASE.prepare();
-        lock_keys(&mut invocation, space, name)
+        invocation
+            .key(&keys.holders)
+            .key(&keys.state)
+            .key(&keys.queue)
+            .key(&keys.waiting)
             .arg(token)
-            .arg(space.lock_released(name))
-            .arg(self.retention_millis());
+            .arg(ticket)
+            .arg(&keys.released)
+            .arg(millis_of(self.rules.fence_retention));
         let released: i64 = self
             .redis
             .run(Op::idempotent(RELEASE.name()), deadline, &invocation)
             .await?;
-        Ok(if released == 1 {
-            Ok(())
-        } else {
-            Err(Lapse::of(released))
+        Ok(match released {
+            1 => Ok(()),
+            answer if answer < 0 => Err(Lapse::Taken),
+            _ => Err(Lapse::Free),
         })
-    }
-
-    /// Takes `ticket` out of the lock's queue: its wait ended without the lock.
-    /// Returns whether it was queued.
-    ///
-    /// # Errors
-    /// Redis failures and timeouts, as [`Error`].
-    pub async fn leave(&self, space: &KeySpace, name: &str, ticket: &str, deadline: Instant) -> Result<bool, Error> {
-        let mut invocation = LEAVE.prepare();
-        lock_keys(&mut invocation, space, name)
-            .arg(ticket)
-            .arg(space.lock_released(name));
-        let left: i64 = self
-            .redis
-            .run(Op::idempotent(LEAVE.name()), deadline, &invocation)
-            .await?;
-        Ok(left == 1)
-    }
-
-    /// Renews the lease if `token` holds the lock and returns its fencing token;
-    /// otherwise says why not.
-    ///
-    /// # Errors
-    /// Redis failures and timeouts, as [`Error`].
-    pub async fn extend(
-        &self,
-        space: &KeySpace,
-        name: &str,
-        token: &str,
-        ttl: Ttl,
-        deadline: Instant,
-    ) -> Result<Result<u64, Lapse>, Error> {
-        let mut invocation = EXTEND.prepare();
-        invocation
-            .key(space.lock(name))
-            .key(space.lock_fence(name))
-            .arg(token)
-            .arg(ttl.millis())
-            .arg(self.retention_millis());
-        let (answer, acknowledged): (i64, u32) = self
-            .granting(Op::idempotent(EXTEND.name()), &invocation, deadline)
-            .await?;
-        let Ok(fencing_token) = u64::try_from(answer) else {
-            return Ok(Err(Lapse::of(answer)));
-        };
-        if fencing_token == 0 {
-            return Ok(Err(Lapse::Free));
-        }
-        if acknowledged < self.min_replicas {
-            return Err(self.unacknowledged(space, name, token, acknowledged, deadline).await);
-        }
-        Ok(Ok(fencing_token))
     }
 
     /// Shows the holder of a lock.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
-    pub async fn describe(&self, space: &KeySpace, name: &str, deadline: Instant) -> Result<Holder, Error> {
+    pub async fn describe(&self, keys: &LockKeys, deadline: Instant) -> Result<Holder, Error> {
         let mut invocation = DESCRIBE.prepare();
-        lock_keys(&mut invocation, space, name);
+        invocation
+            .key(&keys.holders)
+            .key(&keys.state)
+            .key(&keys.queue)
+            .key(&keys.waiting);
         let (holders, owner, fencing_token, ttl, waiting, permits): (u32, String, u64, i64, u32, u32) =
             self.redis.run(Op::read(DESCRIBE.name()), deadline, &invocation).await?;
         Ok(Holder {
@@ -313,15 +435,60 @@ impl LockStore {
     }
 }
 
-/// A lock's four keys, in the order every lock script takes them.
-fn lock_keys<'i>(invocation: &'i mut Invocation, space: &KeySpace, name: &str) -> &'i mut Invocation {
-    invocation
-        .key(space.lock(name))
-        .key(space.lock_fence(name))
-        .key(space.lock_queue(name))
-        .key(space.lock_waiting(name))
+/// What `lock_grant.lua` answers (see its header).
+struct GrantReply {
+    code: i64,
+    token: String,
+    fencing_token: u64,
+    ms: i64,
+    n: i64,
+    marker: String,
+    detail: String,
+}
+
+impl redis::FromRedisValue for GrantReply {
+    fn from_redis_value(value: redis::Value) -> Result<GrantReply, redis::ParsingError> {
+        let (code, token, fencing_token, ms, n, marker, detail) = redis::FromRedisValue::from_redis_value(value)?;
+        Ok(GrantReply {
+            code,
+            token,
+            fencing_token,
+            ms,
+            n,
+            marker,
+            detail,
+        })
+    }
+}
+
+/// A new marker id: random, never 0 (which stands for "none seen").
+fn fresh_marker_id() -> Result<u64, Error> {
+    let id = getrandom::u64().map_err(|error| Error::Internal(format!("no randomness from the OS: {error}")))?;
+    Ok(id.max(1))
+}
+
+fn millis_of(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn millis(millis: i64) -> Duration {
     Duration::from_millis(u64::try_from(millis).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_key;
+
+    #[test]
+    fn a_request_key_is_the_request_ids_only_with_the_same_client_and_owner() {
+        let key = request_key(Some("billing"), "job-1", "r-1");
+        assert_eq!(key, request_key(Some("billing"), "job-1", "r-1"));
+        assert_eq!(key.len(), 32);
+        assert_ne!(key, request_key(Some("billing"), "job-2", "r-1"));
+        assert_ne!(key, request_key(Some("reports"), "job-1", "r-1"));
+        assert_ne!(key, request_key(None, "job-1", "r-1"));
+        // Lengths are part of the digest: parts cannot slide into each other.
+        assert_ne!(request_key(None, "ab", "c"), request_key(None, "a", "bc"));
+        assert_eq!(request_key(Some("billing"), "job-1", ""), "");
+    }
 }

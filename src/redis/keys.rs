@@ -39,6 +39,7 @@ impl Keys {
     pub fn space(&self, tenant: &str) -> KeySpace {
         KeySpace {
             base: format!("{}:{tenant}:", self.prefix).into(),
+            prefix_len: self.prefix.len(),
         }
     }
 
@@ -51,18 +52,15 @@ impl Keys {
     pub fn cache_filled_pattern(&self) -> String {
         format!("{}:*:cache-filled:*", self.prefix)
     }
-
-    /// The key recording which copy of the data this Redis holds (see
-    /// [`crate::redis::epoch`]). One per deployment, not per tenant.
-    pub fn epoch(&self) -> String {
-        format!("{}:epoch", self.prefix)
-    }
 }
 
 /// One tenant's keys. Cloning is cheap.
 #[derive(Debug, Clone)]
 pub struct KeySpace {
+    /// `<prefix>:<tenant>:`.
     base: Arc<str>,
+    /// The length of `<prefix>` in `base`.
+    prefix_len: usize,
 }
 
 impl KeySpace {
@@ -111,31 +109,29 @@ impl KeySpace {
         redis_key
     }
 
-    /// The key holding a lock's holders (see `lock_acquire.lua`).
-    pub fn lock(&self, name: &str) -> String {
-        self.tagged("lock", name)
-    }
-
-    /// The key holding a lock's fencing counter and its holders' details, in
-    /// the same slot as [`KeySpace::lock`].
-    pub fn lock_fence(&self, name: &str) -> String {
-        self.tagged("lock-fence", name)
-    }
-
-    /// The key holding the queue of a lock's waiters, in the same slot as [`KeySpace::lock`].
-    pub fn lock_queue(&self, name: &str) -> String {
-        self.tagged("lock-queue", name)
-    }
-
-    /// The key holding when each queued waiter's place lapses, in the same slot
-    /// as [`KeySpace::lock`].
-    pub fn lock_waiting(&self, name: &str) -> String {
-        self.tagged("lock-waiting", name)
-    }
-
-    /// The channel a lock's release is announced on.
-    pub fn lock_released(&self, name: &str) -> String {
-        self.tagged("lock-released", name)
+    /// Every key and the channel of the lock `name`, built together: one tag,
+    /// so all of them share a slot (see `lock_grant.lua` for what each holds).
+    pub fn lock(&self, name: &str) -> LockKeys {
+        let tag = slot_tag(name);
+        let key = |kind: &str| {
+            let mut key = self.start(kind, &tag, name.len());
+            key.push_str(name);
+            key
+        };
+        let mut epoch = String::with_capacity(self.prefix_len + 18);
+        epoch.push_str(&self.base[..self.prefix_len]);
+        epoch.push_str(":lock-epoch:{");
+        epoch.push_str(&tag);
+        epoch.push('}');
+        LockKeys {
+            holders: key("lock"),
+            state: key("lock-fence"),
+            queue: key("lock-queue"),
+            waiting: key("lock-waiting"),
+            released: key("lock-released"),
+            epoch,
+            tag: u16::from_str_radix(&tag, 16).unwrap_or_default(),
+        }
     }
 
     /// The channel a Pub/Sub topic is published on. Topics need no hash tag:
@@ -175,6 +171,26 @@ impl KeySpace {
         key.push_str(user_id);
         key
     }
+}
+
+/// The keys of one lock, all in one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockKeys {
+    /// The holders: grant tokens scored by when each lease ends.
+    pub holders: String,
+    /// The fencing counter, the holders' details and the queue numbers.
+    pub state: String,
+    /// The queue of waiters' tickets by arrival.
+    pub queue: String,
+    /// When each queued waiter's place lapses.
+    pub waiting: String,
+    /// The channel the lock's releases are announced on.
+    pub released: String,
+    /// The epoch marker of the lock's slot tag, shared by every tenant's locks
+    /// with that tag: `<prefix>:lock-epoch:{<tag>}`.
+    pub epoch: String,
+    /// The slot tag as a number, for the instance's memory of epoch markers.
+    pub tag: u16,
 }
 
 /// The rate-limit key of an Envoy descriptor: its domain and its entries, each
@@ -244,15 +260,18 @@ mod tests {
     fn every_key_of_one_lock_shares_a_well_formed_tag_whatever_its_name() {
         let space = Keys::new("p").space("t");
         for name in ["job:7", "}", "{", "a}b{c", "{}", "x{y}z", "é{}"] {
-            let lock = space.lock(name);
-            let fence = space.lock_fence(name);
-            let channel = space.lock_released(name);
-            assert_eq!(tag_of(&lock), tag_of(&fence), "{name}");
-            assert_eq!(tag_of(&lock), tag_of(&space.lock_queue(name)), "{name}");
-            assert_eq!(tag_of(&lock), tag_of(&space.lock_waiting(name)), "{name}");
-            assert_eq!(tag_of(&lock), tag_of(&channel), "{name}");
-            assert_eq!(tag_of(&lock).len(), 4, "{name}");
+            let keys = space.lock(name);
+            let lock = &keys.holders;
+            for other in [&keys.state, &keys.queue, &keys.waiting, &keys.released, &keys.epoch] {
+                assert_eq!(tag_of(lock), tag_of(other), "{name}");
+            }
+            assert_eq!(tag_of(lock).len(), 4, "{name}");
+            assert_eq!(u16::from_str_radix(tag_of(lock), 16).unwrap(), keys.tag, "{name}");
             assert!(lock.ends_with(name));
+            assert!(
+                keys.epoch.starts_with("p:lock-epoch:{"),
+                "the marker is the deployment's, not the tenant's"
+            );
         }
     }
 
@@ -271,7 +290,9 @@ mod tests {
         assert_eq!(slot("{user1000}.following"), slot("user1000"));
         assert_eq!(slot("123456789"), 12739);
         let space = Keys::new("p").space("t");
-        assert_eq!(slot(&space.lock("job")), slot(&space.lock_fence("job")));
+        let job = space.lock("job");
+        assert_eq!(slot(&job.holders), slot(&job.state));
+        assert_eq!(slot(&job.holders), slot(&job.epoch));
     }
 
     #[test]
@@ -294,6 +315,6 @@ mod tests {
         let space = keys.space("t");
         assert_eq!(tag_of(&space.cache("k")), tag_of(&space.cache_fill("k")));
         assert_eq!(tag_of(&space.cache("k")), tag_of(&space.cache_filled("k")));
-        assert!(keys.space("t").lock_released("x").starts_with("p:t:lock-released:{"));
+        assert!(keys.space("t").lock("x").released.starts_with("p:t:lock-released:{"));
     }
 }

@@ -21,7 +21,7 @@ use std::{
 use tokio::{
     sync::{Notify, watch},
     task::JoinHandle,
-    time::{sleep, sleep_until, timeout, timeout_at},
+    time::{sleep, sleep_until, timeout_at},
 };
 
 use crate::telemetry::Meter;
@@ -29,7 +29,6 @@ use crate::telemetry::Meter;
 use super::{
     connect::Cause,
     connection::Connection,
-    epoch::DataEpoch,
     scripts::LuaScript,
     topology::{Opened, Topology},
 };
@@ -98,9 +97,6 @@ pub struct LinkSettings {
     pub scripts: Arc<[&'static LuaScript]>,
     /// Reconnection timing.
     pub backoff: Backoff,
-    /// Checked on every new connection before it is handed out (so no lock is
-    /// granted on a Redis that lost its data before the loss is known).
-    pub epoch: Option<DataEpoch>,
     /// On a Cluster: a connection that never sends a command twice by itself.
     pub exact: bool,
     /// Bumped when a Sentinel announces a failover: the connection is replaced.
@@ -197,7 +193,6 @@ async fn supervise(shared: Arc<Shared>, settings: LinkSettings, meter: Meter) {
         name,
         scripts,
         backoff,
-        epoch,
         exact,
         mut failovers,
     } = settings;
@@ -210,15 +205,8 @@ async fn supervise(shared: Arc<Shared>, settings: LinkSettings, meter: Meter) {
         failovers.borrow_and_update();
         match topology.open(name, &scripts, exact).await {
             Ok(Opened {
-                mut connection,
-                mut driver,
-                ..
+                connection, mut driver, ..
             }) => {
-                if let Some(epoch) = &epoch {
-                    // Bounded: during a CLIENT PAUSE WRITE the check waits, and the
-                    // health prober checks again anyway.
-                    let _ = timeout(topology.connect_timeout(), epoch.check(&mut connection)).await;
-                }
                 generation += 1;
                 if generation > 1 {
                     meter.record(|metrics| metrics.redis_reconnects.inc());

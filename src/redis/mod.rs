@@ -22,16 +22,12 @@ pub mod batch;
 pub mod connect;
 pub mod connection;
 pub mod embedded;
-pub mod epoch;
 pub mod keys;
 pub mod link;
 pub mod scripts;
 pub mod topology;
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
 use redis::FromRedisValue;
 use tokio::{
@@ -41,7 +37,7 @@ use tokio::{
 
 pub use connect::{Cause, ConnectSettings, Endpoint};
 pub use connection::{Connection, Request};
-pub use keys::{KeySpace, Keys};
+pub use keys::{KeySpace, Keys, LockKeys};
 pub use link::{Backoff, State};
 pub use scripts::{Invocation, LuaScript};
 pub use topology::{Kind, Topology};
@@ -50,7 +46,6 @@ use crate::{
     error::{Error, server_code},
     telemetry::{Meter, rpc::add_redis_time},
 };
-use epoch::DataEpoch;
 use link::{Link, LinkSettings};
 
 /// What a command does, which decides the connection it uses, whether it may
@@ -161,8 +156,6 @@ pub struct RedisSettings {
     pub scripts: Vec<&'static LuaScript>,
     /// Reconnection timing.
     pub backoff: Backoff,
-    /// Checked on every new write connection (see [`epoch`]).
-    pub epoch: DataEpoch,
     /// Open a connection for [`Op::blocking`] operations.
     pub blocking: bool,
 }
@@ -203,35 +196,33 @@ pub enum Role {
 impl Redis {
     /// Starts connecting in the background; the process serves (answering
     /// UNAVAILABLE) while Redis is down. Every new connection loads the scripts
-    /// first, and every new write connection checks the epoch.
+    /// first.
     pub fn start(settings: RedisSettings, meter: Meter) -> Redis {
         let RedisSettings {
             topology,
             scripts,
             backoff,
-            epoch,
             blocking,
         } = settings;
         let scripts: Arc<[&'static LuaScript]> = scripts.into();
         let failovers = watch::Sender::new(0);
-        let link = |name: &'static str, epoch: Option<DataEpoch>, exact: bool| {
+        let link = |name: &'static str, exact: bool| {
             Link::start(
                 LinkSettings {
                     topology: topology.clone(),
                     name,
                     scripts: scripts.clone(),
                     backoff,
-                    epoch,
                     exact,
                     failovers: failovers.subscribe(),
                 },
                 meter.clone(),
             )
         };
-        let reads = link("cachelock-reads", None, false);
-        let writes = link("cachelock-writes", Some(epoch), false);
-        let exact = (topology.kind() == Kind::Cluster).then(|| link("cachelock-exact", None, true));
-        let blocking = blocking.then(|| link("cachelock-blocking", None, false));
+        let reads = link("cachelock-reads", false);
+        let writes = link("cachelock-writes", false);
+        let exact = (topology.kind() == Kind::Cluster).then(|| link("cachelock-exact", true));
+        let blocking = blocking.then(|| link("cachelock-blocking", false));
         Redis {
             inner: Arc::new(Inner {
                 reads,
@@ -242,27 +233,6 @@ impl Redis {
                 failovers,
                 backoff,
                 meter,
-            }),
-        }
-    }
-
-    /// Checks whether Redis still holds the data `epoch` last saw (see [`epoch`]).
-    ///
-    /// # Errors
-    /// [`Error::Unavailable`] without a connection in time; [`Error::Timeout`] or a
-    /// Redis error when the check did not complete.
-    pub async fn check_epoch(&self, epoch: &DataEpoch, deadline: tokio::time::Instant) -> Result<(), Error> {
-        let (mut connection, _) = self
-            .inner
-            .writes
-            .connection(None, None, deadline)
-            .await
-            .map_err(Error::Unavailable)?;
-        match timeout_at(deadline, epoch.check(&mut connection)).await {
-            Ok(result) => result.map_err(Error::from),
-            Err(_) => Err(Error::Timeout {
-                waited: Duration::ZERO,
-                effect: Effect::IdempotentWrite,
             }),
         }
     }

@@ -1,7 +1,7 @@
 #!lua flags=no-writes
 -- lock_describe: who holds a lock and how many wait, without any token.
 --
--- KEYS[1..4]  the holders, state, queue and waiters' places (see lock_acquire)
+-- KEYS[1..4]  the holders, state, queue and waiters' places (see lock_grant)
 -- Returns  {holders, owner, fencing token, lease left in ms, waiters, permits}:
 --          owner, fencing token and lease are the latest grant's among the
 --          live holders; when none holds it, '' , the last fencing token

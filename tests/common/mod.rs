@@ -172,8 +172,11 @@ pub struct TestService {
     task: Option<JoinHandle<Result<(), StartError>>>,
 }
 
-/// Settings that make tests quick: a fast prober and short reconnect backoff.
-const TEST_ARGS: &[&str] = &[
+/// Settings that make tests quick: a fast prober and short reconnect backoff;
+/// and lock grants at once on the fresh redis-servers the tests start (the
+/// tests of the pause after a restart leave this out, see [`TestService::start_strict`]).
+pub const TEST_ARGS: &[&str] = &[
+    "--lock-trust-young-redis",
     "--health-interval",
     "100ms",
     "--reconnect-min-backoff",
@@ -191,6 +194,17 @@ impl TestService {
     pub async fn start(redis_url: &str, args: &[&str]) -> TestService {
         let mut all = vec!["cachelock", "--redis-url", redis_url];
         all.extend_from_slice(TEST_ARGS);
+        all.extend_from_slice(args);
+        let config = Config::from_args(all).unwrap_or_else(|error| panic!("test configuration: {error}"));
+        TestService::start_with(config).await
+    }
+
+    /// As [`TestService::start`], but without `--lock-trust-young-redis`: lock
+    /// grants on a Redis that started less than `--lock-max-ttl` ago wait, as in
+    /// production.
+    pub async fn start_strict(redis_url: &str, args: &[&str]) -> TestService {
+        let mut all = vec!["cachelock", "--redis-url", redis_url];
+        all.extend(TEST_ARGS.iter().filter(|arg| **arg != "--lock-trust-young-redis"));
         all.extend_from_slice(args);
         let config = Config::from_args(all).unwrap_or_else(|error| panic!("test configuration: {error}"));
         TestService::start_with(config).await

@@ -191,6 +191,25 @@ impl Node {
         }
     }
 
+    /// Stops the process with SIGSTOP: it keeps its sockets and answers nothing
+    /// until [`Node::resume`] (a stalled VM, a long fork).
+    pub fn pause(&self) {
+        let _ = Command::new("kill").arg("-STOP").arg(self.pid.to_string()).status();
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        let _ = Command::new("kill").arg("-CONT").arg(self.pid.to_string()).status();
+    }
+
+    /// A standalone redis-server without persistence on a free port, with `extra` settings.
+    pub fn standalone(extra: &[&str]) -> Node {
+        let port = TestRedis::free_port();
+        let dir = node_dir(port);
+        let args = node_args(port, &dir, extra);
+        Node::start_in(port, &args, dir, None)
+    }
+
     /// Starts the process again on its port with its settings, after [`Node::kill`].
     pub fn restart(&mut self) {
         let _ = self.keeper.kill();
