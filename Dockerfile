@@ -7,10 +7,11 @@
 #     -e CACHELOCK_AUTH_FILE=/etc/cachelock/auth.toml cachelock
 #
 # The runtime image has no redis-server: REDIS_URL must be set (see docker-compose.yml).
-# It listens on every interface, so it refuses to start until it is given TLS
-# (CACHELOCK_TLS_CERT/_KEY, the cert-manager secret layout above), an auth file
-# (CACHELOCK_AUTH_FILE), or both — or CACHELOCK_ALLOW_INSECURE_LISTEN=true behind a
-# mesh that encrypts and authenticates for it. With TLS, the HEALTHCHECK's probe needs
+# It listens on every interface, so it refuses to start until it can tell its
+# callers apart: an auth file (CACHELOCK_AUTH_FILE) or client certificates
+# (CACHELOCK_TLS_CLIENT_CA), best with TLS (CACHELOCK_TLS_CERT/_KEY, the
+# cert-manager secret layout above) — or CACHELOCK_ALLOW_INSECURE_LISTEN=true behind
+# a mesh that encrypts and authenticates for it. With TLS, the HEALTHCHECK's probe needs
 # CACHELOCK_PROBE_TLS=true, CACHELOCK_PROBE_TLS_CA and CACHELOCK_PROBE_TLS_SERVER_NAME.
 
 FROM rust:1.95-bookworm AS build

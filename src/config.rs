@@ -137,8 +137,9 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_REFLECTION_REQUIRES_AUTH")]
     pub reflection_requires_auth: bool,
 
-    /// Allow a non-loopback --listen address with neither TLS nor an auth file (a private
-    /// network or a mesh that authenticates for you).
+    /// Allow a non-loopback --listen address that cannot tell clients apart: neither an auth
+    /// file nor client certificates (--tls-client-ca). Everyone who reaches it is then the
+    /// tenant default with every permission; only behind a mesh that authenticates for you.
     #[arg(long, env = "CACHELOCK_ALLOW_INSECURE_LISTEN")]
     pub allow_insecure_listen: bool,
 
@@ -367,6 +368,13 @@ pub struct Config {
     /// standing setting where Redis runs without persistence. The development Redis needs none.
     #[arg(long, env = "CACHELOCK_LOCK_TRUST_YOUNG_REDIS")]
     pub lock_trust_young_redis: bool,
+
+    /// Grant locks at once on a Redis node that restarted less than --lock-max-ttl ago with its
+    /// data (from an RDB snapshot or an AOF). By default grants there wait until it has been up
+    /// that long, because a snapshot, or an AOF fsynced every second, can miss the last grants.
+    /// Set it only with appendfsync always. A replica promoted by a failover needs none.
+    #[arg(long, env = "CACHELOCK_LOCK_TRUST_PERSISTENCE")]
+    pub lock_trust_persistence: bool,
 
     /// Replicas that must acknowledge a lock grant or extension (Redis WAIT) before it is
     /// answered; when fewer do within the call's budget, it is released and the caller gets
@@ -920,15 +928,17 @@ impl Config {
                 ));
             }
         }
-        let protected = self.tls_cert.is_some() || self.auth_file.is_some();
-        if !self.listen.ip().is_loopback() && !protected && !self.allow_insecure_listen {
+        // TLS alone keeps eavesdroppers out, not callers: anyone who reaches the
+        // port would be the tenant `default` with every permission.
+        let tells_clients_apart = self.auth_file.is_some() || self.tls_client_ca.is_some();
+        if !self.listen.ip().is_loopback() && !tells_clients_apart && !self.allow_insecure_listen {
             return Err(invalid(
                 "listen",
                 "CACHELOCK_LISTEN",
                 format_args!(
-                    "{} is reachable from other machines, and neither TLS (--tls-cert/--tls-key) nor an auth \
-                     file (--auth-file) protects it: set one, or --allow-insecure-listen if a private network \
-                     or a mesh protects it",
+                    "{} is reachable from other machines, and nothing tells its callers apart: give an auth file \
+                     (--auth-file) or require client certificates (--tls-client-ca), or set --allow-insecure-listen \
+                     if a mesh authenticates for it",
                     self.listen
                 ),
             ));

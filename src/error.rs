@@ -141,6 +141,8 @@ pub enum Reason {
     Overloaded,
     /// RESOURCE_EXHAUSTED: the client is over its `max_requests_per_second`.
     ClientRateLimited,
+    /// RESOURCE_EXHAUSTED: the client is over its `max_write_bytes_per_second`.
+    WriteBudgetExceeded,
     /// RESOURCE_EXHAUSTED: too many Acquires are waiting (`--lock-max-waiters*`).
     TooManyWaiters,
     /// RESOURCE_EXHAUSTED: too many health Watch streams are open.
@@ -158,7 +160,7 @@ pub const DOMAIN: &str = "cachelock.dev";
 
 impl Reason {
     /// Every reason, for the README's list and its test.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Reason::InvalidField,
         Reason::MalformedRequest,
         Reason::Unauthenticated,
@@ -179,6 +181,7 @@ impl Reason {
         Reason::RedisOutOfMemory,
         Reason::Overloaded,
         Reason::ClientRateLimited,
+        Reason::WriteBudgetExceeded,
         Reason::TooManyWaiters,
         Reason::TooManyWatchers,
         Reason::TooManySubscribers,
@@ -209,6 +212,7 @@ impl Reason {
             Reason::RedisOutOfMemory => "REDIS_OUT_OF_MEMORY",
             Reason::Overloaded => "OVERLOADED",
             Reason::ClientRateLimited => "CLIENT_RATE_LIMITED",
+            Reason::WriteBudgetExceeded => "WRITE_BUDGET_EXCEEDED",
             Reason::TooManyWaiters => "TOO_MANY_WAITERS",
             Reason::TooManyWatchers => "TOO_MANY_WATCHERS",
             Reason::TooManySubscribers => "TOO_MANY_SUBSCRIBERS",
@@ -573,6 +577,11 @@ mod tests {
             ),
             (
                 exhausted(Reason::ClientRateLimited, Some(Duration::from_millis(7))),
+                Code::ResourceExhausted,
+                true,
+            ),
+            (
+                exhausted(Reason::WriteBudgetExceeded, Some(Duration::from_millis(20))),
                 Code::ResourceExhausted,
                 true,
             ),

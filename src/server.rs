@@ -437,6 +437,7 @@ async fn serve(
                 // hold a lease from before.
                 trust_young_redis: config.lock_trust_young_redis || own_redis,
                 allow_evicting: config.allow_evicting_redis,
+                trust_persistence: config.lock_trust_persistence,
             },
         ),
         meter.clone(),

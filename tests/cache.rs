@@ -933,7 +933,33 @@ async fn writes_and_deletes_end_a_lease_and_wake_its_waiters(backend: Backend) {
     assert_reason(&refused, Code::FailedPrecondition, "LEASE_LOST");
 }
 
+async fn an_increment_ends_a_lease_like_every_other_write(backend: Backend) {
+    let service = backend.service(&[]).await;
+    let mut cache = service.cache();
+    let lease = get_or_lease(&mut cache, or_lease("visits", 30_000, None)).await;
+    assert_eq!(lease.outcome(), LeaseOutcome::Lease);
+    let counted = cache
+        .increment(IncrementRequest {
+            key: "visits".to_owned(),
+            delta: 5,
+            ttl: Some(millis(60_000)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(counted.value, 5);
+    // A filler holding the older lease must not overwrite the newer counter.
+    let refused = cache
+        .set(fill("visits", b"0", 60_000, &lease.lease_token))
+        .await
+        .unwrap_err();
+    assert_reason(&refused, Code::FailedPrecondition, "LEASE_LOST");
+    let stored = cache.get(get("visits")).await.unwrap().into_inner();
+    assert_eq!(stored.value, b"5");
+}
+
 in_every_mode!(
+    an_increment_ends_a_lease_like_every_other_write,
     a_stampede_on_a_missing_key_gives_one_lease_and_everyone_the_filled_value,
     a_lease_that_runs_out_unfilled_passes_to_the_next_caller,
     a_stale_copy_is_served_while_one_caller_refreshes,

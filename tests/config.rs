@@ -97,9 +97,23 @@ fn bad_values_are_refused_naming_the_setting() {
         (&["--session-max-per-user", "20000"], "--session-max-per-user"),
         // A development Redis behind a public address is a mistyped REDIS_URL.
         (&["--listen", "0.0.0.0:50051", "--allow-insecure-listen"], "--redis-url"),
-        // A public listener needs TLS or an auth file, or an explicit opt-out.
+        // A public listener needs a way to tell callers apart, or an explicit opt-out:
+        // TLS alone is not one.
         (
             &["--redis-url", "redis://db:6379", "--listen", "0.0.0.0:50051"],
+            "--listen",
+        ),
+        (
+            &[
+                "--redis-url",
+                "redis://db:6379",
+                "--listen",
+                "0.0.0.0:50051",
+                "--tls-cert",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+                "--tls-key",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"),
+            ],
             "--listen",
         ),
         (

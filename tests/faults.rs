@@ -16,7 +16,7 @@ use std::{
 };
 
 use cachelock::pb::{
-    cache::{GetRequest, IncrementRequest, SetCondition, SetRequest},
+    cache::{GetRequest, IncrementRequest, SetCondition, SetRequest, TakeRequest},
     lock::{AcquireRequest, DescribeRequest, ExtendRequest, ReleaseRequest},
     ratelimit::{CheckRequest, OutagePolicy},
     session::{CreateRequest, GetRequest as SessionGet, ListUserSessionsRequest},
@@ -236,7 +236,8 @@ async fn restart_under_load(gap: Duration) {
     let dir = tempfile::tempdir().unwrap();
     let dir_arg = dir.path().to_string_lossy().into_owned();
     let mut redis = TestRedis::start_with(&["--dir", &dir_arg, "--dbfilename", "faults.rdb"]).await;
-    let service = TestService::start(&redis.url(), &[]).await;
+    // The snapshot is taken just before the stop, so it misses nothing: locks need no pause.
+    let service = TestService::start(&redis.url(), &["--lock-trust-persistence"]).await;
     service.wait_for_health("", SERVING).await;
     let load = Load::start(&service);
     load.wait_for_calls_after(Instant::now(), 100).await;
@@ -766,11 +767,85 @@ async fn a_full_redis_refuses_growth_but_frees_keeps_and_reads() {
         .expect("listing only reads and prunes");
     assert_eq!(listed.into_inner().sessions.len(), 1);
     assert!(!cache.get(get("k")).await.unwrap().into_inner().found);
-    let policy = ratelimit.check(check("api")).await.unwrap().into_inner();
-    assert!(
-        policy.decided_by_outage_policy && !policy.allowed,
-        "fail-closed by request"
+    // Rate limits are still decided, not left to the outage policy.
+    let decided = ratelimit.check(check("api")).await.unwrap().into_inner();
+    assert!(!decided.decided_by_outage_policy && decided.allowed, "{decided:?}");
+}
+
+#[tokio::test]
+async fn a_redis_filled_with_cache_values_still_decides_every_limit_and_takes() {
+    let (redis, service) = redis_and_service(&[]).await;
+    let mut cache = service.cache();
+    cache.set(set("code", SetCondition::Always)).await.unwrap();
+    let info: String = redis.command(&["INFO", "memory"]).await;
+    let used: u64 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap();
+    let _: () = redis
+        .command(&["CONFIG", "SET", "maxmemory", &(used + 2_000_000).to_string()])
+        .await;
+    // One tenant fills what is left with cache values.
+    let mut filled = false;
+    for index in 0..100 {
+        let mut big = set(&format!("fill:{index}"), SetCondition::Always);
+        big.value = vec![b'f'; 100_000];
+        if let Err(status) = cache.set(big).await {
+            assert_reason(&status, Code::ResourceExhausted, "REDIS_OUT_OF_MEMORY");
+            filled = true;
+            break;
+        }
+    }
+    assert!(filled, "2 MB of 100 KB values fill it");
+
+    let mut ratelimit = service.ratelimit();
+    let login = |_| CheckRequest {
+        limit: 3,
+        on_unavailable: OutagePolicy::FailOpen as i32,
+        ..check("login:ann")
+    };
+    let mut answers = Vec::new();
+    for attempt in 0..4 {
+        let decided = ratelimit.check(login(attempt)).await.unwrap().into_inner();
+        assert!(
+            !decided.decided_by_outage_policy,
+            "decided by Redis, not the outage policy"
+        );
+        answers.push(decided.allowed);
+    }
+    assert_eq!(
+        answers,
+        [true, true, true, false],
+        "the limit holds although Redis is full"
     );
+    let taken = cache
+        .take(TakeRequest { key: "code".to_owned() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(taken.found, "Take frees memory, so a full Redis serves it");
+}
+
+#[tokio::test]
+async fn with_redis_stalled_every_answer_comes_before_the_callers_deadline() {
+    let (_redis, link, service) = behind_a_faulty_link().await;
+    service.wait_for_health("", SERVING).await;
+    link.hold_requests(true);
+    let mut cache = service.cache();
+    let mut late = 0;
+    for _ in 0..200 {
+        let mut request = tonic::Request::new(get("k"));
+        request.set_timeout(Duration::from_millis(50));
+        // The caller's own timer, as a client with a deadline keeps one.
+        match tokio::time::timeout(Duration::from_millis(50), cache.get(request)).await {
+            Ok(Err(status)) => assert_reason(&status, Code::Unavailable, "REDIS_TIMEOUT"),
+            Ok(Ok(answer)) => panic!("Redis is stalled, yet: {answer:?}"),
+            Err(_) => late += 1,
+        }
+    }
+    link.hold_requests(false);
+    assert_eq!(late, 0, "answers that came after the caller's deadline");
 }
 
 #[tokio::test]

@@ -12,8 +12,8 @@ use cachelock::pb::lock::{
     ReleaseRequest, hold_response::Event as HoldEvent, lock_service_client::LockServiceClient,
 };
 use common::{
-    Backend, FaultyLink, PATIENCE, TestCluster, TestRedis, TestService, assert_invalid, assert_reason, eventually,
-    millis,
+    Backend, FaultyLink, Node, PATIENCE, TestCluster, TestRedis, TestService, assert_invalid, assert_reason,
+    eventually, millis,
 };
 use tokio::time::Instant;
 use tonic::{Code, transport::Channel};
@@ -468,6 +468,166 @@ async fn a_redis_that_may_evict_refuses_grants_and_an_eviction_pauses_them() {
     let mut after = acquire("batch", 5_000, 0);
     after.owner = "another".to_owned();
     assert_paused(client.acquire(after).await, "a grant after keys were evicted");
+}
+
+// Found by the adversarial review: a restart from a snapshot brings the marker
+// back, with data that may miss the last grants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_from_a_snapshot_that_misses_grants_pauses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let mut redis = TestRedis::start_with(&["--dir", &dir_arg, "--dbfilename", "locks.rdb"]).await;
+    let service = TestService::start(&redis.url(), &["--lock-max-ttl", "30s"]).await;
+    let mut client = service.locks();
+    let before = take(&mut client, acquire("invoice", 30_000, 0)).await;
+    client
+        .release(ReleaseRequest {
+            name: "invoice".to_owned(),
+            token: before.token,
+        })
+        .await
+        .unwrap();
+    let _: () = redis.command(&["SAVE"]).await;
+    // Granted after the snapshot: a restart from it forgets this grant.
+    assert!(take(&mut client, acquire("invoice", 30_000, 0)).await.acquired);
+
+    redis.stop().await;
+    redis.start_again().await;
+    let mut next = acquire("invoice", 30_000, 0);
+    next.owner = "another".to_owned();
+    assert_paused(
+        client.acquire(next).await,
+        "the first Acquire after a restart from a snapshot",
+    );
+}
+
+// Found by the adversarial review: a marker made by an instance that trusts
+// young Redis servers does not vouch for the node's age to one that does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marker_made_trusting_a_young_redis_does_not_vouch_for_it() {
+    let redis = TestRedis::start().await;
+    let trusting = TestService::start(&redis.url(), &["--lock-max-ttl", "30s"]).await;
+    let granted = take(&mut trusting.locks(), acquire("audit", 30_000, 0)).await;
+    assert!(granted.acquired);
+    trusting
+        .locks()
+        .release(ReleaseRequest {
+            name: "audit".to_owned(),
+            token: granted.token,
+        })
+        .await
+        .unwrap();
+    let strict = TestService::start_strict(&redis.url(), &["--lock-max-ttl", "30s"]).await;
+    assert_paused(
+        strict.locks().acquire(acquire("audit", 30_000, 0)).await,
+        "a grant on a 1 s old Redis",
+    );
+}
+
+// Found by the adversarial review: with --lock-min-replicas, an extension the
+// replica did not acknowledge in time is refused, and the lease stays the
+// holder's (it was released before, while its holder still counted on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extension_no_replica_acknowledged_keeps_the_lease() {
+    let primary = Node::standalone(&[]);
+    let replica = Node::standalone(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    eventually("the replica is in sync", async || {
+        replica.info("replication", "master_link_status") == "up"
+    })
+    .await;
+    let service = TestService::start(&primary.url(), &["--lock-min-replicas", "1"]).await;
+    let mut client = service.locks();
+    let held = take(&mut client, acquire("payroll", 30_000, 0)).await;
+    assert!(held.acquired);
+
+    replica.pause();
+    let refused = client
+        .extend(ExtendRequest {
+            name: "payroll".to_owned(),
+            token: held.token.clone(),
+            ttl: Some(millis(30_000)),
+        })
+        .await
+        .expect_err("no replica acknowledged the extension");
+    replica.resume();
+    assert_reason(&refused, Code::Unavailable, "REDIS_UNAVAILABLE");
+    let seen = describe(&mut client, "payroll").await;
+    assert_eq!(seen.holders, 1, "the lease was released under its holder");
+    client
+        .release(ReleaseRequest {
+            name: "payroll".to_owned(),
+            token: held.token,
+        })
+        .await
+        .expect("the holder still holds it");
+}
+
+// Found by the adversarial review: an Acquire with a request id whose answer
+// was lost leaves its grant for the retry, rather than releasing it under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_whose_answer_was_lost_stays_for_its_request_ids_retry() {
+    let redis = TestRedis::start().await;
+    let link = FaultyLink::start(redis.port()).await;
+    let behind = TestService::start(&link.url, &[]).await;
+    let direct = TestService::start(&redis.url(), &[]).await;
+    behind.wait_for_health("", ServingStatus::Serving).await;
+    let mut request = acquire("refund:9", 30_000, 0);
+    request.request_id = "refund-9-attempt".to_owned();
+
+    link.hold_replies(true);
+    let grants_before = redis.calls("evalsha").await;
+    let mut first = tonic::Request::new(request.clone());
+    first.set_timeout(Duration::from_millis(500));
+    let mut lost_answer = behind.locks();
+    let first = tokio::spawn(async move { lost_answer.acquire(first).await });
+    redis.wait_for_calls("evalsha", grants_before + 1).await;
+    // Whatever the first call sends once it gives up is held too, to land late.
+    link.hold_requests(true);
+    let answer = tokio::time::timeout(PATIENCE, first).await.unwrap().unwrap();
+    assert!(answer.is_err(), "the first answer was lost: {answer:?}");
+
+    let retried = take(&mut direct.locks(), request).await;
+    assert!(retried.acquired, "the retry collects the grant");
+    let calls = redis.calls("evalsha").await;
+    link.hold_requests(false);
+    link.hold_replies(false);
+    // A release the first call left behind would arrive now.
+    common::holds_within(Duration::from_millis(500), async || {
+        redis.calls("evalsha").await > calls
+    })
+    .await;
+    let holders: Vec<String> = redis
+        .command(&[
+            "ZRANGE",
+            &format!("cachelock:default:lock:{{{}}}:refund:9", tag("refund:9")),
+            "0",
+            "-1",
+        ])
+        .await;
+    assert_eq!(holders, [retried.token], "the retried grant is still held");
+}
+
+// A Hold says, at its grant and at each renewal, how long its caller may count
+// on the lease: a caller whose instance freezes stops when that runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_says_how_long_its_lease_is_certain() {
+    let redis = TestRedis::start().await;
+    let service = TestService::start(&redis.url(), &[]).await;
+    let mut stream = service.locks().hold(hold("digest", 900, 0)).await.unwrap().into_inner();
+    let HoldEvent::Acquired(acquired) = next_event(&mut stream).await else {
+        panic!("granted");
+    };
+    let certain = |duration: Option<prost_types::Duration>| common::as_millis(&duration.expect("certain_for"));
+    let first = certain(acquired.certain_for);
+    assert!(
+        first > 0 && first <= 900 - 90,
+        "{first} ms: within the lease less its margin"
+    );
+    let HoldEvent::Renewed(renewed) = next_event(&mut stream).await else {
+        panic!("renewed");
+    };
+    let again = certain(renewed.certain_for);
+    assert!(again > 0 && again <= 900 - 90, "{again} ms");
 }
 
 // A Hold's safety margin is checked like every other field.

@@ -8,7 +8,7 @@ use std::{path::Path, time::Instant};
 
 use cachelock::{
     pb::envoy::{
-        extensions::common::ratelimit::v3::{RateLimitDescriptor, rate_limit_descriptor::Entry},
+        extensions::common::ratelimit::v3::{RateLimitDescriptor, rate_limit_descriptor, rate_limit_descriptor::Entry},
         service::ratelimit::v3::{
             RateLimitRequest, RateLimitResponse,
             rate_limit_response::{Code, DescriptorStatus},
@@ -595,6 +595,95 @@ async fn nesting_wildcards_hits_addend_shadow_mode_and_several_descriptors() {
         .await
         .expect_err("no descriptors");
     assert_invalid(status, "descriptors");
+}
+
+/// One descriptor of `entries` charged `hits`, with `limit` (per year) as Envoy's override.
+fn charged(entries: &[(&str, &str)], hits: u64, limit: Option<u32>) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        hits_addend: Some(hits),
+        limit: limit.map(|requests_per_unit| rate_limit_descriptor::RateLimitOverride {
+            requests_per_unit,
+            unit: Unit::Year.number(),
+        }),
+        ..descriptor(entries)
+    }
+}
+
+/// What is left of a counter, read without charging it.
+async fn left(client: &mut RateLimitServiceClient<Channel>, described: RateLimitDescriptor) -> u32 {
+    let response = ask(
+        client,
+        request(
+            "cachelock_tests",
+            vec![RateLimitDescriptor {
+                hits_addend: Some(0),
+                ..described
+            }],
+        ),
+    )
+    .await;
+    response.statuses[0].limit_remaining
+}
+
+#[tokio::test]
+async fn a_counter_named_twice_in_one_request_is_charged_both_costs_all_or_nothing() {
+    let redis = TestRedis::start().await;
+    let dir = rules_dir(&[("tests.yaml", TEST_RULES.to_owned())]);
+    let service = service_with_rules(&redis, dir.path(), &[]).await;
+    let mut client = envoy(&service);
+    let twice = |first, second| {
+        request(
+            "cachelock_tests",
+            vec![
+                charged(&[("exact", "x")], first, None),
+                charged(&[("exact", "x")], second, None),
+            ],
+        )
+    };
+
+    // 1 then 100 of a limit of 100: the second is over, so neither is charged.
+    let response = ask(&mut client, twice(1, 100)).await;
+    assert_eq!(overall(&response), Code::OverLimit);
+    assert_eq!(code(&response.statuses[0]), Code::Ok);
+    assert_eq!(code(&response.statuses[1]), Code::OverLimit);
+    assert_eq!(left(&mut client, charged(&[("exact", "x")], 0, None)).await, 100);
+    // 50 and 51 fit alone, not together.
+    assert_eq!(overall(&ask(&mut client, twice(50, 51)).await), Code::OverLimit);
+    assert_eq!(left(&mut client, charged(&[("exact", "x")], 0, None)).await, 100);
+    // 40 and 60 fit together, and each is reported after its own charge.
+    let response = ask(&mut client, twice(40, 60)).await;
+    assert_eq!(overall(&response), Code::Ok);
+    let remaining: Vec<u32> = response.statuses.iter().map(|status| status.limit_remaining).collect();
+    assert_eq!(remaining, [60, 0]);
+}
+
+#[tokio::test]
+async fn a_shadow_rule_on_an_enforced_counter_consumes_nothing_of_a_refused_request() {
+    let redis = TestRedis::start().await;
+    let dir = rules_dir(&[("tests.yaml", TEST_RULES.to_owned())]);
+    let service = service_with_rules(&redis, dir.path(), &[]).await;
+    let mut client = envoy(&service);
+    // The shadowed rule (1 per year, shadow mode) and Envoy's override of 1 per
+    // year on the same descriptor name one counter.
+    let shadow = || charged(&[("shadowed", "s")], 1, None);
+    let enforced = |hits| charged(&[("shadowed", "s")], hits, Some(1));
+    let response = ask(&mut client, request("cachelock_tests", vec![shadow(), enforced(2)])).await;
+    assert_eq!(
+        overall(&response),
+        Code::OverLimit,
+        "the enforced override refuses 2 of 1"
+    );
+    assert_eq!(code(&response.statuses[0]), Code::Ok, "a shadow rule never refuses");
+    assert_eq!(
+        left(&mut client, enforced(0)).await,
+        1,
+        "the refused request consumed nothing"
+    );
+    let response = ask(&mut client, request("cachelock_tests", vec![shadow(), enforced(0)])).await;
+    assert_eq!(overall(&response), Code::Ok);
+    // They are one counter: the shadow rule alone, allowed, consumes from it.
+    ask(&mut client, request("cachelock_tests", vec![shadow()])).await;
+    assert_eq!(left(&mut client, enforced(0)).await, 0, "one counter");
 }
 
 #[tokio::test]

@@ -16,7 +16,8 @@ use cachelock::pb::{
     },
 };
 use common::{
-    Bearer, CapturedLogs, PATIENCE, TestCa, TestRedis, TestService, assert_reason, millis, sha256_hex, tls_channel,
+    Bearer, CapturedLogs, PATIENCE, TestAuthFile as AuthFile, TestCa, TestRedis, TestService, assert_reason,
+    auth_client as client, millis, tls_channel,
 };
 use tonic::{Code, service::interceptor::InterceptedService, transport::Channel};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -47,41 +48,6 @@ fn acquire(name: &str, wait_ms: i64) -> AcquireRequest {
         request_id: String::new(),
         permits: 0,
     }
-}
-
-/// An auth file in a temporary directory, rewritable while the service runs.
-struct AuthFile {
-    dir: tempfile::TempDir,
-}
-
-impl AuthFile {
-    fn new(text: &str) -> AuthFile {
-        let file = AuthFile {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        file.write(text);
-        file
-    }
-
-    fn path(&self) -> String {
-        self.dir.path().join("auth.toml").to_string_lossy().into_owned()
-    }
-
-    /// Replaces the file in one step, as a deployment tool would.
-    fn write(&self, text: &str) {
-        let staging = self.dir.path().join("auth.toml.new");
-        std::fs::write(&staging, text).unwrap();
-        std::fs::rename(staging, self.path()).unwrap();
-    }
-}
-
-fn client(name: &str, token: &str, tenant: &str, allow: &[&str], extra: &str) -> String {
-    let allow: Vec<String> = allow.iter().map(|entry| format!("{entry:?}")).collect();
-    format!(
-        "[[client]]\nname = {name:?}\ntoken_sha256 = {:?}\ntenant = {tenant:?}\nallow = [{}]\n{extra}\n",
-        sha256_hex(token),
-        allow.join(", ")
-    )
 }
 
 /// The standard cast: a full client of tenant shop, a read-only one, a lock-only
@@ -240,7 +206,7 @@ async fn a_client_certificate_can_name_the_client_of_the_auth_file() {
     let (other_cert, other_key) = authority.issue("other", "other", &["other.internal"]);
     let redis = TestRedis::start().await;
     let file = AuthFile::new(
-        "[[client]]\nname = \"billing\"\nsan = \"billing.internal\"\ntenant = \"bills\"\nallow = [\"cache\"]\n",
+        "[[client]]\nname = \"billing\"\nsan = \"dns:billing.internal\"\ntenant = \"bills\"\nallow = [\"cache\"]\n",
     );
     let path = file.path();
     let service = TestService::start(

@@ -8,20 +8,25 @@
 //! allow = ["cache", "ratelimit", "lock", "session", "pubsub"]   # or "cache:read"
 //! max_requests_per_second = 500     # optional, per instance
 //!
+//! max_write_bytes_per_second = 1048576   # optional: bytes of cache writes, session data
+//!                                   # and publishes, per instance
+//!
 //! [[client]]
 //! name = "billing"
-//! subject = "CN=billing,O=Acme"     # with mTLS: the client certificate's subject ...
-//! # san = "billing.internal"        # ... or one of its subject alternative names
+//! subject = "CN=billing,O=Acme"     # with mTLS: the client certificate's subject (RFC 4514) ...
+//! # san = "dns:billing.internal"    # ... or one of its subject alternative names, typed
 //! tenant = "shop"
 //! allow = ["lock"]
 //! ```
 //!
-//! Unknown fields are refused, so a typo cannot silently grant or deny.
+//! Unknown fields are refused, so a typo cannot silently grant or deny. Subjects
+//! and alternative names are compared as structures (see [`super::identity`]).
 
 use std::{collections::HashSet, fmt, num::NonZeroU32, path::Path, sync::Arc};
 
 use serde::Deserialize;
 
+use super::identity::{DistinguishedName, SubjectAltName};
 use crate::redis::{KeySpace, Keys};
 
 /// A cachelock service a client may be allowed to call.
@@ -79,10 +84,10 @@ pub enum Access {
 pub enum Credential {
     /// A bearer token, known by its SHA-256.
     Token([u8; 32]),
-    /// A client certificate with this subject (normalised: no spaces after commas).
-    Subject(String),
+    /// A client certificate with this subject.
+    Subject(DistinguishedName),
     /// A client certificate carrying this subject alternative name.
-    San(String),
+    San(SubjectAltName),
 }
 
 impl fmt::Debug for Credential {
@@ -111,6 +116,8 @@ pub struct Client {
     pub allow: Vec<(Service, Access)>,
     /// Its request budget per second on each instance, if any.
     pub max_requests_per_second: Option<NonZeroU32>,
+    /// Its budget of written bytes per second on each instance, if any.
+    pub max_write_bytes_per_second: Option<NonZeroU32>,
 }
 
 impl Client {
@@ -131,6 +138,13 @@ pub struct Clients {
     pub clients: Vec<Arc<Client>>,
 }
 
+impl Clients {
+    /// The client called `name`, if there is one.
+    pub fn find(&self, name: &str) -> Option<&Arc<Client>> {
+        self.clients.iter().find(|client| &*client.name == name)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileDocument {
@@ -148,6 +162,7 @@ struct FileClient {
     tenant: String,
     allow: Vec<String>,
     max_requests_per_second: Option<u32>,
+    max_write_bytes_per_second: Option<u32>,
 }
 
 /// Why an auth file was refused: where, and what is wrong. Never a credential.
@@ -167,12 +182,6 @@ pub fn valid_tenant(tenant: &str) -> bool {
         && tenant
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-/// A certificate subject with the spaces after its separators removed, so that
-/// `CN=a, O=b` and `CN=a,O=b` name the same subject.
-pub fn normalized_subject(subject: &str) -> String {
-    subject.split(',').map(str::trim).collect::<Vec<_>>().join(",")
 }
 
 impl Clients {
@@ -217,10 +226,12 @@ impl Clients {
                 (Some(digest), None, None) => Credential::Token(parse_digest(digest).ok_or_else(|| {
                     at("token_sha256 must be 64 hexadecimal digits (sha256sum of the token)".to_owned())
                 })?),
-                (None, Some(subject), None) if !subject.trim().is_empty() => {
-                    Credential::Subject(normalized_subject(subject))
+                (None, Some(subject), None) => Credential::Subject(
+                    DistinguishedName::parse(subject).map_err(|reason| at(format!("subject {reason}")))?,
+                ),
+                (None, None, Some(san)) => {
+                    Credential::San(SubjectAltName::parse(san).map_err(|reason| at(format!("san {reason}")))?)
                 }
-                (None, None, Some(san)) if !san.trim().is_empty() => Credential::San(san.trim().to_owned()),
                 _ => return Err(at("give exactly one of token_sha256, subject or san".to_owned())),
             };
             if credentials.contains(&credential) {
@@ -242,17 +253,19 @@ impl Clients {
                 };
                 let service = Service::from_name(service).ok_or_else(|| {
                     at(format!(
-                        "allow entry {entry:?}: the services are cache, ratelimit, lock and session"
+                        "allow entry {entry:?}: the services are cache, ratelimit, lock, session and pubsub"
                     ))
                 })?;
                 allow.push((service, access));
             }
-            let max_requests_per_second = match client.max_requests_per_second {
-                None => None,
-                Some(rate) => Some(
-                    NonZeroU32::new(rate).ok_or_else(|| at("max_requests_per_second must be at least 1".to_owned()))?,
-                ),
+            let positive = |value: Option<u32>, field: &str| match value {
+                None => Ok(None),
+                Some(rate) => NonZeroU32::new(rate)
+                    .map(Some)
+                    .ok_or_else(|| at(format!("{field} must be at least 1"))),
             };
+            let max_requests_per_second = positive(client.max_requests_per_second, "max_requests_per_second")?;
+            let max_write_bytes_per_second = positive(client.max_write_bytes_per_second, "max_write_bytes_per_second")?;
             clients.push(Arc::new(Client {
                 name: client.name.into(),
                 credential,
@@ -260,6 +273,7 @@ impl Clients {
                 tenant: client.tenant,
                 allow,
                 max_requests_per_second,
+                max_write_bytes_per_second,
             }));
         }
         Ok(Clients { clients })
@@ -307,7 +321,7 @@ allow = ["session:read"]
         assert_eq!(clients[0].access(Service::Session), None);
         assert_eq!(
             clients[1].credential,
-            super::Credential::Subject("CN=billing,O=Acme".to_owned())
+            super::Credential::Subject(super::DistinguishedName::parse("CN=billing,O=Acme").unwrap())
         );
     }
 
@@ -322,19 +336,27 @@ allow = ["session:read"]
             ),
             ("[[client]]\nname=\"a\"\ntenant=\"t\"\nallow=[\"cache\"]", "exactly one"),
             (
-                "[[client]]\nname=\"a\"\nsan=\"x\"\ntenant=\"a:b\"\nallow=[\"cache\"]",
+                "[[client]]\nname=\"a\"\nsan=\"dns:x\"\ntenant=\"a:b\"\nallow=[\"cache\"]",
                 "tenant",
             ),
             (
-                "[[client]]\nname=\"a\"\nsan=\"x\"\ntenant=\"t\"\nallow=[\"kache\"]",
+                "[[client]]\nname=\"a\"\nsan=\"x\"\ntenant=\"t\"\nallow=[\"cache\"]",
+                "dns:x",
+            ),
+            (
+                "[[client]]\nname=\"a\"\nsubject=\"CN=a;O=b\"\ntenant=\"t\"\nallow=[\"cache\"]",
+                "subject",
+            ),
+            (
+                "[[client]]\nname=\"a\"\nsan=\"dns:x\"\ntenant=\"t\"\nallow=[\"kache\"]",
                 "services are",
             ),
             (
-                "[[client]]\nname=\"a\"\nsan=\"x\"\ntenant=\"t\"\nallow=[\"cache\"]\nalow=1",
+                "[[client]]\nname=\"a\"\nsan=\"dns:x\"\ntenant=\"t\"\nallow=[\"cache\"]\nalow=1",
                 "line 6",
             ),
             (
-                "[[client]]\nname=\"a\"\nsan=\"x\"\ntenant=\"t\"\nallow=[\"cache\"]\n[[client]]\nname=\"a\"\nsan=\"y\"\ntenant=\"t\"\nallow=[\"cache\"]",
+                "[[client]]\nname=\"a\"\nsan=\"dns:x\"\ntenant=\"t\"\nallow=[\"cache\"]\n[[client]]\nname=\"a\"\nsan=\"dns:y\"\ntenant=\"t\"\nallow=[\"cache\"]",
                 "earlier client",
             ),
         ] {

@@ -11,15 +11,17 @@
 //! time; tokens never reach a log, a metric or an error message.
 
 pub mod file;
+pub mod identity;
 pub mod tls;
 
 use std::{
     collections::HashMap,
+    future::Future,
     num::NonZeroU32,
     path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
@@ -27,12 +29,14 @@ use futures_util::future::BoxFuture;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::watch;
 use tonic::Status;
 use tower::{Layer, Service as TowerService};
 use tracing::{info, warn};
 
 pub use file::{Access, AuthFileError, Client, Clients, Credential, Service};
-pub use tls::{ConnectionInfo, PeerIdentity, ReloadableTls, TlsFiles};
+pub use identity::{DistinguishedName, PeerIdentity, SubjectAltName};
+pub use tls::{ConnectionInfo, ReloadableTls, TlsFiles};
 
 use crate::{
     admission::RefusalLog,
@@ -47,14 +51,35 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 static REFUSED: RefusalLog = RefusalLog::new("requests refused as UNAUTHENTICATED or PERMISSION_DENIED");
 static OVER_RATE: RefusalLog =
     RefusalLog::new("requests refused with RESOURCE_EXHAUSTED: a client went over its max_requests_per_second");
+static OVER_WRITE_BUDGET: RefusalLog =
+    RefusalLog::new("writes refused with RESOURCE_EXHAUSTED: a client went over its max_write_bytes_per_second");
+
+/// How often a problem reading the auth file is logged again while it lasts.
+const PROBLEM_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Who made a request, as its handler sees it (in the request's extensions).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Caller {
     /// The client's name from the auth file; `None` without one.
     pub client: Option<Arc<str>>,
     /// The tenant's key space: every key the request touches is in it.
     pub space: KeySpace,
+    /// What the client may do with the service it called (every method without an auth file).
+    pub access: Access,
+    /// What the auth file allowed this request, watched for revocation; `None` without one.
+    standing: Option<Standing>,
+    /// The client's budget of written bytes, if it has one.
+    write_budget: Option<Arc<DefaultDirectRateLimiter>>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("client", &self.client)
+            .field("space", &self.space)
+            .field("access", &self.access)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Caller {
@@ -75,12 +100,144 @@ impl Caller {
             .get::<Caller>()
             .ok_or_else(|| Error::Internal("the auth layer did not run".to_owned()).into())
     }
+
+    /// The key space of a request that stores what it carries (a cache write,
+    /// session data, a publish), once its encoded size is counted against the
+    /// client's `max_write_bytes_per_second`.
+    ///
+    /// # Errors
+    /// As [`Caller::of`] and [`Caller::charge_write`].
+    pub fn writing<T: prost::Message>(request: &tonic::Request<T>) -> Result<KeySpace, Status> {
+        let caller = Caller::of(request)?;
+        caller.charge_write(request.get_ref().encoded_len())?;
+        Ok(caller.space.clone())
+    }
+
+    /// Refuses a request whose effect is a write although its method may read
+    /// (a Session Get that touches) when the client may only read.
+    ///
+    /// # Errors
+    /// [`Error::PermissionDenied`] naming what the request would change.
+    pub fn may_write(&self, what: &str) -> Result<(), Error> {
+        match (self.access, &self.client) {
+            (Access::Read, Some(client)) => Err(Error::PermissionDenied(format!(
+                "client {client} may only read this service; {what} changes data"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts `bytes` against the client's `max_write_bytes_per_second`.
+    ///
+    /// # Errors
+    /// RESOURCE_EXHAUSTED (reason WRITE_BUDGET_EXCEEDED) when they do not fit:
+    /// with a `RetryInfo` when waiting helps, without when the one write is larger
+    /// than a second's budget.
+    pub fn charge_write(&self, bytes: usize) -> Result<(), Error> {
+        let Some(budget) = &self.write_budget else {
+            return Ok(());
+        };
+        let client = self.client.as_deref().unwrap_or_default();
+        let Some(cells) = u32::try_from(bytes).ok().and_then(NonZeroU32::new) else {
+            return Ok(());
+        };
+        match budget.check_n(cells) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => {
+                OVER_WRITE_BUDGET.record();
+                let wait = not_until
+                    .wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()))
+                    .max(Duration::from_millis(1));
+                Err(Error::Exhausted {
+                    reason: Reason::WriteBudgetExceeded,
+                    message: format!(
+                        "client {client} is over its max_write_bytes_per_second with this write of {bytes} bytes; \
+                         retry after {} ms",
+                        wait.as_millis()
+                    ),
+                    retry_after: Some(wait),
+                })
+            }
+            Err(_) => Err(Error::Exhausted {
+                reason: Reason::WriteBudgetExceeded,
+                message: format!(
+                    "this write of {bytes} bytes is more than client {client}'s max_write_bytes_per_second allows \
+                     at once"
+                ),
+                retry_after: None,
+            }),
+        }
+    }
+
+    /// Completes when the auth file no longer allows what it allowed this
+    /// request (its client removed, its credential or tenant changed, its
+    /// permission taken back), with the status to end the request with. Never
+    /// completes without an auth file. For calls that outlive a reload: streams
+    /// and waits.
+    pub fn revoked(&self) -> impl Future<Output = Status> + Send + 'static {
+        let standing = self.standing.clone();
+        async move {
+            let Some(standing) = standing else {
+                return std::future::pending().await;
+            };
+            let mut changes = standing.file.changes.subscribe();
+            loop {
+                changes.borrow_and_update();
+                if let Some(error) = standing.lost() {
+                    return Status::from(error);
+                }
+                if changes.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
 }
 
-/// The clients of the auth file as last loaded, with their request budgets.
+/// What the auth file allowed one request: its client as loaded then, the
+/// service it called and the access it needed.
+#[derive(Clone)]
+struct Standing {
+    file: Arc<AuthFile>,
+    client: Arc<Client>,
+    service: Service,
+    needed: Access,
+}
+
+impl Standing {
+    /// Why the auth file as loaded now no longer allows it, if it does not.
+    fn lost(&self) -> Option<Error> {
+        let loaded = self.file.current.load();
+        let name = &self.client.name;
+        let Some(now) = loaded.clients.find(name) else {
+            return Some(Error::Unauthenticated(format!(
+                "client {name} was removed from the auth file"
+            )));
+        };
+        if now.credential != self.client.credential || now.tenant != self.client.tenant {
+            return Some(Error::Unauthenticated(format!(
+                "client {name}'s credential or tenant changed in the auth file"
+            )));
+        }
+        match (now.access(self.service), self.needed) {
+            (None, _) => Some(Error::PermissionDenied(format!(
+                "client {name} may no longer call the {} service",
+                self.service.name()
+            ))),
+            (Some(Access::Read), Access::Full) => Some(Error::PermissionDenied(format!(
+                "client {name} may now only read the {} service",
+                self.service.name()
+            ))),
+            _ => None,
+        }
+    }
+}
+
+/// The clients of the auth file as last loaded, with their request and write budgets.
 struct Loaded {
     clients: Clients,
     budgets: HashMap<Arc<str>, DefaultDirectRateLimiter>,
+    write_budgets: HashMap<Arc<str>, Arc<DefaultDirectRateLimiter>>,
 }
 
 impl Loaded {
@@ -93,7 +250,22 @@ impl Loaded {
                 Some((client.name.clone(), RateLimiter::direct(Quota::per_second(rate))))
             })
             .collect();
-        Loaded { clients, budgets }
+        let write_budgets = clients
+            .clients
+            .iter()
+            .filter_map(|client| {
+                let bytes = client.max_write_bytes_per_second?;
+                Some((
+                    client.name.clone(),
+                    Arc::new(RateLimiter::direct(Quota::per_second(bytes))),
+                ))
+            })
+            .collect();
+        Loaded {
+            clients,
+            budgets,
+            write_budgets,
+        }
     }
 }
 
@@ -103,6 +275,10 @@ pub struct AuthFile {
     keys: Keys,
     current: ArcSwap<Loaded>,
     last_text: Mutex<Vec<u8>>,
+    /// Bumped at every reload that took effect, for [`Caller::revoked`].
+    changes: watch::Sender<u64>,
+    /// The last problem reading the file, and when it was logged.
+    problem: Mutex<Option<(String, Instant)>>,
 }
 
 impl AuthFile {
@@ -119,27 +295,68 @@ impl AuthFile {
             keys,
             current: ArcSwap::from_pointee(Loaded::new(clients)),
             last_text: Mutex::new(text),
+            changes: watch::Sender::new(0),
+            problem: Mutex::new(None),
         })
     }
 
     /// Reads the file again; when it changed and is good, it takes effect for the
-    /// next request. A broken edit is logged and the previous clients stay.
+    /// next request, and every open stream or wait of a client it removed, or
+    /// whose credential, tenant or permission it changed, ends. A file that
+    /// cannot be read, is missing or is empty (a writer truncating it in place)
+    /// says nothing: the previous clients stay, and a warning is logged until it
+    /// is fixed, as for a broken edit. Replace the file atomically (write another
+    /// and rename it over this one), as Kubernetes does with a mounted Secret.
     pub fn reload_if_changed(&self) {
-        let Ok(text) = std::fs::read(&self.path) else {
-            return;
+        let text = match std::fs::read(&self.path) {
+            Ok(text) if text.iter().all(u8::is_ascii_whitespace) => {
+                return self.problem("the auth file is empty (a writer truncating it?)".to_owned());
+            }
+            Ok(text) => text,
+            Err(error) => return self.problem(format!("the auth file cannot be read: {error}")),
         };
         let mut last = self.last_text.lock().unwrap_or_else(PoisonError::into_inner);
         if *last == text {
+            drop(last);
+            *self.problem.lock().unwrap_or_else(PoisonError::into_inner) = None;
             return;
         }
-        *last = text;
-        drop(last);
-        match Clients::load(&self.path, &self.keys) {
+        let parsed = std::str::from_utf8(&text)
+            .map_err(|_| AuthFileError(format!("{}: is not UTF-8", self.path.display())))
+            .and_then(|text| {
+                Clients::parse(text, &self.keys)
+                    .map_err(|AuthFileError(reason)| AuthFileError(format!("{}: {reason}", self.path.display())))
+            });
+        match parsed {
             Ok(clients) => {
+                *last = text;
+                drop(last);
+                *self.problem.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 info!(path = %self.path.display(), clients = clients.clients.len(), "auth file reloaded");
                 self.current.store(Arc::new(Loaded::new(clients)));
+                self.changes.send_modify(|count| *count += 1);
             }
-            Err(error) => warn!(%error, "refused the changed auth file; the previous clients stay in force"),
+            Err(error) => {
+                drop(last);
+                self.problem(format!("refused the changed auth file: {error}"));
+            }
+        }
+    }
+
+    /// Logs why the file says nothing new, once per change of reason and then
+    /// every [`PROBLEM_LOG_INTERVAL`] while it lasts.
+    fn problem(&self, reason: String) {
+        let mut problem = self.problem.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = match problem.as_ref() {
+            Some((last, logged)) => *last != reason || logged.elapsed() >= PROBLEM_LOG_INTERVAL,
+            None => true,
+        };
+        if due {
+            warn!(
+                path = %self.path.display(),
+                "{reason}; the clients loaded before stay in force until it is fixed"
+            );
+            *problem = Some((reason, Instant::now()));
         }
     }
 }
@@ -204,6 +421,9 @@ impl Authenticator {
             default_caller: Caller {
                 client: None,
                 space: keys.space(DEFAULT_TENANT),
+                access: Access::Full,
+                standing: None,
+                write_budget: None,
             },
             reflection_requires_auth: false,
             meter: Meter::off(),
@@ -241,11 +461,20 @@ impl Authenticator {
         }
         let loaded = file.current.load();
         let client = identify(&loaded.clients, headers, connection)?;
+        let mut access = Access::Full;
+        let mut standing = None;
         match target {
             Target::Method(service, read) => match client.access(service) {
-                Some(Access::Full) => {}
-                Some(Access::Read) if read => {}
-                Some(Access::Read) => {
+                Some(granted) if granted == Access::Full || read => {
+                    access = granted;
+                    standing = Some(Standing {
+                        file: file.clone(),
+                        client: client.clone(),
+                        service,
+                        needed: if read { Access::Read } else { Access::Full },
+                    });
+                }
+                Some(_) => {
                     return Err(Error::PermissionDenied(format!(
                         "client {} may only read {} ({}:read); {path} changes data",
                         client.name,
@@ -288,6 +517,9 @@ impl Authenticator {
         Ok(Caller {
             client: Some(client.name.clone()),
             space: client.space.clone(),
+            access,
+            standing,
+            write_budget: loaded.write_budgets.get(&client.name).cloned(),
         })
     }
 }
@@ -299,11 +531,13 @@ fn identify(
     connection: Option<&ConnectionInfo>,
 ) -> Result<Arc<Client>, Status> {
     if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+        // RFC 6750 (after RFC 9110): the scheme is matched without regard to case.
         let token = value
             .to_str()
             .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|value| value.trim_start().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|token| !token.is_empty())
             .ok_or_else(|| {
                 Status::from(Error::Unauthenticated(
@@ -324,8 +558,8 @@ fn identify(
     }
     if let Some(peer) = connection.and_then(|connection| connection.peer.as_ref()) {
         let by_certificate = clients.clients.iter().find(|client| match &client.credential {
-            Credential::Subject(subject) => *subject == peer.subject,
-            Credential::San(san) => peer.sans.iter().any(|name| name == san),
+            Credential::Subject(subject) => peer.subject.as_ref().is_some_and(|peer| subject.matches(peer)),
+            Credential::San(san) => peer.sans.contains(san),
             Credential::Token(_) => false,
         });
         return by_certificate.cloned().ok_or_else(|| {

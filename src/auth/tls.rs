@@ -14,6 +14,8 @@ use std::{
     time::Duration,
 };
 
+use super::identity::PeerIdentity;
+use crate::admission::{Limited, RefusalLog};
 use arc_swap::ArcSwap;
 use futures_util::{Stream, StreamExt};
 use rustls::{
@@ -29,10 +31,6 @@ use tokio::{
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tracing::{debug, info, warn};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-
-use super::file::normalized_subject;
-use crate::admission::{Limited, RefusalLog};
 
 /// Longest time a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,15 +47,6 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// PEM CAs that sign client certificates; set: client certificates are required.
     pub client_ca: Option<PathBuf>,
-}
-
-/// Who a client certificate names.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeerIdentity {
-    /// The subject, normalised (see [`normalized_subject`]).
-    pub subject: String,
-    /// Its subject alternative names: DNS names, URIs, e-mail addresses.
-    pub sans: Vec<String>,
 }
 
 /// What the server knows of a connection, in every request's extensions.
@@ -265,7 +254,7 @@ where
                             .1
                             .peer_certificates()
                             .and_then(|chain| chain.first())
-                            .and_then(|leaf| identity(leaf))
+                            .and_then(|leaf| PeerIdentity::of_certificate(leaf.as_ref()))
                             .map(Arc::new);
                         let _ = ready.send(Ok(Connection::Tls(Box::new(stream), peer))).await;
                     }
@@ -279,24 +268,4 @@ where
         }
     });
     ReceiverStream::new(handshaken)
-}
-
-/// The subject and alternative names of a certificate.
-fn identity(certificate: &CertificateDer<'_>) -> Option<PeerIdentity> {
-    let (_, parsed) = X509Certificate::from_der(certificate.as_ref()).ok()?;
-    let mut sans = Vec::new();
-    if let Ok(Some(extension)) = parsed.subject_alternative_name() {
-        for name in &extension.value.general_names {
-            match name {
-                GeneralName::DNSName(name) | GeneralName::URI(name) | GeneralName::RFC822Name(name) => {
-                    sans.push((*name).to_owned());
-                }
-                _ => {}
-            }
-        }
-    }
-    Some(PeerIdentity {
-        subject: normalized_subject(&parsed.subject().to_string()),
-        sans,
-    })
 }

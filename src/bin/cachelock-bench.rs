@@ -496,7 +496,7 @@ impl Clients {
                     limit: RATE_LIMIT,
                     period_micros: RATE_PERIOD_MICROS,
                     cost: 1,
-                    alone: false,
+                    counting: cachelock::ratelimit::Counting::Together,
                 };
                 let invocation = cachelock::ratelimit::invocation(&self.keys, std::slice::from_ref(&check));
                 // The service loaded the script into this Redis when it connected.

@@ -261,7 +261,9 @@ impl CacheService for CacheApi {
 
     async fn get_or_lease(&self, request: Request<GetOrLeaseRequest>) -> Result<Response<GetOrLeaseResponse>, Status> {
         let (metadata, extensions, request) = request.into_parts();
-        let space = Caller::in_extensions(&extensions)?.space.clone();
+        let caller = Caller::in_extensions(&extensions)?;
+        let space = caller.space.clone();
+        let revoked = caller.revoked();
         let caller_left = caller_budget(&metadata)?;
         let key = self.limits.key("key", &request.key)?;
         let lease_ttl = match request.lease_ttl.as_ref() {
@@ -289,9 +291,11 @@ impl CacheService for CacheApi {
             lease_ttl,
             refresh_millionths,
         };
-        let response = self
-            .get_or_lease_waiting(&space, ask, wait_ends, caller_deadline)
-            .await?;
+        // A client whose access is taken back while it waits is answered at once.
+        let response = tokio::select! {
+            response = self.get_or_lease_waiting(&space, ask, wait_ends, caller_deadline) => response?,
+            status = revoked => return Err(status),
+        };
         if response.found {
             self.read(true);
         }
@@ -354,7 +358,7 @@ impl CacheService for CacheApi {
 
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
-        let space = Caller::of(&request)?.space.clone();
+        let space = Caller::writing(&request)?;
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
         self.limits.value("value", &request.value)?;
@@ -411,7 +415,7 @@ impl CacheService for CacheApi {
 
     async fn set_many(&self, request: Request<SetManyRequest>) -> Result<Response<SetManyResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
-        let space = Caller::of(&request)?.space.clone();
+        let space = Caller::writing(&request)?;
         let request = request.into_inner();
         self.limits.batch("entries", request.entries.len())?;
         let mut entries = Vec::with_capacity(request.entries.len());
@@ -476,7 +480,7 @@ impl CacheService for CacheApi {
 
     async fn increment(&self, request: Request<IncrementRequest>) -> Result<Response<IncrementResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
-        let space = Caller::of(&request)?.space.clone();
+        let space = Caller::writing(&request)?;
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
         let ttl = self.limits.ttl_or_default("ttl", request.ttl.as_ref())?;

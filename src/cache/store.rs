@@ -22,10 +22,11 @@ static INCREMENT: LuaScript = LuaScript::new("cache_increment", include_str!("..
 static GET_OR_LEASE: LuaScript =
     LuaScript::new("cache_get_or_lease", include_str!("../scripts/cache_get_or_lease.lua"));
 static FILL: LuaScript = LuaScript::new("cache_fill", include_str!("../scripts/cache_fill.lua"));
+static TAKE: LuaScript = LuaScript::new("cache_take", include_str!("../scripts/cache_take.lua"));
 
 /// The cache's scripts, for loading into Redis ahead of the first request.
-pub fn scripts() -> [&'static LuaScript; 4] {
-    [&GET, &INCREMENT, &GET_OR_LEASE, &FILL]
+pub fn scripts() -> [&'static LuaScript; 5] {
+    [&GET, &INCREMENT, &GET_OR_LEASE, &FILL, &TAKE]
 }
 
 /// What a [`CacheStore::get_or_lease`] found.
@@ -468,18 +469,15 @@ impl CacheStore {
         self.redis.first_cross_slot(&redis_keys)
     }
 
-    /// Reads and deletes one entry atomically (GETDEL), with its fill record.
+    /// Reads and deletes one entry atomically (see `cache_take.lua`), with its fill record.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`]. After a timeout the value may be gone.
     pub async fn take(&self, space: &KeySpace, key: &str, deadline: Instant) -> Result<Option<Vec<u8>>, Error> {
-        let mut take = redis::pipe();
-        take.atomic()
-            .cmd("GETDEL")
-            .arg(space.cache(key))
-            .cmd("UNLINK")
-            .arg(space.cache_fill(key));
-        let (value, ended): (Option<Vec<u8>>, u64) = self.redis.run(Op::write("cache_take"), deadline, &take).await?;
+        let mut invocation = TAKE.prepare();
+        invocation.key(space.cache(key)).key(space.cache_fill(key));
+        let (value, ended): (Option<Vec<u8>>, u64) =
+            self.redis.run(Op::write(TAKE.name()), deadline, &invocation).await?;
         if ended > 0 {
             self.announce_fills(space, [key], deadline).await;
         }
@@ -500,13 +498,22 @@ impl CacheStore {
         deadline: Instant,
     ) -> Result<i64, Error> {
         let mut invocation = INCREMENT.prepare();
-        invocation.key(space.cache(key)).arg(delta).arg(ttl.millis());
-        let result: Result<String, Error> = self.redis.run(Op::write(INCREMENT.name()), deadline, &invocation).await;
+        invocation
+            .key(space.cache(key))
+            .key(space.cache_fill(key))
+            .arg(delta)
+            .arg(ttl.millis());
+        let result: Result<(String, u64), Error> =
+            self.redis.run(Op::write(INCREMENT.name()), deadline, &invocation).await;
         match result {
             // The script returns the stored text: a Lua number would lose precision above 2^53.
-            Ok(text) => text
-                .parse()
-                .map_err(|_| Error::Internal("the counter's new value is not an integer".to_owned())),
+            Ok((text, ended)) => {
+                if ended > 0 {
+                    self.announce_fills(space, [key], deadline).await;
+                }
+                text.parse()
+                    .map_err(|_| Error::Internal("the counter's new value is not an integer".to_owned()))
+            }
             Err(Error::Redis(error)) => {
                 let detail = error.detail().unwrap_or_default();
                 if detail.contains("not an integer") {

@@ -11,7 +11,7 @@
 //! safety margin — a lease not renewed is reported `lost`, whatever is still in
 //! flight, and then released in case a renewal did go through.
 
-use std::time::Duration;
+use std::{future::Future, pin::Pin, time::Duration};
 
 use tokio::{
     sync::{mpsc, watch},
@@ -22,14 +22,18 @@ use tonic::Status;
 use super::{LockStore, Renewal, hold_event, record_pause, store::Lapse};
 use crate::{
     error::{Error, Reason},
-    pb::lock::{HoldResponse, Lost, hold_response},
+    pb::lock::{HoldResponse, Lost, Renewed, hold_response},
     redis::LockKeys,
-    request::Ttl,
+    request::{Ttl, duration_to_proto},
     telemetry::Meter,
 };
 
 /// How soon a failed renewal is tried again.
 const RENEW_RETRY: Duration = Duration::from_millis(100);
+
+/// The events a Hold's stream buffers. A `renewed` is sent only while more than
+/// two places are free, so that `lost` and a final status always fit.
+pub(super) const EVENTS: usize = 8;
 
 /// One Hold's lease, kept by [`Keeper::keep`].
 pub(super) struct Keeper {
@@ -42,6 +46,8 @@ pub(super) struct Keeper {
     pub(super) operation_timeout: Duration,
     pub(super) events: mpsc::Sender<Result<HoldResponse, Status>>,
     pub(super) draining: watch::Receiver<bool>,
+    /// Completes when the auth file takes the caller's access back.
+    pub(super) revoked: Pin<Box<dyn Future<Output = Status> + Send>>,
     pub(super) meter: Meter,
 }
 
@@ -52,15 +58,26 @@ enum End {
     /// The holder must be told, with this reason; release when the lease may
     /// still be held by this token.
     Lost { reason: &'static str, release: bool },
+    /// The auth file took the caller's access back: told `lost` (REVOKED), then
+    /// the stream ends with this status, and the lock is released.
+    Revoked(Status),
 }
 
 impl Keeper {
     /// Keeps the lease granted by an attempt sent at `sent` for `granted`,
     /// until the stream closes or the lease is lost; then releases it.
-    pub(super) async fn keep(self, sent: Instant, granted: Duration) {
+    pub(super) async fn keep(mut self, sent: Instant, granted: Duration) {
         let end = self.renew_until_the_end(sent, granted).await;
         let release = match end {
             End::Closed => true,
+            End::Revoked(status) => {
+                let lost = hold_event(hold_response::Event::Lost(Lost {
+                    reason: "REVOKED".to_owned(),
+                }));
+                let _ = self.events.try_send(lost);
+                let _ = self.events.try_send(Err(status));
+                true
+            }
             End::Lost { reason, release } => {
                 if reason != "SHUTTING_DOWN" {
                     self.meter.record(|metrics| metrics.lock_leases_lost.inc());
@@ -68,8 +85,7 @@ impl Keeper {
                 let lost = hold_event(hold_response::Event::Lost(Lost {
                     reason: reason.to_owned(),
                 }));
-                // The channel holds at most the Acquired event: room is certain
-                // unless the caller is gone, and then nobody is waiting anyway.
+                // Renewals leave two places free: room is certain unless the caller is gone.
                 let _ = self.events.try_send(lost);
                 release
             }
@@ -81,7 +97,7 @@ impl Keeper {
         }
     }
 
-    async fn renew_until_the_end(&self, sent: Instant, granted: Duration) -> End {
+    async fn renew_until_the_end(&mut self, sent: Instant, granted: Duration) -> End {
         let lease = Duration::from_millis(self.ttl.millis());
         let mut certain_until = sent + granted;
         let mut next_renewal = sent + granted / 3;
@@ -93,6 +109,7 @@ impl Keeper {
                 _ = draining.wait_for(|draining| *draining) => {
                     return End::Lost { reason: "SHUTTING_DOWN", release: true };
                 }
+                status = &mut self.revoked => return End::Revoked(status),
                 () = sleep_until(next_renewal.min(tell_by)) => {}
             }
             if Instant::now() >= tell_by {
@@ -112,6 +129,15 @@ impl Keeper {
                 Ok(Renewal::Extended(_)) => {
                     certain_until = sent + lease;
                     next_renewal = sent + lease / 3;
+                    if self.events.capacity() > 2 {
+                        let certain_for = certain_until
+                            .checked_sub(self.margin)
+                            .map_or(Duration::ZERO, |until| until.saturating_duration_since(Instant::now()));
+                        let renewed = hold_event(hold_response::Event::Renewed(Renewed {
+                            certain_for: Some(duration_to_proto(certain_for)),
+                        }));
+                        let _ = self.events.try_send(renewed);
+                    }
                 }
                 Ok(Renewal::Lapsed(lapse)) => {
                     let reason = match lapse {

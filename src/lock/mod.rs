@@ -215,6 +215,9 @@ enum Outcome {
 struct Pending {
     store: LockStore,
     keys: LockKeys,
+    /// The grant's token, or "" when the grant must stay: a request with a
+    /// request id may be retried (here or on another instance) to collect the
+    /// grant its lost answer carried.
     token: String,
     ticket: String,
     operation_timeout: Duration,
@@ -232,7 +235,7 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if !self.armed {
+        if !self.armed || (self.token.is_empty() && self.ticket.is_empty()) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -422,7 +425,11 @@ impl LockApi {
         Pending {
             store: self.store.clone(),
             keys: ask.keys.clone(),
-            token: ask.token.clone(),
+            token: if ask.request_key.is_empty() {
+                ask.token.clone()
+            } else {
+                String::new()
+            },
             ticket: ask.ticket.clone(),
             operation_timeout: self.settings.operation_timeout,
             armed: false,
@@ -525,7 +532,7 @@ fn hold_event(event: hold_response::Event) -> Result<HoldResponse, Status> {
 fn safety_margin(asked: Option<&prost_types::Duration>, lease: Duration) -> Result<Duration, Error> {
     let margin = match asked {
         None => return Ok(lease / 10),
-        Some(margin) if margin.seconds == 0 && margin.nanos == 0 => Duration::ZERO,
+        // Zero would send `lost` at the very moment the lease could end: too late.
         Some(margin) => request::positive_duration("safety_margin", margin)?,
     };
     if margin > lease / 2 {
@@ -547,8 +554,15 @@ impl LockService for LockApi {
         let caller_left = caller_budget(request.metadata())?;
         let caller = Caller::of(&request)?;
         let ask = self.ask(caller, request.get_ref(), caller_left)?;
+        let revoked = caller.revoked();
         let mut pending = self.pending(&ask);
-        match self.take(&ask, &mut pending).await? {
+        // A client whose access is taken back while it waits is answered at once,
+        // and leaves the queue.
+        let outcome = tokio::select! {
+            outcome = self.take(&ask, &mut pending) => outcome?,
+            status = revoked => return Err(status),
+        };
+        match outcome {
             Outcome::Granted { grant, sent } => {
                 pending.handed_over();
                 Ok(Response::new(AcquireResponse {
@@ -618,9 +632,12 @@ impl LockService for LockApi {
         };
         // A Hold's wait is bounded by its wait_timeout alone: its stream outlives any deadline.
         let ask = self.ask(&caller, &acquire, None)?;
+        let mut revoked = Box::pin(caller.revoked());
         let lease = Duration::from_millis(ask.ttl.millis());
         let margin = safety_margin(request.safety_margin.as_ref(), lease)?;
-        let (events, stream) = mpsc::channel(2);
+        // Room for Acquired, a few Renewed a slow reader has not taken yet, and
+        // always for Lost and a final status (see the keeper).
+        let (events, stream) = mpsc::channel(keeper::EVENTS);
         // The stream opens at once; the lock is taken (waiting as Acquire does) behind it.
         let api = self.clone();
         tokio::spawn(async move {
@@ -628,8 +645,9 @@ impl LockService for LockApi {
             // A caller that goes away while it waits leaves the queue at once:
             // dropping the attempt drops `pending`, which gives its place up.
             let outcome = tokio::select! {
-                outcome = api.take(&ask, &mut pending) => outcome,
+                outcome = api.take(&ask, &mut pending) => outcome.map_err(Status::from),
                 () = events.closed() => return,
+                status = &mut revoked => Err(status),
             };
             let (grant, sent) = match outcome {
                 Ok(Outcome::Granted { grant, sent }) => (grant, sent),
@@ -642,16 +660,20 @@ impl LockService for LockApi {
                         .await;
                     return;
                 }
-                Err(error) => {
-                    let _ = events.send(Err(error.into())).await;
+                Err(status) => {
+                    let _ = events.send(Err(status)).await;
                     return;
                 }
             };
             // From here the keeper answers for the grant, and releases it when done.
             pending.handed_over();
+            let certain_for = (sent + grant.ttl)
+                .checked_sub(margin)
+                .map_or(Duration::ZERO, |until| until.saturating_duration_since(Instant::now()));
             let acquired = Acquired {
                 fencing_token: grant.fencing_token,
                 ttl: Some(duration_to_proto(lease)),
+                certain_for: Some(duration_to_proto(certain_for)),
             };
             let keeper = Keeper {
                 store: api.store.clone(),
@@ -662,6 +684,7 @@ impl LockService for LockApi {
                 operation_timeout: api.settings.operation_timeout,
                 events,
                 draining: api.draining.clone(),
+                revoked,
                 meter: api.meter.clone(),
             };
             // A caller gone before the grant still gets the lock released by the keeper.

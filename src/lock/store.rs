@@ -201,6 +201,8 @@ pub struct GrantRules {
     pub trust_young_redis: bool,
     /// Grant although Redis may evict keys (`--allow-evicting-redis`).
     pub allow_evicting: bool,
+    /// Grant at once after a node restarted with its data (`--lock-trust-persistence`).
+    pub trust_persistence: bool,
 }
 
 /// Locks in Redis, under the keys of [`crate::redis::KeySpace::lock`].
@@ -208,10 +210,47 @@ pub struct GrantRules {
 pub struct LockStore {
     redis: Redis,
     rules: Arc<GrantRules>,
-    /// The id of the epoch marker of each slot tag as this instance last saw it
-    /// (0: never seen). Given to every grant, so that a marker that vanished or
-    /// changed since is noticed in the grant's own script.
-    markers: Arc<[AtomicU64]>,
+    /// The epoch marker of each slot tag as this instance last saw it. Given to
+    /// every grant, so that a marker that vanished or changed since is noticed
+    /// in the grant's own script.
+    markers: Arc<Markers>,
+}
+
+/// The marker ids this instance saw, per slot tag, and when: a memory older
+/// than half the markers' retention is forgotten, since the marker may have
+/// expired unused since (which is no loss).
+struct Markers {
+    ids: Box<[AtomicU64]>,
+    /// Seconds since `epoch` when each id was last seen.
+    seen: Box<[AtomicU64]>,
+    epoch: std::time::Instant,
+}
+
+impl Markers {
+    fn new() -> Markers {
+        Markers {
+            ids: (0..=u16::MAX).map(|_| AtomicU64::new(0)).collect(),
+            seen: (0..=u16::MAX).map(|_| AtomicU64::new(0)).collect(),
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    /// The id last seen for `tag`, or 0 for none (or none recently enough to count).
+    fn known(&self, tag: u16) -> u64 {
+        let tag = usize::from(tag);
+        let seen = self.seen[tag].load(Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_secs();
+        if now.saturating_sub(seen) > MARKER_RETENTION.as_secs() / 2 {
+            return 0;
+        }
+        self.ids[tag].load(Ordering::Relaxed)
+    }
+
+    fn saw(&self, tag: u16, id: u64) {
+        let tag = usize::from(tag);
+        self.ids[tag].store(id, Ordering::Relaxed);
+        self.seen[tag].store(self.epoch.elapsed().as_secs(), Ordering::Relaxed);
+    }
 }
 
 impl LockStore {
@@ -220,7 +259,7 @@ impl LockStore {
         LockStore {
             redis,
             rules: Arc::new(rules),
-            markers: (0..=u16::MAX).map(|_| AtomicU64::new(0)).collect(),
+            markers: Arc::new(Markers::new()),
         }
     }
 
@@ -243,11 +282,22 @@ impl LockStore {
         self.redis.run(op.blocking(), deadline, request).await
     }
 
-    /// Releases a grant that too few replicas acknowledged: a failover could
-    /// erase it, so it is not handed out. If the release fails too, the lease
-    /// runs out by itself; nobody was given its token.
-    async fn unacknowledged(&self, keys: &LockKeys, token: &str, acknowledged: u32, deadline: Instant) -> Error {
-        if let Err(error) = self.release(keys, token, "", deadline).await {
+    /// The answer to a grant or extension that too few replicas acknowledged:
+    /// a failover could erase it, so it is not handed out. A grant this very
+    /// call made (`release`) is released, since nobody was given its token (if
+    /// the release fails too, the lease runs out by itself); one found by its
+    /// request id, or an extension, is left as it is: its holder already counts
+    /// on it, and a longer lease on the primary takes nothing from anyone.
+    async fn unacknowledged(
+        &self,
+        keys: &LockKeys,
+        release: Option<&str>,
+        acknowledged: u32,
+        deadline: Instant,
+    ) -> Error {
+        if let Some(token) = release
+            && let Err(error) = self.release(keys, token, "", deadline).await
+        {
             tracing::debug!(%error, "could not release an unacknowledged lock grant; its lease will run out");
         }
         Error::Unavailable(Cause::NotReplicated {
@@ -258,7 +308,7 @@ impl LockStore {
 
     /// The grant script's call, with the arguments every mode shares.
     fn invocation(&self, mode: &str, request: &Request<'_>) -> Result<Invocation, Error> {
-        let known = self.markers[usize::from(request.keys.tag)].load(Ordering::Relaxed);
+        let known = self.markers.known(request.keys.tag);
         let mut invocation = GRANT.prepare();
         invocation
             .key(&request.keys.holders)
@@ -280,7 +330,8 @@ impl LockStore {
             .arg(millis_of(self.rules.max_ttl))
             .arg(u8::from(self.rules.trust_young_redis))
             .arg(u8::from(self.rules.allow_evicting))
-            .arg(millis_of(MARKER_RETENTION));
+            .arg(millis_of(MARKER_RETENTION))
+            .arg(u8::from(self.rules.trust_persistence));
         Ok(invocation)
     }
 
@@ -288,7 +339,7 @@ impl LockStore {
     /// for every caller into them.
     fn read(&self, keys: &LockKeys, reply: &GrantReply) -> Result<(), Error> {
         if let Ok(id) = reply.marker.parse::<u64>() {
-            self.markers[usize::from(keys.tag)].store(id, Ordering::Relaxed);
+            self.markers.saw(keys.tag, id);
         }
         match reply.code {
             -4 => Err(Error::FailedPrecondition(
@@ -326,8 +377,9 @@ impl LockStore {
         self.read(request.keys, &reply)?;
         Ok(match reply.code {
             1 if acknowledged < self.rules.min_replicas => {
+                let made_now = (reply.token == request.token).then_some(request.token);
                 return Err(self
-                    .unacknowledged(request.keys, &reply.token, acknowledged, deadline)
+                    .unacknowledged(request.keys, made_now, acknowledged, deadline)
                     .await);
             }
             1 => Attempt::Granted(Grant {
@@ -365,7 +417,7 @@ impl LockStore {
         self.read(keys, &reply)?;
         Ok(match reply.code {
             1 if acknowledged < self.rules.min_replicas => {
-                return Err(self.unacknowledged(keys, token, acknowledged, deadline).await);
+                return Err(self.unacknowledged(keys, None, acknowledged, deadline).await);
             }
             1 => Renewal::Extended(reply.fencing_token),
             -1 => Renewal::Lapsed(Lapse::Taken),

@@ -115,7 +115,7 @@ fn event(event: subscribe_response::Event) -> SubscribeResponse {
 impl PubSubService for PubSubApi {
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
         let deadline = deadline(request.metadata(), self.operation_timeout)?;
-        let space = Caller::of(&request)?.space.clone();
+        let space = Caller::writing(&request)?;
         let request = request.into_inner();
         let topic = self.limits.key("topic", &request.topic)?;
         self.limits.value("payload", &request.payload)?;
@@ -130,7 +130,9 @@ impl PubSubService for PubSubApi {
     type SubscribeStream = EventStream;
 
     async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<EventStream>, Status> {
-        let space = Caller::of(&request)?.space.clone();
+        let caller = Caller::of(&request)?;
+        let space = caller.space.clone();
+        let revoked = Box::pin(caller.revoked());
         let request = request.into_inner();
         let (channels, patterns) = self.names(&space, &request)?;
         let subscription = self.hub.subscribe(channels, patterns, self.operation_timeout).await?;
@@ -140,18 +142,32 @@ impl PubSubService for PubSubApi {
             pattern_prefix_len: space.topic_pattern("").len(),
             sequence: 0,
             draining: self.draining.clone(),
+            revoked,
             started: false,
+            ended: false,
         };
         let stream = futures_util::stream::unfold(state, |mut state| async move {
+            if state.ended {
+                return None;
+            }
             if !state.started {
                 state.started = true;
                 let live = event(subscribe_response::Event::Subscribed(Subscribed {}));
                 return Some((Ok(live), state));
             }
             let next = tokio::select! {
-                next = state.subscription.next() => next?,
+                next = state.subscription.next() => Ok(next?),
                 // Ending the stream lets the caller subscribe again on another instance.
                 _ = state.draining.wait_for(|draining| *draining) => return None,
+                // A client whose access was taken back hears nothing more.
+                status = &mut state.revoked => Err(status),
+            };
+            let next = match next {
+                Ok(next) => next,
+                Err(status) => {
+                    state.ended = true;
+                    return Some((Err(status), state));
+                }
             };
             let answer = match next {
                 Event::Message {
@@ -198,5 +214,9 @@ struct Streaming {
     pattern_prefix_len: usize,
     sequence: u64,
     draining: watch::Receiver<bool>,
+    /// Completes when the auth file takes the caller's access back.
+    revoked: Pin<Box<dyn Future<Output = Status> + Send>>,
     started: bool,
+    /// The stream ended with an error: nothing follows it.
+    ended: bool,
 }

@@ -13,7 +13,7 @@ use std::{
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::warn;
 
-pub use store::{Algorithm, Decision, LimitCheck, RateLimitStore, invocation, scripts};
+pub use store::{Algorithm, Counting, Decision, LimitCheck, RateLimitStore, invocation, scripts};
 
 use crate::{
     auth::Caller,
@@ -202,7 +202,7 @@ impl RateLimitApi {
             limit,
             period_micros,
             cost,
-            alone: false,
+            counting: Counting::Together,
         })
     }
 

@@ -72,9 +72,23 @@ pub struct LimitCheck<'a> {
     pub period_micros: u64,
     /// Units to consume; 0 decides as for 1 without consuming.
     pub cost: u64,
-    /// Whether the limit is decided and consumed on its own, outside the
-    /// all-or-nothing of the others (Envoy's shadow and quota modes).
-    pub alone: bool,
+    /// How it counts beside the request's other limits.
+    pub counting: Counting,
+}
+
+/// How a limit counts beside the other limits of its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counting {
+    /// All or nothing with the request's other limits: consumed only if every
+    /// one of them allows.
+    Together,
+    /// On its own (Envoy's shadow and quota modes): consumed whenever it allows
+    /// itself, and never what refuses the request.
+    Alone,
+    /// Never what refuses the request, as [`Counting::Alone`], but on a counter
+    /// one of the request's limits that count together also counts: consumed only
+    /// if they are all allowed too, so a refused request consumes nothing there.
+    Follows,
 }
 
 /// One limit's answer.
@@ -99,8 +113,7 @@ struct Limit {
     limit: u64,
     period_micros: u64,
     cost: u64,
-    /// Stands alone (Envoy's shadow and quota modes) rather than all or nothing.
-    alone: bool,
+    counting: Counting,
 }
 
 impl Limit {
@@ -111,7 +124,7 @@ impl Limit {
             limit: check.limit,
             period_micros: check.period_micros,
             cost: check.cost,
-            alone: check.alone,
+            counting: check.counting,
         }
     }
 }
@@ -274,7 +287,7 @@ pub fn invocation(space: &KeySpace, checks: &[LimitCheck<'_>]) -> Invocation {
 fn batch_invocation<'l>(requests: impl IntoIterator<Item = &'l [Limit]>) -> Invocation {
     let mut invocation = RATELIMIT.prepare();
     for (index, limits) in requests.into_iter().enumerate() {
-        let group = index + 1;
+        let group = i64::try_from(index + 1).unwrap_or(i64::MAX);
         for limit in limits.iter() {
             invocation
                 .key(&limit.redis_key)
@@ -282,7 +295,11 @@ fn batch_invocation<'l>(requests: impl IntoIterator<Item = &'l [Limit]>) -> Invo
                 .arg(limit.limit)
                 .arg(limit.period_micros)
                 .arg(limit.cost)
-                .arg(if limit.alone { 0 } else { group });
+                .arg(match limit.counting {
+                    Counting::Together => group,
+                    Counting::Alone => 0,
+                    Counting::Follows => -group,
+                });
         }
     }
     invocation

@@ -5,9 +5,12 @@
 //! Each descriptor of a request is matched against rules in envoyproxy/ratelimit's
 //! YAML format ([`rules`]); the limits found are decided by the rate limiter's
 //! script, all in one Redis round trip (one per slot on a Redis Cluster), with the
-//! rate limiter's budget and outage policy. Enforced limits are all or nothing: a
-//! request refused by one limit consumes nothing from the others. Shadow-mode and
-//! quota-mode limits are decided and counted on their own.
+//! rate limiter's budget and outage policy. Enforced limits are all or nothing,
+//! decided one after the other: a request refused by one limit consumes nothing
+//! from the others, and a counter two descriptors name is charged both costs.
+//! Shadow-mode and quota-mode limits never refuse and are counted on their own,
+//! except on a counter an enforced limit of the request also counts: there they
+//! follow the enforced ones ([`Counting::Follows`]).
 
 pub mod rules;
 
@@ -33,7 +36,7 @@ use crate::{
             rate_limit_service_server::RateLimitService,
         },
     },
-    ratelimit::{Decision, LimitCheck, Outcome, RateLimitApi},
+    ratelimit::{Algorithm, Counting, Decision, LimitCheck, Outcome, RateLimitApi},
     redis::keys::envoy_descriptor,
     request::duration_to_proto,
     telemetry::{Meter, Metrics},
@@ -357,25 +360,22 @@ impl RateLimitService for RlsApi {
                 None
             } else {
                 let key = self.limiter.limits().key(&format!("descriptors[{i}]"), key)?;
-                let check = LimitCheck {
+                // Every descriptor is its own limit, even on a counter another one
+                // names: the script decides them one after the other, each charged
+                // its own cost, all or nothing.
+                checks.push(LimitCheck {
                     key,
                     algorithm: limit.algorithm,
                     limit: u64::from(limit.requests_per_unit),
                     period_micros: limit.period_micros(),
                     cost: *cost,
-                    alone: shadow || quota,
-                };
-                // The same counter twice in one request is decided and charged once.
-                let same = checks.iter().position(|other| {
-                    other.key == check.key
-                        && other.algorithm == check.algorithm
-                        && other.limit == check.limit
-                        && other.period_micros == check.period_micros
+                    counting: if shadow || quota {
+                        Counting::Alone
+                    } else {
+                        Counting::Together
+                    },
                 });
-                Some(same.unwrap_or_else(|| {
-                    checks.push(check);
-                    checks.len() - 1
-                }))
+                Some(checks.len() - 1)
             };
             applied.push(Applied::Limited {
                 name,
@@ -385,6 +385,21 @@ impl RateLimitService for RlsApi {
                 cost: *cost,
                 check,
             });
+        }
+
+        // A shadow or quota limit on a counter an enforced one also counts follows
+        // the enforced ones: a refused request consumes nothing from that counter.
+        let enforced: Vec<(&str, Algorithm, u64, u64)> = checks
+            .iter()
+            .filter(|check| check.counting == Counting::Together)
+            .map(|check| (check.key, check.algorithm, check.limit, check.period_micros))
+            .collect();
+        for check in &mut checks {
+            if check.counting == Counting::Alone
+                && enforced.contains(&(check.key, check.algorithm, check.limit, check.period_micros))
+            {
+                check.counting = Counting::Follows;
+            }
         }
 
         let outcome = if checks.is_empty() {

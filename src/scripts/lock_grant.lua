@@ -23,8 +23,11 @@
 -- KEYS[4]  the waiters' places: the same tickets scored by when the place
 --          lapses unless the waiter renews it (it attempts again)
 -- KEYS[5]  the epoch marker of the lock's slot tag, a hash: id, since (ms),
---          paused_until (ms), why (lost, young or evicted), evicted (the
---          node's evicted_keys when last seen)
+--          paused_until (ms), why (lost, young, restarted or evicted), longest
+--          (the longest pause any instance asked for), evicted (the node's
+--          evicted_keys when last seen), saved (its LASTSAVE when last seen),
+--          run (its run_id then), trusted ('1' while no instance has checked the
+--          node's age since one created it trusting a young Redis)
 -- ARGV[1]  'acquire' (a new grant) or 'extend' (a new lease for a grant)
 -- ARGV[2]  the grant's token: for acquire the new one (fresh for each Acquire
 --          call, so the same call sent again finds its own grant)
@@ -41,6 +44,7 @@
 -- ARGV[13] '1' to trust a young Redis that has no marker (--lock-trust-young-redis)
 -- ARGV[14] '1' to grant although Redis may evict keys (--allow-evicting-redis)
 -- ARGV[15] how long the marker lives unused, in milliseconds
+-- ARGV[16] '1' to trust that a restart loses nothing (--lock-trust-persistence)
 -- Returns  {code, token, fencing token, ms, n, marker id, detail}:
 --   1   granted or extended: the grant's token, fencing token, and lease
 --       left in ms. For acquire also when this grant already holds a permit:
@@ -50,7 +54,9 @@
 --       (0: none holds it, earlier waiters go first), n = waiters ahead.
 --   -1  extend only: another token holds the lock.
 --   -2  extend only: nobody holds it (the lease ran out or was released).
---   -3  grants are paused: ms of the pause left, detail = why.
+--   -3  grants are paused: ms of the pause left, detail = why. An extension
+--       of a live lease goes on through a pause, unless it is `lost` (a lease
+--       granted just before a loss was noticed may be one too many).
 --   -4  Redis may evict keys: detail = its maxmemory-policy.
 --   -5  acquire only: the holders have other permits: n = theirs.
 --   An OOM error when an acquire would grow a full Redis.
@@ -62,14 +68,20 @@
 -- data has been there since it was made. It is missing or replaced after a
 -- loss, or was never made. Then grants on the tag pause until every lease
 -- granted before may have ended, counted from the loss:
---   lost     the marker this instance saw is gone (from now) or replaced (from
---            the new marker's making, which followed the loss);
---   young    no instance saw one, and Redis started less than the longest
---            lease ago: it may have restarted empty (from its start);
---   evicted  the node evicted keys since the marker last looked, or at some
---            time before there was one (from now).
+--   lost      the marker this instance saw is gone (from now) or replaced (from
+--             the new marker's making, which followed the loss);
+--   young     no instance saw one, and the node started less than the longest
+--             lease ago: it may have restarted empty (from its start);
+--   restarted the marker came back with the node's data from an RDB snapshot or
+--             an AOF, which may miss the last grants (from the node's start; not
+--             for a replica promoted in a failover, whose data came by
+--             replication, nor with --lock-trust-persistence);
+--   evicted   the node evicted keys since the marker last looked, or at some
+--             time before there was one (from now).
 -- Every instance reads the pause from the marker, so one that never saw the
--- old data pauses too.
+-- old data pauses too. A LASTSAVE that moved (a save, or a restart), or one of
+-- the last two seconds, is what makes the script look at the node's run id, so
+-- that a grant pays for INFO server only then.
 local clock = redis.call('TIME')
 local now_us = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local now = math.floor(now_us / 1000)
@@ -90,35 +102,67 @@ if maxmemory > 0 and policy ~= 'noeviction' and not allow_evicting then
 end
 
 -- 2. The epoch.
-local pause = tonumber(ARGV[12])
-local marker = redis.call('HMGET', KEYS[5], 'id', 'since', 'paused_until', 'why', 'evicted')
-local id, since = marker[1], tonumber(marker[2])
-local paused, why, seen_evicted = tonumber(marker[3]) or 0, marker[4] or '', tonumber(marker[5])
-local changed = false
+local marker = redis.call('HMGET', KEYS[5], 'id', 'since', 'paused_until', 'why', 'longest', 'evicted', 'saved',
+  'run', 'trusted')
+local id, since, paused, why = marker[1], tonumber(marker[2]), tonumber(marker[3]) or 0, marker[4] or ''
+local longest = math.max(tonumber(ARGV[12]), tonumber(marker[5]) or 0)
+local seen_evicted, seen_saved, run, trusted = tonumber(marker[6]), tonumber(marker[7]), marker[8], marker[9]
+local changed = longest ~= tonumber(marker[5])
 local function pause_until(until_ms, cause)
   if until_ms > paused then
     paused, why, changed = until_ms, cause, true
   end
 end
+local server
+local function node()
+  if not server then
+    local text = redis.call('INFO', 'server', 'replication')
+    server = {
+      born = now - (tonumber(info(text, 'uptime_in_seconds')) or 0) * 1000,
+      run = info(text, 'run_id') or '',
+      promoted = (tonumber(info(text, 'second_repl_offset')) or -1) >= 0,
+    }
+  end
+  return server
+end
+local saved = redis.call('LASTSAVE')
 if not id then
   id, since, changed = ARGV[11], now, true
   if ARGV[10] ~= '' then
-    pause_until(now + pause, 'lost')
+    pause_until(now + longest, 'lost')
   elseif ARGV[13] ~= '1' then
-    local uptime = tonumber(info(redis.call('INFO', 'server'), 'uptime_in_seconds')) or 0
-    pause_until(now - uptime * 1000 + pause, 'young')
+    pause_until(node().born + longest, 'young')
   end
+  trusted = ARGV[13] == '1' and '1' or '0'
+  run = node().run
   if evicted > 0 and not allow_evicting then
-    pause_until(now + pause, 'evicted')
+    pause_until(now + longest, 'evicted')
   end
 else
   if ARGV[10] ~= '' and id ~= ARGV[10] then
-    pause_until(since + pause, 'lost')
+    pause_until(since + longest, 'lost')
+  end
+  if trusted == '1' and ARGV[13] ~= '1' then
+    -- Made by an instance that trusted a young node: its age is checked now.
+    pause_until(node().born + longest, 'young')
+    trusted, changed = '0', true
+  end
+  -- LASTSAVE counts whole seconds: a restart in the second of the last save it
+  -- recorded would look like none, so within two seconds of one the run id is
+  -- read anyway.
+  if saved ~= seen_saved or clock[1] - saved <= 2 then
+    if node().run ~= run then
+      if not server.promoted and ARGV[16] ~= '1' then
+        pause_until(server.born + longest, 'restarted')
+      end
+      run = server.run
+    end
+    changed = changed or saved ~= seen_saved
   end
   -- A counter that went down was reset (a restart, CONFIG RESETSTAT): only what
   -- it counted since says anything.
   if evicted ~= seen_evicted and evicted > 0 and not allow_evicting then
-    pause_until(now + pause, 'evicted')
+    pause_until(now + longest, 'evicted')
   end
 end
 -- An instance that allows evictions leaves the count as it found it, so that
@@ -127,7 +171,8 @@ if allow_evicting then
   evicted = seen_evicted or 0
 end
 if changed or evicted ~= seen_evicted then
-  redis.call('HSET', KEYS[5], 'id', id, 'since', since, 'paused_until', paused, 'why', why, 'evicted', evicted)
+  redis.call('HSET', KEYS[5], 'id', id, 'since', since, 'paused_until', paused, 'why', why, 'longest', longest,
+    'evicted', evicted, 'saved', saved, 'run', run, 'trusted', trusted)
 end
 if redis.call('PTTL', KEYS[5]) < tonumber(ARGV[15]) / 2 then
   redis.call('PEXPIRE', KEYS[5], ARGV[15])
@@ -152,7 +197,8 @@ local function keep_place(ticket, place)
 end
 
 local ticket = ARGV[7]
-if paused > now then
+local live_extension = mode == 'extend' and why ~= 'lost'
+if paused > now and not live_extension then
   -- A waiter keeps its place through the pause, so the line is kept after it.
   if mode == 'acquire' then
     keep_place(ticket, ticket ~= '' and redis.call('ZSCORE', KEYS[3], ticket))
@@ -171,10 +217,14 @@ end
 
 if mode == 'extend' then
   local ends = redis.call('ZSCORE', KEYS[1], token)
-  if ends and tonumber(ends) > now then
+  local fence = redis.call('HGET', KEYS[2], 'f:' .. token)
+  if ends and fence and tonumber(ends) > now then
     redis.call('ZADD', KEYS[1], 'XX', now + lease, token)
     expire_holders()
-    return {1, token, tonumber(redis.call('HGET', KEYS[2], 'f:' .. token)), lease, 0, id, ''}
+    return {1, token, tonumber(fence), lease, 0, id, ''}
+  end
+  if paused > now then
+    return {-3, '', 0, paused - now, 0, id, why}
   end
   if redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf') > 0 then
     return {-1, '', 0, 0, 0, id, ''}
@@ -211,8 +261,8 @@ if not ends and request_key ~= '' then
     ends = redis.call('ZSCORE', KEYS[1], earlier)
   end
 end
-if ends then
-  local fence = redis.call('HGET', KEYS[2], 'f:' .. held_by)
+local fence = ends and redis.call('HGET', KEYS[2], 'f:' .. held_by)
+if fence then
   -- A write of what is already there, so that a WAIT after this reply (see
   -- --lock-min-replicas) covers the grant this call or request made before,
   -- perhaps on a connection that was lost since.

@@ -1,4 +1,4 @@
-#!lua
+#!lua flags=allow-oom
 -- ratelimit: decides rate limits and consumes their cost, group by group, each
 -- group all or nothing: one request's limits, or the requests of a batch.
 --
@@ -7,9 +7,11 @@
 -- ARGV[5i - 3]  the i-th limit: units per period, 1 <= limit <= period in microseconds
 -- ARGV[5i - 2]  the i-th period in microseconds (>= 1000)
 -- ARGV[5i - 1]  the i-th cost: units to consume; 0 decides as for 1 but consumes nothing
--- ARGV[5i]      the i-th limit's group: a positive number shared by limits decided all
---               or nothing together (one request's), or 0 for a limit that stands alone
---               (an Envoy rule in shadow or quota mode)
+-- ARGV[5i]      the i-th limit's group: a positive number g shared by limits decided all
+--               or nothing together (one request's); 0 for a limit that stands alone
+--               (an Envoy rule in shadow or quota mode on a counter of its own); -g for
+--               a limit that follows group g without deciding it (a shadow or quota
+--               rule on a counter an enforced limit of the request also counts)
 -- Returns       one {allowed (0 or 1), remaining, reset_after_us, retry_after_us} per
 --               limit. retry_after_us is 0 when allowed and -1 when the cost exceeds
 --               the limit (no wait lets it pass). A group's limits are written only if
@@ -20,15 +22,22 @@
 -- Groups are decided one after the other, in the order of their first limit, each
 -- seeing what the ones before it consumed: a batch of requests (see the service's
 -- group commit) is decided exactly as if they had come one by one in that order.
+-- Within a group the limits are decided one after the other too, each consuming
+-- before the next is decided, so one counter named twice is charged both costs
+-- (a request of [1, 100] hits on a limit of 10 is refused, not charged 1). When
+-- the group is refused, what its limits consumed is put back as it was (DUMP and
+-- RESTORE), so nothing of it stays. A follower is decided in its place, is never
+-- what refuses the group, and keeps what it consumed only if the group is allowed.
 --
 -- Time is the Redis server's clock (TIME), so every service instance agrees. Times
 -- are microseconds since 2024-01-01 UTC: small enough for a double to keep them to
 -- about 0.01 us, and fixed windows still align to UTC minutes, hours and days.
 --
 -- Atomicity: the script runs without interleaving, so the reads and the writes of
--- every limit form one decision; and as a script that may write (no no-writes
--- flag) it is refused whole when Redis is out of memory, never applied in part.
--- Every key gets an expiry of at most two periods, so idle limits clean up.
+-- every limit form one decision. Flagged allow-oom: a Redis full of other data
+-- (one tenant's cache values) still decides every limit, rather than leaving each
+-- to the outage policy; a limiter's state is a few dozen bytes, and every key
+-- gets an expiry of at most two periods, so idle limits clean up.
 
 local EPOCH = 1704067200
 -- Float rounding tolerated when comparing GCRA times (microseconds).
@@ -178,11 +187,14 @@ if #KEYS == 1 then
 end
 
 -- The groups, in the order of their first limit; a limit alone is a group of its own.
-local order, members = {}, {}
+local order, members, follows = {}, {}, {}
 for i = 1, #KEYS do
-  local group = ARGV[5 * i]
-  if group == '0' then
+  local group = tonumber(ARGV[5 * i])
+  if group == 0 then
     group = 'alone ' .. i
+  elseif group < 0 then
+    follows[i] = true
+    group = -group
   end
   if not members[group] then
     members[group] = {}
@@ -191,28 +203,43 @@ for i = 1, #KEYS do
   table.insert(members[group], i)
 end
 
+local function decide(i, cost)
+  local base = 5 * (i - 1)
+  return algorithms[tonumber(ARGV[base + 1])](KEYS[i], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), cost)
+end
+
 local decisions = {}
 for _, group in ipairs(order) do
-  local untouched, commits = {}, {}
+  local saved, saved_order = {}, {}
   local all_allowed = true
   for _, i in ipairs(members[group]) do
-    local base = 5 * (i - 1)
-    local decide = algorithms[tonumber(ARGV[base + 1])]
-    decisions[i], untouched[i], commits[i] = decide(KEYS[i], tonumber(ARGV[base + 2]),
-      tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4]))
-    if decisions[i][1] == 0 then
+    local commit
+    decisions[i], _, commit = decide(i, tonumber(ARGV[5 * (i - 1) + 4]))
+    if decisions[i][1] == 1 and commit then
+      -- What the key held before this group touched it, to put back if it is refused.
+      if not saved[KEYS[i]] and #members[group] > 1 then
+        saved[KEYS[i]] = {redis.call('DUMP', KEYS[i]), redis.call('PTTL', KEYS[i])}
+        saved_order[#saved_order + 1] = KEYS[i]
+      end
+      commit()
+    elseif decisions[i][1] == 0 and not follows[i] then
       all_allowed = false
     end
   end
-  for _, i in ipairs(members[group]) do
-    if all_allowed then
-      if commits[i] then
-        commits[i]()
+  if not all_allowed then
+    for _, key in ipairs(saved_order) do
+      local dumped, ttl = saved[key][1], saved[key][2]
+      if dumped then
+        redis.call('RESTORE', key, math.max(ttl, 0), dumped, 'REPLACE')
+      else
+        redis.call('DEL', key)
       end
-    else
-      -- Nothing of the group is consumed, so it reports its state as it stands.
-      decisions[i][2] = untouched[i][1]
-      decisions[i][3] = untouched[i][2]
+    end
+    -- Nothing of the group is consumed, so each limit reports its state as it stands.
+    for _, i in ipairs(members[group]) do
+      local as_is = decide(i, 0)
+      decisions[i][2] = as_is[2]
+      decisions[i][3] = as_is[3]
     end
   end
 end

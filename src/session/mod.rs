@@ -210,7 +210,7 @@ fn millis(duration: Duration) -> u64 {
 impl SessionService for SessionApi {
     async fn create(&self, request: Request<CreateRequest>) -> Result<Response<CreateResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
-        let space = Caller::of(&request)?.space.clone();
+        let space = Caller::writing(&request)?;
         let request = request.into_inner();
         let user_id = self.limits.key("user_id", &request.user_id)?;
         self.attributes("attributes", &request.attributes)?;
@@ -251,7 +251,12 @@ impl SessionService for SessionApi {
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
-        let space = Caller::of(&request)?.space.clone();
+        let caller = Caller::of(&request)?;
+        if request.get_ref().touch {
+            // Sliding the idle expiry is a write, whatever the method's name.
+            caller.may_write("Get with touch (it slides the session's expiry)")?;
+        }
+        let space = caller.space.clone();
         let request = request.into_inner();
         let id = session_id("id", &request.id)?;
         let stored = self
@@ -266,7 +271,7 @@ impl SessionService for SessionApi {
 
     async fn update(&self, request: Request<UpdateRequest>) -> Result<Response<UpdateResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
-        let space = Caller::of(&request)?.space.clone();
+        let space = Caller::writing(&request)?;
         let request = request.into_inner();
         let id = session_id("id", &request.id)?;
         self.attributes("set", &request.set)?;

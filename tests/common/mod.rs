@@ -726,6 +726,34 @@ impl TestCa {
         (path("pem"), path("key"))
     }
 
+    /// Issues a certificate whose subject is `subject` (each entry one RDN, in
+    /// this order) with `sans` as its alternative names; returns its files.
+    pub fn issue_identity(
+        &self,
+        file: &str,
+        subject: &[(rcgen::DnType, &str)],
+        sans: Vec<rcgen::SanType>,
+    ) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("certificate parameters");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (kind, value) in subject {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
+        params.subject_alt_names = sans;
+        let certificate = params.signed_by(&key, &self.issuer).expect("a signed certificate");
+        let path = |extension: &str| {
+            self.dir
+                .path()
+                .join(format!("{file}.{extension}"))
+                .to_string_lossy()
+                .into_owned()
+        };
+        std::fs::write(path("pem"), certificate.pem()).expect("write the certificate");
+        std::fs::write(path("key"), key.serialize_pem()).expect("write the key");
+        (path("pem"), path("key"))
+    }
+
     /// The CA certificate, for a client's trust store.
     pub fn certificate(&self) -> tonic::transport::Certificate {
         tonic::transport::Certificate::from_pem(std::fs::read(&self.ca_file).expect("read the CA"))
@@ -772,6 +800,44 @@ impl tonic::service::Interceptor for Bearer {
         }
         Ok(request)
     }
+}
+
+/// An auth file in a temporary directory, rewritable while the service runs.
+pub struct TestAuthFile {
+    dir: tempfile::TempDir,
+}
+
+impl TestAuthFile {
+    /// A file holding `text`.
+    pub fn new(text: &str) -> TestAuthFile {
+        let file = TestAuthFile {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        file.write(text);
+        file
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> String {
+        self.dir.path().join("auth.toml").to_string_lossy().into_owned()
+    }
+
+    /// Replaces the file in one step, as a deployment tool would.
+    pub fn write(&self, text: &str) {
+        let staging = self.dir.path().join("auth.toml.new");
+        std::fs::write(&staging, text).unwrap();
+        std::fs::rename(staging, self.path()).unwrap();
+    }
+}
+
+/// One `[[client]]` of an auth file, known by the SHA-256 of `token`, with `extra` lines.
+pub fn auth_client(name: &str, token: &str, tenant: &str, allow: &[&str], extra: &str) -> String {
+    let allow: Vec<String> = allow.iter().map(|entry| format!("{entry:?}")).collect();
+    format!(
+        "[[client]]\nname = {name:?}\ntoken_sha256 = {:?}\ntenant = {tenant:?}\nallow = [{}]\n{extra}\n",
+        sha256_hex(token),
+        allow.join(", ")
+    )
 }
 
 /// The SHA-256 of `token` in hexadecimal, as the auth file holds it.

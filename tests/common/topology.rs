@@ -202,6 +202,12 @@ impl Node {
         let _ = Command::new("kill").arg("-CONT").arg(self.pid.to_string()).status();
     }
 
+    /// Removes what it persisted (its RDB snapshot), so that a restart after
+    /// [`Node::kill`] starts empty.
+    pub fn forget_data(&self) {
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+    }
+
     /// A standalone redis-server without persistence on a free port, with `extra` settings.
     pub fn standalone(extra: &[&str]) -> Node {
         let port = TestRedis::free_port();
