@@ -292,7 +292,9 @@ async fn serve(
         None => (Meter::off(), None),
     };
     let rls_rules = Arc::new(match &config.rls_config {
-        Some(path) => RulesSource::load(path, meter.clone())?,
+        Some(path) => {
+            RulesSource::load(path, meter.clone()).map_err(|error| StartError::RlsConfig(error.to_string()))?
+        }
         None => RulesSource::none(),
     });
     let authenticator = match &auth_file {

@@ -16,7 +16,7 @@ use std::{
 
 use tokio::{sync::watch, time::Instant};
 
-use crate::{error::Error, redis::Effect};
+use crate::error::{Effect, Error};
 
 /// The reads in flight, by Redis key.
 pub struct Flights<V> {

@@ -9,9 +9,9 @@ use futures_util::future::try_join_all;
 use tokio::time::Instant;
 
 use crate::{
-    error::{Error, Reason},
+    error::{Effect, Error, Reason},
     redis::{
-        Effect, KeySpace, LuaScript, Op, Redis,
+        KeySpace, LuaScript, Op, Redis,
         batch::{Batcher, Calls},
     },
     request::Ttl,

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::{
-    error::{Error, Reason},
-    redis::{Cause, Invocation, LockKeys, LuaScript, Op, Redis, Request as RedisRequest},
+    error::{Cause, Error, Reason},
+    redis::{Invocation, LockKeys, LuaScript, Op, Redis, Request as RedisRequest},
     request::Ttl,
 };
 

@@ -28,9 +28,9 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    error::{Error, Reason},
+    error::{Cause, Error, Reason},
     notices::Notices,
-    redis::{Backoff, Cause, Topology},
+    redis::{Backoff, Topology},
     telemetry::Meter,
 };
 

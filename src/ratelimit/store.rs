@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::{
-    error::Error,
+    error::{Effect, Error},
     redis::{
-        Effect, Invocation, KeySpace, LuaScript, Op, Redis,
+        Invocation, KeySpace, LuaScript, Op, Redis,
         batch::{Batcher, Calls},
     },
     telemetry::Meter,

@@ -20,7 +20,7 @@ use std::{
 };
 
 use redis::{
-    AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, RedisError,
+    AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
     aio::{AsyncStream, MultiplexedConnection},
 };
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
@@ -28,152 +28,10 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::{net::TcpStream, task::JoinHandle, time::timeout};
 
 use super::scripts::LuaScript;
-use crate::error::StartError;
+use crate::error::{Cause, StartError, whole_millis};
 
 /// Time between TCP keepalive probes once they have started.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Why a connection could not be made, or was lost. Its text never holds a credential.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cause {
-    /// The host name did not resolve.
-    Dns(String),
-    /// Nothing accepts connections at the address.
-    Refused,
-    /// No connection, TLS handshake or answer within the time allowed.
-    Timeout(Duration),
-    /// The TLS handshake failed; the text says why (an unknown issuer, a name
-    /// mismatch, a server that does not speak TLS).
-    Tls(String),
-    /// Redis refused the credentials (a wrong password, a disabled ACL user, none given).
-    Auth(String),
-    /// Redis is loading its dataset into memory.
-    Loading,
-    /// Redis is running a script or function that has not yielded (BUSY).
-    Busy,
-    /// The connection was closed or reset.
-    Closed,
-    /// Another socket error.
-    Io(String),
-    /// The node is a read-only replica (READONLY): it was demoted, or a failover is under way.
-    ReadOnly,
-    /// Redis answered with another error that means it cannot serve now.
-    Refusal(String),
-    /// No Sentinel named a primary; the text says what each answered.
-    Sentinel(String),
-    /// The node a Sentinel named as primary is not one (yet): a failover is under way.
-    NotPrimary(String),
-    /// A Cluster seed is not a Cluster node, or no seed answered as one.
-    NotCluster(String),
-    /// The Cluster cannot serve a slot: `cluster_state:fail`, a primary without
-    /// a replica to promote, or a slot on the move (CLUSTERDOWN, TRYAGAIN, MOVED).
-    ClusterDown(String),
-    /// Fewer replicas than `--lock-min-replicas` acknowledged a lock grant in time.
-    NotReplicated {
-        /// How many were required.
-        wanted: u32,
-        /// How many acknowledged.
-        acknowledged: u32,
-    },
-}
-
-impl Cause {
-    /// A short name for the kind of cause, sent as `ErrorInfo.metadata["cause"]`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Cause::Dns(_) => "dns",
-            Cause::Refused => "refused",
-            Cause::Timeout(_) => "timeout",
-            Cause::Tls(_) => "tls",
-            Cause::Auth(_) => "auth",
-            Cause::Loading => "loading",
-            Cause::Busy => "busy",
-            Cause::Closed => "closed",
-            Cause::Io(_) => "io",
-            Cause::ReadOnly => "readonly",
-            Cause::Refusal(_) => "refusal",
-            Cause::Sentinel(_) => "sentinel",
-            Cause::NotPrimary(_) => "not_primary",
-            Cause::NotCluster(_) => "not_cluster",
-            Cause::ClusterDown(_) => "cluster_down",
-            Cause::NotReplicated { .. } => "not_replicated",
-        }
-    }
-}
-
-impl fmt::Display for Cause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Cause::Dns(detail) => write!(f, "DNS lookup failed: {detail}"),
-            Cause::Refused => f.write_str("connection refused"),
-            Cause::Timeout(waited) => write!(f, "no answer within {}", millis(*waited)),
-            Cause::Tls(detail) => write!(f, "TLS handshake failed: {detail}"),
-            Cause::Auth(detail) => write!(f, "authentication failed: {detail}"),
-            Cause::Loading => f.write_str("Redis is loading its dataset"),
-            Cause::Busy => f.write_str("Redis is busy running a script (BUSY)"),
-            Cause::Closed => f.write_str("connection closed"),
-            Cause::Io(detail) => write!(f, "socket error: {detail}"),
-            Cause::ReadOnly => f.write_str("the node is a read-only replica"),
-            Cause::Refusal(detail) => write!(f, "Redis refused: {detail}"),
-            Cause::Sentinel(detail) => write!(f, "no primary from the Sentinels: {detail}"),
-            Cause::NotPrimary(node) => write!(
-                f,
-                "{node}, named as primary by the Sentinels, is a replica: a failover is under way"
-            ),
-            Cause::NotCluster(detail) => write!(f, "not a Redis Cluster: {detail}"),
-            Cause::ClusterDown(detail) => write!(f, "the Cluster cannot serve the key's slot now: {detail}"),
-            Cause::NotReplicated { wanted, acknowledged } => write!(
-                f,
-                "only {acknowledged} of the {wanted} replicas --lock-min-replicas requires acknowledged the \
-                 lock grant in time, so it was released"
-            ),
-        }
-    }
-}
-
-impl Cause {
-    /// The cause behind a Redis client error.
-    pub fn of(error: &RedisError) -> Cause {
-        if let Some(code) = error.code() {
-            return match code {
-                "NOAUTH" | "WRONGPASS" | "NOPERM" => Cause::Auth(code.to_owned()),
-                "LOADING" => Cause::Loading,
-                "BUSY" => Cause::Busy,
-                "READONLY" => Cause::ReadOnly,
-                "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK" | "MASTERDOWN" => Cause::ClusterDown(
-                    error
-                        .detail()
-                        .map_or_else(|| code.to_owned(), |detail| format!("{code} {detail}")),
-                ),
-                _ if error
-                    .detail()
-                    .is_some_and(|detail| detail.contains("cluster support disabled")) =>
-                {
-                    Cause::NotCluster(
-                        "the node has cluster support disabled (a standalone Redis: use REDIS_URL)".to_owned(),
-                    )
-                }
-                _ => Cause::Refusal(code.to_owned()),
-            };
-        }
-        if error.kind() == redis::ErrorKind::ClusterConnectionNotFound {
-            return Cause::ClusterDown("no connection to the node serving the slot".to_owned());
-        }
-        if error.kind() == redis::ErrorKind::AuthenticationFailed {
-            return Cause::Auth("the user name or password was refused, or the user is disabled".to_owned());
-        }
-        if error.is_connection_refusal() {
-            return Cause::Refused;
-        }
-        if error.is_connection_dropped() {
-            return Cause::Closed;
-        }
-        if error.is_io_error() {
-            return Cause::Io(error.to_string());
-        }
-        Cause::Refusal(error.category().to_owned())
-    }
-}
 
 /// How to reach one Redis node: its address, credentials and TLS settings.
 #[derive(Clone)]
@@ -472,14 +330,6 @@ impl Endpoint {
     }
 }
 
-/// A duration in whole milliseconds, for messages.
-fn millis(duration: Duration) -> String {
-    humantime::format_duration(Duration::from_millis(
-        u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
-    ))
-    .to_string()
-}
-
 /// How far a connection attempt got, so that a timeout can say where it stuck.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -501,7 +351,7 @@ impl Progress {
 
     /// Why an attempt that ran out of `time` failed.
     fn timed_out(&self, time: Duration) -> Cause {
-        let waited = millis(time);
+        let waited = whole_millis(time);
         match self.0.load(Ordering::Relaxed) {
             phase if phase == Phase::Resolving as u8 => Cause::Dns(format!("no answer within {waited}")),
             phase if phase == Phase::Connecting as u8 => Cause::Io(format!("no TCP connection within {waited}")),

@@ -24,10 +24,9 @@ use tokio::{
     time::{sleep, sleep_until, timeout_at},
 };
 
-use crate::telemetry::Meter;
+use crate::{error::Cause, telemetry::Meter};
 
 use super::{
-    connect::Cause,
     connection::Connection,
     scripts::LuaScript,
     topology::{Opened, Topology},

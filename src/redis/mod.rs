@@ -35,7 +35,7 @@ use tokio::{
     time::{sleep, timeout_at},
 };
 
-pub use connect::{Cause, ConnectSettings, Endpoint};
+pub use connect::{ConnectSettings, Endpoint};
 pub use connection::{Connection, Request};
 pub use keys::{KeySpace, Keys, LockKeys};
 pub use link::{Backoff, State};
@@ -43,44 +43,10 @@ pub use scripts::{Invocation, LuaScript};
 pub use topology::{Kind, Topology};
 
 use crate::{
-    error::{Error, server_code},
+    error::{Cause, Effect, Error, server_code},
     telemetry::{Meter, rpc::add_redis_time},
 };
 use link::{Link, LinkSettings};
-
-/// What a command does, which decides the connection it uses, whether it may
-/// be sent again after the connection dropped while it was in flight, and what
-/// the caller is told when no answer came.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Effect {
-    /// Only reads. Sent on the read connection; repeated once after a drop.
-    Read,
-    /// Writes, and repeating it — by anyone — leaves the same state and gives
-    /// the same answer (a plain SET, a PEXPIRE, a Release by its own token).
-    /// Repeated once after a drop; the caller may retry after a timeout.
-    IdempotentWrite,
-    /// Writes, and carries an id fresh to this call (a lock token, a new session
-    /// id): the identical request sent again finds its own result, so it is
-    /// repeated once after a drop; but the caller's own retry would be a new
-    /// request, so after a timeout the caller is told it may have applied.
-    ReplayableWrite,
-    /// Writes, and repeating it could change the state or the answer (an
-    /// increment, a conditional SET, a take). Never sent twice: when it may have
-    /// reached Redis and no answer came, the caller is told it may have applied.
-    Write,
-}
-
-impl Effect {
-    /// Whether sending the identical request again is harmless.
-    pub fn may_resend(self) -> bool {
-        !matches!(self, Effect::Write)
-    }
-
-    /// Whether the caller may simply retry when no answer came.
-    pub fn caller_may_retry(self) -> bool {
-        matches!(self, Effect::Read | Effect::IdempotentWrite)
-    }
-}
 
 /// A named Redis operation: the name labels logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -40,12 +40,13 @@ use tokio::{
 };
 use tracing::{info, warn};
 
+use super::link::Backoff;
 use super::{
-    connect::{Cause, ConnectSettings, Endpoint},
+    connect::{ConnectSettings, Endpoint},
     connection::Connection,
     scripts::LuaScript,
 };
-use crate::{error::StartError, redis::Backoff};
+use crate::error::{Cause, StartError};
 
 /// Time between TCP keepalive probes once they have started (as for one node).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
