@@ -45,7 +45,7 @@ use crate::{
     admission::RefusalLog,
     error::{Error, Reason},
     redis::{Kind, Op, Patience, Redis, Request as RedisRequest, State, Topology},
-    telemetry::{Meter, metrics::HealthName},
+    telemetry::{HealthName, Meter},
 };
 
 /// How often the prober looks while Redis is not serving.
@@ -352,7 +352,7 @@ async fn assess(redis: &Redis, settings: &ProbeSettings) -> Assessment {
     for role in redis.roles() {
         match redis.state(role) {
             State::Up { .. } => {}
-            State::Connecting(_) => return Assessment::Connecting,
+            State::Connecting => return Assessment::Connecting,
             State::Down { cause, .. } => return Assessment::NotReady(format!("cannot connect: {cause}")),
         }
     }

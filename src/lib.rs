@@ -1,30 +1,63 @@
 //! cachelock: a gRPC service that gives backends in any language a cache, rate
 //! limits, sessions and distributed locks over one shared Redis connection.
 //!
-//! The binary (`src/main.rs`) only parses [`config::Config`], sets up tracing
-//! and calls [`server::run`]; everything else lives in this library so that the
+//! The binary (`src/main.rs`) only parses [`Config`], sets up tracing and calls
+//! [`run_until_signals`]; everything else lives in this library so that the
 //! integration tests run exactly the code that production runs.
+//!
+//! # Layout
+//!
+//! Layers run one way, bottom to top: a module uses only the ones below it
+//! (`.ci/module-graph` checks there is no circle).
+//!
+//! | layer | modules |
+//! |---|---|
+//! | the floor | `error` (every error and its gRPC status), `time` (durations in milliseconds) |
+//! | settings | `config` (every flag, validated once) |
+//! | Redis | `redis` (the shared connections, keys, scripts, the development redis-server), `notices` (wake-ups heard from Redis) |
+//! | around every RPC | `telemetry` (metrics, spans, refusal logs), `admission` (in-flight limit), `auth` (TLS, the auth file, callers), `request` (deadlines, field checks), `ids` |
+//! | services | `cache`, `ratelimit` (its limiter core is what `rls`, Envoy's API, calls too), `rls`, `session`, `lock`, `pubsub`, `health` |
+//! | the server | `server` (run, the services built from one context, the ops HTTP listener), `probe` |
+//!
+//! Modules are private; what the binary, the tests and the benchmark use is
+//! re-exported here, once.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, rust_2018_idioms)]
 
-pub mod admission;
-pub mod auth;
-pub mod cache;
-pub mod config;
-pub mod error;
-pub mod health;
-pub mod ids;
-pub mod lock;
-pub mod notices;
-pub mod probe;
-pub mod pubsub;
-pub mod ratelimit;
-pub mod redis;
-pub mod request;
-pub mod rls;
-pub mod server;
-pub mod session;
-pub mod telemetry;
+mod admission;
+mod auth;
+mod cache;
+mod config;
+mod error;
+mod health;
+mod ids;
+mod lock;
+mod notices;
+mod probe;
+mod pubsub;
+mod ratelimit;
+mod redis;
+mod request;
+mod rls;
+mod server;
+mod session;
+mod telemetry;
+
+pub use config::{CheckRlsConfigArgs, Cli, Command, Config, ConfigError, LogFormat, ProbeArgs};
+pub use error::{Reason, StartError};
+pub use probe::check as probe;
+pub use redis::{DEFAULT_TENANT, EmbeddedRedis, KeySpace, Keys, slot_tag};
+pub use rls::{Rules, Unit};
+pub use server::{Listeners, run, run_until_signals};
+pub use telemetry::log_filter;
+
+/// What the benchmark sends straight to Redis, to compare the service with
+/// Redis alone: a rate-limit check as the service's script takes it.
+#[doc(hidden)]
+pub mod direct {
+    pub use crate::ratelimit::{Algorithm, Counting, LimitCheck, invocation};
+}
 
 /// Generated protobuf types and gRPC stubs, one module per package.
 pub mod pb {

@@ -10,13 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::process::ExitCode;
 
-use cachelock::{
-    config::{Cli, Command, Config, ConfigError, LogFormat, ProbeArgs},
-    probe,
-    rls::Rules,
-    server::{self, Listeners},
-    telemetry,
-};
+use cachelock::{Cli, Command, Config, ConfigError, Listeners, LogFormat, ProbeArgs, Rules, log_filter, probe};
 use clap::Parser;
 use std::io::IsTerminal;
 
@@ -102,7 +96,7 @@ fn run_server(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match server::run_until_signals(listeners, config, signals).await {
+        match cachelock::run_until_signals(listeners, config, signals).await {
             Ok(()) => {
                 info!("cachelock stopped");
                 ExitCode::SUCCESS
@@ -119,10 +113,10 @@ fn run_probe(args: &ProbeArgs) -> ExitCode {
     let Some(runtime) = runtime(Some(1)) else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(probe::check(args)) {
+    match runtime.block_on(probe(args)) {
         Ok(status) => {
             println!("{}", status.as_str_name());
-            if status == probe::SERVING {
+            if status == tonic_health::pb::health_check_response::ServingStatus::Serving {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -137,7 +131,7 @@ fn run_probe(args: &ProbeArgs) -> ExitCode {
 
 fn init_tracing(format: LogFormat) {
     let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
-    let filter = telemetry::log_filter(&directives);
+    let filter = log_filter(&directives);
     // Colours only for a person at a terminal, and never when NO_COLOR is set.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let builder = tracing_subscriber::fmt()

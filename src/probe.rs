@@ -6,9 +6,6 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 
 use crate::config::ProbeArgs;
 
-/// The status that makes `cachelock probe` exit 0.
-pub const SERVING: ServingStatus = ServingStatus::Serving;
-
 /// Checks the server at `args.addr`; returns the status it reported.
 ///
 /// # Errors

@@ -423,7 +423,7 @@ async fn keys_live_under_the_prefix_inside_a_hash_tag(backend: Backend) {
         .unwrap();
 
     let mut direct = backend.connection().await;
-    let tag = cachelock::redis::keys::slot_tag("user:42");
+    let tag = cachelock::slot_tag("user:42");
     let value: Option<Vec<u8>> = direct
         .get(format!("{}:default:cache:{{{tag}}}:user:42", backend.prefix()))
         .await
@@ -437,7 +437,7 @@ async fn foreign_data_under_the_prefix_is_an_internal_error(backend: Backend) {
 
     // Something other than cachelock wrote a list where a cached value belongs.
     let mut direct = backend.connection().await;
-    let tag = cachelock::redis::keys::slot_tag("listed");
+    let tag = cachelock::slot_tag("listed");
     let _: i64 = direct
         .rpush(format!("{}:default:cache:{{{tag}}}:listed", backend.prefix()), "x")
         .await
@@ -631,10 +631,7 @@ async fn concurrent_gets_of_different_keys_go_together_and_each_gets_its_own_ans
             .unwrap();
     }
     // Something other than cachelock put a list under one of the keys.
-    let foreign = format!(
-        "cachelock:default:cache:{{{}}}:k7",
-        cachelock::redis::keys::slot_tag("k7")
-    );
+    let foreign = format!("cachelock:default:cache:{{{}}}:k7", cachelock::slot_tag("k7"));
     let _: i64 = redis.command(&["DEL", &foreign]).await;
     let _: i64 = redis.command(&["RPUSH", &foreign, "x"]).await;
     let reads_before = redis.calls("evalsha").await;

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use cachelock::config::{Config, LogFormat};
+use cachelock::{Config, LogFormat};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_cachelock");
 
@@ -354,10 +354,7 @@ fn the_readme_lists_exactly_the_error_reasons_the_service_sends() {
         .filter_map(|line| line.strip_prefix("| `"))
         .filter_map(|rest| rest.split('`').next())
         .collect();
-    let mut sent: Vec<&str> = cachelock::error::Reason::ALL
-        .iter()
-        .map(|reason| reason.as_str())
-        .collect();
+    let mut sent: Vec<&str> = cachelock::Reason::ALL.iter().map(|reason| reason.as_str()).collect();
     from_readme.sort_unstable();
     sent.sort_unstable();
     assert_eq!(from_readme, sent);

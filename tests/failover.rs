@@ -21,12 +21,12 @@ use std::{
 };
 
 use cachelock::{
+    Keys,
     pb::{
         cache::{GetRequest, SetRequest},
         lock::{AcquireRequest, ReleaseRequest},
         ratelimit::{Algorithm, CheckRequest},
     },
-    redis::Keys,
 };
 use common::{
     FORMING, Node, PATIENCE, TestCluster, TestSentinels, TestService, eventually, eventually_within, holds_within,

@@ -274,7 +274,7 @@ async fn a_grant_whose_epoch_marker_cannot_be_read_is_not_made() {
 }
 
 fn tag(name: &str) -> String {
-    cachelock::redis::keys::slot_tag(name)
+    cachelock::slot_tag(name)
 }
 
 // 6. A Hold whose instance is cut off from Redis is told `lost` before its lease

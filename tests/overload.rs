@@ -302,7 +302,7 @@ async fn a_get_many_too_big_for_the_response_is_refused_before_redis_reads_it() 
     let keys: Vec<String> = (0..1000).map(|i| format!("big-{i}")).collect();
     for key in &keys {
         let mut tagged = String::from("cachelock:default:cache:{");
-        tagged.push_str(&cachelock::redis::keys::slot_tag(key));
+        tagged.push_str(&cachelock::slot_tag(key));
         tagged.push_str("}:");
         tagged.push_str(key);
         fill.cmd("SET").arg(tagged).arg(&value).ignore();

@@ -7,6 +7,7 @@ mod common;
 use std::{path::Path, time::Instant};
 
 use cachelock::{
+    Rules, Unit,
     pb::envoy::{
         extensions::common::ratelimit::v3::{RateLimitDescriptor, rate_limit_descriptor, rate_limit_descriptor::Entry},
         service::ratelimit::v3::{
@@ -15,7 +16,6 @@ use cachelock::{
             rate_limit_service_client::RateLimitServiceClient,
         },
     },
-    rls::{Rules, Unit},
 };
 use common::{CapturedLogs, PATIENCE, TestRedis, TestService, assert_invalid};
 use tonic::transport::Channel;
@@ -787,7 +787,7 @@ async fn an_edited_rule_takes_effect_and_a_broken_edit_keeps_the_old_rules() {
 async fn a_broken_rules_file_stops_the_start() {
     let redis = TestRedis::start().await;
     let dir = rules_dir(&[("broken.yaml", "domain: x\ndescriptors:\n  - value: no key\n".to_owned())]);
-    let config = cachelock::config::Config::from_args([
+    let config = cachelock::Config::from_args([
         "cachelock",
         "--redis-url",
         &redis.url(),

@@ -560,7 +560,7 @@ async fn listings_carry_handles_not_ids_and_a_handle_ends_one_device() {
 
 #[tokio::test]
 async fn no_log_line_at_any_level_holds_a_token_session_id_lock_token_or_value() {
-    let (logs, _guard) = CapturedLogs::start_filtered(&cachelock::telemetry::log_filter("trace"));
+    let (logs, _guard) = CapturedLogs::start_filtered(&cachelock::log_filter("trace"));
     let (_redis, _file, service) = with_auth_file(&cast(), &[]).await;
     service.wait_for_health("", ServingStatus::Serving).await;
     let mut cache_client = cache(&service, Some("shop-token"));

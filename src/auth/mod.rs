@@ -10,9 +10,9 @@
 //! unless `--reflection-requires-auth`. Token digests are compared in constant
 //! time; tokens never reach a log, a metric or an error message.
 
-pub mod file;
-pub mod identity;
-pub mod tls;
+mod file;
+mod identity;
+mod tls;
 
 use std::{
     collections::HashMap,
@@ -35,14 +35,13 @@ use tower::{Layer, Service as TowerService};
 use tracing::{info, warn};
 
 pub use file::{Access, AuthFileError, Client, Clients, Credential, Service};
-pub use identity::{DistinguishedName, PeerIdentity, SubjectAltName};
-pub use tls::{ConnectionInfo, ReloadableTls, TlsFiles};
+pub use tls::{ConnectionInfo, ReloadableTls, TlsFiles, over_tls, plaintext};
 
 use crate::{
     admission::RefusalLog,
     error::{Error, Reason},
-    redis::{KeySpace, Keys, keys::DEFAULT_TENANT},
-    telemetry::{Meter, rpc::record_client},
+    redis::{DEFAULT_TENANT, KeySpace, Keys},
+    telemetry::{Meter, record_client},
 };
 
 /// How often the TLS files and the auth file are checked for changes.

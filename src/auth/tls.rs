@@ -6,7 +6,6 @@
 //! time, so that a slow or silent client never holds up the next one.
 
 use std::{
-    net::SocketAddr,
     path::PathBuf,
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
@@ -52,8 +51,6 @@ pub struct TlsFiles {
 /// What the server knows of a connection, in every request's extensions.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionInfo {
-    /// The client's address.
-    pub remote: Option<SocketAddr>,
     /// The identity in the client's certificate, with mTLS.
     pub peer: Option<Arc<PeerIdentity>>,
 }
@@ -174,14 +171,8 @@ impl Connected for Connection {
 
     fn connect_info(&self) -> ConnectionInfo {
         match self {
-            Connection::Plain(stream) => ConnectionInfo {
-                remote: stream.connect_info().remote_addr(),
-                peer: None,
-            },
-            Connection::Tls(stream, peer) => ConnectionInfo {
-                remote: stream.get_ref().0.connect_info().remote_addr(),
-                peer: peer.clone(),
-            },
+            Connection::Plain(_) => ConnectionInfo { peer: None },
+            Connection::Tls(_, peer) => ConnectionInfo { peer: peer.clone() },
         }
     }
 }

@@ -10,10 +10,7 @@ use tokio::time::Instant;
 
 use crate::{
     error::{Effect, Error, Reason},
-    redis::{
-        KeySpace, LuaScript, Op, Redis,
-        batch::{Batcher, Calls},
-    },
+    redis::{Batcher, Calls, KeySpace, LuaScript, Op, Redis},
     request::Ttl,
 };
 

@@ -20,9 +20,7 @@ use tokio::{
 };
 use tonic::{Request, Response, Status};
 
-pub use store::{
-    Attempt, Grant, GrantRules, Holder, Lapse, LockStore, PauseCause, QUEUE_PLACE_LIFE, Renewal, request_key, scripts,
-};
+pub use store::{Attempt, Grant, GrantRules, Lapse, LockStore, PauseCause, Renewal, request_key, scripts};
 
 use crate::{
     admission::RefusalLog,

@@ -71,21 +71,6 @@ impl PauseCause {
             _ => PauseCause::Lost,
         }
     }
-
-    /// Words for the log and the caller.
-    pub fn explain(self) -> &'static str {
-        match self {
-            PauseCause::Lost => {
-                "the Redis node holding the lock lost its data (a restart without persistence, a failover to an \
-                 empty replica, or a flush)"
-            }
-            PauseCause::Young => {
-                "the Redis node holding the lock started less than --lock-max-ttl ago and holds no record of \
-                 earlier grants: it may have restarted empty"
-            }
-            PauseCause::Evicted => "the Redis node holding the lock evicted keys, perhaps leases",
-        }
-    }
 }
 
 /// The result of one attempt to take a lock.

@@ -317,15 +317,6 @@ impl Hub {
         }
     }
 
-    /// The number of open streams.
-    pub fn streams(&self) -> usize {
-        self.shared
-            .registry
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .streams
-    }
-
     fn dispatch(&self, channel: &str, pattern: Option<&str>, payload: &[u8]) {
         let registry = self.shared.registry.lock().unwrap_or_else(PoisonError::into_inner);
         let outlets = match pattern {

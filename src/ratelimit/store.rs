@@ -11,10 +11,7 @@ use tokio::time::Instant;
 
 use crate::{
     error::{Effect, Error},
-    redis::{
-        Invocation, KeySpace, LuaScript, Op, Redis,
-        batch::{Batcher, Calls},
-    },
+    redis::{Batcher, Calls, Invocation, KeySpace, LuaScript, Op, Redis},
     telemetry::Meter,
 };
 

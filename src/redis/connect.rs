@@ -156,27 +156,9 @@ impl Endpoint {
         }
     }
 
-    /// The user name and password it logs in with.
-    pub fn login(&self) -> (Option<&str>, Option<&str>) {
-        (self.settings.username(), self.settings.password())
-    }
-
     /// The database it selects.
     pub fn db(&self) -> i64 {
         self.settings.db()
-    }
-
-    /// Host and port, for a TCP address.
-    pub fn host_port(&self) -> Option<(&str, u16)> {
-        match &self.address {
-            Address::Tcp { host, port, .. } => Some((host, *port)),
-            Address::Unix(_) => None,
-        }
-    }
-
-    /// Idle time before TCP keepalive probes.
-    pub fn keepalive(&self) -> Duration {
-        self.keepalive
     }
 
     /// Where it points, fit for a log line (never a credential).

@@ -35,8 +35,8 @@ use super::{
 /// What a link is doing.
 #[derive(Clone)]
 pub enum State {
-    /// An attempt to connect began at this instant and has not finished.
-    Connecting(Instant),
+    /// An attempt to connect is under way.
+    Connecting,
     /// Connected; the generation counts connections made so far.
     Up {
         /// The connection (clones share its socket).
@@ -51,16 +51,6 @@ pub enum State {
         /// When the failed attempt began.
         started: Instant,
     },
-}
-
-impl State {
-    /// The generation when up.
-    pub fn generation(&self) -> Option<u64> {
-        match self {
-            State::Up { generation, .. } => Some(*generation),
-            _ => None,
-        }
-    }
 }
 
 /// Reconnection timing.
@@ -106,7 +96,7 @@ impl Link {
     /// Starts connecting in the background, as `settings` say.
     pub fn start(settings: LinkSettings, meter: Meter) -> Link {
         let shared = Arc::new(Shared {
-            state: watch::Sender::new(State::Connecting(Instant::now())),
+            state: watch::Sender::new(State::Connecting),
             demand: Notify::new(),
             abandon: watch::Sender::new(0),
         });
@@ -155,7 +145,7 @@ impl Link {
                         self.shared.demand.notify_one();
                         Some(cause.clone())
                     }
-                    State::Up { .. } | State::Connecting(_) => None,
+                    State::Up { .. } | State::Connecting => None,
                 }
             };
             match timeout_at(deadline, state.changed()).await {
@@ -200,7 +190,7 @@ async fn supervise(shared: Arc<Shared>, settings: LinkSettings, meter: Meter) {
     let mut abandon = shared.abandon.subscribe();
     loop {
         let started = Instant::now();
-        shared.state.send_replace(State::Connecting(started));
+        shared.state.send_replace(State::Connecting);
         failovers.borrow_and_update();
         match topology.open(name, &scripts, exact).await {
             Ok(Opened {

@@ -18,14 +18,14 @@
 //! that moved (MOVED, ASK, TRYAGAIN, CLUSTERDOWN) or a Sentinel primary that was
 //! demoted (READONLY) — is followed within the call's deadline.
 
-pub mod batch;
-pub mod connect;
-pub mod connection;
-pub mod embedded;
-pub mod keys;
-pub mod link;
-pub mod scripts;
-pub mod topology;
+mod batch;
+mod connect;
+mod connection;
+mod embedded;
+mod keys;
+mod link;
+mod scripts;
+mod topology;
 
 use std::{sync::Arc, time::Instant};
 
@@ -35,16 +35,18 @@ use tokio::{
     time::{sleep, timeout_at},
 };
 
+pub use batch::{Batcher, Calls};
 pub use connect::{ConnectSettings, Endpoint};
 pub use connection::{Connection, Request};
-pub use keys::{KeySpace, Keys, LockKeys};
+pub use embedded::EmbeddedRedis;
+pub use keys::{DEFAULT_TENANT, KeySpace, Keys, LockKeys, envoy_descriptor, slot_tag};
 pub use link::{Backoff, State};
 pub use scripts::{Invocation, LuaScript};
-pub use topology::{Kind, Topology};
+pub use topology::{Cluster, Kind, Sentinels, Topology, watch_failovers};
 
 use crate::{
     error::{Cause, Effect, Error, server_code},
-    telemetry::{Meter, rpc::add_redis_time},
+    telemetry::{Meter, add_redis_time},
 };
 use link::{Link, LinkSettings};
 

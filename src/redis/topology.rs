@@ -80,8 +80,6 @@ pub struct Opened {
     /// Finishes when the socket closes; `None` for a Cluster connection, which
     /// repairs its node connections itself.
     pub driver: Option<JoinHandle<()>>,
-    /// The node it reached, for the log (`None` for a Cluster).
-    pub node: Option<String>,
 }
 
 impl Topology {
@@ -137,7 +135,6 @@ impl Topology {
                 Ok(Opened {
                     connection: Connection::Single(opened.connection),
                     driver: Some(opened.driver),
-                    node: None,
                 })
             }
             Topology::Sentinel(sentinels) => sentinels.open(client_name, scripts).await,
@@ -271,7 +268,6 @@ impl Sentinels {
         Ok(Opened {
             connection: Connection::Single(connection),
             driver: Some(opened.driver),
-            node: Some(node),
         })
     }
 }
@@ -420,7 +416,6 @@ impl Cluster {
         Ok(Opened {
             connection: Connection::Cluster(connection),
             driver: None,
-            node: None,
         })
     }
 

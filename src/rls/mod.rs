@@ -12,7 +12,7 @@
 //! except on a counter an enforced limit of the request also counts: there they
 //! follow the enforced ones ([`Counting::Follows`]).
 
-pub mod rules;
+mod rules;
 
 use std::{
     collections::HashSet,
@@ -37,12 +37,12 @@ use crate::{
         },
     },
     ratelimit::{Algorithm, Counting, Decision, LimitCheck, Outcome, RateLimitApi},
-    redis::keys::envoy_descriptor,
+    redis::envoy_descriptor,
     request::duration_to_proto,
     telemetry::{Meter, Metrics},
 };
 
-pub use rules::{Limit, Rule, Rules, RulesError, Unit};
+pub use rules::{Limit, Rules, RulesError, Unit};
 
 /// How often the rules' files are read for changes.
 pub const RELOAD_INTERVAL: Duration = Duration::from_millis(250);

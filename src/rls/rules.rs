@@ -23,10 +23,15 @@ use crate::ratelimit::{Algorithm, MAX_LIMIT};
 /// and `envoy.type.v3.RateLimitUnit` agree).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
+    /// A second.
     Second,
+    /// A minute.
     Minute,
+    /// An hour.
     Hour,
+    /// A day of 24 hours.
     Day,
+    /// Seven days.
     Week,
     /// 30 days, as envoyproxy/ratelimit counts it.
     Month,

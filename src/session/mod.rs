@@ -9,7 +9,7 @@ use std::{collections::HashMap, time::Duration};
 
 use tonic::{Request, Response, Status};
 
-pub use id::{SessionId, routing_tag};
+pub use id::SessionId;
 pub use store::{Created, NewSession, SessionStore, StoredSession, UpdateOutcome, scripts};
 
 use crate::{

@@ -2,13 +2,13 @@
 //! them (with `/livez` and `/readyz`), a span per RPC with slow-request
 //! warnings, and the log filter.
 
-pub mod http;
-pub mod metrics;
-pub mod rpc;
+mod metrics;
+mod rpc;
 
 use tracing_subscriber::EnvFilter;
 
-pub use metrics::Metrics;
+pub use metrics::{HealthName, Metrics};
+pub use rpc::{RpcLayer, add_redis_time, record_client};
 
 use std::sync::Arc;
 
@@ -34,11 +34,6 @@ impl Meter {
         if let Some(metrics) = &self.0 {
             record(metrics);
         }
-    }
-
-    /// The metrics, if there are any.
-    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
-        self.0.as_ref()
     }
 }
 

@@ -11,8 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::debug;
 
-use super::metrics::Metrics;
-use crate::health::HealthStatus;
+use crate::{health::HealthStatus, telemetry::Metrics};
 
 /// Serves the listener until its task is aborted.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: HealthStatus) {

@@ -29,7 +29,7 @@ use redis::{
     cluster_async::ClusterConnection,
 };
 
-use super::{PATIENCE, TestRedis, TestService};
+use crate::{PATIENCE, TestRedis, TestService};
 
 /// Where the service's Redis is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,7 +282,7 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts one Cluster node. Its two ports were free when chosen but another process
     /// may take one before the node binds it: then the node starts again on new ones.
-    fn start_node() -> Node {
+    fn start_node(node_timeout_ms: u32) -> Node {
         let mut last_log = String::new();
         for _ in 0..5 {
             let port = cluster_port();
@@ -296,7 +296,7 @@ impl TestCluster {
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
-                    "1000",
+                    &node_timeout_ms.to_string(),
                 ],
             );
             match Node::try_start_in(port, &args, dir, None) {
@@ -308,8 +308,14 @@ impl TestCluster {
     }
 
     /// Starts six nodes and joins them into a Cluster with `redis-cli --cluster create`.
+    /// A node is failed over after a second of silence.
     pub fn start() -> TestCluster {
-        let nodes: Vec<Node> = (0..6).map(|_| TestCluster::start_node()).collect();
+        TestCluster::start_with_node_timeout(1_000)
+    }
+
+    /// As [`TestCluster::start`], failing a node over after `node_timeout_ms` of silence.
+    pub fn start_with_node_timeout(node_timeout_ms: u32) -> TestCluster {
+        let nodes: Vec<Node> = (0..6).map(|_| TestCluster::start_node(node_timeout_ms)).collect();
         let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
         let created = Command::new("redis-cli")
             .arg("--cluster")
@@ -710,7 +716,7 @@ macro_rules! in_every_mode {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
-                    super::$scenario($crate::common::Backend::start($crate::common::Mode::Standalone).await).await;
+                    super::$scenario($crate::Backend::start($crate::Mode::Standalone).await).await;
                 }
             )+
         }
@@ -718,7 +724,7 @@ macro_rules! in_every_mode {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
-                    super::$scenario($crate::common::Backend::start($crate::common::Mode::Cluster).await).await;
+                    super::$scenario($crate::Backend::start($crate::Mode::Cluster).await).await;
                 }
             )+
         }
@@ -726,7 +732,7 @@ macro_rules! in_every_mode {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
-                    super::$scenario($crate::common::Backend::start($crate::common::Mode::Sentinel).await).await;
+                    super::$scenario($crate::Backend::start($crate::Mode::Sentinel).await).await;
                 }
             )+
         }

@@ -22,7 +22,8 @@ use std::{
 };
 
 use cachelock::{
-    config::ProbeArgs,
+    DEFAULT_TENANT, EmbeddedRedis, KeySpace, Keys, ProbeArgs,
+    direct::{Algorithm, Counting, LimitCheck, invocation},
     pb::{
         cache::{GetRequest, SetEntry, SetManyRequest, SetRequest, cache_service_client::CacheServiceClient},
         envoy::{
@@ -37,9 +38,8 @@ use cachelock::{
         session::{CreateRequest, GetRequest as SessionGetRequest, session_service_client::SessionServiceClient},
     },
     probe,
-    ratelimit::Algorithm,
-    redis::{KeySpace, Keys, embedded::EmbeddedRedis, keys::DEFAULT_TENANT},
 };
+use cachelock_testkit::TestCluster;
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
@@ -490,15 +490,15 @@ impl Clients {
             (Target::Direct, scenario) => {
                 let algorithm = scenario.algorithm().ok_or("no direct baseline")?;
                 let mut conn = self.redis.clone();
-                let check = cachelock::ratelimit::LimitCheck {
+                let check = LimitCheck {
                     key: &key,
                     algorithm,
                     limit: RATE_LIMIT,
                     period_micros: RATE_PERIOD_MICROS,
                     cost: 1,
-                    counting: cachelock::ratelimit::Counting::Together,
+                    counting: Counting::Together,
                 };
-                let invocation = cachelock::ratelimit::invocation(&self.keys, std::slice::from_ref(&check));
+                let invocation = invocation(&self.keys, std::slice::from_ref(&check));
                 // The service loaded the script into this Redis when it connected.
                 invocation
                     .evalsha()
@@ -743,7 +743,7 @@ struct Setup {
     addr: String,
     redis_url: String,
     _redis: Option<EmbeddedRedis>,
-    _cluster: Option<BenchCluster>,
+    _cluster: Option<TestCluster>,
     service: Option<Child>,
     /// With `--secure`: the second service's address, its token, and what to clean up.
     secure: Option<SecureService>,
@@ -772,91 +772,6 @@ impl Drop for RemovedOnDrop {
         } else {
             std::fs::remove_file(&self.0)
         };
-    }
-}
-
-/// A private Redis Cluster for `--cluster`: six nodes, stopped when dropped.
-struct BenchCluster {
-    nodes: Vec<EmbeddedRedis>,
-    _dirs: Vec<RemovedOnDrop>,
-}
-
-impl BenchCluster {
-    /// Starts six nodes on ports a Cluster bus can use (port + 10000 ≤ 65535),
-    /// joins them with `redis-cli --cluster create`, and waits until every slot is served.
-    async fn start() -> Result<BenchCluster, String> {
-        let mut nodes = Vec::new();
-        let mut dirs = Vec::new();
-        while nodes.len() < 6 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|listener| listener.local_addr())
-                .map_err(|e| e.to_string())?
-                .port();
-            if port > 55535 {
-                continue;
-            }
-            let dir = std::env::temp_dir().join(format!("cachelock-bench-{}-{port}", std::process::id()));
-            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            let dir = RemovedOnDrop(dir);
-            let dir_arg = dir.0.to_string_lossy().into_owned();
-            let node = EmbeddedRedis::start_on_with(
-                port,
-                &[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-node-timeout",
-                    "5000",
-                    "--dir",
-                    &dir_arg,
-                ],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            nodes.push(node);
-            dirs.push(dir);
-        }
-        let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port())).collect();
-        let created = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addresses)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .status()
-            .await
-            .map_err(|e| format!("cannot run redis-cli (apt-get install redis-tools): {e}"))?;
-        if !created.success() {
-            return Err("redis-cli --cluster create failed".to_owned());
-        }
-        let cluster = BenchCluster { nodes, _dirs: dirs };
-        let give_up = Instant::now() + Duration::from_secs(60);
-        for node in &cluster.nodes {
-            loop {
-                let client = redis::Client::open(node.url()).map_err(|e| e.to_string())?;
-                let mut connection = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if info.contains("cluster_state:ok") {
-                    break;
-                }
-                if Instant::now() > give_up {
-                    return Err("the Cluster did not form within 60 s".to_owned());
-                }
-                sleep(Duration::from_millis(100)).await;
-            }
-        }
-        Ok(cluster)
-    }
-
-    /// Seed URLs for `--redis-cluster-nodes`.
-    fn seeds(&self) -> String {
-        self.nodes.iter().map(EmbeddedRedis::url).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -890,7 +805,7 @@ async fn start_service(addr: &str, args: &[String], probe_args: ProbeArgs) -> Re
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
     let give_up = Instant::now() + Duration::from_secs(20);
-    while probe::check(&probe_args).await != Ok(ServingStatus::Serving) {
+    while probe(&probe_args).await != Ok(ServingStatus::Serving) {
         if Instant::now() > give_up {
             return Err(format!("the service at {addr} did not become SERVING within 20 s"));
         }
@@ -922,14 +837,9 @@ fn plain_probe(addr: &str) -> ProbeArgs {
 
 /// Starts the TLS + auth file service of `--secure` on the Redis at `redis_url`.
 async fn start_secure(dir: &std::path::Path, redis_url: &str) -> Result<SecureService, String> {
-    let token = cachelock::ids::random_token().map_err(|e| e.to_string())?;
-    let digest: String = {
-        use sha2::Digest;
-        sha2::Sha256::digest(token.as_bytes())
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
-    };
+    let random = |_| getrandom::u64().map_err(|e| e.to_string());
+    let token = format!("{:016x}{:016x}", random(0)?, random(1)?);
+    let digest = cachelock_testkit::sha256_hex(&token);
     let auth = RemovedOnDrop(std::env::temp_dir().join(format!("cachelock-bench-{}-auth.toml", std::process::id())));
     std::fs::write(
         &auth.0,
@@ -992,7 +902,10 @@ async fn set_up(args: &Args) -> Result<Setup, String> {
         });
     }
     if args.cluster {
-        let cluster = BenchCluster::start().await?;
+        // Node timeouts of 5 s: a loaded machine does not fail a node over mid-run.
+        let cluster = tokio::task::spawn_blocking(|| TestCluster::start_with_node_timeout(5_000))
+            .await
+            .map_err(|e| format!("the Cluster did not start: {e}"))?;
         let addr = free_address()?;
         let service_args = vec![
             "--listen".to_owned(),
@@ -1005,7 +918,7 @@ async fn set_up(args: &Args) -> Result<Setup, String> {
         let service = start_service(&addr, &service_args, plain_probe(&addr)).await?;
         return Ok(Setup {
             addr,
-            redis_url: cluster.nodes.first().map(EmbeddedRedis::url).unwrap_or_default(),
+            redis_url: cluster.nodes.first().map(|node| node.url()).unwrap_or_default(),
             _redis: None,
             _cluster: Some(cluster),
             service: Some(service),
@@ -1059,7 +972,7 @@ async fn set_up(args: &Args) -> Result<Setup, String> {
         .spawn()
         .map_err(|e| format!("cannot start the bare server: {e}"))?;
     let give_up = Instant::now() + Duration::from_secs(20);
-    while probe::check(&plain_probe(&bare)).await != Ok(ServingStatus::Serving) {
+    while probe(&plain_probe(&bare)).await != Ok(ServingStatus::Serving) {
         if Instant::now() > give_up {
             return Err(format!("the bare server at {bare} did not answer within 20 s"));
         }

@@ -1,5 +1,7 @@
 //! Builds the tonic server and runs it until a shutdown signal.
 
+mod http;
+
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt, stream};
@@ -9,10 +11,7 @@ use tracing::{info, warn};
 
 use crate::{
     admission::{AdmissionLayer, limit_connections},
-    auth::{
-        AuthFile, AuthLayer, Authenticator, ReloadableTls, TlsFiles, reload_on_change,
-        tls::{over_tls, plaintext},
-    },
+    auth::{AuthFile, AuthLayer, Authenticator, ReloadableTls, TlsFiles, over_tls, plaintext, reload_on_change},
     cache::{self, CacheApi, CacheSettings, CacheStore},
     config::{Config, MESSAGE_OVERHEAD_BYTES, RedisMode},
     error::StartError,
@@ -29,14 +28,13 @@ use crate::{
     pubsub::{Hub, HubLimits, PubSubApi, Wakers, run_subscriber},
     ratelimit::{self, RateLimitApi, RateLimitSettings, RateLimitStore},
     redis::{
-        Backoff, ConnectSettings, Endpoint, Keys, LuaScript, Redis, RedisSettings, Topology,
-        embedded::EmbeddedRedis,
-        topology::{Cluster, Sentinels, watch_failovers},
+        Backoff, Cluster, ConnectSettings, EmbeddedRedis, Endpoint, Keys, LuaScript, Redis, RedisSettings, Sentinels,
+        Topology, watch_failovers,
     },
     request::Limits,
     rls::{RlsApi, RlsSettings, RulesSource},
     session::{self, SessionApi, SessionSettings, SessionStore},
-    telemetry::{self, Meter, Metrics, rpc::RpcLayer},
+    telemetry::{Meter, Metrics, RpcLayer},
 };
 
 /// Idle time before TCP keepalive probes on client connections.
@@ -337,7 +335,7 @@ async fn serve(
     );
     let mut background = Background::default();
     if let Some((metrics_listener, metrics)) = metrics {
-        background.spawn(telemetry::http::serve(metrics_listener, metrics, health.clone()));
+        background.spawn(http::serve(metrics_listener, metrics, health.clone()));
     }
     let unsafe_when_evicting = if config.allow_evicting_redis {
         Vec::new()
