@@ -16,7 +16,7 @@ use std::{
 };
 
 use cachelock::pb::{
-    cache::{GetRequest, IncrementRequest, SetCondition, SetRequest, TakeRequest},
+    cache::{GetOrLeaseRequest, GetRequest, IncrementRequest, SetCondition, SetRequest, TakeRequest},
     lock::{AcquireRequest, DescribeRequest, ExtendRequest, ReleaseRequest},
     ratelimit::{CheckRequest, OutagePolicy},
     session::{CreateRequest, GetRequest as SessionGet, ListUserSessionsRequest},
@@ -718,6 +718,9 @@ async fn a_full_redis_refuses_growth_but_frees_keeps_and_reads() {
         .into_inner()
         .session
         .unwrap();
+    // A limiter whose state lives a while (3 a minute: 20 s).
+    let limited = || CheckRequest { limit: 3, ..check("api") };
+    assert!(ratelimit.check(limited()).await.unwrap().into_inner().allowed);
 
     let _: () = redis
         .command(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
@@ -768,7 +771,7 @@ async fn a_full_redis_refuses_growth_but_frees_keeps_and_reads() {
     assert_eq!(listed.into_inner().sessions.len(), 1);
     assert!(!cache.get(get("k")).await.unwrap().into_inner().found);
     // Rate limits are still decided, not left to the outage policy.
-    let decided = ratelimit.check(check("api")).await.unwrap().into_inner();
+    let decided = ratelimit.check(limited()).await.unwrap().into_inner();
     assert!(!decided.decided_by_outage_policy && decided.allowed, "{decided:?}");
 }
 
@@ -825,6 +828,58 @@ async fn a_redis_filled_with_cache_values_still_decides_every_limit_and_takes() 
         .unwrap()
         .into_inner();
     assert!(taken.found, "Take frees memory, so a full Redis serves it");
+}
+
+#[tokio::test]
+async fn a_full_redis_takes_no_new_limiter_or_lease_past_its_headroom() {
+    let (redis, service) = redis_and_service(&[]).await;
+    let info: String = redis.command(&["INFO", "memory"]).await;
+    let used: u64 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap();
+    let mut ratelimit = service.ratelimit();
+    let refusing = |key: String| CheckRequest {
+        on_unavailable: OutagePolicy::FailClosed as i32,
+        ..check(&key)
+    };
+    // A limiter whose state lives a while: 3 a minute keeps it 20 s.
+    let kept = || CheckRequest {
+        limit: 3,
+        ..refusing("kept".to_owned())
+    };
+    assert!(ratelimit.check(kept()).await.unwrap().into_inner().allowed);
+    let _: () = redis.command(&["CONFIG", "SET", "maxmemory", &used.to_string()]).await;
+    // Checks on ever new keys: once Redis is 5% past maxmemory, a new limiter is
+    // not created; the outage policy answers instead.
+    let mut by_policy = None;
+    for index in 0..20_000 {
+        let answer = ratelimit
+            .check(refusing(format!("new:{index}")))
+            .await
+            .unwrap()
+            .into_inner();
+        if answer.decided_by_outage_policy {
+            by_policy = Some(index);
+            break;
+        }
+    }
+    // About a hundred bytes a limiter: 5% of a megabyte takes hundreds, never thousands.
+    let created = by_policy.expect("Redis grew without bound");
+    assert!(created < 3_000, "{created} new limiters in a full Redis");
+    // An existing limiter is still decided.
+    let existing = ratelimit.check(kept()).await.unwrap().into_inner();
+    assert!(!existing.decided_by_outage_policy && existing.allowed, "{existing:?}");
+    // A lease on a new key would grow it too.
+    let lease = service
+        .cache()
+        .get_or_lease(GetOrLeaseRequest {
+            key: "missing".to_owned(),
+            ..GetOrLeaseRequest::default()
+        })
+        .await;
+    assert_code(lease, Code::ResourceExhausted, "REDIS_OUT_OF_MEMORY", "out of memory");
 }
 
 #[tokio::test]

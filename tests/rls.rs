@@ -657,6 +657,55 @@ async fn a_counter_named_twice_in_one_request_is_charged_both_costs_all_or_nothi
     assert_eq!(remaining, [60, 0]);
 }
 
+/// Rules with a blocking rule (0 per unit) and a quota-mode one, beside a plain limit.
+const REFUSING_RULES: &str = "\
+domain: cachelock_tests
+descriptors:
+  - key: remote_address
+    value: blocked
+    rate_limit:
+      unit: year
+      requests_per_unit: 0
+  - key: user
+    rate_limit:
+      unit: year
+      requests_per_unit: 10
+  - key: plan
+    quota_mode: true
+    rate_limit:
+      unit: year
+      requests_per_unit: 1
+";
+
+#[tokio::test]
+async fn a_request_refused_by_a_blocking_or_quota_rule_consumes_nothing() {
+    let redis = TestRedis::start().await;
+    let dir = rules_dir(&[("tests.yaml", REFUSING_RULES.to_owned())]);
+    let service = service_with_rules(&redis, dir.path(), &[]).await;
+    let mut client = envoy(&service);
+    let user = || charged(&[("user", "alice")], 1, None);
+
+    // A blocked address refuses the request before Redis is asked: alice's limit is untouched.
+    for _ in 0..3 {
+        let blocked = charged(&[("remote_address", "blocked")], 1, None);
+        let response = ask(&mut client, request("cachelock_tests", vec![blocked, user()])).await;
+        assert_eq!(overall(&response), Code::OverLimit);
+    }
+    assert_eq!(left(&mut client, user()).await, 10);
+
+    // Once every quota rule is over, the request is refused, and consumes nothing either.
+    let plan = || charged(&[("plan", "free")], 1, None);
+    assert_eq!(
+        overall(&ask(&mut client, request("cachelock_tests", vec![plan(), user()])).await),
+        Code::Ok
+    );
+    for _ in 0..3 {
+        let response = ask(&mut client, request("cachelock_tests", vec![plan(), user()])).await;
+        assert_eq!(overall(&response), Code::OverLimit);
+    }
+    assert_eq!(left(&mut client, user()).await, 9, "only the allowed request counted");
+}
+
 #[tokio::test]
 async fn a_shadow_rule_on_an_enforced_counter_consumes_nothing_of_a_refused_request() {
     let redis = TestRedis::start().await;

@@ -133,6 +133,21 @@ async fn a_subject_is_matched_as_a_name_and_an_alternative_name_by_its_type() {
     );
 }
 
+#[tokio::test]
+async fn a_certificate_that_names_two_clients_names_none() {
+    let authority = TestCa::new("clients CA");
+    let auth = TestAuthFile::new(
+        "[[client]]\nname = \"billing\"\nsubject = \"CN=billing\"\ntenant = \"bills\"\nallow = [\"cache\"]\n\
+         [[client]]\nname = \"ops\"\nsan = \"dns:billing.internal\"\ntenant = \"ops\"\nallow = [\"cache\"]\n",
+    );
+    let (_redis, service) = mtls_service(&authority, &auth).await;
+    let dns = SanType::DnsName("billing.internal".try_into().unwrap());
+    let both = authority.issue_identity("both", &[(DnType::CommonName, "billing")], vec![dns]);
+    assert_eq!(answer(&service, &authority, both).await, Err(Code::Unauthenticated));
+    let one = authority.issue_identity("one", &[(DnType::CommonName, "billing")], vec![]);
+    assert_eq!(answer(&service, &authority, one).await, Ok(()));
+}
+
 // --- Revocation ---------------------------------------------------------------------
 
 fn hold(name: &str) -> HoldRequest {
@@ -324,6 +339,20 @@ async fn a_read_only_client_cannot_slide_a_session_and_the_scheme_has_no_case() 
             .await
             .unwrap_or_else(|status| panic!("{header:?}: {status:?}"));
     }
+    // Two authorization headers are one too many: which would count?
+    let twice = |mut request: tonic::Request<()>| {
+        for token in ["Bearer app-token", "Bearer viewer-token"] {
+            request
+                .metadata_mut()
+                .append("authorization", token.parse().expect("an ASCII header"));
+        }
+        Ok(request)
+    };
+    let refused = CacheServiceClient::with_interceptor(service.channel(), twice)
+        .get(get("k"))
+        .await
+        .unwrap_err();
+    assert_reason(&refused, Code::Unauthenticated, "UNAUTHENTICATED");
 }
 
 // --- Write budgets --------------------------------------------------------------------

@@ -90,6 +90,16 @@ pub enum Credential {
     San(SubjectAltName),
 }
 
+impl Credential {
+    /// Whether both name the same identity (subjects match in either order).
+    fn same_as(&self, other: &Credential) -> bool {
+        match (self, other) {
+            (Credential::Subject(one), Credential::Subject(other)) => one.matches(other),
+            _ => self == other,
+        }
+    }
+}
+
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -234,7 +244,7 @@ impl Clients {
                 }
                 _ => return Err(at("give exactly one of token_sha256, subject or san".to_owned())),
             };
-            if credentials.contains(&credential) {
+            if credentials.iter().any(|earlier| credential.same_as(earlier)) {
                 return Err(at("the same credential is given to an earlier client".to_owned()));
             }
             credentials.push(credential.clone());

@@ -12,7 +12,11 @@
 //! Subject alternative names are typed: `dns:`, `uri:`, `email:` or `ip:`; a
 //! rule matches only a name of its type.
 
-use std::{fmt, net::IpAddr};
+use std::{
+    fmt,
+    net::IpAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use x509_parser::{
     prelude::{FromDer, GeneralName, X509Certificate},
@@ -179,7 +183,7 @@ fn parse_attribute(text: &str) -> Result<Attribute, String> {
 
 /// The value of an attribute: escapes resolved, unescaped spaces at its ends dropped.
 fn unescape(text: &str) -> Result<String, String> {
-    let text = text.trim_start();
+    let text = text.trim_start_matches(' ');
     if text.starts_with('#') {
         return Err("hex-encoded (#…) values are not supported: write the value as text".to_owned());
     }
@@ -299,6 +303,9 @@ pub struct PeerIdentity {
     pub subject: Option<DistinguishedName>,
     /// Its subject alternative names of the four kinds rules can name.
     pub sans: Vec<SubjectAltName>,
+    /// When it stops being valid: a connection opened before then names
+    /// nobody afterwards.
+    pub not_after: Option<SystemTime>,
 }
 
 impl PeerIdentity {
@@ -314,10 +321,20 @@ impl PeerIdentity {
                 .collect(),
             _ => Vec::new(),
         };
+        let not_after = u64::try_from(parsed.validity().not_after.timestamp())
+            .ok()
+            .map(|seconds| UNIX_EPOCH + Duration::from_secs(seconds));
         Some(PeerIdentity {
             subject: DistinguishedName::of_certificate(parsed.subject()),
             sans,
+            not_after,
         })
+    }
+
+    /// Whether the certificate has expired (the handshake checked it then; a
+    /// connection can outlive it).
+    pub fn expired(&self) -> bool {
+        self.not_after.is_some_and(|not_after| SystemTime::now() > not_after)
     }
 }
 

@@ -53,6 +53,10 @@ static OVER_RATE: RefusalLog =
 static OVER_WRITE_BUDGET: RefusalLog =
     RefusalLog::new("writes refused with RESOURCE_EXHAUSTED: a client went over its max_write_bytes_per_second");
 
+/// What Redis spends on a key beyond its name and value (its entry, object and
+/// expiry), and cachelock's prefix, tenant and tag: counted against write budgets.
+pub const KEY_OVERHEAD: usize = 128;
+
 /// How often a problem reading the auth file is logged again while it lasts.
 const PROBLEM_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -100,16 +104,27 @@ impl Caller {
             .ok_or_else(|| Error::Internal("the auth layer did not run".to_owned()).into())
     }
 
-    /// The key space of a request that stores what it carries (a cache write,
-    /// session data, a publish), once its encoded size is counted against the
-    /// client's `max_write_bytes_per_second`.
+    /// The key space of a request that may store what it carries in up to
+    /// `keys` keys (a cache write, session data, a lock or lease record,
+    /// rate-limit state) or send it on (a publish: `keys` 0), once that is
+    /// counted against the client's `max_write_bytes_per_second`: its encoded
+    /// size, and [`KEY_OVERHEAD`] bytes per key.
     ///
     /// # Errors
     /// As [`Caller::of`] and [`Caller::charge_write`].
-    pub fn writing<T: prost::Message>(request: &tonic::Request<T>) -> Result<KeySpace, Status> {
+    pub fn writing<T: prost::Message>(request: &tonic::Request<T>, keys: usize) -> Result<KeySpace, Status> {
         let caller = Caller::of(request)?;
-        caller.charge_write(request.get_ref().encoded_len())?;
+        caller.charge(request.get_ref(), keys)?;
         Ok(caller.space.clone())
+    }
+
+    /// Counts `message`, which may be stored in up to `keys` keys, against the
+    /// client's `max_write_bytes_per_second` (see [`Caller::writing`]).
+    ///
+    /// # Errors
+    /// As [`Caller::charge_write`].
+    pub fn charge<T: prost::Message>(&self, message: &T, keys: usize) -> Result<(), Error> {
+        self.charge_write(message.encoded_len() + keys * KEY_OVERHEAD)
     }
 
     /// Refuses a request whose effect is a write although its method may read
@@ -180,13 +195,29 @@ impl Caller {
                 return std::future::pending().await;
             };
             let mut changes = standing.file.changes.subscribe();
+            let expiry = async {
+                match standing
+                    .expires
+                    .and_then(|expires| expires.duration_since(std::time::SystemTime::now()).ok())
+                {
+                    // A moment past it, so that the check below sees it expired.
+                    Some(left) => tokio::time::sleep(left + Duration::from_millis(1)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let mut expiry = std::pin::pin!(expiry);
             loop {
                 changes.borrow_and_update();
                 if let Some(error) = standing.lost() {
                     return Status::from(error);
                 }
-                if changes.changed().await.is_err() {
-                    return std::future::pending().await;
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            return std::future::pending().await;
+                        }
+                    }
+                    () = &mut expiry => {}
                 }
             }
         }
@@ -201,6 +232,8 @@ struct Standing {
     client: Arc<Client>,
     service: Service,
     needed: Access,
+    /// When the client certificate it was identified by expires.
+    expires: Option<std::time::SystemTime>,
 }
 
 impl Standing {
@@ -208,6 +241,14 @@ impl Standing {
     fn lost(&self) -> Option<Error> {
         let loaded = self.file.current.load();
         let name = &self.client.name;
+        if self
+            .expires
+            .is_some_and(|expires| std::time::SystemTime::now() > expires)
+        {
+            return Some(Error::Unauthenticated(format!(
+                "client {name}'s certificate has expired"
+            )));
+        }
         let Some(now) = loaded.clients.find(name) else {
             return Some(Error::Unauthenticated(format!(
                 "client {name} was removed from the auth file"
@@ -232,34 +273,51 @@ impl Standing {
     }
 }
 
-/// The clients of the auth file as last loaded, with their request and write budgets.
+/// The clients of the auth file as last loaded, with their request and write
+/// budgets (each with the rate it was made for).
 struct Loaded {
     clients: Clients,
-    budgets: HashMap<Arc<str>, DefaultDirectRateLimiter>,
-    write_budgets: HashMap<Arc<str>, Arc<DefaultDirectRateLimiter>>,
+    budgets: HashMap<Arc<str>, Budget>,
+    write_budgets: HashMap<Arc<str>, Budget>,
+}
+
+/// A client's budget, and the rate per second it allows.
+#[derive(Clone)]
+struct Budget {
+    per_second: NonZeroU32,
+    limiter: Arc<DefaultDirectRateLimiter>,
 }
 
 impl Loaded {
-    fn new(clients: Clients) -> Loaded {
-        let budgets = clients
-            .clients
-            .iter()
-            .filter_map(|client| {
-                let rate = client.max_requests_per_second?;
-                Some((client.name.clone(), RateLimiter::direct(Quota::per_second(rate))))
-            })
-            .collect();
-        let write_budgets = clients
-            .clients
-            .iter()
-            .filter_map(|client| {
-                let bytes = client.max_write_bytes_per_second?;
-                Some((
-                    client.name.clone(),
-                    Arc::new(RateLimiter::direct(Quota::per_second(bytes))),
-                ))
-            })
-            .collect();
+    /// The clients of a file just read; a client whose budget did not change
+    /// since `before` keeps what it had used of it (a reload is no refill).
+    fn new(clients: Clients, before: Option<&Loaded>) -> Loaded {
+        let budgets_of = |rate: fn(&Client) -> Option<NonZeroU32>, kept: Option<&HashMap<Arc<str>, Budget>>| {
+            clients
+                .clients
+                .iter()
+                .filter_map(|client| {
+                    let per_second = rate(client)?;
+                    let budget = kept
+                        .and_then(|kept| kept.get(&client.name))
+                        .filter(|budget| budget.per_second == per_second)
+                        .cloned()
+                        .unwrap_or_else(|| Budget {
+                            per_second,
+                            limiter: Arc::new(RateLimiter::direct(Quota::per_second(per_second))),
+                        });
+                    Some((client.name.clone(), budget))
+                })
+                .collect::<HashMap<_, _>>()
+        };
+        let budgets = budgets_of(
+            |client| client.max_requests_per_second,
+            before.map(|before| &before.budgets),
+        );
+        let write_budgets = budgets_of(
+            |client| client.max_write_bytes_per_second,
+            before.map(|before| &before.write_budgets),
+        );
         Loaded {
             clients,
             budgets,
@@ -292,7 +350,7 @@ impl AuthFile {
         Ok(AuthFile {
             path,
             keys,
-            current: ArcSwap::from_pointee(Loaded::new(clients)),
+            current: ArcSwap::from_pointee(Loaded::new(clients, None)),
             last_text: Mutex::new(text),
             changes: watch::Sender::new(0),
             problem: Mutex::new(None),
@@ -332,7 +390,8 @@ impl AuthFile {
                 drop(last);
                 *self.problem.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 info!(path = %self.path.display(), clients = clients.clients.len(), "auth file reloaded");
-                self.current.store(Arc::new(Loaded::new(clients)));
+                let loaded = Loaded::new(clients, Some(&self.current.load()));
+                self.current.store(Arc::new(loaded));
                 self.changes.send_modify(|count| *count += 1);
             }
             Err(error) => {
@@ -466,11 +525,16 @@ impl Authenticator {
             Target::Method(service, read) => match client.access(service) {
                 Some(granted) if granted == Access::Full || read => {
                     access = granted;
+                    let by_certificate = !headers.contains_key(http::header::AUTHORIZATION);
                     standing = Some(Standing {
                         file: file.clone(),
                         client: client.clone(),
                         service,
                         needed: if read { Access::Read } else { Access::Full },
+                        expires: connection
+                            .and_then(|connection| connection.peer.as_ref())
+                            .filter(|_| by_certificate)
+                            .and_then(|peer| peer.not_after),
                     });
                 }
                 Some(_) => {
@@ -496,7 +560,7 @@ impl Authenticator {
         }
         record_client(&client.name);
         if let Some(budget) = loaded.budgets.get(&client.name)
-            && let Err(not_until) = budget.check()
+            && let Err(not_until) = budget.limiter.check()
         {
             OVER_RATE.record();
             self.meter.record(|metrics| metrics.refuse("client_rate"));
@@ -518,7 +582,10 @@ impl Authenticator {
             space: client.space.clone(),
             access,
             standing,
-            write_budget: loaded.write_budgets.get(&client.name).cloned(),
+            write_budget: loaded
+                .write_budgets
+                .get(&client.name)
+                .map(|budget| budget.limiter.clone()),
         })
     }
 }
@@ -529,7 +596,11 @@ fn identify(
     headers: &http::HeaderMap,
     connection: Option<&ConnectionInfo>,
 ) -> Result<Arc<Client>, Status> {
-    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+    let mut authorizations = headers.get_all(http::header::AUTHORIZATION).iter();
+    if let Some(value) = authorizations.next() {
+        if authorizations.next().is_some() {
+            return Err(Error::Unauthenticated("send one authorization header, not several".to_owned()).into());
+        }
         // RFC 6750 (after RFC 9110): the scheme is matched without regard to case.
         let token = value
             .to_str()
@@ -556,14 +627,29 @@ fn identify(
         return found.ok_or_else(|| Error::Unauthenticated("the bearer token is not known".to_owned()).into());
     }
     if let Some(peer) = connection.and_then(|connection| connection.peer.as_ref()) {
-        let by_certificate = clients.clients.iter().find(|client| match &client.credential {
+        if peer.expired() {
+            return Err(Error::Unauthenticated("the client certificate has expired".to_owned()).into());
+        }
+        let mut named = clients.clients.iter().filter(|client| match &client.credential {
             Credential::Subject(subject) => peer.subject.as_ref().is_some_and(|peer| subject.matches(peer)),
             Credential::San(san) => peer.sans.contains(san),
             Credential::Token(_) => false,
         });
-        return by_certificate.cloned().ok_or_else(|| {
-            Error::Unauthenticated("the client certificate names no client of the auth file".to_owned()).into()
-        });
+        let client = named.next().ok_or_else(|| {
+            Status::from(Error::Unauthenticated(
+                "the client certificate names no client of the auth file".to_owned(),
+            ))
+        })?;
+        // Who a certificate is must not depend on the order of the file.
+        if let Some(other) = named.next() {
+            return Err(Error::Unauthenticated(format!(
+                "the client certificate names two clients of the auth file, {} and {}: give each a rule only \
+                 its own certificate matches",
+                client.name, other.name
+            ))
+            .into());
+        }
+        return Ok(client.clone());
     }
     Err(Error::Unauthenticated(
         "no credential: send 'authorization: Bearer <token>' (or a client certificate the auth file names)".to_owned(),

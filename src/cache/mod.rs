@@ -262,6 +262,8 @@ impl CacheService for CacheApi {
     async fn get_or_lease(&self, request: Request<GetOrLeaseRequest>) -> Result<Response<GetOrLeaseResponse>, Status> {
         let (metadata, extensions, request) = request.into_parts();
         let caller = Caller::in_extensions(&extensions)?;
+        // The fill record a lease writes.
+        caller.charge(&request, 1)?;
         let space = caller.space.clone();
         let revoked = caller.revoked();
         let caller_left = caller_budget(&metadata)?;
@@ -358,7 +360,7 @@ impl CacheService for CacheApi {
 
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
-        let space = Caller::writing(&request)?;
+        let space = Caller::writing(&request, 1)?;
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
         self.limits.value("value", &request.value)?;
@@ -415,7 +417,7 @@ impl CacheService for CacheApi {
 
     async fn set_many(&self, request: Request<SetManyRequest>) -> Result<Response<SetManyResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
-        let space = Caller::writing(&request)?;
+        let space = Caller::writing(&request, request.get_ref().entries.len())?;
         let request = request.into_inner();
         self.limits.batch("entries", request.entries.len())?;
         let mut entries = Vec::with_capacity(request.entries.len());
@@ -480,7 +482,7 @@ impl CacheService for CacheApi {
 
     async fn increment(&self, request: Request<IncrementRequest>) -> Result<Response<IncrementResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
-        let space = Caller::writing(&request)?;
+        let space = Caller::writing(&request, 1)?;
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
         let ttl = self.limits.ttl_or_default("ttl", request.ttl.as_ref())?;

@@ -551,6 +551,8 @@ impl LockService for LockApi {
     async fn acquire(&self, request: Request<AcquireRequest>) -> Result<Response<AcquireResponse>, Status> {
         let caller_left = caller_budget(request.metadata())?;
         let caller = Caller::of(&request)?;
+        // The holder's and the lock's state records.
+        caller.charge(request.get_ref(), 2)?;
         let ask = self.ask(caller, request.get_ref(), caller_left)?;
         let revoked = caller.revoked();
         let mut pending = self.pending(&ask);
@@ -619,6 +621,7 @@ impl LockService for LockApi {
 
     async fn hold(&self, request: Request<HoldRequest>) -> Result<Response<HoldStream>, Status> {
         let caller = Caller::of(&request)?.clone();
+        caller.charge(request.get_ref(), 2)?;
         let request = request.into_inner();
         let acquire = AcquireRequest {
             name: request.name,

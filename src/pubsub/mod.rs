@@ -115,7 +115,7 @@ fn event(event: subscribe_response::Event) -> SubscribeResponse {
 impl PubSubService for PubSubApi {
     async fn publish(&self, request: Request<PublishRequest>) -> Result<Response<PublishResponse>, Status> {
         let deadline = deadline(request.metadata(), self.operation_timeout)?;
-        let space = Caller::writing(&request)?;
+        let space = Caller::writing(&request, 0)?;
         let request = request.into_inner();
         let topic = self.limits.key("topic", &request.topic)?;
         self.limits.value("payload", &request.payload)?;
@@ -156,11 +156,12 @@ impl PubSubService for PubSubApi {
                 return Some((Ok(live), state));
             }
             let next = tokio::select! {
+                // Revocation first: nothing more reaches a client whose access was taken back.
+                biased;
+                status = &mut state.revoked => Err(status),
                 next = state.subscription.next() => Ok(next?),
                 // Ending the stream lets the caller subscribe again on another instance.
                 _ = state.draining.wait_for(|draining| *draining) => return None,
-                // A client whose access was taken back hears nothing more.
-                status = &mut state.revoked => Err(status),
             };
             let next = match next {
                 Ok(next) => next,

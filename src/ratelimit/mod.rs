@@ -286,7 +286,10 @@ fn retry_after(decision: &Decision) -> Option<prost_types::Duration> {
 impl RateLimitService for RateLimitApi {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         let (metadata, extensions, request) = request.into_parts();
-        let space = Caller::in_extensions(&extensions)?.space.clone();
+        let caller = Caller::in_extensions(&extensions)?;
+        // A limiter's state, when the key is new.
+        caller.charge(&request, 1)?;
+        let space = caller.space.clone();
         let check = self.limit_check(
             "",
             &request.key,
@@ -328,7 +331,9 @@ impl RateLimitService for RateLimitApi {
 
     async fn check_many(&self, request: Request<CheckManyRequest>) -> Result<Response<CheckManyResponse>, Status> {
         let (metadata, extensions, request) = request.into_parts();
-        let space = Caller::in_extensions(&extensions)?.space.clone();
+        let caller = Caller::in_extensions(&extensions)?;
+        caller.charge(&request, request.limits.len())?;
+        let space = caller.space.clone();
         if request.limits.is_empty() {
             return Err(Error::invalid("limits", "must not be empty").into());
         }

@@ -79,13 +79,16 @@ pub enum Counting {
     /// All or nothing with the request's other limits: consumed only if every
     /// one of them allows.
     Together,
-    /// On its own (Envoy's shadow and quota modes): consumed whenever it allows
-    /// itself, and never what refuses the request.
+    /// On its own (Envoy's shadow mode): consumed whenever it allows itself, and
+    /// never what refuses the request.
     Alone,
     /// Never what refuses the request, as [`Counting::Alone`], but on a counter
     /// one of the request's limits that count together also counts: consumed only
     /// if they are all allowed too, so a refused request consumes nothing there.
     Follows,
+    /// Together with the request's other limits, but refusing it only when every
+    /// quota limit of the request is over (Envoy's quota mode).
+    Quota,
 }
 
 /// One limit's answer.
@@ -142,10 +145,12 @@ struct Scripts {
 
 impl Calls for Scripts {
     type Request = Vec<Limit>;
-    type Answer = Vec<Decision>;
+    /// The decisions of a request's limits, or [`Error::OutOfMemory`] when one
+    /// of them could not be decided: its new state would not fit in a full Redis.
+    type Answer = Result<Vec<Decision>, Error>;
 
     /// One script call deciding `requests` in order; the decisions of each.
-    async fn call(&self, requests: &[&Vec<Limit>], deadline: Instant) -> Result<Vec<Vec<Decision>>, Error> {
+    async fn call(&self, requests: &[&Vec<Limit>], deadline: Instant) -> Result<Vec<Self::Answer>, Error> {
         let invocation = batch_invocation(requests.iter().map(|limits| limits.as_slice()));
         let replies: Vec<(i64, i64, i64, i64)> = self
             .redis
@@ -161,17 +166,24 @@ impl Calls for Scripts {
                 "a rate-limit script answered too few limits".to_owned(),
             ));
         }
-        let mut replies = replies
-            .into_iter()
-            .map(|(allowed, remaining, reset_after, retry_after)| Decision {
-                allowed: allowed == 1,
-                remaining: u64::try_from(remaining).unwrap_or(0),
-                reset_after: micros(reset_after),
-                retry_after: (retry_after >= 0).then(|| micros(retry_after)),
-            });
+        let mut replies = replies.into_iter();
         Ok(requests
             .iter()
-            .map(|limits| replies.by_ref().take(limits.len()).collect())
+            .map(|limits| {
+                let replies: Vec<(i64, i64, i64, i64)> = replies.by_ref().take(limits.len()).collect();
+                if replies.iter().any(|(allowed, ..)| *allowed < 0) {
+                    return Err(Error::OutOfMemory);
+                }
+                Ok(replies
+                    .into_iter()
+                    .map(|(allowed, remaining, reset_after, retry_after)| Decision {
+                        allowed: allowed == 1,
+                        remaining: u64::try_from(remaining).unwrap_or(0),
+                        reset_after: micros(reset_after),
+                        retry_after: (retry_after >= 0).then(|| micros(retry_after)),
+                    })
+                    .collect())
+            })
             .collect())
     }
 
@@ -247,7 +259,7 @@ impl RateLimitStore {
     ) -> Result<Vec<Decision>, Error> {
         let limits: Vec<Limit> = checks.iter().map(|check| Limit::of(space, check)).collect();
         let lane = limits.first().map_or(0, |limit| self.redis.lane(&limit.redis_key));
-        self.batches.run(lane, limits, deadline).await
+        self.batches.run(lane, limits, deadline).await?
     }
 
     /// Clears the state of the limiters of `key` with `limit` per `period_micros`
@@ -284,7 +296,7 @@ pub fn invocation(space: &KeySpace, checks: &[LimitCheck<'_>]) -> Invocation {
 fn batch_invocation<'l>(requests: impl IntoIterator<Item = &'l [Limit]>) -> Invocation {
     let mut invocation = RATELIMIT.prepare();
     for (index, limits) in requests.into_iter().enumerate() {
-        let group = i64::try_from(index + 1).unwrap_or(i64::MAX);
+        let group = index + 1;
         for limit in limits.iter() {
             invocation
                 .key(&limit.redis_key)
@@ -293,9 +305,10 @@ fn batch_invocation<'l>(requests: impl IntoIterator<Item = &'l [Limit]>) -> Invo
                 .arg(limit.period_micros)
                 .arg(limit.cost)
                 .arg(match limit.counting {
-                    Counting::Together => group,
-                    Counting::Alone => 0,
-                    Counting::Follows => -group,
+                    Counting::Together => group.to_string(),
+                    Counting::Alone => "0".to_owned(),
+                    Counting::Follows => format!("f{group}"),
+                    Counting::Quota => format!("q{group}"),
                 });
         }
     }

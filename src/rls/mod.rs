@@ -215,6 +215,25 @@ impl RlsApi {
     }
 }
 
+/// Whether the request is over a limit before Redis decides anything: an
+/// enforced rule of 0 per unit charged something, or every quota-mode rule is one.
+fn refused_without_redis(applied: &[Applied<'_>]) -> bool {
+    let mut quotas = applied.iter().filter_map(|applied| match applied {
+        Applied::Limited {
+            quota: true,
+            cost,
+            check,
+            ..
+        } => Some(check.is_none() && *cost > 0),
+        _ => None,
+    });
+    let enforced_zero = applied.iter().any(|applied| {
+        matches!(applied, Applied::Limited { shadow: false, quota: false, cost, check: None, .. } if *cost > 0)
+    });
+    let first_quota = quotas.next();
+    enforced_zero || first_quota.is_some_and(|over| over && quotas.all(|over| over))
+}
+
 /// How long until the current window of `unit` ends, by this machine's clock: for
 /// limits decided without Redis.
 fn until_window_end(unit: Unit) -> Duration {
@@ -245,7 +264,9 @@ impl RateLimitService for RlsApi {
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
         let (metadata, extensions, request) = request.into_parts();
-        let space = Caller::in_extensions(&extensions)?.space.clone();
+        let caller = Caller::in_extensions(&extensions)?;
+        caller.charge(&request, request.descriptors.len())?;
+        let space = caller.space.clone();
         if request.domain.is_empty() {
             return Err(Error::invalid("domain", "must not be empty").into());
         }
@@ -369,10 +390,10 @@ impl RateLimitService for RlsApi {
                     limit: u64::from(limit.requests_per_unit),
                     period_micros: limit.period_micros(),
                     cost: *cost,
-                    counting: if shadow || quota {
-                        Counting::Alone
-                    } else {
-                        Counting::Together
+                    counting: match (shadow, quota) {
+                        (true, _) => Counting::Alone,
+                        (false, true) => Counting::Quota,
+                        (false, false) => Counting::Together,
                     },
                 });
                 Some(checks.len() - 1)
@@ -387,11 +408,11 @@ impl RateLimitService for RlsApi {
             });
         }
 
-        // A shadow or quota limit on a counter an enforced one also counts follows
-        // the enforced ones: a refused request consumes nothing from that counter.
+        // A shadow limit on a counter an enforced one also counts follows the
+        // enforced ones: a refused request consumes nothing from that counter.
         let enforced: Vec<(&str, Algorithm, u64, u64)> = checks
             .iter()
-            .filter(|check| check.counting == Counting::Together)
+            .filter(|check| check.counting != Counting::Alone)
             .map(|check| (check.key, check.algorithm, check.limit, check.period_micros))
             .collect();
         for check in &mut checks {
@@ -399,6 +420,15 @@ impl RateLimitService for RlsApi {
                 && enforced.contains(&(check.key, check.algorithm, check.limit, check.period_micros))
             {
                 check.counting = Counting::Follows;
+            }
+        }
+        // A request a rule of 0 per unit refuses before Redis is asked consumes
+        // nothing from its other limits: they are only looked at.
+        if refused_without_redis(&applied) {
+            for check in &mut checks {
+                if check.counting != Counting::Alone {
+                    check.cost = 0;
+                }
             }
         }
 

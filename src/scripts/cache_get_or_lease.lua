@@ -19,8 +19,10 @@
 --          (another caller fills it), 3 lease granted (the stale value with it
 --          if one is kept), 4 another caller fills it and nothing is kept.
 --
--- Flagged allow-oom: reads must work when Redis is full; the lease is ~100
--- bytes, and its fill is then refused as any write is.
+-- Flagged allow-oom: reads must work when Redis is full. A lease whose record
+-- is new would grow it, so a full Redis refuses it (OOM, as it refuses any
+-- write): the caller reads its source without a lease; a lease on a record that
+-- exists changes no size.
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local token, lease = ARGV[1], tonumber(ARGV[2])
@@ -33,11 +35,25 @@ end
 -- This call's own lease: the same call sent again after a lost connection.
 local mine = record[1] == token and lease_left > 0
 
+local function full()
+  local memory = redis.call('INFO', 'memory')
+  local function field(name)
+    return tonumber(string.match(memory, '\n' .. name .. ':(%d+)')) or 0
+  end
+  local maxmemory = field('maxmemory')
+  return maxmemory > 0 and field('used_memory') - field('mem_not_counted_for_evict') > maxmemory
+end
+
+-- Gives this call the lease; false when its record is new and Redis is full.
 local function grant()
+  if redis.call('EXISTS', KEYS[2]) == 0 and full() then
+    return false
+  end
   redis.call('HSET', KEYS[2], 'lease', token, 'until', now + lease)
   if redis.call('PTTL', KEYS[2]) < lease then
     redis.call('PEXPIRE', KEYS[2], lease)
   end
+  return true
 end
 
 local value = redis.call('GET', KEYS[1])
@@ -48,8 +64,7 @@ if value then
     return {1, value, left, token, lease_left}
   end
   if refresh > 0 and lease_left == 0 and record[3] and left >= 0
-      and left * 1000000 < tonumber(record[3]) * refresh then
-    grant()
+      and left * 1000000 < tonumber(record[3]) * refresh and grant() then
     return {1, value, left, token, lease}
   end
   return {1, value, left, '', 0}
@@ -65,5 +80,7 @@ if lease_left > 0 then
   end
   return {4, false, -2, '', lease_left}
 end
-grant()
+if not grant() then
+  return redis.error_reply("OOM command not allowed when used memory > 'maxmemory'.")
+end
 return {3, record[4] or false, stale_left, token, lease}

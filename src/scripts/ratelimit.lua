@@ -7,27 +7,31 @@
 -- ARGV[5i - 3]  the i-th limit: units per period, 1 <= limit <= period in microseconds
 -- ARGV[5i - 2]  the i-th period in microseconds (>= 1000)
 -- ARGV[5i - 1]  the i-th cost: units to consume; 0 decides as for 1 but consumes nothing
--- ARGV[5i]      the i-th limit's group: a positive number g shared by limits decided all
---               or nothing together (one request's); 0 for a limit that stands alone
---               (an Envoy rule in shadow or quota mode on a counter of its own); -g for
---               a limit that follows group g without deciding it (a shadow or quota
---               rule on a counter an enforced limit of the request also counts)
--- Returns       one {allowed (0 or 1), remaining, reset_after_us, retry_after_us} per
---               limit. retry_after_us is 0 when allowed and -1 when the cost exceeds
---               the limit (no wait lets it pass). A group's limits are written only if
---               every one of them allows; otherwise their remaining and reset_after
+-- ARGV[5i]      the i-th limit's group: 'g' (a positive number) shared by limits decided
+--               all or nothing together (one request's); '0' for a limit that stands alone
+--               (an Envoy rule in shadow mode on a counter of its own); 'fg' for a limit
+--               that follows group g without deciding it (a shadow rule on a counter an
+--               enforced limit of the request also counts); 'qg' for a quota member of
+--               group g (an Envoy rule in quota mode: the group is refused when every
+--               quota member of it is over, as well as when any plain member is)
+-- Returns       one {allowed, remaining, reset_after_us, retry_after_us} per limit.
+--               allowed is 1 or 0, or -1 when the limit would have created new state
+--               in a Redis 5% past its maxmemory (not decided; nothing of its group was
+--               written). retry_after_us is 0 when allowed and -1 when the cost
+--               exceeds the limit (no wait lets it pass). A group's limits are written
+--               only if it is allowed; otherwise their remaining and reset_after
 --               describe the state as it is. A limit that stands alone is written
 --               whenever it allows itself, whatever the others decide.
 --
 -- Groups are decided one after the other, in the order of their first limit, each
 -- seeing what the ones before it consumed: a batch of requests (see the service's
 -- group commit) is decided exactly as if they had come one by one in that order.
--- Within a group the limits are decided one after the other too, each consuming
--- before the next is decided, so one counter named twice is charged both costs
--- (a request of [1, 100] hits on a limit of 10 is refused, not charged 1). When
--- the group is refused, what its limits consumed is put back as it was (DUMP and
--- RESTORE), so nothing of it stays. A follower is decided in its place, is never
--- what refuses the group, and keeps what it consumed only if the group is allowed.
+-- Within a group the limits are decided one after the other too, each seeing what
+-- the ones before it would consume, so one counter named twice is charged both
+-- costs (a request of [1, 100] hits on a limit of 10 is refused, not charged 1).
+-- What a group would write is kept aside and written only once the group is
+-- allowed, so a refused group writes nothing (and needs no command an operator's
+-- ACL may deny, such as RESTORE).
 --
 -- Time is the Redis server's clock (TIME), so every service instance agrees. Times
 -- are microseconds since 2024-01-01 UTC: small enough for a double to keep them to
@@ -35,9 +39,11 @@
 --
 -- Atomicity: the script runs without interleaving, so the reads and the writes of
 -- every limit form one decision. Flagged allow-oom: a Redis full of other data
--- (one tenant's cache values) still decides every limit, rather than leaving each
--- to the outage policy; a limiter's state is a few dozen bytes, and every key
--- gets an expiry of at most two periods, so idle limits clean up.
+-- (one tenant's cache values) still decides every limit that exists, rather than
+-- leaving it to the outage policy; a limiter's state is a few dozen bytes with an
+-- expiry of at most two periods. New state is refused once Redis is 5% past its
+-- maxmemory, so that nobody can grow a full Redis without bound by checking ever
+-- new keys.
 
 local EPOCH = 1704067200
 -- Float rounding tolerated when comparing GCRA times (microseconds).
@@ -55,12 +61,78 @@ local function expire_ms(us)
   return math.ceil(us / 1000) + 1
 end
 
+-- What the group being decided would write, by key: reads see it before Redis.
+local pending = {}
+
+local function load_value(key)
+  if pending[key] then
+    return pending[key].value
+  end
+  return redis.call('GET', key)
+end
+
+local function load_fields(key, ...)
+  local state = pending[key]
+  if state then
+    local values = {}
+    for i, field in ipairs({...}) do
+      values[i] = state.fields[field]
+    end
+    return values
+  end
+  return redis.call('HMGET', key, ...)
+end
+
+-- Whether Redis is more than 5% past its maxmemory (asked once per call, if at all).
+local full
+local function too_full()
+  if full == nil then
+    local memory = redis.call('INFO', 'memory')
+    local function field(name)
+      return tonumber(string.match(memory, '\n' .. name .. ':(%d+)')) or 0
+    end
+    local maxmemory = field('maxmemory')
+    local used = field('used_memory') - field('mem_not_counted_for_evict')
+    full = maxmemory > 0 and used > maxmemory * 1.05
+  end
+  return full
+end
+
+-- The answer for a limit whose new state a full Redis cannot take.
+local NOT_DECIDED = {-1, 0, 0, -1}
+
+local function keep(key, state, created)
+  if created and redis.call('EXISTS', key) == 0 and too_full() then
+    return false
+  end
+  pending[key] = state
+  return true
+end
+
+local function write_pending()
+  for key, state in pairs(pending) do
+    if state.value then
+      redis.call('SET', key, state.value, 'PX', state.px)
+    else
+      local fields = {}
+      for name, value in pairs(state.fields) do
+        fields[#fields + 1] = name
+        fields[#fields + 1] = value
+      end
+      redis.call('HSET', key, unpack(fields))
+      redis.call('PEXPIRE', key, state.px)
+    end
+  end
+  pending = {}
+end
+
 -- Token bucket as GCRA. The state is the theoretical arrival time (tat) of the
 -- next unit: the bucket is full when tat <= now and empty when tat >= now + period.
 -- Each unit moves tat on by period / limit, so the bucket refills smoothly.
 local function token_bucket(key, limit, period, cost)
   local interval = period / limit
-  local tat = tonumber(redis.call('GET', key)) or now
+  local stored = load_value(key)
+  local tat = tonumber(stored) or now
   if tat < now then
     tat = now
   end
@@ -81,7 +153,7 @@ local function token_bucket(key, limit, period, cost)
   end
   local new_tat = tat + cost * interval
   return {1, remaining_at(new_tat), up(new_tat - now), 0}, as_is, function()
-    redis.call('SET', key, string.format('%.17g', new_tat), 'PX', expire_ms(new_tat - now))
+    return keep(key, {value = string.format('%.17g', new_tat), px = expire_ms(new_tat - now)}, not stored)
   end
 end
 
@@ -89,7 +161,7 @@ end
 local function fixed_window(key, limit, period, cost)
   local window = math.floor(now / period)
   local ends = (window + 1) * period
-  local state = redis.call('HMGET', key, 'w', 'n')
+  local state = load_fields(key, 'w', 'n')
   local count = 0
   if tonumber(state[1]) == window then
     count = tonumber(state[2]) or 0
@@ -111,8 +183,7 @@ local function fixed_window(key, limit, period, cost)
   end
   local new_count = count + cost
   return {1, limit - new_count, up(ends - now), 0}, as_is, function()
-    redis.call('HSET', key, 'w', window, 'n', new_count)
-    redis.call('PEXPIRE', key, expire_ms(ends - now))
+    return keep(key, {fields = {w = window, n = new_count}, px = expire_ms(ends - now)}, not state[1])
   end
 end
 
@@ -122,7 +193,7 @@ end
 local function sliding_window(key, limit, period, cost)
   local window = math.floor(now / period)
   local weight = 1 - (now - window * period) / period
-  local state = redis.call('HMGET', key, 'w', 'c', 'p')
+  local state = load_fields(key, 'w', 'c', 'p')
   local stored_window = tonumber(state[1])
   local current, previous = 0, 0
   if stored_window == window then
@@ -169,8 +240,8 @@ local function sliding_window(key, limit, period, cost)
   end
   local new_current = current + cost
   return {1, remaining_for(new_current), reset_for(new_current), 0}, as_is, function()
-    redis.call('HSET', key, 'w', window, 'c', new_current, 'p', previous)
-    redis.call('PEXPIRE', key, expire_ms((window + 2) * period - now))
+    local px = expire_ms((window + 2) * period - now)
+    return keep(key, {fields = {w = window, c = new_current, p = previous}, px = px}, not state[1])
   end
 end
 
@@ -181,20 +252,25 @@ if #KEYS == 1 then
   local decision, _, commit = algorithms[tonumber(ARGV[1])](KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
     tonumber(ARGV[4]))
   if decision[1] == 1 and commit then
-    commit()
+    if not commit() then
+      return {NOT_DECIDED}
+    end
+    write_pending()
   end
   return {decision}
 end
 
 -- The groups, in the order of their first limit; a limit alone is a group of its own.
-local order, members, follows = {}, {}, {}
+local order, members, role = {}, {}, {}
 for i = 1, #KEYS do
-  local group = tonumber(ARGV[5 * i])
-  if group == 0 then
+  local group = ARGV[5 * i]
+  role[i] = 'plain'
+  if group == '0' then
     group = 'alone ' .. i
-  elseif group < 0 then
-    follows[i] = true
-    group = -group
+  elseif string.sub(group, 1, 1) == 'f' then
+    role[i], group = 'follows', string.sub(group, 2)
+  elseif string.sub(group, 1, 1) == 'q' then
+    role[i], group = 'quota', string.sub(group, 2)
   end
   if not members[group] then
     members[group] = {}
@@ -210,37 +286,36 @@ end
 
 local decisions = {}
 for _, group in ipairs(order) do
-  local saved, saved_order = {}, {}
-  local all_allowed = true
+  local refused, not_decided = false, false
+  local quotas, quotas_over = 0, 0
   for _, i in ipairs(members[group]) do
     local commit
     decisions[i], _, commit = decide(i, tonumber(ARGV[5 * (i - 1) + 4]))
-    if decisions[i][1] == 1 and commit then
-      -- What the key held before this group touched it, to put back if it is refused.
-      if not saved[KEYS[i]] and #members[group] > 1 then
-        saved[KEYS[i]] = {redis.call('DUMP', KEYS[i]), redis.call('PTTL', KEYS[i])}
-        saved_order[#saved_order + 1] = KEYS[i]
+    if decisions[i][1] == 1 and commit and not commit() then
+      decisions[i] = {NOT_DECIDED[1], NOT_DECIDED[2], NOT_DECIDED[3], NOT_DECIDED[4]}
+      not_decided = true
+    end
+    if role[i] == 'quota' then
+      quotas = quotas + 1
+      if decisions[i][1] == 0 then
+        quotas_over = quotas_over + 1
       end
-      commit()
-    elseif decisions[i][1] == 0 and not follows[i] then
-      all_allowed = false
+    elseif decisions[i][1] == 0 and role[i] == 'plain' then
+      refused = true
     end
   end
-  if not all_allowed then
-    for _, key in ipairs(saved_order) do
-      local dumped, ttl = saved[key][1], saved[key][2]
-      if dumped then
-        redis.call('RESTORE', key, math.max(ttl, 0), dumped, 'REPLACE')
-      else
-        redis.call('DEL', key)
+  if refused or not_decided or (quotas > 0 and quotas == quotas_over) then
+    -- Nothing of the group is written, so each limit reports its state as it stands.
+    pending = {}
+    for _, i in ipairs(members[group]) do
+      if decisions[i][1] ~= -1 then
+        local as_is = decide(i, 0)
+        decisions[i][2] = as_is[2]
+        decisions[i][3] = as_is[3]
       end
     end
-    -- Nothing of the group is consumed, so each limit reports its state as it stands.
-    for _, i in ipairs(members[group]) do
-      local as_is = decide(i, 0)
-      decisions[i][2] = as_is[2]
-      decisions[i][3] = as_is[3]
-    end
+  else
+    write_pending()
   end
 end
 return decisions

@@ -281,6 +281,12 @@ async fn serve(
         )),
         None => None,
     };
+    if config.tls_client_ca.is_some() && auth_file.is_none() {
+        warn!(
+            "--tls-client-ca without --auth-file: every client with a certificate from that CA is the tenant \
+             default with every permission; give an auth file to tell them apart"
+        );
+    }
     // Metrics are kept only when someone can read them.
     let (meter, metrics) = match listeners.metrics {
         Some(metrics_listener) => {

@@ -210,7 +210,7 @@ fn millis(duration: Duration) -> u64 {
 impl SessionService for SessionApi {
     async fn create(&self, request: Request<CreateRequest>) -> Result<Response<CreateResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
-        let space = Caller::writing(&request)?;
+        let space = Caller::writing(&request, 2)?;
         let request = request.into_inner();
         let user_id = self.limits.key("user_id", &request.user_id)?;
         self.attributes("attributes", &request.attributes)?;
@@ -271,7 +271,7 @@ impl SessionService for SessionApi {
 
     async fn update(&self, request: Request<UpdateRequest>) -> Result<Response<UpdateResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
-        let space = Caller::writing(&request)?;
+        let space = Caller::writing(&request, 1)?;
         let request = request.into_inner();
         let id = session_id("id", &request.id)?;
         self.attributes("set", &request.set)?;
@@ -416,7 +416,8 @@ impl SessionService for SessionApi {
 
     async fn rotate(&self, request: Request<RotateRequest>) -> Result<Response<RotateResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
-        let space = Caller::of(&request)?.space.clone();
+        // A copy of the session under its new id, and the index entry.
+        let space = Caller::writing(&request, 2)?;
         let old = session_id("id", &request.into_inner().id)?;
         // The new id keeps the routing tag: the user, and so the slot, are the same.
         let new = old.rotated()?;
