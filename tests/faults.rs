@@ -719,7 +719,10 @@ async fn a_full_redis_refuses_growth_but_frees_keeps_and_reads() {
         .session
         .unwrap();
     // A limiter whose state lives a while (3 a minute: 20 s).
-    let limited = || CheckRequest { limit: 3, ..check("api") };
+    let limited = || CheckRequest {
+        limit: 3,
+        ..check("api")
+    };
     assert!(ratelimit.check(limited()).await.unwrap().into_inner().allowed);
 
     let _: () = redis
