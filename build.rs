@@ -24,7 +24,7 @@ fn main() -> io::Result<()> {
 
     tonic_prost_build::configure()
         // Requests that are not valid protobuf are the caller's error: INVALID_ARGUMENT.
-        .codec_path("crate::admission::CheckedCodec")
+        .codec_path("crate::codec::CheckedCodec")
         // A Pub/Sub message goes to every subscriber: one shared buffer, not a copy each.
         .bytes(".cachelock.pubsub.v1.Message.payload")
         .file_descriptor_set_path(out_dir.join("cachelock_descriptor.bin"))

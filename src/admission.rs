@@ -8,20 +8,14 @@
 //!   code the README promises (tonic says OUT_OF_RANGE; it is RESOURCE_EXHAUSTED).
 //! - [`limit_connections`]: at most `--max-connections` client connections;
 //!   beyond that new ones wait in the listen backlog.
-//! - [`CheckedCodec`]: a request that is not valid protobuf (invalid UTF-8 in a
-//!   string, a truncated field) is the caller's error, INVALID_ARGUMENT, not
-//!   INTERNAL.
 //!
 //! Each refusal is logged at most every few seconds, with how many there were.
 
 use std::{
     pin::Pin,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::Arc,
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use futures_util::{Stream, StreamExt, future::BoxFuture, stream};
@@ -29,60 +23,21 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::{OwnedSemaphorePermit, Semaphore},
 };
-use tonic::{
-    Status,
-    codec::{BufferSettings, Codec, DecodeBuf, Decoder},
-    transport::server::Connected,
-};
-use tonic_prost::ProstCodec;
+use tonic::{Status, transport::server::Connected};
 use tower::{Layer, Service};
-use tracing::warn;
 
 use crate::{
     error::{Error, Reason},
-    telemetry::Meter,
+    telemetry::{Meter, ThrottledLog},
 };
 
-/// How often a kind of refusal is logged, at most.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// The delay suggested (`RetryInfo`) to a request shed at `--max-in-flight`.
 const OVERLOAD_RETRY: Duration = Duration::from_millis(100);
 /// Requests on these paths are never shed: load balancers must keep seeing the instance.
 const EXEMPT_PREFIX: &str = "/grpc.health.v1.Health/";
 
-/// Counts refusals of one kind and logs them at most once per interval, with their count.
-pub struct RefusalLog {
-    what: &'static str,
-    since_logged: AtomicU64,
-    last_logged: Mutex<Option<Instant>>,
-}
-
-impl RefusalLog {
-    /// A log for refusals described by `what` ("requests shed: --max-in-flight reached").
-    pub const fn new(what: &'static str) -> RefusalLog {
-        RefusalLog {
-            what,
-            since_logged: AtomicU64::new(0),
-            last_logged: Mutex::new(None),
-        }
-    }
-
-    /// Records one refusal; logs if the last line is older than the interval.
-    pub fn record(&self) {
-        self.since_logged.fetch_add(1, Ordering::Relaxed);
-        let mut last = self.last_logged.lock().unwrap_or_else(PoisonError::into_inner);
-        if last.is_some_and(|last| last.elapsed() < REFUSAL_LOG_INTERVAL) {
-            return;
-        }
-        *last = Some(Instant::now());
-        drop(last);
-        let refused = self.since_logged.swap(0, Ordering::Relaxed);
-        warn!(refused, "{}", self.what);
-    }
-}
-
-static SHED: RefusalLog =
-    RefusalLog::new("requests refused with RESOURCE_EXHAUSTED: --max-in-flight requests were already being handled");
+static SHED: ThrottledLog =
+    ThrottledLog::new("requests refused with RESOURCE_EXHAUSTED: --max-in-flight requests were already being handled");
 
 /// Limits the requests handled at once; see the module documentation.
 #[derive(Clone)]
@@ -245,58 +200,5 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Limited<IO> {
 
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
-    }
-}
-
-/// The protobuf codec of every service, with decoding errors reported as the
-/// caller's: INVALID_ARGUMENT. (gRPC's own libraries say INTERNAL, which here
-/// means a fault of the service, logged for its operators.)
-#[derive(Debug, Clone, Default)]
-pub struct CheckedCodec<T, U> {
-    inner: ProstCodec<T, U>,
-}
-
-impl<T, U> Codec for CheckedCodec<T, U>
-where
-    T: prost::Message + Send + 'static,
-    U: prost::Message + Default + Send + 'static,
-{
-    type Encode = T;
-    type Decode = U;
-    type Encoder = <ProstCodec<T, U> as Codec>::Encoder;
-    type Decoder = CheckedDecoder<<ProstCodec<T, U> as Codec>::Decoder>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        self.inner.encoder()
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        CheckedDecoder {
-            inner: self.inner.decoder(),
-        }
-    }
-}
-
-/// A decoder whose errors are INVALID_ARGUMENT.
-#[derive(Debug)]
-pub struct CheckedDecoder<D> {
-    inner: D,
-}
-
-impl<D> Decoder for CheckedDecoder<D>
-where
-    D: Decoder<Error = Status>,
-{
-    type Item = D::Item;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        self.inner
-            .decode(buf)
-            .map_err(|status| Error::Malformed(status.message().to_owned()).into())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        self.inner.buffer_settings()
     }
 }

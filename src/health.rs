@@ -42,9 +42,9 @@ use tonic_health::{
 use tracing::{info, warn};
 
 use crate::{
-    admission::RefusalLog,
     error::{Error, Reason},
     redis::{Kind, Op, Patience, Redis, Request as RedisRequest, State, Topology},
+    telemetry::ThrottledLog,
     telemetry::{HealthName, Meter},
 };
 
@@ -165,8 +165,8 @@ pub struct DrainingHealth {
 /// The delay suggested (`RetryInfo`) to a Watch refused for too many streams.
 const WATCHERS_RETRY: Duration = Duration::from_secs(5);
 
-static WATCHES_FULL: RefusalLog =
-    RefusalLog::new("health Watch streams refused with RESOURCE_EXHAUSTED: --max-watch-streams are open");
+static WATCHES_FULL: ThrottledLog =
+    ThrottledLog::new("health Watch streams refused with RESOURCE_EXHAUSTED: --max-watch-streams are open");
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
 

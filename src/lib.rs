@@ -28,6 +28,7 @@
 mod admission;
 mod auth;
 mod cache;
+mod codec;
 mod config;
 mod error;
 mod health;

@@ -27,9 +27,9 @@ use std::{
 use tokio::sync::watch;
 
 use crate::{
-    admission::RefusalLog,
     error::{Error, Reason},
     telemetry::Meter,
+    telemetry::ThrottledLog,
 };
 
 /// The delay suggested (`RetryInfo`) to a call refused for too many waiters:
@@ -51,7 +51,7 @@ pub struct Waiting {
     /// The `reason` label of `cachelock_requests_refused_total`.
     pub refusal: &'static str,
     /// The log line counting refusals.
-    pub log: &'static RefusalLog,
+    pub log: &'static ThrottledLog,
 }
 
 /// Waiters registered per channel, and whether the subscriber is listening.

@@ -38,20 +38,20 @@ pub use file::{Access, AuthFileError, Client, Clients, Credential, Service};
 pub use tls::{ConnectionInfo, ReloadableTls, TlsFiles, over_tls, plaintext};
 
 use crate::{
-    admission::RefusalLog,
     error::{Error, Reason},
     redis::{DEFAULT_TENANT, KeySpace, Keys},
+    telemetry::ThrottledLog,
     telemetry::{Meter, record_client},
 };
 
 /// How often the TLS files and the auth file are checked for changes.
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
-static REFUSED: RefusalLog = RefusalLog::new("requests refused as UNAUTHENTICATED or PERMISSION_DENIED");
-static OVER_RATE: RefusalLog =
-    RefusalLog::new("requests refused with RESOURCE_EXHAUSTED: a client went over its max_requests_per_second");
-static OVER_WRITE_BUDGET: RefusalLog =
-    RefusalLog::new("writes refused with RESOURCE_EXHAUSTED: a client went over its max_write_bytes_per_second");
+static REFUSED: ThrottledLog = ThrottledLog::new("requests refused as UNAUTHENTICATED or PERMISSION_DENIED");
+static OVER_RATE: ThrottledLog =
+    ThrottledLog::new("requests refused with RESOURCE_EXHAUSTED: a client went over its max_requests_per_second");
+static OVER_WRITE_BUDGET: ThrottledLog =
+    ThrottledLog::new("writes refused with RESOURCE_EXHAUSTED: a client went over its max_write_bytes_per_second");
 
 /// What Redis spends on a key beyond its name and value (its entry, object and
 /// expiry), and cachelock's prefix, tenant and tag: counted against write budgets.

@@ -14,7 +14,7 @@ use std::{
 };
 
 use super::identity::PeerIdentity;
-use crate::admission::{Limited, RefusalLog};
+use crate::{admission::Limited, telemetry::ThrottledLog};
 use arc_swap::ArcSwap;
 use futures_util::{Stream, StreamExt};
 use rustls::{
@@ -34,8 +34,8 @@ use tracing::{debug, info, warn};
 /// Longest time a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-static HANDSHAKE_FAILED: RefusalLog =
-    RefusalLog::new("TLS handshakes failed (plaintext clients, untrusted or missing client certificates)");
+static HANDSHAKE_FAILED: ThrottledLog =
+    ThrottledLog::new("TLS handshakes failed (plaintext clients, untrusted or missing client certificates)");
 
 /// Where the listener's TLS material lives.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,7 +18,6 @@ use tonic::{Request, Response, Status};
 pub use store::{CacheStore, Condition, Lease, LeaseAsk, Leased, NewEntry, SetOptions, Stored, Written, scripts};
 
 use crate::{
-    admission::RefusalLog,
     auth::Caller,
     error::{Error, Reason},
     ids::random_token,
@@ -31,6 +30,7 @@ use crate::{
     },
     redis::KeySpace,
     request::{self, Limits, Ttl, caller_budget, cross_slot, deadline, duration_to_proto, ttl_from_millis},
+    telemetry::ThrottledLog,
     telemetry::{Meter, Metrics},
 };
 
@@ -56,8 +56,8 @@ pub static WAITING: Waiting = Waiting {
     log: &FILL_WAITERS_FULL,
 };
 
-static FILL_WAITERS_FULL: RefusalLog =
-    RefusalLog::new("GetOrLease calls refused with RESOURCE_EXHAUSTED: --cache-max-fill-waiters reached");
+static FILL_WAITERS_FULL: ThrottledLog =
+    ThrottledLog::new("GetOrLease calls refused with RESOURCE_EXHAUSTED: --cache-max-fill-waiters reached");
 
 /// The cache's settings, from the configuration.
 #[derive(Debug, Clone)]

@@ -23,7 +23,6 @@ use tonic::{Request, Response, Status};
 pub use store::{Attempt, Grant, GrantRules, Lapse, LockStore, PauseCause, Renewal, request_key, scripts};
 
 use crate::{
-    admission::RefusalLog,
     auth::Caller,
     config::Config,
     error::{Error, Reason},
@@ -37,6 +36,7 @@ use crate::{
     redis::LockKeys,
     request::{self, Limits, Ttl, caller_budget, deadline, duration_to_proto},
     telemetry::Meter,
+    telemetry::ThrottledLog,
 };
 use keeper::Keeper;
 
@@ -66,21 +66,21 @@ pub static WAITING: Waiting = Waiting {
     log: &WAITERS_FULL,
 };
 
-static WAITERS_FULL: RefusalLog = RefusalLog::new(
+static WAITERS_FULL: ThrottledLog = ThrottledLog::new(
     "Acquires refused with RESOURCE_EXHAUSTED: --lock-max-waiters or --lock-max-waiters-per-name reached",
 );
 
-static PAUSED_LOST: RefusalLog = RefusalLog::new(
+static PAUSED_LOST: ThrottledLog = ThrottledLog::new(
     "lock grants paused: the Redis node holding the lock lost its data (a restart without persistence, a \
      failover to an empty replica, or a flush); grants there wait until every lease granted before may have \
      ended (--lock-max-ttl)",
 );
-static PAUSED_YOUNG: RefusalLog = RefusalLog::new(
+static PAUSED_YOUNG: ThrottledLog = ThrottledLog::new(
     "lock grants paused: the Redis node holding the lock started less than --lock-max-ttl ago and has no record \
      of earlier grants, so it may have restarted empty; grants there wait until it has been up that long (set \
      --lock-trust-young-redis only for a Redis that never held locks)",
 );
-static PAUSED_EVICTED: RefusalLog = RefusalLog::new(
+static PAUSED_EVICTED: ThrottledLog = ThrottledLog::new(
     "lock grants paused: the Redis node holding the lock evicted keys, perhaps leases; grants there wait until \
      every lease granted before may have ended (--lock-max-ttl). Set maxmemory-policy to noeviction",
 );

@@ -1,143 +1,39 @@
-//! `cachelock.ratelimit.v1.RateLimitService`: validates each request, decides it
-//! through [`RateLimitStore`] within a short budget, and answers from the outage
-//! policy when Redis cannot decide in time.
+//! `cachelock.ratelimit.v1.RateLimitService`: validates each request and
+//! decides it through the [`Limiter`] it shares with Envoy's API (`rls`).
 
+mod limiter;
 mod store;
 
-use std::{
-    collections::HashSet,
-    sync::{Mutex, PoisonError},
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use tonic::{Request, Response, Status, metadata::MetadataMap};
-use tracing::warn;
+use tonic::{Request, Response, Status};
 
+pub use limiter::{Limiter, MAX_LIMIT, Outcome, RateLimitSettings};
 pub use store::{Algorithm, Counting, Decision, LimitCheck, RateLimitStore, invocation, scripts};
 
 use crate::{
     auth::Caller,
-    config::{Config, OutagePolicy},
+    config::OutagePolicy,
     error::Error,
     pb::ratelimit::{
         self as pb, CheckManyRequest, CheckManyResponse, CheckRequest, CheckResponse, LimitDecision, ResetRequest,
         ResetResponse, rate_limit_service_server::RateLimitService,
     },
-    redis::KeySpace,
-    request::{Limits, budget, cross_slot, deadline, duration_to_proto, positive_duration},
-    telemetry::{Meter, Metrics},
+    request::{cross_slot, deadline, duration_to_proto, positive_duration},
 };
 
-/// The largest limit and cost: keeps every count exact in the script's doubles.
-pub const MAX_LIMIT: u64 = 1_000_000_000;
 /// The shortest period.
 const MIN_PERIOD: Duration = Duration::from_millis(1);
-/// Below this much time left, Redis is not asked at all: the policy answers.
-const MIN_REDIS_BUDGET: Duration = Duration::from_millis(1);
-/// How often answers given by the outage policy are logged (with their count).
-const POLICY_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The rate limiter's settings, from the configuration.
-#[derive(Debug, Clone)]
-pub struct RateLimitSettings {
-    /// The default outage policy.
-    pub on_unavailable: OutagePolicy,
-    /// Longest wait for Redis in one check.
-    pub timeout: Duration,
-    /// Longest wait for Redis in a Reset.
-    pub operation_timeout: Duration,
-    /// Longest period a check may ask for.
-    pub max_period: Duration,
-    /// Most limits in one CheckMany.
-    pub max_batch: usize,
-    /// What a policy denial tells the caller to wait: the health probe interval,
-    /// after which the service knows more.
-    pub outage_retry_after: Duration,
-}
-
-impl From<&Config> for RateLimitSettings {
-    fn from(config: &Config) -> RateLimitSettings {
-        RateLimitSettings {
-            on_unavailable: config.ratelimit_on_unavailable,
-            timeout: config.ratelimit_timeout,
-            operation_timeout: config.operation_timeout,
-            max_period: config.ratelimit_max_period,
-            max_batch: config.ratelimit_max_batch,
-            outage_retry_after: config.health_interval,
-        }
-    }
-}
 
 /// The gRPC handlers of the rate limiter.
 pub struct RateLimitApi {
-    store: RateLimitStore,
-    meter: Meter,
-    limits: Limits,
-    settings: RateLimitSettings,
-    policy_log: PolicyLog,
-}
-
-/// Answers given by the outage policy, logged at most once per interval so that
-/// a limiter silently failing open (Redis down, full, or too slow) is visible
-/// without a log line per request.
-struct PolicyLog {
-    state: Mutex<PolicyLogState>,
-}
-
-struct PolicyLogState {
-    last_logged: Option<Instant>,
-    unlogged: u64,
-}
-
-impl PolicyLog {
-    fn new() -> PolicyLog {
-        PolicyLog {
-            state: Mutex::new(PolicyLogState {
-                last_logged: None,
-                unlogged: 0,
-            }),
-        }
-    }
-
-    fn record(&self, cause: &Error, allowed: bool) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.unlogged += 1;
-        if state
-            .last_logged
-            .is_some_and(|last| last.elapsed() < POLICY_LOG_INTERVAL)
-        {
-            return;
-        }
-        let answers = std::mem::take(&mut state.unlogged);
-        state.last_logged = Some(Instant::now());
-        drop(state);
-        warn!(
-            answers,
-            latest = if allowed { "allowed" } else { "denied" },
-            cause = %cause,
-            "rate-limit checks answered by the outage policy, not by Redis"
-        );
-    }
-}
-
-/// How a request was decided.
-pub(crate) enum Outcome {
-    /// By Redis, one decision per limit.
-    Decided(Vec<Decision>),
-    /// By the outage policy: allowed or not.
-    Policy(bool),
+    limiter: Arc<Limiter>,
 }
 
 impl RateLimitApi {
-    /// Handlers over `store`.
-    pub fn new(store: RateLimitStore, limits: Limits, settings: RateLimitSettings, meter: Meter) -> RateLimitApi {
-        RateLimitApi {
-            store,
-            meter,
-            limits,
-            settings,
-            policy_log: PolicyLog::new(),
-        }
+    /// Handlers deciding through `limiter`.
+    pub fn new(limiter: Arc<Limiter>) -> RateLimitApi {
+        RateLimitApi { limiter }
     }
 
     /// Validates one limit; `field` is the prefix of its fields' names ("" or "limits[2].").
@@ -150,18 +46,18 @@ impl RateLimitApi {
         cost: Option<u64>,
         algorithm: i32,
     ) -> Result<LimitCheck<'a>, Error> {
-        let key = self.limits.key(&format!("{field}key"), key)?;
+        let key = self.limiter.limits().key(&format!("{field}key"), key)?;
         let period_field = format!("{field}period");
         let period = positive_duration(
             &period_field,
             period.ok_or_else(|| Error::invalid(&period_field, "is required"))?,
         )?;
-        if period < MIN_PERIOD || period > self.settings.max_period {
+        if period < MIN_PERIOD || period > self.limiter.settings().max_period {
             return Err(Error::invalid(
                 period_field,
                 format!(
                     "must be between 1ms and {}",
-                    humantime::format_duration(self.settings.max_period)
+                    humantime::format_duration(self.limiter.settings().max_period)
                 ),
             ));
         }
@@ -206,19 +102,9 @@ impl RateLimitApi {
         })
     }
 
-    /// The request size limits.
-    pub(crate) fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
-    /// The configured outage policy.
-    pub(crate) fn default_policy(&self) -> OutagePolicy {
-        self.settings.on_unavailable
-    }
-
     fn policy(&self, requested: i32) -> Result<OutagePolicy, Error> {
         match pb::OutagePolicy::try_from(requested) {
-            Ok(pb::OutagePolicy::Unspecified) => Ok(self.settings.on_unavailable),
+            Ok(pb::OutagePolicy::Unspecified) => Ok(self.limiter.settings().on_unavailable),
             Ok(pb::OutagePolicy::FailOpen) => Ok(OutagePolicy::FailOpen),
             Ok(pb::OutagePolicy::FailClosed) => Ok(OutagePolicy::FailClosed),
             Err(_) => Err(Error::invalid(
@@ -226,55 +112,6 @@ impl RateLimitApi {
                 format!("{requested} is not an OutagePolicy"),
             )),
         }
-    }
-
-    /// Asks Redis within the rate limiter's budget; falls back to `policy` when
-    /// the last connection attempt failed, the caller's deadline is too near, or
-    /// Redis fails, is full, or does not answer in time.
-    pub(crate) async fn decide(
-        &self,
-        space: &KeySpace,
-        metadata: &MetadataMap,
-        checks: &[LimitCheck<'_>],
-        policy: OutagePolicy,
-    ) -> Result<Outcome, Status> {
-        let allowed = policy == OutagePolicy::FailOpen;
-        let budget = match budget(metadata, self.settings.timeout) {
-            Ok(budget) if budget >= MIN_REDIS_BUDGET => budget,
-            Ok(_) | Err(_) => {
-                self.policy_log.record(&Error::DeadlineExceeded, allowed);
-                let result = if allowed { "policy_allowed" } else { "policy_denied" };
-                self.meter
-                    .record(|metrics| Metrics::count(&metrics.ratelimit_decisions, result));
-                return Ok(Outcome::Policy(allowed));
-            }
-        };
-        let deadline = tokio::time::Instant::now() + budget;
-        let outcome = match self.store.check(space, checks, deadline).await {
-            Ok(decisions) => Outcome::Decided(decisions),
-            Err(error) if error.is_outage() => {
-                self.policy_log.record(&error, allowed);
-                Outcome::Policy(allowed)
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let result = match &outcome {
-            Outcome::Decided(decisions) if decisions.iter().all(|decision| decision.allowed) => "allowed",
-            Outcome::Decided(_) => "denied",
-            Outcome::Policy(true) => "policy_allowed",
-            Outcome::Policy(false) => "policy_denied",
-        };
-        self.meter
-            .record(|metrics| Metrics::count(&metrics.ratelimit_decisions, result));
-        Ok(outcome)
-    }
-
-    fn policy_retry_after(&self, allowed: bool) -> Option<prost_types::Duration> {
-        Some(duration_to_proto(if allowed {
-            Duration::ZERO
-        } else {
-            self.settings.outage_retry_after
-        }))
     }
 }
 
@@ -300,6 +137,7 @@ impl RateLimitService for RateLimitApi {
         )?;
         let policy = self.policy(request.on_unavailable)?;
         let response = match self
+            .limiter
             .decide(&space, &metadata, std::slice::from_ref(&check), policy)
             .await?
         {
@@ -322,7 +160,7 @@ impl RateLimitService for RateLimitApi {
                 limit: check.limit,
                 remaining: 0,
                 reset_after: Some(duration_to_proto(Duration::ZERO)),
-                retry_after: self.policy_retry_after(allowed),
+                retry_after: self.limiter.policy_retry_after(allowed),
                 decided_by_outage_policy: true,
             },
         };
@@ -337,13 +175,13 @@ impl RateLimitService for RateLimitApi {
         if request.limits.is_empty() {
             return Err(Error::invalid("limits", "must not be empty").into());
         }
-        if request.limits.len() > self.settings.max_batch {
+        if request.limits.len() > self.limiter.settings().max_batch {
             return Err(Error::invalid(
                 "limits",
                 format!(
                     "has {} limits, above the limit of {} (--ratelimit-max-batch)",
                     request.limits.len(),
-                    self.settings.max_batch
+                    self.limiter.settings().max_batch
                 ),
             )
             .into());
@@ -359,8 +197,10 @@ impl RateLimitService for RateLimitApi {
                 limit.cost,
                 limit.algorithm,
             )?;
-            // The script decides each limit on the state before any is consumed, so a
-            // repeated limit would be checked once but charged twice.
+            // The script decides the limits one after the other, so a repeated limit
+            // would be charged twice: almost always a caller's mistake, refused
+            // rather than guessed at. (Envoy's API means it: there, a counter two
+            // descriptors name is charged both costs.)
             if !seen.insert((check.key, check.algorithm, check.limit, check.period_micros)) {
                 return Err(Error::invalid(
                     format!("limits[{i}]"),
@@ -370,12 +210,12 @@ impl RateLimitService for RateLimitApi {
             }
             checks.push(check);
         }
-        if let Some((first, other)) = self.store.cross_slot(&space, &checks) {
+        if let Some((first, other)) = self.limiter.store().cross_slot(&space, &checks) {
             let keys: Vec<&str> = checks.iter().map(|check| check.key).collect();
             return Err(cross_slot("limits", "CheckMany", &keys, first, other).into());
         }
         let policy = self.policy(request.on_unavailable)?;
-        let response = match self.decide(&space, &metadata, &checks, policy).await? {
+        let response = match self.limiter.decide(&space, &metadata, &checks, policy).await? {
             Outcome::Decided(decisions) => {
                 let allowed = decisions.iter().all(|decision| decision.allowed);
                 let retry = if allowed {
@@ -408,7 +248,7 @@ impl RateLimitService for RateLimitApi {
             Outcome::Policy(allowed) => CheckManyResponse {
                 allowed,
                 decisions: Vec::new(),
-                retry_after: self.policy_retry_after(allowed),
+                retry_after: self.limiter.policy_retry_after(allowed),
                 decided_by_outage_policy: true,
             },
         };
@@ -417,7 +257,7 @@ impl RateLimitService for RateLimitApi {
 
     async fn reset(&self, request: Request<ResetRequest>) -> Result<Response<ResetResponse>, Status> {
         // Reset has no fallback: it gets the ordinary operation timeout.
-        let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
+        let deadline = deadline(request.metadata(), self.limiter.settings().operation_timeout)?;
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let check = self.limit_check(
@@ -439,7 +279,8 @@ impl RateLimitService for RateLimitApi {
             }
         };
         let existed = self
-            .store
+            .limiter
+            .store()
             .reset(
                 &space,
                 check.key,

@@ -19,7 +19,7 @@ use tokio::{
     time::{Instant, timeout_at},
 };
 
-use crate::{error::Error, redis::Effect};
+use crate::error::{Effect, Error};
 
 /// Calls one lane may have in flight before requests queue for the next.
 const CALLS_IN_FLIGHT: usize = 1;

@@ -12,161 +12,47 @@
 //! except on a counter an enforced limit of the request also counts: there they
 //! follow the enforced ones ([`Counting::Follows`]).
 
+mod format;
+mod limit;
 mod rules;
+mod source;
 
 use std::{
     collections::HashSet,
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use arc_swap::ArcSwap;
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
 
 use crate::{
     auth::Caller,
     error::Error,
     pb::envoy::{
         config::core::v3::HeaderValue,
+        extensions::common::ratelimit::v3::RateLimitDescriptor,
         service::ratelimit::v3::{
             RateLimitRequest, RateLimitResponse,
             rate_limit_response::{Code, DescriptorStatus, RateLimit},
             rate_limit_service_server::RateLimitService,
         },
     },
-    ratelimit::{Algorithm, Counting, Decision, LimitCheck, Outcome, RateLimitApi},
+    ratelimit::{Algorithm, Counting, Decision, LimitCheck, Limiter, MAX_LIMIT, Outcome},
     redis::envoy_descriptor,
     request::duration_to_proto,
     telemetry::{Meter, Metrics},
 };
 
-pub use rules::{Limit, Rules, RulesError, Unit};
-
-/// How often the rules' files are read for changes.
-pub const RELOAD_INTERVAL: Duration = Duration::from_millis(250);
+pub use limit::{Limit, Unit};
+use rules::Rule;
+pub use rules::Rules;
+pub use source::RulesSource;
 
 /// The response headers `--rls-headers` adds, as envoyproxy/ratelimit names them
 /// (the IETF RateLimit header fields draft).
 const HEADER_LIMIT: &str = "RateLimit-Limit";
 const HEADER_REMAINING: &str = "RateLimit-Remaining";
 const HEADER_RESET: &str = "RateLimit-Reset";
-
-/// The rules in force, and where they are read from.
-pub struct RulesSource {
-    /// `None`: no rules, none to reload.
-    path: Option<PathBuf>,
-    current: ArcSwap<Rules>,
-    /// What the files held when last read: a reload happens only when it changes.
-    last_read: Mutex<Vec<(PathBuf, Vec<u8>)>>,
-    meter: Meter,
-}
-
-impl RulesSource {
-    /// Loads the rules at `path` (a file or a directory of files).
-    ///
-    /// # Errors
-    /// [`RulesError`] when they cannot be read or are not valid.
-    pub fn load(path: &Path, meter: Meter) -> Result<RulesSource, RulesError> {
-        let last_read = read_files(path);
-        let rules = Rules::load(path)?;
-        info!(
-            path = %path.display(),
-            files = rules.files().len(),
-            "Envoy rate-limit rules loaded"
-        );
-        Ok(RulesSource {
-            path: Some(path.to_owned()),
-            current: ArcSwap::from_pointee(rules),
-            last_read: Mutex::new(last_read),
-            meter,
-        })
-    }
-
-    /// No rules: every Envoy request is OK, with no limit.
-    pub fn none() -> RulesSource {
-        RulesSource {
-            path: None,
-            current: ArcSwap::from_pointee(Rules::default()),
-            last_read: Mutex::new(Vec::new()),
-            meter: Meter::off(),
-        }
-    }
-
-    /// Whether there are files to reload the rules from.
-    pub fn has_files(&self) -> bool {
-        self.path.is_some()
-    }
-
-    /// The rules in force.
-    pub fn current(&self) -> Arc<Rules> {
-        self.current.load_full()
-    }
-
-    /// Reloads the rules if their files changed; an invalid change is logged and
-    /// the previous rules stay in force.
-    pub fn reload_if_changed(&self) {
-        let Some(path) = &self.path else {
-            return;
-        };
-        let read = read_files(path);
-        let mut last = self.last_read.lock().unwrap_or_else(PoisonError::into_inner);
-        if *last == read {
-            return;
-        }
-        *last = read;
-        drop(last);
-        match Rules::load(path) {
-            Ok(rules) => {
-                info!(
-                    path = %path.display(),
-                    files = rules.files().len(),
-                    "Envoy rate-limit rules reloaded"
-                );
-                self.current.store(Arc::new(rules));
-                self.meter
-                    .record(|metrics| Metrics::count(&metrics.rls_reloads, "loaded"));
-            }
-            Err(error) => {
-                warn!(%error, "refused the changed Envoy rate-limit rules; the previous rules stay in force");
-                self.meter
-                    .record(|metrics| Metrics::count(&metrics.rls_reloads, "refused"));
-            }
-        }
-    }
-
-    /// Reads the files for changes every [`RELOAD_INTERVAL`]; runs until aborted.
-    pub async fn reload_on_change(self: Arc<Self>) {
-        let mut interval = tokio::time::interval(RELOAD_INTERVAL);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            interval.tick().await;
-            self.reload_if_changed();
-        }
-    }
-}
-
-/// The names and contents of the files under `path` (empty where unreadable), to
-/// notice a change: a comparison of contents, not of times, so that a Kubernetes
-/// ConfigMap's symlink swap and a same-second edit are both seen.
-fn read_files(path: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let files = match std::fs::read_dir(path) {
-        Ok(entries) => {
-            let mut files: Vec<PathBuf> = entries.flatten().map(|entry| entry.path()).collect();
-            files.sort();
-            files
-        }
-        Err(_) => vec![path.to_owned()],
-    };
-    files
-        .into_iter()
-        .map(|file| {
-            let text = std::fs::read(&file).unwrap_or_default();
-            (file, text)
-        })
-        .collect()
-}
 
 /// The settings of the Envoy API.
 #[derive(Debug, Clone, Copy)]
@@ -180,9 +66,21 @@ pub struct RlsSettings {
 /// The handler of `ShouldRateLimit`.
 pub struct RlsApi {
     rules: Arc<RulesSource>,
-    limiter: Arc<RateLimitApi>,
+    limiter: Arc<Limiter>,
     settings: RlsSettings,
     meter: Meter,
+}
+
+/// A descriptor a rule, or Envoy's per-route override, matched.
+struct Matched<'r> {
+    /// The rule; `None` for the override (`descriptor.limit`).
+    rule: Option<&'r Rule>,
+    /// `None` for an unlimited rule.
+    limit: Option<Limit>,
+    /// The counter's key: the domain and the entries, shared ones by their pattern.
+    key: String,
+    /// What the request costs on it.
+    cost: u64,
 }
 
 /// What applies to one descriptor.
@@ -205,12 +103,231 @@ enum Applied<'a> {
 
 impl RlsApi {
     /// The handler, deciding through `limiter` by `rules`.
-    pub fn new(rules: Arc<RulesSource>, limiter: Arc<RateLimitApi>, settings: RlsSettings, meter: Meter) -> RlsApi {
+    pub fn new(rules: Arc<RulesSource>, limiter: Arc<Limiter>, settings: RlsSettings, meter: Meter) -> RlsApi {
         RlsApi {
             rules,
             limiter,
             settings,
             meter,
+        }
+    }
+
+    /// Checks the request's shape; its cost per descriptor when the descriptor
+    /// names none (0 on the wire costs 1, as in Envoy).
+    fn request_cost(&self, request: &RateLimitRequest) -> Result<u64, Error> {
+        if request.domain.is_empty() {
+            return Err(Error::invalid("domain", "must not be empty"));
+        }
+        if request.descriptors.is_empty() {
+            return Err(Error::invalid("descriptors", "must not be empty"));
+        }
+        if request.descriptors.len() > self.settings.max_descriptors {
+            return Err(Error::invalid(
+                "descriptors",
+                format!(
+                    "has {} descriptors, above the limit of {} (--ratelimit-max-batch)",
+                    request.descriptors.len(),
+                    self.settings.max_descriptors
+                ),
+            ));
+        }
+        Ok(u64::from(request.hits_addend.max(1)))
+    }
+
+    /// What applies to each descriptor, and the limits Redis must decide.
+    fn apply<'m>(&self, matched: &'m [Option<Matched<'_>>]) -> Result<(Vec<Applied<'m>>, Vec<LimitCheck<'m>>), Error> {
+        // The rules other matched rules replace apply as if they had not matched.
+        let replaced: HashSet<&str> = matched
+            .iter()
+            .flatten()
+            .filter_map(|matched| matched.rule)
+            .flat_map(|rule| rule.replaces.iter().map(String::as_str))
+            .collect();
+        let mut applied = Vec::with_capacity(matched.len());
+        let mut checks: Vec<LimitCheck<'m>> = Vec::new();
+        for (i, matched) in matched.iter().enumerate() {
+            let Some(Matched { rule, limit, key, cost }) = matched else {
+                applied.push(Applied::Nothing);
+                continue;
+            };
+            let (name, shadow, quota) = match rule {
+                Some(rule) if !rule.name.is_empty() && replaced.contains(rule.name.as_str()) => {
+                    applied.push(Applied::Nothing);
+                    continue;
+                }
+                Some(rule) => (rule.name.as_str(), rule.shadow_mode, rule.quota_mode),
+                None => ("", false, false),
+            };
+            let Some(limit) = limit else {
+                applied.push(Applied::Unlimited);
+                continue;
+            };
+            let check = if limit.requests_per_unit == 0 {
+                None
+            } else {
+                let key = self.limiter.limits().key(&format!("descriptors[{i}]"), key)?;
+                // Every descriptor is its own limit, even on a counter another one
+                // names: the script decides them one after the other, each charged
+                // its own cost, all or nothing.
+                checks.push(LimitCheck {
+                    key,
+                    algorithm: limit.algorithm,
+                    limit: u64::from(limit.requests_per_unit),
+                    period_micros: limit.period_micros(),
+                    cost: *cost,
+                    counting: match (shadow, quota) {
+                        (true, _) => Counting::Alone,
+                        (false, true) => Counting::Quota,
+                        (false, false) => Counting::Together,
+                    },
+                });
+                Some(checks.len() - 1)
+            };
+            applied.push(Applied::Limited {
+                name,
+                limit: *limit,
+                shadow,
+                quota,
+                cost: *cost,
+                check,
+            });
+        }
+        follow_enforced(&mut checks);
+        // A request a rule of 0 per unit refuses before Redis is asked consumes
+        // nothing from its other limits: they are only looked at.
+        if refused_without_redis(&applied) {
+            for check in &mut checks {
+                if check.counting != Counting::Alone {
+                    check.cost = 0;
+                }
+            }
+        }
+        Ok((applied, checks))
+    }
+
+    /// The response for `applied` descriptors decided as `outcome`.
+    fn respond(&self, applied: &[Applied<'_>], outcome: &Outcome) -> RateLimitResponse {
+        let mut statuses: Vec<DescriptorStatus> = Vec::with_capacity(applied.len());
+        let mut over_enforced = false;
+        let (mut quota_total, mut quota_over) = (0, 0);
+        // The descriptor the headers describe: the last one over its limit, else
+        // the one with the least left.
+        let mut headline: Option<usize> = None;
+        for applied in applied {
+            let (result, status) = descriptor_status(applied, outcome);
+            if let Applied::Limited { shadow, quota, .. } = *applied {
+                let over = result.ends_with("over_limit");
+                if quota {
+                    quota_total += 1;
+                    quota_over += usize::from(over);
+                } else if over && !shadow {
+                    over_enforced = true;
+                }
+                let better = match headline.map(|h| &statuses[h]) {
+                    _ if status.code == i32::from(Code::OverLimit) => true,
+                    Some(other) if other.code == i32::from(Code::OverLimit) => false,
+                    Some(other) => status.limit_remaining < other.limit_remaining,
+                    None => true,
+                };
+                if better {
+                    headline = Some(statuses.len());
+                }
+            }
+            self.meter
+                .record(|metrics| Metrics::count(&metrics.rls_descriptors, result));
+            statuses.push(status);
+        }
+        let over = over_enforced || (quota_total > 0 && quota_total == quota_over);
+        let response_headers_to_add = match headline.map(|h| &statuses[h]) {
+            Some(status) if self.settings.headers => headers(status),
+            _ => Vec::new(),
+        };
+        RateLimitResponse {
+            overall_code: if over { Code::OverLimit } else { Code::Ok }.into(),
+            statuses,
+            response_headers_to_add,
+            ..RateLimitResponse::default()
+        }
+    }
+}
+
+/// Matches descriptor `i` against `rules`, or takes Envoy's per-route override.
+fn match_descriptor<'r>(
+    rules: &'r Rules,
+    domain: &str,
+    i: usize,
+    descriptor: &RateLimitDescriptor,
+    request_cost: u64,
+) -> Result<Option<Matched<'r>>, Error> {
+    let entries: Vec<(&str, &str)> = descriptor
+        .entries
+        .iter()
+        .map(|entry| (entry.key.as_str(), entry.value.as_str()))
+        .collect();
+    let cost = match descriptor.hits_addend {
+        Some(hits) if hits > MAX_LIMIT => {
+            return Err(Error::invalid(
+                format!("descriptors[{i}].hits_addend"),
+                format!("must be at most {MAX_LIMIT}"),
+            ));
+        }
+        Some(hits) => hits,
+        None => request_cost,
+    };
+    let key = |shared: &[Option<&str>]| {
+        let entries = entries.iter().enumerate().map(|(depth, (key, value))| {
+            let value = shared.get(depth).copied().flatten().unwrap_or(value);
+            (*key, value)
+        });
+        envoy_descriptor(domain, entries)
+    };
+    let Some(limit) = &descriptor.limit else {
+        return Ok(rules.find(domain, &entries).map(|found| Matched {
+            rule: Some(found.rule),
+            limit: found.rule.limit,
+            key: key(&found.shared),
+            cost,
+        }));
+    };
+    // Envoy's per-route override: this limit, counted as a fixed window.
+    let unit = Unit::from_number(limit.unit).ok_or_else(|| {
+        Error::invalid(
+            format!("descriptors[{i}].limit.unit"),
+            format!("{} is not a RateLimitUnit", limit.unit),
+        )
+    })?;
+    let cap = Limit::max_requests_per_unit(unit);
+    if u64::from(limit.requests_per_unit) > cap {
+        return Err(Error::invalid(
+            format!("descriptors[{i}].limit.requests_per_unit"),
+            format!("must be at most {cap} per {unit}"),
+        ));
+    }
+    Ok(Some(Matched {
+        rule: None,
+        limit: Some(Limit {
+            requests_per_unit: limit.requests_per_unit,
+            unit,
+            algorithm: Algorithm::FixedWindow,
+        }),
+        key: key(&[]),
+        cost,
+    }))
+}
+
+/// A shadow limit on a counter an enforced one also counts follows the
+/// enforced ones: a refused request consumes nothing from that counter.
+fn follow_enforced(checks: &mut [LimitCheck<'_>]) {
+    let enforced: Vec<(&str, Algorithm, u64, u64)> = checks
+        .iter()
+        .filter(|check| check.counting != Counting::Alone)
+        .map(|check| (check.key, check.algorithm, check.limit, check.period_micros))
+        .collect();
+    for check in checks {
+        if check.counting == Counting::Alone
+            && enforced.contains(&(check.key, check.algorithm, check.limit, check.period_micros))
+        {
+            check.counting = Counting::Follows;
         }
     }
 }
@@ -232,6 +349,70 @@ fn refused_without_redis(applied: &[Applied<'_>]) -> bool {
     });
     let first_quota = quotas.next();
     enforced_zero || first_quota.is_some_and(|over| over && quotas.all(|over| over))
+}
+
+/// One descriptor's status, and what the metrics call its result.
+fn descriptor_status(applied: &Applied<'_>, outcome: &Outcome) -> (&'static str, DescriptorStatus) {
+    let Applied::Limited {
+        name,
+        limit,
+        shadow,
+        quota,
+        cost,
+        check,
+    } = *applied
+    else {
+        let (result, remaining) = match applied {
+            Applied::Unlimited => ("unlimited", u32::MAX),
+            _ => ("no_rule", 0),
+        };
+        let status = DescriptorStatus {
+            code: Code::Ok.into(),
+            limit_remaining: remaining,
+            ..DescriptorStatus::default()
+        };
+        return (result, status);
+    };
+    let (allowed, remaining, reset, by_policy) = match (check, outcome) {
+        (None, _) => (cost == 0, 0, until_window_end(limit.unit), false),
+        (Some(index), Outcome::Decided(decisions)) => {
+            let Decision {
+                allowed,
+                remaining,
+                reset_after,
+                ..
+            } = decisions.get(index).cloned().unwrap_or(Decision {
+                allowed: true,
+                remaining: 0,
+                reset_after: Duration::ZERO,
+                retry_after: Some(Duration::ZERO),
+            });
+            // Envoy's hits_addend 0 reports without refusing: a counter is
+            // over only once a hit would have taken it past the limit.
+            (allowed || cost == 0, remaining, reset_after, false)
+        }
+        (Some(_), Outcome::Policy(allowed)) => (*allowed, 0, Duration::ZERO, true),
+    };
+    let result = match (by_policy, allowed, shadow) {
+        (true, true, _) => "policy_ok",
+        (true, false, _) => "policy_over_limit",
+        (false, true, _) => "ok",
+        (false, false, true) => "shadow_over_limit",
+        (false, false, false) => "over_limit",
+    };
+    let code = if allowed || shadow || quota {
+        Code::Ok
+    } else {
+        Code::OverLimit
+    };
+    let status = DescriptorStatus {
+        code: code.into(),
+        current_limit: Some(current_limit(name, limit)),
+        limit_remaining: remaining_u32(remaining),
+        duration_until_reset: Some(duration_to_proto(reset)),
+        quota: None,
+    };
+    (result, status)
 }
 
 /// How long until the current window of `unit` ends, by this machine's clock: for
@@ -266,295 +447,22 @@ impl RateLimitService for RlsApi {
         let (metadata, extensions, request) = request.into_parts();
         let caller = Caller::in_extensions(&extensions)?;
         caller.charge(&request, request.descriptors.len())?;
-        let space = caller.space.clone();
-        if request.domain.is_empty() {
-            return Err(Error::invalid("domain", "must not be empty").into());
-        }
-        if request.descriptors.is_empty() {
-            return Err(Error::invalid("descriptors", "must not be empty").into());
-        }
-        if request.descriptors.len() > self.settings.max_descriptors {
-            return Err(Error::invalid(
-                "descriptors",
-                format!(
-                    "has {} descriptors, above the limit of {} (--ratelimit-max-batch)",
-                    request.descriptors.len(),
-                    self.settings.max_descriptors
-                ),
-            )
-            .into());
-        }
+        let request_cost = self.request_cost(&request)?;
         let rules = self.rules.current();
-        // A request without hits_addend (0 on the wire) costs 1, as in Envoy.
-        let request_cost = u64::from(request.hits_addend.max(1));
-
-        // Match every descriptor.
-        let mut matched = Vec::with_capacity(request.descriptors.len());
-        let mut keys = Vec::with_capacity(request.descriptors.len());
-        for (i, descriptor) in request.descriptors.iter().enumerate() {
-            let entries: Vec<(&str, &str)> = descriptor
-                .entries
-                .iter()
-                .map(|entry| (entry.key.as_str(), entry.value.as_str()))
-                .collect();
-            let cost = match descriptor.hits_addend {
-                Some(hits) if hits > crate::ratelimit::MAX_LIMIT => {
-                    return Err(Error::invalid(
-                        format!("descriptors[{i}].hits_addend"),
-                        format!("must be at most {}", crate::ratelimit::MAX_LIMIT),
-                    )
-                    .into());
-                }
-                Some(hits) => hits,
-                None => request_cost,
-            };
-            let found = match &descriptor.limit {
-                // Envoy's per-route override: this limit, counted as a fixed window.
-                Some(limit) => {
-                    let unit = Unit::from_number(limit.unit).ok_or_else(|| {
-                        Error::invalid(
-                            format!("descriptors[{i}].limit.unit"),
-                            format!("{} is not a RateLimitUnit", limit.unit),
-                        )
-                    })?;
-                    let limit = Limit {
-                        requests_per_unit: limit.requests_per_unit,
-                        unit,
-                        algorithm: crate::ratelimit::Algorithm::FixedWindow,
-                    };
-                    let cap = Limit::max_requests_per_unit(unit);
-                    if u64::from(limit.requests_per_unit) > cap {
-                        return Err(Error::invalid(
-                            format!("descriptors[{i}].limit.requests_per_unit"),
-                            format!("must be at most {cap} per {unit}"),
-                        )
-                        .into());
-                    }
-                    Some((None, Some(limit), entries.iter().map(|_| None).collect()))
-                }
-                None => rules
-                    .find(&request.domain, &entries)
-                    .map(|found| (Some(found.rule), found.rule.limit, found.shared)),
-            };
-            let key = found.as_ref().map(|(_, _, shared)| {
-                envoy_descriptor(
-                    &request.domain,
-                    entries
-                        .iter()
-                        .zip(shared)
-                        .map(|((key, value), shared): (&(&str, &str), &Option<&str>)| (*key, shared.unwrap_or(value))),
-                )
-            });
-            matched.push((found.map(|(rule, limit, _)| (rule, limit)), cost));
-            keys.push(key);
-        }
-
-        // Drop the rules other matched rules replace.
-        let replaced: HashSet<&str> = matched
+        let matched = request
+            .descriptors
             .iter()
-            .filter_map(|(found, _)| found.as_ref().and_then(|(rule, _)| *rule))
-            .flat_map(|rule| rule.replaces.iter().map(String::as_str))
-            .collect();
-
-        // What applies to each descriptor, and the limits Redis must decide.
-        let mut applied = Vec::with_capacity(matched.len());
-        let mut checks: Vec<LimitCheck<'_>> = Vec::new();
-        for (i, ((found, cost), key)) in matched.iter().zip(&keys).enumerate() {
-            let Some((rule, limit)) = found else {
-                applied.push(Applied::Nothing);
-                continue;
-            };
-            let (name, shadow, quota) = match rule {
-                // Replaced: as if it had not matched.
-                Some(rule) if !rule.name.is_empty() && replaced.contains(rule.name.as_str()) => {
-                    applied.push(Applied::Nothing);
-                    continue;
-                }
-                Some(rule) => (rule.name.as_str(), rule.shadow_mode, rule.quota_mode),
-                None => ("", false, false),
-            };
-            let (Some(limit), Some(key)) = (limit, key) else {
-                applied.push(Applied::Unlimited);
-                continue;
-            };
-            let check = if limit.requests_per_unit == 0 {
-                None
-            } else {
-                let key = self.limiter.limits().key(&format!("descriptors[{i}]"), key)?;
-                // Every descriptor is its own limit, even on a counter another one
-                // names: the script decides them one after the other, each charged
-                // its own cost, all or nothing.
-                checks.push(LimitCheck {
-                    key,
-                    algorithm: limit.algorithm,
-                    limit: u64::from(limit.requests_per_unit),
-                    period_micros: limit.period_micros(),
-                    cost: *cost,
-                    counting: match (shadow, quota) {
-                        (true, _) => Counting::Alone,
-                        (false, true) => Counting::Quota,
-                        (false, false) => Counting::Together,
-                    },
-                });
-                Some(checks.len() - 1)
-            };
-            applied.push(Applied::Limited {
-                name,
-                limit: *limit,
-                shadow,
-                quota,
-                cost: *cost,
-                check,
-            });
-        }
-
-        // A shadow limit on a counter an enforced one also counts follows the
-        // enforced ones: a refused request consumes nothing from that counter.
-        let enforced: Vec<(&str, Algorithm, u64, u64)> = checks
-            .iter()
-            .filter(|check| check.counting != Counting::Alone)
-            .map(|check| (check.key, check.algorithm, check.limit, check.period_micros))
-            .collect();
-        for check in &mut checks {
-            if check.counting == Counting::Alone
-                && enforced.contains(&(check.key, check.algorithm, check.limit, check.period_micros))
-            {
-                check.counting = Counting::Follows;
-            }
-        }
-        // A request a rule of 0 per unit refuses before Redis is asked consumes
-        // nothing from its other limits: they are only looked at.
-        if refused_without_redis(&applied) {
-            for check in &mut checks {
-                if check.counting != Counting::Alone {
-                    check.cost = 0;
-                }
-            }
-        }
-
+            .enumerate()
+            .map(|(i, descriptor)| match_descriptor(&rules, &request.domain, i, descriptor, request_cost))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let (applied, checks) = self.apply(&matched)?;
         let outcome = if checks.is_empty() {
             Outcome::Decided(Vec::new())
         } else {
-            self.limiter
-                .decide(&space, &metadata, &checks, self.limiter.default_policy())
-                .await?
+            let policy = self.limiter.settings().on_unavailable;
+            self.limiter.decide(&caller.space, &metadata, &checks, policy).await?
         };
         Ok(Response::new(self.respond(&applied, &outcome)))
-    }
-}
-
-impl RlsApi {
-    /// The response for `applied` descriptors decided as `outcome`.
-    fn respond(&self, applied: &[Applied<'_>], outcome: &Outcome) -> RateLimitResponse {
-        let mut statuses = Vec::with_capacity(applied.len());
-        let mut over_enforced = false;
-        let (mut quota_total, mut quota_over) = (0, 0);
-        // The descriptor the headers describe: the last one over its limit, else
-        // the one with the least left.
-        let mut headline: Option<usize> = None;
-        for (i, applied) in applied.iter().enumerate() {
-            let (result, status) = match *applied {
-                Applied::Nothing => (
-                    "no_rule",
-                    DescriptorStatus {
-                        code: Code::Ok.into(),
-                        ..DescriptorStatus::default()
-                    },
-                ),
-                Applied::Unlimited => (
-                    "unlimited",
-                    DescriptorStatus {
-                        code: Code::Ok.into(),
-                        limit_remaining: u32::MAX,
-                        ..DescriptorStatus::default()
-                    },
-                ),
-                Applied::Limited {
-                    name,
-                    limit,
-                    shadow,
-                    quota,
-                    cost,
-                    check,
-                } => {
-                    let (allowed, remaining, reset, by_policy) = match (check, outcome) {
-                        (None, _) => (cost == 0, 0, until_window_end(limit.unit), false),
-                        (Some(index), Outcome::Decided(decisions)) => {
-                            let Decision {
-                                allowed,
-                                remaining,
-                                reset_after,
-                                ..
-                            } = decisions.get(index).cloned().unwrap_or(Decision {
-                                allowed: true,
-                                remaining: 0,
-                                reset_after: Duration::ZERO,
-                                retry_after: Some(Duration::ZERO),
-                            });
-                            // Envoy's hits_addend 0 reports without refusing: a counter
-                            // is over only once a hit would have taken it past the limit.
-                            (allowed || cost == 0, remaining, reset_after, false)
-                        }
-                        (Some(_), Outcome::Policy(allowed)) => (*allowed, 0, Duration::ZERO, true),
-                    };
-                    if quota {
-                        quota_total += 1;
-                        if !allowed {
-                            quota_over += 1;
-                        }
-                    } else if !allowed && !shadow {
-                        over_enforced = true;
-                    }
-                    let result = match (by_policy, allowed, shadow) {
-                        (true, true, _) => "policy_ok",
-                        (true, false, _) => "policy_over_limit",
-                        (false, true, _) => "ok",
-                        (false, false, true) => "shadow_over_limit",
-                        (false, false, false) => "over_limit",
-                    };
-                    let code = if allowed || shadow || quota {
-                        Code::Ok
-                    } else {
-                        Code::OverLimit
-                    };
-                    let status = DescriptorStatus {
-                        code: code.into(),
-                        current_limit: Some(current_limit(name, limit)),
-                        limit_remaining: remaining_u32(remaining),
-                        duration_until_reset: Some(duration_to_proto(reset)),
-                        quota: None,
-                    };
-                    let better = match headline.map(|h: usize| &statuses[h]) {
-                        _ if code == Code::OverLimit => true,
-                        Some(DescriptorStatus { code: other_code, .. })
-                            if *other_code == i32::from(Code::OverLimit) =>
-                        {
-                            false
-                        }
-                        Some(DescriptorStatus { limit_remaining, .. }) => status.limit_remaining < *limit_remaining,
-                        None => true,
-                    };
-                    if better {
-                        headline = Some(i);
-                    }
-                    (result, status)
-                }
-            };
-            self.meter
-                .record(|metrics| Metrics::count(&metrics.rls_descriptors, result));
-            statuses.push(status);
-        }
-        let over = over_enforced || (quota_total > 0 && quota_total == quota_over);
-        let response_headers_to_add = match headline.map(|h| &statuses[h]) {
-            Some(status) if self.settings.headers => headers(status),
-            _ => Vec::new(),
-        };
-        RateLimitResponse {
-            overall_code: if over { Code::OverLimit } else { Code::Ok }.into(),
-            statuses,
-            response_headers_to_add,
-            ..RateLimitResponse::default()
-        }
     }
 }
 

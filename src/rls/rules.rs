@@ -1,5 +1,5 @@
-//! Envoy rate-limit rules in envoyproxy/ratelimit's YAML format: loading,
-//! validation and matching.
+//! Envoy rate-limit rules: loaded from envoyproxy/ratelimit's YAML files
+//! ([`format`]), and matched against request descriptors.
 //!
 //! A file holds one `domain` and a tree of `descriptors`. A request descriptor,
 //! a list of (key, value) entries, walks down the tree one entry per level; at
@@ -9,121 +9,15 @@
 //! walk ends exactly at the request's last entry.
 
 use std::{
-    collections::{HashMap, HashSet},
-    fmt::{self, Write as _},
+    collections::HashMap,
+    fmt::Write as _,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
-use serde::Deserialize;
-
-use crate::ratelimit::{Algorithm, MAX_LIMIT};
-
-/// A rule's unit of time, with Envoy's numbering (`RateLimitResponse.RateLimit.Unit`
-/// and `envoy.type.v3.RateLimitUnit` agree).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unit {
-    /// A second.
-    Second,
-    /// A minute.
-    Minute,
-    /// An hour.
-    Hour,
-    /// A day of 24 hours.
-    Day,
-    /// Seven days.
-    Week,
-    /// 30 days, as envoyproxy/ratelimit counts it.
-    Month,
-    /// 365 days, as envoyproxy/ratelimit counts it.
-    Year,
-}
-
-impl Unit {
-    const ALL: [Unit; 7] = [
-        Unit::Second,
-        Unit::Minute,
-        Unit::Hour,
-        Unit::Day,
-        Unit::Week,
-        Unit::Month,
-        Unit::Year,
-    ];
-
-    /// The unit's length.
-    pub fn period(self) -> Duration {
-        const DAY: u64 = 24 * 60 * 60;
-        Duration::from_secs(match self {
-            Unit::Second => 1,
-            Unit::Minute => 60,
-            Unit::Hour => 60 * 60,
-            Unit::Day => DAY,
-            Unit::Week => 7 * DAY,
-            Unit::Month => 30 * DAY,
-            Unit::Year => 365 * DAY,
-        })
-    }
-
-    /// Envoy's enum number.
-    pub fn number(self) -> i32 {
-        match self {
-            Unit::Second => 1,
-            Unit::Minute => 2,
-            Unit::Hour => 3,
-            Unit::Day => 4,
-            Unit::Month => 5,
-            Unit::Year => 6,
-            Unit::Week => 7,
-        }
-    }
-
-    /// The unit of Envoy's enum number, if it is one.
-    pub fn from_number(number: i32) -> Option<Unit> {
-        Unit::ALL.into_iter().find(|unit| unit.number() == number)
-    }
-
-    /// The name configuration files use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Unit::Second => "second",
-            Unit::Minute => "minute",
-            Unit::Hour => "hour",
-            Unit::Day => "day",
-            Unit::Week => "week",
-            Unit::Month => "month",
-            Unit::Year => "year",
-        }
-    }
-
-    /// The unit named `name`, in any case, as envoyproxy/ratelimit reads it.
-    fn from_name(name: &str) -> Option<Unit> {
-        Unit::ALL
-            .into_iter()
-            .find(|unit| unit.name().eq_ignore_ascii_case(name))
-    }
-}
-
-/// How many requests a rule lets through per unit, counted how.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
-    /// 0 refuses every request that costs anything.
-    pub requests_per_unit: u32,
-    pub unit: Unit,
-    pub algorithm: Algorithm,
-}
-
-impl Limit {
-    /// The period in microseconds.
-    pub fn period_micros(self) -> u64 {
-        u64::try_from(self.unit.period().as_micros()).unwrap_or(u64::MAX)
-    }
-
-    /// The most requests per unit the rate limiter can count exactly in `unit`.
-    pub fn max_requests_per_unit(unit: Unit) -> u64 {
-        let period = u64::try_from(unit.period().as_micros()).unwrap_or(u64::MAX);
-        MAX_LIMIT.min(period)
-    }
-}
+use super::{
+    format::{self, Descriptor},
+    limit::{Limit, algorithm_name},
+};
 
 /// One `rate_limit` block and the flags of its descriptor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,8 +39,11 @@ pub struct Rule {
 /// A request descriptor's match: the rule and, per entry, the value its counter
 /// is kept under (the wildcard pattern itself where the thresholds are shared).
 #[derive(Debug)]
-pub struct Matched<'a> {
+pub struct Found<'a> {
+    /// The rule.
     pub rule: &'a Rule,
+    /// Per entry: the wildcard pattern a counter shared by every matching value
+    /// is kept under, or `None` for the entry's own value.
     pub shared: Vec<Option<&'a str>>,
 }
 
@@ -222,7 +119,7 @@ impl Rules {
         let mut origin: HashMap<String, PathBuf> = HashMap::new();
         for file in files {
             let text = std::fs::read_to_string(&file).map_err(|e| error(&file, e.to_string()))?;
-            let root = Rules::parse(&text).map_err(|message| error(&file, message))?;
+            let root = format::parse(&text).map_err(|message| error(&file, message))?;
             if let Some(first) = origin.get(&root.domain) {
                 return Err(error(
                     &file,
@@ -237,11 +134,6 @@ impl Rules {
         Ok(rules)
     }
 
-    /// Parses and validates one file's text.
-    fn parse(text: &str) -> Result<Root, String> {
-        serde_yaml_ng::from_str::<Root>(text).map_err(|error| error.to_string())
-    }
-
     /// Whether no domain is configured.
     pub fn is_empty(&self) -> bool {
         self.domains.is_empty()
@@ -253,7 +145,7 @@ impl Rules {
     }
 
     /// The rule for `entries` in `domain`, if any.
-    pub fn find<'a>(&'a self, domain: &str, entries: &[(&str, &str)]) -> Option<Matched<'a>> {
+    pub fn find<'a>(&'a self, domain: &str, entries: &[(&str, &str)]) -> Option<Found<'a>> {
         let mut level = self.domains.get(domain)?;
         let mut shared = Vec::with_capacity(entries.len());
         for (depth, (key, value)) in entries.iter().enumerate() {
@@ -272,7 +164,7 @@ impl Rules {
                 level.any.get(*key)?
             };
             if depth + 1 == entries.len() {
-                return node.rule.as_ref().map(|rule| Matched { rule, shared });
+                return node.rule.as_ref().map(|rule| Found { rule, shared });
             }
             level = &node.children;
         }
@@ -384,15 +276,6 @@ impl Level {
     }
 }
 
-/// The name an `algorithm:` field gives the algorithm.
-pub fn algorithm_name(algorithm: Algorithm) -> &'static str {
-    match algorithm {
-        Algorithm::TokenBucket => "token_bucket",
-        Algorithm::FixedWindow => "fixed_window",
-        Algorithm::SlidingWindow => "sliding_window",
-    }
-}
-
 /// Whether `value` matches `pattern`, each `*` of which matches any run of
 /// characters (none included).
 fn wildcard_match(pattern: &str, value: &str) -> bool {
@@ -418,225 +301,6 @@ fn wildcard_match(pattern: &str, value: &str) -> bool {
     true
 }
 
-// The file format. Every check happens while deserialising, so that the parser
-// reports it with the line and column of the offending node.
-
-#[derive(Debug, Deserialize)]
-#[serde(try_from = "RawRoot")]
-struct Root {
-    domain: String,
-    descriptors: Descriptors,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoot {
-    domain: Option<String>,
-    descriptors: Option<Descriptors>,
-}
-
-impl TryFrom<RawRoot> for Root {
-    type Error = String;
-
-    fn try_from(raw: RawRoot) -> Result<Root, String> {
-        let domain = raw.domain.unwrap_or_default();
-        if domain.is_empty() {
-            return Err("config file cannot have empty domain".to_owned());
-        }
-        Ok(Root {
-            domain,
-            descriptors: raw.descriptors.unwrap_or_default(),
-        })
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(try_from = "Vec<Descriptor>")]
-struct Descriptors(Vec<Descriptor>);
-
-impl TryFrom<Vec<Descriptor>> for Descriptors {
-    type Error = String;
-
-    fn try_from(descriptors: Vec<Descriptor>) -> Result<Descriptors, String> {
-        let mut seen = HashSet::new();
-        for descriptor in &descriptors {
-            let composite = match &descriptor.value {
-                Some(value) => format!("{}_{value}", descriptor.key),
-                None => descriptor.key.clone(),
-            };
-            if !seen.insert((descriptor.key.clone(), descriptor.value.clone())) {
-                return Err(format!("duplicate descriptor composite key '{composite}'"));
-            }
-        }
-        Ok(Descriptors(descriptors))
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(try_from = "RawDescriptor")]
-struct Descriptor {
-    key: String,
-    /// `None` for a missing or empty value: the key alone.
-    value: Option<String>,
-    rate_limit: Option<RateLimitBlock>,
-    descriptors: Descriptors,
-    shadow_mode: bool,
-    quota_mode: bool,
-    share_threshold: bool,
-}
-
-/// A descriptor as written. `detailed_metric`, `value_to_metric` and `metadata`
-/// shape envoyproxy/ratelimit's per-descriptor statistics and response metadata;
-/// they are accepted so that its files load unchanged, and have no effect here.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDescriptor {
-    key: Option<String>,
-    value: Option<ScalarString>,
-    rate_limit: Option<RateLimitBlock>,
-    descriptors: Option<Descriptors>,
-    shadow_mode: Option<bool>,
-    quota_mode: Option<bool>,
-    share_threshold: Option<bool>,
-    #[serde(rename = "detailed_metric")]
-    _detailed_metric: Option<bool>,
-    #[serde(rename = "value_to_metric")]
-    _value_to_metric: Option<bool>,
-    #[serde(rename = "metadata")]
-    _metadata: Option<serde_yaml_ng::Value>,
-}
-
-impl TryFrom<RawDescriptor> for Descriptor {
-    type Error = String;
-
-    fn try_from(raw: RawDescriptor) -> Result<Descriptor, String> {
-        let key = raw.key.unwrap_or_default();
-        if key.is_empty() {
-            return Err("descriptor has empty key".to_owned());
-        }
-        let value = raw.value.map(|value| value.0).filter(|value| !value.is_empty());
-        let share_threshold = raw.share_threshold.unwrap_or(false);
-        if share_threshold && !value.as_deref().is_some_and(|value| value.contains('*')) {
-            return Err(format!(
-                "share_threshold can only be used with wildcard values (containing '*'), but found key '{key}'"
-            ));
-        }
-        Ok(Descriptor {
-            key,
-            value,
-            rate_limit: raw.rate_limit,
-            descriptors: raw.descriptors.unwrap_or_default(),
-            shadow_mode: raw.shadow_mode.unwrap_or(false),
-            quota_mode: raw.quota_mode.unwrap_or(false),
-            share_threshold,
-        })
-    }
-}
-
-/// A scalar read as text, as Go's YAML reads `value: 2061234567` into a string.
-struct ScalarString(String);
-
-impl<'de> Deserialize<'de> for ScalarString {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<ScalarString, D::Error> {
-        use serde::de::Error as _;
-        match serde_yaml_ng::Value::deserialize(deserializer)? {
-            serde_yaml_ng::Value::String(text) => Ok(ScalarString(text)),
-            serde_yaml_ng::Value::Number(number) => Ok(ScalarString(number.to_string())),
-            serde_yaml_ng::Value::Bool(flag) => Ok(ScalarString(flag.to_string())),
-            serde_yaml_ng::Value::Null => Ok(ScalarString(String::new())),
-            _ => Err(D::Error::custom("value must be a string")),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(try_from = "RawRateLimit")]
-struct RateLimitBlock {
-    name: String,
-    limit: Option<Limit>,
-    replaces: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRateLimit {
-    requests_per_unit: Option<u32>,
-    unit: Option<String>,
-    unlimited: Option<bool>,
-    name: Option<String>,
-    replaces: Option<Vec<Replaces>>,
-    /// cachelock's own field: envoyproxy/ratelimit always counts fixed windows.
-    algorithm: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Replaces {
-    name: Option<String>,
-}
-
-impl TryFrom<RawRateLimit> for RateLimitBlock {
-    type Error = String;
-
-    fn try_from(raw: RawRateLimit) -> Result<RateLimitBlock, String> {
-        let name = raw.name.unwrap_or_default();
-        let unit_name = raw.unit.unwrap_or_default();
-        let unit = Unit::from_name(&unit_name);
-        let limit = if raw.unlimited.unwrap_or(false) {
-            if unit.is_some() {
-                return Err("should not specify rate limit unit when unlimited".to_owned());
-            }
-            None
-        } else {
-            let unit = unit.ok_or_else(|| {
-                format!("invalid rate limit unit '{unit_name}' (second, minute, hour, day, week, month or year)")
-            })?;
-            let algorithm = match raw.algorithm.as_deref() {
-                None | Some("fixed_window") => Algorithm::FixedWindow,
-                Some("token_bucket") => Algorithm::TokenBucket,
-                Some("sliding_window") => Algorithm::SlidingWindow,
-                Some(other) => {
-                    return Err(format!(
-                        "invalid algorithm '{other}' (fixed_window, token_bucket or sliding_window)"
-                    ));
-                }
-            };
-            let requests_per_unit = raw.requests_per_unit.unwrap_or(0);
-            let limit = Limit {
-                requests_per_unit,
-                unit,
-                algorithm,
-            };
-            let cap = Limit::max_requests_per_unit(unit);
-            if u64::from(requests_per_unit) > cap {
-                return Err(format!(
-                    "requests_per_unit {requests_per_unit} is above {cap}, the most a {} can count",
-                    unit.name()
-                ));
-            }
-            Some(limit)
-        };
-        let mut replaces = Vec::new();
-        for entry in raw.replaces.unwrap_or_default() {
-            let replaced = entry.name.unwrap_or_default();
-            if replaced.is_empty() {
-                return Err("should not have an empty replaces entry".to_owned());
-            }
-            if replaced == name {
-                return Err("replaces should not contain name of same descriptor".to_owned());
-            }
-            replaces.push(replaced);
-        }
-        Ok(RateLimitBlock { name, limit, replaces })
-    }
-}
-
-impl fmt::Display for Unit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -655,20 +319,5 @@ mod tests {
         assert!(!wildcard_match("/api/*/resource/*/action", "/api/v1/other/123/action"));
         assert!(!wildcard_match("a*a", "a"));
         assert!(wildcard_match("a*a", "aa"));
-    }
-
-    #[test]
-    fn problems_name_their_line() {
-        let text =
-            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: fortnight\n      requests_per_unit: 1\n";
-        let Err(message) = Rules::parse(text) else {
-            panic!("a fortnight is not a unit");
-        };
-        assert!(message.contains("invalid rate limit unit 'fortnight'"), "{message}");
-        // The descriptor holding the bad block.
-        assert!(
-            message.contains("descriptors[0]") && message.contains("line 3"),
-            "{message}"
-        );
     }
 }

@@ -26,7 +26,7 @@ use crate::{
         session::session_service_server::SessionServiceServer,
     },
     pubsub::{Hub, HubLimits, PubSubApi, Wakers, run_subscriber},
-    ratelimit::{self, RateLimitApi, RateLimitSettings, RateLimitStore},
+    ratelimit::{self, Limiter, RateLimitApi, RateLimitSettings, RateLimitStore},
     redis::{
         Backoff, Cluster, ConnectSettings, EmbeddedRedis, Endpoint, Keys, LuaScript, Redis, RedisSettings, Sentinels,
         Topology, watch_failovers,
@@ -412,13 +412,13 @@ async fn serve(
     ))
     .max_decoding_message_size(requests)
     .max_encoding_message_size(responses);
-    let limiter = Arc::new(RateLimitApi::new(
+    let limiter = Arc::new(Limiter::new(
         RateLimitStore::new(redis.clone(), meter.clone()),
         Limits::from(config),
         RateLimitSettings::from(config),
         meter.clone(),
     ));
-    let ratelimit = RateLimitServiceServer::from_arc(limiter.clone())
+    let ratelimit = RateLimitServiceServer::new(RateLimitApi::new(limiter.clone()))
         .max_decoding_message_size(requests)
         .max_encoding_message_size(responses);
     let envoy_ratelimit = EnvoyRateLimitServiceServer::new(RlsApi::new(

@@ -4,11 +4,13 @@
 
 mod metrics;
 mod rpc;
+mod throttled;
 
 use tracing_subscriber::EnvFilter;
 
 pub use metrics::{HealthName, Metrics};
 pub use rpc::{RpcLayer, add_redis_time, record_client};
+pub use throttled::ThrottledLog;
 
 use std::sync::Arc;
 

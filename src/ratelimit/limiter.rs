@@ -1,0 +1,153 @@
+//! The rate limiter both rate-limit APIs decide through: the native
+//! `RateLimitService` and Envoy's. It asks Redis within the limiter's budget
+//! and answers from the outage policy when Redis cannot decide in time.
+
+use std::time::Duration;
+
+use tonic::{Status, metadata::MetadataMap};
+
+use super::store::{Decision, LimitCheck, RateLimitStore};
+use crate::{
+    config::{Config, OutagePolicy},
+    error::Error,
+    redis::KeySpace,
+    request::{Limits, budget, duration_to_proto},
+    telemetry::{Meter, Metrics, ThrottledLog},
+};
+
+/// The largest limit and cost: keeps every count exact in the script's doubles.
+pub const MAX_LIMIT: u64 = 1_000_000_000;
+/// Below this much time left, Redis is not asked at all: the policy answers.
+const MIN_REDIS_BUDGET: Duration = Duration::from_millis(1);
+
+static POLICY_ALLOWED: ThrottledLog =
+    ThrottledLog::new("rate-limit checks allowed by the outage policy (fail open), not decided by Redis");
+static POLICY_DENIED: ThrottledLog =
+    ThrottledLog::new("rate-limit checks denied by the outage policy (fail closed), not decided by Redis");
+
+/// The rate limiter's settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct RateLimitSettings {
+    /// The default outage policy.
+    pub on_unavailable: OutagePolicy,
+    /// Longest wait for Redis in one check.
+    pub timeout: Duration,
+    /// Longest wait for Redis in a Reset.
+    pub operation_timeout: Duration,
+    /// Longest period a check may ask for.
+    pub max_period: Duration,
+    /// Most limits in one CheckMany.
+    pub max_batch: usize,
+    /// What a policy denial tells the caller to wait: the health probe interval,
+    /// after which the service knows more.
+    pub outage_retry_after: Duration,
+}
+
+impl From<&Config> for RateLimitSettings {
+    fn from(config: &Config) -> RateLimitSettings {
+        RateLimitSettings {
+            on_unavailable: config.ratelimit_on_unavailable,
+            timeout: config.ratelimit_timeout,
+            operation_timeout: config.operation_timeout,
+            max_period: config.ratelimit_max_period,
+            max_batch: config.ratelimit_max_batch,
+            outage_retry_after: config.health_interval,
+        }
+    }
+}
+
+/// How a request was decided.
+pub enum Outcome {
+    /// By Redis, one decision per limit.
+    Decided(Vec<Decision>),
+    /// By the outage policy: allowed or not.
+    Policy(bool),
+}
+
+/// Decides limits in Redis, or by the outage policy when Redis cannot.
+pub struct Limiter {
+    store: RateLimitStore,
+    limits: Limits,
+    settings: RateLimitSettings,
+    meter: Meter,
+}
+
+impl Limiter {
+    /// A limiter over `store`.
+    pub fn new(store: RateLimitStore, limits: Limits, settings: RateLimitSettings, meter: Meter) -> Limiter {
+        Limiter {
+            store,
+            limits,
+            settings,
+            meter,
+        }
+    }
+
+    /// The store the limits are kept in.
+    pub fn store(&self) -> &RateLimitStore {
+        &self.store
+    }
+
+    /// The request size limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The settings from the configuration.
+    pub fn settings(&self) -> &RateLimitSettings {
+        &self.settings
+    }
+
+    /// Asks Redis within the rate limiter's budget; falls back to `policy` when
+    /// the last connection attempt failed, the caller's deadline is too near, or
+    /// Redis fails, is full, or does not answer in time.
+    ///
+    /// # Errors
+    /// What Redis answered that is not an outage (a script's refusal, a key of
+    /// the wrong type): the caller's or the service's error, not the policy's.
+    pub async fn decide(
+        &self,
+        space: &KeySpace,
+        metadata: &MetadataMap,
+        checks: &[LimitCheck<'_>],
+        policy: OutagePolicy,
+    ) -> Result<Outcome, Status> {
+        let allowed = policy == OutagePolicy::FailOpen;
+        let outcome = match budget(metadata, self.settings.timeout) {
+            Ok(budget) if budget >= MIN_REDIS_BUDGET => {
+                let deadline = tokio::time::Instant::now() + budget;
+                match self.store.check(space, checks, deadline).await {
+                    Ok(decisions) => Outcome::Decided(decisions),
+                    Err(error) if error.is_outage() => by_policy(allowed, &error),
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            Ok(_) | Err(_) => by_policy(allowed, &Error::DeadlineExceeded),
+        };
+        let result = match &outcome {
+            Outcome::Decided(decisions) if decisions.iter().all(|decision| decision.allowed) => "allowed",
+            Outcome::Decided(_) => "denied",
+            Outcome::Policy(true) => "policy_allowed",
+            Outcome::Policy(false) => "policy_denied",
+        };
+        self.meter
+            .record(|metrics| Metrics::count(&metrics.ratelimit_decisions, result));
+        Ok(outcome)
+    }
+
+    /// What an answer of the outage policy tells the caller to wait.
+    pub fn policy_retry_after(&self, allowed: bool) -> Option<prost_types::Duration> {
+        Some(duration_to_proto(if allowed {
+            Duration::ZERO
+        } else {
+            self.settings.outage_retry_after
+        }))
+    }
+}
+
+/// The policy's answer, logged with what kept Redis from deciding.
+fn by_policy(allowed: bool, cause: &Error) -> Outcome {
+    let log = if allowed { &POLICY_ALLOWED } else { &POLICY_DENIED };
+    log.record_because(cause);
+    Outcome::Policy(allowed)
+}
