@@ -171,3 +171,51 @@ fn compare_interleaves_two_scenarios_and_totals_them() {
     );
     assert!(rows.iter().all(|row| row["errors"] == 0), "{stdout}");
 }
+
+#[test]
+fn a_baseline_binary_is_measured_beside_this_build() {
+    // This build stands in for the one before a change.
+    let stdout = bench(&[
+        "--json",
+        "--compare-binary",
+        env!("CARGO_BIN_EXE_cachelock-bench")
+            .strip_suffix("cachelock-bench")
+            .map(|dir| format!("{dir}cachelock"))
+            .as_deref()
+            .unwrap_or("cachelock"),
+        "--scenarios",
+        "cache-set",
+        "--warmup",
+        "0s",
+        "--duration",
+        "100ms",
+        "--concurrency",
+        "2",
+        "--count-requests",
+        "5",
+    ]);
+    let rows = json_rows(&stdout);
+    let baseline = rows
+        .iter()
+        .find(|row| row["target"] == "baseline")
+        .unwrap_or_else(|| panic!("a baseline row: {stdout}"));
+    assert!(baseline["requests"].as_u64().is_some_and(|n| n > 0), "{stdout}");
+    assert!(baseline["throughput_vs_direct"].as_f64().is_some(), "{stdout}");
+    assert!(rows.iter().all(|row| row["errors"] == 0), "{stdout}");
+}
+
+#[test]
+fn the_batch_worst_case_reports_every_batch_rpc_at_the_default_limits() {
+    let stdout = bench(&["--batch-worst-case"]);
+    for row in [
+        "SetMany: 1000 entries",
+        "GetMany: 1000 keys",
+        "Delete: 1000 keys",
+        "CheckMany: 100 limits",
+        "session Create: 64 attributes",
+        "ListUserSessions: 100 sessions",
+        "DeleteUserSessions: 100 sessions",
+    ] {
+        assert!(stdout.contains(row), "{row}: {stdout}");
+    }
+}
