@@ -5,7 +5,7 @@
 //!   beyond that a request is refused at once with RESOURCE_EXHAUSTED (load
 //!   shedding), never queued. Health checks are exempt, so a load balancer still
 //!   sees the instance while it sheds. It also gives an oversized request the
-//!   code the README promises (tonic says OUT_OF_RANGE; it is RESOURCE_EXHAUSTED).
+//!   code docs/behaviour.md promises (tonic says OUT_OF_RANGE; it is RESOURCE_EXHAUSTED).
 //! - [`limit_connections`]: at most `--max-connections` client connections;
 //!   beyond that new ones wait in the listen backlog.
 //!
@@ -130,7 +130,7 @@ where
 }
 
 /// tonic answers a message above the size limit with OUT_OF_RANGE; gRPC's own
-/// servers, and the README, say RESOURCE_EXHAUSTED. No handler here answers
+/// servers, and docs/behaviour.md, say RESOURCE_EXHAUSTED. No handler here answers
 /// OUT_OF_RANGE, so the rewrite cannot hide anything else.
 fn oversized_is_resource_exhausted<R>(response: &mut http::Response<R>) {
     let out_of_range = http::HeaderValue::from_static("11");

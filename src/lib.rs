@@ -12,10 +12,10 @@
 //!
 //! | layer | modules |
 //! |---|---|
-//! | the floor | `error` (every error and its gRPC status), `time` (durations in milliseconds) |
-//! | settings | `config` (every flag, validated once) |
-//! | Redis | `redis` (the shared connections, keys, scripts, the development redis-server), `notices` (wake-ups heard from Redis) |
-//! | around every RPC | `telemetry` (metrics, spans, refusal logs), `admission` (in-flight limit), `auth` (TLS, the auth file, callers), `request` (deadlines, field checks), `ids` |
+//! | the floor | `time` (durations in the units Redis and protobuf speak), `error` (every error and its gRPC status) |
+//! | settings | `config` (every flag, validated once; the Redis target parsed once) |
+//! | Redis | `redis` (the shared connections, keys, scripts, INFO, the development redis-server), `notices` (wake-ups heard from Redis, and the one server-side wait) |
+//! | around every RPC | `telemetry` (metrics, spans, throttled logs), `codec` (the checked protobuf codec), `admission` (in-flight and connection limits), `auth` (TLS, the auth file, callers), `request` (deadlines, field checks), `context` (what every service is built from), `ids` |
 //! | services | `cache`, `ratelimit` (its limiter core is what `rls`, Envoy's API, calls too), `rls`, `session`, `lock`, `pubsub`, `health` |
 //! | the server | `server` (run, the services built from one context, the ops HTTP listener), `probe` |
 //!
@@ -30,6 +30,7 @@ mod auth;
 mod cache;
 mod codec;
 mod config;
+mod context;
 mod error;
 mod health;
 mod ids;
@@ -44,6 +45,7 @@ mod rls;
 mod server;
 mod session;
 mod telemetry;
+mod time;
 
 pub use config::{CheckRlsConfigArgs, Cli, Command, Config, ConfigError, LogFormat, ProbeArgs};
 pub use error::{Reason, StartError};

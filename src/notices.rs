@@ -35,6 +35,18 @@ use crate::{
 /// The delay suggested (`RetryInfo`) to a call refused for too many waiters:
 /// places free up as waiters are served or give up.
 const WAITERS_RETRY: Duration = Duration::from_secs(1);
+/// How often a waiter looks again while notices cannot be heard (the
+/// subscriber connection is down): a notice sent meanwhile is lost.
+const UNHEARD_RECHECK: Duration = Duration::from_millis(250);
+
+/// What ended a [`Notices::wait`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// A notice came, or the nap ended: look again.
+    LookAgain,
+    /// The server is draining: give up the wait.
+    Draining,
+}
 
 /// Who waits, for the messages and metrics of refusals.
 pub struct Waiting {
@@ -48,6 +60,8 @@ pub struct Waiting {
     pub flag: &'static str,
     /// The flag that limits them per channel (may be the same).
     pub flag_per_channel: &'static str,
+    /// The `kind` label of `cachelock_waiters`: "lock", "cache_fill".
+    pub kind: &'static str,
     /// The `reason` label of `cachelock_requests_refused_total`.
     pub refusal: &'static str,
     /// The log line counting refusals.
@@ -120,6 +134,8 @@ impl Notices {
             .or_insert_with(|| watch::Sender::new(0))
             .subscribe();
         registry.total += 1;
+        drop(registry);
+        self.inner.meter.record(|metrics| metrics.waiting(waiting.kind, 1));
         Ok(Registration {
             notices: self.inner.clone(),
             channel,
@@ -143,6 +159,36 @@ impl Notices {
     /// Whether releases are being heard right now.
     pub fn is_listening(&self) -> bool {
         self.inner.listening.load(Ordering::Acquire)
+    }
+
+    /// Every server-side wait: until the notice `registration` waits for, `nap`
+    /// passes, or the server drains, whichever comes first. While notices cannot
+    /// be heard it naps at most [`UNHEARD_RECHECK`]. Without a registration only
+    /// the nap or the drain end it.
+    pub async fn wait(
+        &self,
+        registration: Option<&mut Registration>,
+        nap: Duration,
+        draining: &watch::Receiver<bool>,
+    ) -> Woken {
+        let nap = if self.is_listening() {
+            nap
+        } else {
+            nap.min(UNHEARD_RECHECK)
+        };
+        let notice = async {
+            match registration {
+                Some(registration) => registration.released().await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut draining = draining.clone();
+        tokio::select! {
+            () = notice => Woken::LookAgain,
+            () = tokio::time::sleep(nap) => Woken::LookAgain,
+            // The caller can retry on another instance rather than be cut off at the grace's end.
+            _ = draining.wait_for(|draining| *draining) => Woken::Draining,
+        }
     }
 
     /// Wakes the waiters of `channel` whose tickets `tickets` names
@@ -210,6 +256,8 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        let kind = self.notices.waiting.kind;
+        self.notices.meter.record(|metrics| metrics.waiting(kind, -1));
         let mut registry = self.notices.channels.lock().unwrap_or_else(PoisonError::into_inner);
         registry.total -= 1;
         if let Some(waiters) = registry.channels.get_mut(&self.channel) {

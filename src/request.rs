@@ -246,27 +246,6 @@ impl Ttl {
     }
 }
 
-/// Converts a duration to protobuf.
-pub fn duration_to_proto(duration: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
-        // Below one billion, so it fits.
-        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
-    }
-}
-
-/// Converts a remaining time to live in milliseconds (Redis PTTL) to protobuf,
-/// or `None` for a key without expiry (-1) or a missing one (-2).
-pub fn ttl_from_millis(millis: i64) -> Option<prost_types::Duration> {
-    if millis < 0 {
-        return None;
-    }
-    Some(prost_types::Duration {
-        seconds: millis / 1000,
-        nanos: i32::try_from((millis % 1000) * 1_000_000).unwrap_or(0),
-    })
-}
-
 /// The INVALID_ARGUMENT for an all-or-none request whose keys `first` and
 /// `other` (positions in the repeated `field`) live in different Redis Cluster
 /// slots: one slot is the most that one atomic Redis operation can change.

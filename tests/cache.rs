@@ -5,10 +5,11 @@ mod common;
 use std::time::Duration;
 
 use cachelock::pb::cache::{
-    DeleteRequest, ExpireRequest, GetManyRequest, GetOrLeaseRequest, GetOrLeaseResponse, GetRequest, IncrementRequest,
+    DeleteRequest, ExpireRequest, GetManyRequest, GetOrLeaseRequest, GetOrLeaseResponse, IncrementRequest,
     LeaseOutcome, SetCondition, SetEntry, SetManyRequest, SetRequest, TakeRequest,
     cache_service_client::CacheServiceClient,
 };
+use common::requests::{self, get};
 use common::{
     Backend, FaultyLink, TestRedis, TestService, as_millis, assert_invalid, assert_reason, eventually, millis,
 };
@@ -17,17 +18,10 @@ use tonic::Code;
 
 fn set(key: &str, value: &[u8], ttl_ms: Option<i64>, condition: SetCondition) -> SetRequest {
     SetRequest {
-        key: key.to_owned(),
-        value: value.to_vec(),
         ttl: ttl_ms.map(millis),
         condition: condition as i32,
-        lease_token: String::new(),
-        stale_ttl: None,
+        ..requests::set(key, value)
     }
-}
-
-fn get(key: &str) -> GetRequest {
-    GetRequest { key: key.to_owned() }
 }
 
 async fn get_misses_then_hits_with_the_remaining_ttl(backend: Backend) {
@@ -891,7 +885,11 @@ async fn writes_and_deletes_end_a_lease_and_wake_its_waiters(backend: Backend) {
     let mut waiting = service.cache();
     let waiter =
         tokio::spawn(async move { get_or_lease(&mut waiting, or_lease("profile", 30_000, Some(20_000))).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiters = "cachelock_waiters{kind=\"cache_fill\"}";
+    eventually("the GetOrLease waiting for the fill", async || {
+        service.metric(waiters).await == 1.0
+    })
+    .await;
     cache
         .set(set("profile", b"written", Some(60_000), SetCondition::Always))
         .await

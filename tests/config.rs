@@ -187,6 +187,32 @@ fn a_refused_redis_url_never_echoes_its_password() {
 }
 
 #[test]
+fn a_login_is_set_in_one_place_even_for_a_unix_socket() {
+    let error = parse(&[
+        "--redis-url",
+        "unix:///run/redis.sock?pass=hunter2",
+        "--redis-password",
+        "other",
+    ])
+    .unwrap_err();
+    assert!(error.contains("carries a login too"), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
+    parse(&["--redis-url", "unix:///run/redis.sock?pass=hunter2"]).unwrap();
+}
+
+#[test]
+fn an_unverified_tls_redis_url_is_refused_when_the_configuration_is_read() {
+    for args in [
+        &["--redis-url", "rediss://user:hunter2@db:6379/#insecure"][..],
+        &["--redis-cluster-nodes", "rediss://db:7000/#insecure"][..],
+    ] {
+        let error = parse(args).unwrap_err();
+        assert!(error.contains("#insecure is refused"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+}
+
+#[test]
 fn the_binary_exits_2_with_one_line_for_bad_configuration() {
     let output = Command::new(BINARY)
         .args(["--max-ttl", "0s"])
@@ -320,7 +346,7 @@ fn the_readme_opens_with_the_commands_that_run_the_service_and_the_tests() {
 }
 
 #[test]
-fn the_readme_configuration_table_lists_exactly_the_flags_of_help() {
+fn the_configuration_page_lists_exactly_the_flags_of_help() {
     let help = Command::new(BINARY).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     let mut from_help: Vec<&str> = help
@@ -329,8 +355,8 @@ fn the_readme_configuration_table_lists_exactly_the_flags_of_help() {
         .filter(|line| line.starts_with("--"))
         .filter_map(|line| line.split_whitespace().next())
         .collect();
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let mut from_readme: Vec<&str> = readme
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+    let mut from_readme: Vec<&str> = page
         .lines()
         .filter_map(|line| line.strip_prefix("| `"))
         .filter_map(|rest| rest.split('`').next())
@@ -342,13 +368,9 @@ fn the_readme_configuration_table_lists_exactly_the_flags_of_help() {
 }
 
 #[test]
-fn the_readme_lists_exactly_the_error_reasons_the_service_sends() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let section = readme
-        .split("\n## Errors\n")
-        .nth(1)
-        .and_then(|rest| rest.split("\n## ").next())
-        .expect("an Errors section");
+fn the_errors_page_lists_exactly_the_error_reasons_the_service_sends() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/errors.md")).unwrap();
+    let section = page.split("\n## ").next().expect("the page's opening section");
     let mut from_readme: Vec<&str> = section
         .lines()
         .filter_map(|line| line.strip_prefix("| `"))

@@ -16,11 +16,12 @@ use std::{
 };
 
 use cachelock::pb::{
-    cache::{GetOrLeaseRequest, GetRequest, IncrementRequest, SetCondition, SetRequest, TakeRequest},
+    cache::{GetOrLeaseRequest, IncrementRequest, SetCondition, SetRequest, TakeRequest},
     lock::{AcquireRequest, DescribeRequest, ExtendRequest, ReleaseRequest},
     ratelimit::{CheckRequest, OutagePolicy},
     session::{CreateRequest, GetRequest as SessionGet, ListUserSessionsRequest},
 };
+use common::requests::{self, get};
 use common::{CapturedLogs, FaultyLink, PATIENCE, TestRedis, TestService, assert_reason, millis, redis_and_service};
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -30,17 +31,9 @@ const NOT_SERVING: ServingStatus = ServingStatus::NotServing;
 
 fn set(key: &str, condition: SetCondition) -> SetRequest {
     SetRequest {
-        key: key.to_owned(),
-        value: b"v".to_vec(),
-        ttl: Some(millis(60_000)),
         condition: condition as i32,
-        lease_token: String::new(),
-        stale_ttl: None,
+        ..requests::set(key, b"v")
     }
-}
-
-fn get(key: &str) -> GetRequest {
-    GetRequest { key: key.to_owned() }
 }
 
 fn increment(key: &str) -> IncrementRequest {
@@ -52,24 +45,13 @@ fn increment(key: &str) -> IncrementRequest {
 }
 
 fn acquire(name: &str, ttl_ms: i64) -> AcquireRequest {
-    AcquireRequest {
-        name: name.to_owned(),
-        ttl: Some(millis(ttl_ms)),
-        wait_timeout: None,
-        owner: "faults".to_owned(),
-        request_id: String::new(),
-        permits: 0,
-    }
+    requests::acquire(name, ttl_ms, 0)
 }
 
 fn check(key: &str) -> CheckRequest {
     CheckRequest {
-        key: key.to_owned(),
-        limit: 1_000_000,
-        period: Some(millis(60_000)),
-        cost: None,
-        algorithm: 0,
         on_unavailable: OutagePolicy::FailClosed as i32,
+        ..requests::check(key, 1_000_000, 60_000)
     }
 }
 
@@ -619,6 +601,8 @@ async fn debug_sleep_answers_each_write_truthfully() {
             .query_async(&mut sleeper)
             .await;
     });
+    // A moment for the sleep to begin: Redis answers nothing while it sleeps, so
+    // its start cannot be awaited. The assertions hold whether or not a call meets it.
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Whether or not each call met the sleep, its answer must be true to what happened.
     let mut may_have_applied = 0;

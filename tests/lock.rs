@@ -9,6 +9,7 @@ use cachelock::pb::lock::{
     AcquireRequest, AcquireResponse, DescribeRequest, ExtendRequest, HoldRequest, HoldResponse, ReleaseRequest,
     hold_response::Event as HoldEvent, lock_service_client::LockServiceClient,
 };
+use common::requests::acquire;
 use common::{
     Backend, FaultyLink, PATIENCE, TestRedis, TestService, assert_invalid, assert_reason, millis, redis_and_service,
 };
@@ -17,17 +18,6 @@ use tonic::{Code, transport::Channel};
 
 fn locks(service: &TestService) -> LockServiceClient<Channel> {
     LockServiceClient::new(service.channel())
-}
-
-fn acquire(name: &str, ttl_ms: i64, wait_ms: i64) -> AcquireRequest {
-    AcquireRequest {
-        name: name.to_owned(),
-        ttl: Some(millis(ttl_ms)),
-        wait_timeout: (wait_ms > 0).then(|| millis(wait_ms)),
-        owner: "test".to_owned(),
-        request_id: String::new(),
-        permits: 0,
-    }
 }
 
 async fn take(client: &mut LockServiceClient<Channel>, request: AcquireRequest) -> AcquireResponse {
@@ -188,7 +178,7 @@ async fn a_waiter_is_granted_promptly_after_release(backend: Backend) {
 
     let started = Instant::now();
     let waiting = tokio::spawn(async move { take(&mut waiter, acquire("busy", 10_000, 20_000)).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_waiting(&mut holder, "busy", 1).await;
     assert!(!waiting.is_finished(), "the waiter waits while the lock is held");
     release(&mut holder, "busy", &held.token).await.unwrap();
 

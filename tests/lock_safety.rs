@@ -11,6 +11,7 @@ use cachelock::pb::lock::{
     AcquireRequest, AcquireResponse, DescribeRequest, DescribeResponse, ExtendRequest, HoldRequest, HoldResponse,
     ReleaseRequest, hold_response::Event as HoldEvent, lock_service_client::LockServiceClient,
 };
+use common::requests::acquire;
 use common::{
     Backend, FaultyLink, Node, PATIENCE, TestCluster, TestRedis, TestService, assert_invalid, assert_reason,
     eventually, millis,
@@ -18,17 +19,6 @@ use common::{
 use tokio::time::Instant;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::health_check_response::ServingStatus;
-
-fn acquire(name: &str, ttl_ms: i64, wait_ms: i64) -> AcquireRequest {
-    AcquireRequest {
-        name: name.to_owned(),
-        ttl: Some(millis(ttl_ms)),
-        wait_timeout: (wait_ms > 0).then(|| millis(wait_ms)),
-        owner: "safety".to_owned(),
-        request_id: String::new(),
-        permits: 0,
-    }
-}
 
 fn hold(name: &str, ttl_ms: i64, wait_ms: i64) -> HoldRequest {
     HoldRequest {

@@ -16,28 +16,22 @@ use std::{
 
 use bytes::{BufMut, Bytes, BytesMut};
 use cachelock::pb::{
-    cache::{GetManyRequest, GetRequest, SetCondition, SetRequest},
+    cache::{GetManyRequest, SetRequest},
     lock::AcquireRequest,
     ratelimit::{CheckRequest, OutagePolicy},
 };
+use common::requests::{self, get};
 use common::{FaultyLink, PATIENCE, TestRedis, TestService, assert_reason, millis, redis_and_service};
 use http_body_util::BodyExt;
 use tokio_stream::StreamExt;
 use tonic::{Code, Status, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 
-fn get(key: &str) -> GetRequest {
-    GetRequest { key: key.to_owned() }
-}
-
 fn set(key: &str, value: Vec<u8>) -> SetRequest {
     SetRequest {
-        key: key.to_owned(),
         value,
         ttl: None,
-        condition: SetCondition::Always as i32,
-        lease_token: String::new(),
-        stale_ttl: None,
+        ..requests::set(key, b"")
     }
 }
 

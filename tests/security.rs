@@ -7,7 +7,7 @@ mod common;
 use std::{collections::HashMap, time::Duration};
 
 use cachelock::pb::{
-    cache::{GetRequest, SetCondition, SetRequest, cache_service_client::CacheServiceClient},
+    cache::cache_service_client::CacheServiceClient,
     lock::{AcquireRequest, ReleaseRequest, lock_service_client::LockServiceClient},
     ratelimit::{CheckRequest, OutagePolicy, rate_limit_service_client::RateLimitServiceClient},
     session::{
@@ -15,6 +15,7 @@ use cachelock::pb::{
         session_service_client::SessionServiceClient,
     },
 };
+use common::requests::{self, get, set};
 use common::{
     Bearer, CapturedLogs, PATIENCE, TestAuthFile as AuthFile, TestCa, TestRedis, TestService, assert_reason,
     auth_client as client, millis, tls_channel,
@@ -24,30 +25,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 type Authed = InterceptedService<Channel, Bearer>;
 
-fn set(key: &str, value: &[u8]) -> SetRequest {
-    SetRequest {
-        key: key.to_owned(),
-        value: value.to_vec(),
-        ttl: Some(millis(60_000)),
-        condition: SetCondition::Always as i32,
-        lease_token: String::new(),
-        stale_ttl: None,
-    }
-}
-
-fn get(key: &str) -> GetRequest {
-    GetRequest { key: key.to_owned() }
-}
-
 fn acquire(name: &str, wait_ms: i64) -> AcquireRequest {
-    AcquireRequest {
-        name: name.to_owned(),
-        ttl: Some(millis(30_000)),
-        wait_timeout: (wait_ms > 0).then(|| millis(wait_ms)),
-        owner: "security".to_owned(),
-        request_id: String::new(),
-        permits: 0,
-    }
+    requests::acquire(name, 30_000, wait_ms)
 }
 
 /// The standard cast: a full client of tenant shop, a read-only one, a lock-only

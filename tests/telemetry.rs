@@ -7,50 +7,29 @@ mod common;
 use std::time::Duration;
 
 use cachelock::pb::{
-    cache::{GetRequest, SetCondition, SetRequest},
+    cache::SetRequest,
     lock::{AcquireRequest, ReleaseRequest},
     ratelimit::{CheckRequest, OutagePolicy},
     session::CreateRequest,
 };
+use common::requests::{self, get};
 use common::{CapturedLogs, FaultyLink, PATIENCE, TestRedis, TestService, millis, redis_and_service};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 fn set(key: &str) -> SetRequest {
-    SetRequest {
-        key: key.to_owned(),
-        value: b"v".to_vec(),
-        ttl: Some(millis(60_000)),
-        condition: SetCondition::Always as i32,
-        lease_token: String::new(),
-        stale_ttl: None,
-    }
-}
-
-fn get(key: &str) -> GetRequest {
-    GetRequest { key: key.to_owned() }
+    requests::set(key, b"v")
 }
 
 fn check(key: &str) -> CheckRequest {
     CheckRequest {
-        key: key.to_owned(),
-        limit: 1,
-        period: Some(millis(60_000)),
-        cost: None,
-        algorithm: 0,
         on_unavailable: OutagePolicy::FailClosed as i32,
+        ..requests::check(key, 1, 60_000)
     }
 }
 
 fn acquire(name: &str, wait_ms: i64) -> AcquireRequest {
-    AcquireRequest {
-        name: name.to_owned(),
-        ttl: Some(millis(30_000)),
-        wait_timeout: (wait_ms > 0).then(|| millis(wait_ms)),
-        owner: "telemetry".to_owned(),
-        request_id: String::new(),
-        permits: 0,
-    }
+    requests::acquire(name, 30_000, wait_ms)
 }
 
 const CACHE: &str = "cachelock.cache.v1.CacheService";
@@ -323,18 +302,18 @@ async fn with_metrics_off_there_is_no_listener() {
 }
 
 #[tokio::test]
-async fn the_readme_shows_the_shipped_scrape_config_and_alerts_on_exported_metrics() {
+async fn the_docs_show_the_shipped_scrape_config_and_alerts_on_exported_metrics() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/docs/observing.md")).unwrap();
     let alerts = std::fs::read_to_string(format!("{root}/deploy/prometheus/alerts.yml")).unwrap();
     let scrape = std::fs::read_to_string(format!("{root}/deploy/prometheus/prometheus.yml")).unwrap();
     assert!(
         readme.contains(&alerts),
-        "the README shows deploy/prometheus/alerts.yml as it is"
+        "docs/observing.md shows deploy/prometheus/alerts.yml as it is"
     );
     assert!(
         readme.contains(&scrape),
-        "the README shows deploy/prometheus/prometheus.yml as it is"
+        "docs/observing.md shows deploy/prometheus/prometheus.yml as it is"
     );
 
     let (_redis, service) = redis_and_service(&[]).await;

@@ -14,7 +14,9 @@ use cachelock::pb::{
     lock::{AcquireRequest, ReleaseRequest},
     ratelimit::{Algorithm, CheckManyRequest, CheckRequest, Limit},
 };
-use common::{Backend, CapturedLogs, MASTER, Mode, TestCluster, TestRedis, TestSentinels, TestService, millis};
+use common::{
+    Backend, CapturedLogs, MASTER, Mode, TestCluster, TestRedis, TestSentinels, TestService, eventually, millis,
+};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -187,8 +189,11 @@ async fn cluster_lock_releases_wake_waiters_whichever_node_their_keys_live_on() 
         assert!(held.acquired);
         let mut waiter = service.locks();
         let waiting = tokio::spawn(async move { waiter.acquire(acquire(30_000)).await });
-        // Time for the waiter to find the lock held (if it has not yet, it is granted at once).
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The waiter found the lock held and waits for its release.
+        eventually("the Acquire waiting", async || {
+            service.metric("cachelock_waiters{kind=\"lock\"}").await == 1.0
+        })
+        .await;
         holder
             .release(ReleaseRequest {
                 name: name.to_owned(),

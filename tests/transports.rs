@@ -124,6 +124,7 @@ async fn rediss_refuses_a_server_whose_certificate_it_cannot_verify() {
         .expect("returns")
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // That it never turns SERVING can only be seen by waiting a while.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(service.health_status("").await, Ok(ServingStatus::NotServing));
 }

@@ -6,7 +6,7 @@
 mod common;
 
 use cachelock::pb::{
-    cache::{GetRequest, SetEntry, SetManyRequest, SetRequest, cache_service_client::CacheServiceClient},
+    cache::{SetEntry, SetManyRequest, cache_service_client::CacheServiceClient},
     lock::{
         AcquireRequest, DescribeRequest, HoldRequest, hold_response::Event as HoldEvent,
         lock_service_client::LockServiceClient,
@@ -14,6 +14,7 @@ use cachelock::pb::{
     pubsub::{SubscribeRequest, pub_sub_service_client::PubSubServiceClient, subscribe_response::Event as PubSubEvent},
     session::{CreateRequest, GetRequest as SessionGet, session_service_client::SessionServiceClient},
 };
+use common::requests::{self, get, set};
 use common::{
     Bearer, CapturedLogs, PATIENCE, TestAuthFile, TestCa, TestRedis, TestService, assert_reason, auth_client,
     eventually, millis, tls_channel,
@@ -22,21 +23,6 @@ use rcgen::{DnType, SanType};
 use tonic::{Code, service::interceptor::InterceptedService, transport::Channel};
 
 type Authed = InterceptedService<Channel, Bearer>;
-
-fn set(key: &str, value: &[u8]) -> SetRequest {
-    SetRequest {
-        key: key.to_owned(),
-        value: value.to_vec(),
-        ttl: Some(millis(60_000)),
-        condition: cachelock::pb::cache::SetCondition::Always as i32,
-        lease_token: String::new(),
-        stale_ttl: None,
-    }
-}
-
-fn get(key: &str) -> GetRequest {
-    GetRequest { key: key.to_owned() }
-}
 
 fn cache(service: &TestService, token: &str) -> CacheServiceClient<Authed> {
     CacheServiceClient::with_interceptor(service.channel(), Bearer::new(Some(token)))
@@ -162,14 +148,7 @@ fn hold(name: &str) -> HoldRequest {
 }
 
 fn acquire(name: &str, wait_ms: i64) -> AcquireRequest {
-    AcquireRequest {
-        name: name.to_owned(),
-        ttl: Some(millis(30_000)),
-        wait_timeout: (wait_ms > 0).then(|| millis(wait_ms)),
-        owner: "trust".to_owned(),
-        request_id: String::new(),
-        permits: 0,
-    }
+    requests::acquire(name, 30_000, wait_ms)
 }
 
 fn crew(worker_allow: &[&str]) -> String {
@@ -397,4 +376,19 @@ async fn a_client_over_its_write_budget_is_refused_and_others_write_on() {
         .set(set("mine", &[b'y'; 10_000]))
         .await
         .expect("another client writes on");
+}
+
+#[tokio::test]
+async fn refused_callers_are_counted_by_why() {
+    let text = auth_client("reader", "reader-token", "shop", &["cache:read"], "");
+    let (_redis, _file, service) = with_auth_file(&text).await;
+    let refused = |reason: &str| format!("cachelock_requests_refused_total{{reason=\"{reason}\"}}");
+
+    let unknown = cache(&service, "no-such-token").get(get("k")).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+    let read_only = cache(&service, "reader-token").set(set("k", b"v")).await.unwrap_err();
+    assert_eq!(read_only.code(), Code::PermissionDenied);
+
+    assert_eq!(service.metric(&refused("unauthenticated")).await, 1.0);
+    assert_eq!(service.metric(&refused("permission_denied")).await, 1.0);
 }

@@ -3,7 +3,7 @@ starts a session, a cached lookup, and a job under a lock with its fencing token
 and what each kind of failure looks like to the caller.
 
 Run with a cachelock listening on CACHELOCK_ADDR (default localhost:50051), after
-generating the client code (see ../README.md):
+generating the client code (see ../../docs/clients.md):
 
     python -m grpc_tools.protoc -I ../../proto --python_out=gen --pyi_out=gen \
         --grpc_python_out=gen $(cd ../../proto && ls cachelock/*/v1/*.proto)

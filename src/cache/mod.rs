@@ -1,6 +1,7 @@
 //! `cachelock.cache.v1.CacheService`: validates each request, runs it through
 //! [`CacheStore`], and maps the answer.
 
+mod entry;
 mod flight;
 mod store;
 
@@ -9,19 +10,19 @@ use std::{
     time::Duration,
 };
 
-use tokio::{
-    sync::watch,
-    time::{Instant, sleep},
-};
+use tokio::{sync::watch, time::Instant};
 use tonic::{Request, Response, Status};
 
-pub use store::{CacheStore, Condition, Lease, LeaseAsk, Leased, NewEntry, SetOptions, Stored, Written, scripts};
+pub use entry::{Condition, Lease, LeaseAsk, Leased, NewEntry, SetOptions, Stored, Written};
+pub use store::{CacheStore, scripts};
 
 use crate::{
     auth::Caller,
+    config::Config,
+    context::Context,
     error::{Error, Reason},
     ids::random_token,
-    notices::{Notices, Registration, Waiting},
+    notices::{Notices, Registration, Waiting, Woken},
     pb::cache::{
         DeleteRequest, DeleteResponse, Entry, ExpireRequest, ExpireResponse, GetManyRequest, GetManyResponse,
         GetOrLeaseRequest, GetOrLeaseResponse, GetRequest, GetResponse, IncrementRequest, IncrementResponse,
@@ -29,9 +30,10 @@ use crate::{
         TakeResponse, cache_service_server::CacheService,
     },
     redis::KeySpace,
-    request::{self, Limits, Ttl, caller_budget, cross_slot, deadline, duration_to_proto, ttl_from_millis},
+    request::{self, Limits, Ttl, caller_budget, cross_slot, deadline},
     telemetry::ThrottledLog,
     telemetry::{Meter, Metrics},
+    time::{duration_to_proto, ttl_from_millis},
 };
 
 /// Protobuf framing of one GetMany entry besides its key and value: tags,
@@ -40,8 +42,6 @@ const ENTRY_FRAMING_BYTES: usize = 32;
 
 /// A fill lease's ttl when the request gives none.
 const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
-/// How often a fill waiter re-checks while fill notices are not being heard.
-const UNHEARD_RECHECK: Duration = Duration::from_millis(250);
 /// Longest lease token a caller can hand back (ours are 22 characters).
 const MAX_LEASE_TOKEN_BYTES: usize = 64;
 
@@ -52,6 +52,7 @@ pub static WAITING: Waiting = Waiting {
     what_one: "fills",
     flag: "cache-max-fill-waiters",
     flag_per_channel: "cache-max-fill-waiters",
+    kind: "cache_fill",
     refusal: "cache_fill_waiters",
     log: &FILL_WAITERS_FULL,
 };
@@ -68,6 +69,15 @@ pub struct CacheSettings {
     pub max_fill_wait: Duration,
 }
 
+impl From<&Config> for CacheSettings {
+    fn from(config: &Config) -> CacheSettings {
+        CacheSettings {
+            operation_timeout: config.operation_timeout,
+            max_fill_wait: config.cache_max_fill_wait,
+        }
+    }
+}
+
 /// The gRPC handlers of the cache.
 pub struct CacheApi {
     store: CacheStore,
@@ -81,25 +91,18 @@ pub struct CacheApi {
 }
 
 impl CacheApi {
-    /// Handlers over `store`, checking requests against `limits`; GetOrLease
-    /// waiters are woken by `fills` and end (MISS) once `draining` turns true.
-    pub fn new(
-        store: CacheStore,
-        limits: Limits,
-        settings: CacheSettings,
-        fills: Notices,
-        meter: Meter,
-        draining: watch::Receiver<bool>,
-    ) -> CacheApi {
+    /// Handlers over the context's Redis; GetOrLease waiters are woken by
+    /// `fills` and end (MISS) once the server drains.
+    pub fn new(context: &Context, settings: CacheSettings, fills: Notices) -> CacheApi {
         CacheApi {
-            store,
+            store: CacheStore::new(context.redis.clone()),
             flights: flight::Flights::new(),
             fills,
             next_waiter: AtomicU64::new(0),
-            meter,
-            limits,
+            meter: context.meter.clone(),
+            limits: context.limits.clone(),
             settings,
-            draining,
+            draining: context.draining.clone(),
         }
     }
 
@@ -154,21 +157,13 @@ impl CacheApi {
                 continue;
             };
             // Woken by the fill; otherwise looks again when the filler's lease ends.
-            let mut nap = wait_left.min(lease_left);
-            if !self.fills.is_listening() {
-                nap = nap.min(UNHEARD_RECHECK);
-            }
-            let mut draining = self.draining.clone();
-            tokio::select! {
-                () = registration.released() => {}
-                () = sleep(nap) => {}
-                _ = draining.wait_for(|draining| *draining) => {
-                    self.leased("miss");
-                    return Ok(GetOrLeaseResponse {
-                        outcome: LeaseOutcome::Miss.into(),
-                        ..GetOrLeaseResponse::default()
-                    });
-                }
+            let nap = wait_left.min(lease_left);
+            if self.fills.wait(Some(registration), nap, &self.draining).await == Woken::Draining {
+                self.leased("miss");
+                return Ok(GetOrLeaseResponse {
+                    outcome: LeaseOutcome::Miss.into(),
+                    ..GetOrLeaseResponse::default()
+                });
             }
         }
     }

@@ -3,15 +3,15 @@
 //! job, because a Lua script copies every value it touches twice (into Lua and
 //! back out), which makes bulk reads and writes several times slower for Redis.
 
-use std::time::Duration;
-
 use futures_util::future::try_join_all;
 use tokio::time::Instant;
 
+use super::entry::{Condition, Lease, LeaseAsk, Leased, NewEntry, SetOptions, Stored, Written};
 use crate::{
     error::{Effect, Error, Reason},
     redis::{Batcher, Calls, KeySpace, LuaScript, Op, Redis},
     request::Ttl,
+    time,
 };
 
 static GET: LuaScript = LuaScript::new("cache_get", include_str!("../scripts/cache_get.lua"));
@@ -24,112 +24,6 @@ static TAKE: LuaScript = LuaScript::new("cache_take", include_str!("../scripts/c
 /// The cache's scripts, for loading into Redis ahead of the first request.
 pub fn scripts() -> [&'static LuaScript; 5] {
     [&GET, &INCREMENT, &GET_OR_LEASE, &FILL, &TAKE]
-}
-
-/// What a [`CacheStore::get_or_lease`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Leased {
-    /// A fresh value, and a lease to refresh it when this caller was chosen to.
-    Fresh {
-        /// The value and its ttl left.
-        stored: Stored,
-        /// The refresh lease, if this caller got it.
-        lease: Option<Lease>,
-    },
-    /// The value is past its ttl, kept as stale; another caller fills it.
-    Stale {
-        /// The stale copy and how long it is kept.
-        stored: Stored,
-        /// The other caller's lease left.
-        lease_left: Duration,
-    },
-    /// This caller holds the lease and should fill the key.
-    Lease {
-        /// The lease.
-        lease: Lease,
-        /// The stale copy, if one is kept.
-        stale: Option<Stored>,
-    },
-    /// Another caller fills it, and no stale copy is kept.
-    Filling {
-        /// The other caller's lease left.
-        lease_left: Duration,
-    },
-}
-
-/// What one GetOrLease asks of Redis.
-#[derive(Debug, Clone, Copy)]
-pub struct LeaseAsk<'a> {
-    /// The user's key.
-    pub key: &'a str,
-    /// The token of the lease this call may be given (fresh for each call).
-    pub token: &'a str,
-    /// That lease's ttl.
-    pub lease_ttl: Ttl,
-    /// Refresh ahead, in millionths of the entry's ttl (0: never).
-    pub refresh_millionths: u32,
-}
-
-/// A fill lease given to this caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    /// The token that fills the key (Set with `lease_token`).
-    pub token: String,
-    /// The lease left.
-    pub ttl: Duration,
-}
-
-/// What a [`CacheStore::set`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Written {
-    /// The value is stored.
-    Stored,
-    /// The condition did not hold.
-    NotStored,
-    /// The fill lease is no longer the caller's.
-    LeaseLost,
-}
-
-/// How a [`CacheStore::set`] writes besides the value and its ttl.
-#[derive(Debug, Clone, Copy)]
-pub struct SetOptions<'a> {
-    /// When it may write.
-    pub condition: Condition,
-    /// How long a stale copy is kept past the ttl (zero: none).
-    pub stale_ttl: Duration,
-    /// The fill lease it fills ("" for none).
-    pub lease_token: &'a str,
-}
-
-/// A stored value and its remaining time to live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
-    /// The value.
-    pub value: Vec<u8>,
-    /// Remaining time to live in milliseconds as Redis reports it (-1: no expiry).
-    pub ttl_millis: i64,
-}
-
-/// When a [`CacheStore::set`] may write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Condition {
-    /// Whether or not the key exists.
-    Always,
-    /// Only when the key does not exist (SET NX).
-    IfAbsent,
-    /// Only when the key exists (SET XX).
-    IfPresent,
-}
-
-/// One entry of a [`CacheStore::set_many`].
-#[derive(Debug, Clone)]
-pub struct NewEntry<'a> {
-    /// The user's key.
-    pub key: &'a str,
-    /// The value.
-    pub value: &'a [u8],
-    /// Its time to live.
-    pub ttl: Ttl,
 }
 
 /// Cache entries in Redis, under keys from [`KeySpace::cache`].
@@ -326,7 +220,7 @@ impl CacheStore {
             .key(space.cache_fill(key))
             .arg(value)
             .arg(ttl.millis())
-            .arg(u64::try_from(options.stale_ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(time::millis(options.stale_ttl))
             .arg(options.lease_token)
             .arg(match options.condition {
                 Condition::Always => "",
@@ -377,7 +271,7 @@ impl CacheStore {
             .run(Op::replayable(GET_OR_LEASE.name()), deadline, &invocation)
             .await?;
         let stored = value.map(|value| Stored { value, ttl_millis });
-        let lease_left = Duration::from_millis(u64::try_from(lease_millis).unwrap_or(0));
+        let lease_left = time::from_millis(lease_millis);
         let lease = (!token.is_empty()).then_some(Lease { token, ttl: lease_left });
         match (outcome, stored, lease) {
             (1, Some(stored), lease) => Ok(Leased::Fresh { stored, lease }),

@@ -20,7 +20,7 @@ use bounds::{
 };
 use cli::parse_metrics_listen;
 pub use cli::{CheckRlsConfigArgs, Cli, Command, LogFormat, MetricsListen, OutagePolicy, ProbeArgs};
-pub use redis::RedisMode;
+pub use redis::RedisTarget;
 
 /// The server's settings. Build it with [`Config::from_args`] (or parse [`Cli`] and
 /// call [`Config::validate`]) so that every rule below has been checked.

@@ -19,13 +19,18 @@ use tokio::{
 };
 use tonic::Status;
 
-use super::{LockStore, Renewal, hold_event, record_pause, store::Lapse};
+use super::{
+    acquire::record_pause,
+    grant::{Lapse, Renewal},
+    store::LockStore,
+};
 use crate::{
     error::{Error, Reason},
     pb::lock::{HoldResponse, Lost, Renewed, hold_response},
     redis::LockKeys,
-    request::{Ttl, duration_to_proto},
+    request::Ttl,
     telemetry::Meter,
+    time::duration_to_proto,
 };
 
 /// How soon a failed renewal is tried again.
@@ -164,4 +169,9 @@ impl Keeper {
             }
         }
     }
+}
+
+/// A Hold stream's message carrying `event`.
+pub fn hold_event(event: hold_response::Event) -> Result<HoldResponse, Status> {
+    Ok(HoldResponse { event: Some(event) })
 }

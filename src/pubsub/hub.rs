@@ -5,7 +5,7 @@
 //! The [`Hub`] keeps a registry of which stream listens to which Redis channel
 //! or pattern. Redis is subscribed once per distinct channel or pattern, and
 //! unsubscribed when the last stream on it leaves. A single task owns the
-//! connection ([`run_subscriber`]): it applies subscription changes in the order
+//! connection ([`run_subscriber`](super::run_subscriber)): it applies subscription changes in the order
 //! the registry made them, delivers messages, and after a reconnect subscribes
 //! to everything in the registry again and tells every stream that messages may
 //! have been missed. Each stream has a bounded buffer: a message that does not
@@ -20,32 +20,15 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::{
-    sync::{mpsc, oneshot, watch},
-    time::{sleep, timeout},
+    sync::{mpsc, oneshot},
+    time::timeout,
 };
-use tracing::{info, warn};
 
 use crate::{
     error::{Cause, Error, Reason},
-    notices::Notices,
-    redis::{Backoff, Topology},
     telemetry::Meter,
 };
-
-/// Wake-up notices heard on the same connection (lock releases, cache fills):
-/// one pattern subscription for each kind's channels, never unsubscribed.
-pub struct Wakers {
-    /// Each pattern, and where its messages are announced.
-    pub routes: Vec<(String, Notices)>,
-}
-
-impl Wakers {
-    fn notices(&self) -> impl Iterator<Item = &Notices> {
-        self.routes.iter().map(|(_, notices)| notices)
-    }
-}
 
 /// Why messages may be missing from a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +92,8 @@ struct Registry {
 }
 
 /// A change for the subscriber task, queued in the order the registry changed.
-enum Command {
+pub enum Command {
+    /// Subscribe; `live` is told once the subscription is confirmed.
     Subscribe {
         channels: Vec<String>,
         patterns: Vec<String>,
@@ -317,7 +301,7 @@ impl Hub {
         }
     }
 
-    fn dispatch(&self, channel: &str, pattern: Option<&str>, payload: &[u8]) {
+    pub(super) fn dispatch(&self, channel: &str, pattern: Option<&str>, payload: &[u8]) {
         let registry = self.shared.registry.lock().unwrap_or_else(PoisonError::into_inner);
         let outlets = match pattern {
             Some(pattern) => registry.patterns.get(pattern),
@@ -339,7 +323,7 @@ impl Hub {
         }
     }
 
-    fn gap_everywhere(&self) {
+    pub(super) fn gap_everywhere(&self) {
         let registry = self.shared.registry.lock().unwrap_or_else(PoisonError::into_inner);
         let mut told = std::collections::HashSet::new();
         for (id, outlet) in registry.channels.values().chain(registry.patterns.values()).flatten() {
@@ -349,7 +333,7 @@ impl Hub {
         }
     }
 
-    fn everything(&self) -> (Vec<String>, Vec<String>) {
+    pub(super) fn everything(&self) -> (Vec<String>, Vec<String>) {
         let registry = self.shared.registry.lock().unwrap_or_else(PoisonError::into_inner);
         (
             registry.channels.keys().cloned().collect(),
@@ -385,143 +369,4 @@ impl Drop for Subscription {
 }
 
 /// The queue of subscription changes, for [`run_subscriber`].
-pub struct Commands(mpsc::UnboundedReceiver<Command>);
-
-/// Keeps the process's Redis subscriber connection: connects (with `backoff`
-/// between failed attempts, forever, and again when `failovers` changes: the
-/// primary moved), subscribes to the `wakers`' patterns and everything registered, applies
-/// changes and delivers messages. On a Cluster any node will do: every node
-/// hears every PUBLISH. Runs until its task is aborted.
-pub async fn run_subscriber(
-    hub: Hub,
-    Commands(mut commands): Commands,
-    wakers: Wakers,
-    topology: Topology,
-    backoff: Backoff,
-    mut failovers: watch::Receiver<u64>,
-) {
-    let mut ever_connected = false;
-    let mut delay = backoff.min;
-    // Streams waiting for their subscription to be confirmed, across reconnects.
-    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
-    loop {
-        failovers.borrow_and_update();
-        let connected = async {
-            let (pubsub, node) = topology.subscriber().await?;
-            let (mut sink, stream) = pubsub.split();
-            let (channels, mut patterns) = hub.everything();
-            patterns.extend(wakers.routes.iter().map(|(pattern, _)| pattern.clone()));
-            if !channels.is_empty() {
-                sink.subscribe(&channels).await.map_err(|e| Cause::of(&e))?;
-            }
-            if !patterns.is_empty() {
-                sink.psubscribe(&patterns).await.map_err(|e| Cause::of(&e))?;
-            }
-            Ok::<_, Cause>((sink, stream, node))
-        };
-        let (mut sink, mut stream, node) = match timeout(topology.connect_timeout(), connected).await {
-            Ok(Ok(connected)) => connected,
-            // Why Redis is unreachable is logged by the health prober.
-            Ok(Err(_)) | Err(_) => {
-                sleep(delay).await;
-                delay = (delay * 2).min(backoff.max);
-                continue;
-            }
-        };
-        delay = backoff.min;
-        // Notices while nobody listened went unheard: let every waiter look again.
-        for notices in wakers.notices() {
-            notices.set_listening(true);
-            notices.announce_everywhere();
-        }
-        // Everything registered so far is live again.
-        for live in waiting.drain(..) {
-            let _ = live.send(());
-        }
-        if ever_connected {
-            hub.gap_everywhere();
-            info!(%node, "Redis subscriptions restored (lock releases, Pub/Sub)");
-        }
-        ever_connected = true;
-        loop {
-            tokio::select! {
-                command = commands.recv() => {
-                    let Some(command) = command else { return };
-                    let applied = match command {
-                        Command::Subscribe { channels, patterns, live } => {
-                            waiting.push(live);
-                            let applied = subscribe(&mut sink, &channels, &patterns).await;
-                            if applied.is_ok() {
-                                for live in waiting.drain(..) {
-                                    let _ = live.send(());
-                                }
-                            }
-                            applied
-                        }
-                        Command::Unsubscribe { channels, patterns } => {
-                            unsubscribe(&mut sink, &channels, &patterns).await
-                        }
-                    };
-                    if let Err(error) = applied {
-                        warn!(%error, "lost the Redis subscriber connection; reconnecting");
-                        break;
-                    }
-                }
-                message = stream.next() => match message {
-                    Some(message) => {
-                        let pattern: Option<String> = if message.from_pattern() {
-                            message.get_pattern().ok()
-                        } else {
-                            None
-                        };
-                        let waker = wakers.routes.iter().find(|(route, _)| pattern.as_deref() == Some(route.as_str()));
-                        match waker {
-                            Some((_, notices)) => notices.announce(message.get_channel_name(), message.get_payload_bytes()),
-                            None => hub.dispatch(message.get_channel_name(), pattern.as_deref(), message.get_payload_bytes()),
-                        }
-                    }
-                    None => {
-                        warn!(
-                            %node,
-                            "lost the Redis subscriber connection; waiting Acquires re-check periodically until it \
-                             is back"
-                        );
-                        break;
-                    }
-                },
-                Ok(()) = failovers.changed() => break,
-            }
-        }
-        for notices in wakers.notices() {
-            notices.set_listening(false);
-        }
-    }
-}
-
-async fn subscribe(
-    sink: &mut redis::aio::PubSubSink,
-    channels: &[String],
-    patterns: &[String],
-) -> redis::RedisResult<()> {
-    if !channels.is_empty() {
-        sink.subscribe(channels).await?;
-    }
-    if !patterns.is_empty() {
-        sink.psubscribe(patterns).await?;
-    }
-    Ok(())
-}
-
-async fn unsubscribe(
-    sink: &mut redis::aio::PubSubSink,
-    channels: &[String],
-    patterns: &[String],
-) -> redis::RedisResult<()> {
-    if !channels.is_empty() {
-        sink.unsubscribe(channels).await?;
-    }
-    if !patterns.is_empty() {
-        sink.punsubscribe(patterns).await?;
-    }
-    Ok(())
-}
+pub struct Commands(pub(super) mpsc::UnboundedReceiver<Command>);

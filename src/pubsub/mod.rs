@@ -6,6 +6,7 @@
 //! (lock release notices), and a pattern only ever matches topics of its tenant.
 
 mod hub;
+mod subscriber;
 
 use std::{collections::HashSet, pin::Pin, time::Duration};
 
@@ -13,10 +14,12 @@ use futures_util::Stream;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-pub use hub::{Event, GapCause, Hub, HubLimits, Subscription, Wakers, run_subscriber};
+pub use hub::{Commands, Event, GapCause, Hub, HubLimits, Subscription};
+pub use subscriber::{Wakers, run_subscriber};
 
 use crate::{
     auth::Caller,
+    context::Context,
     error::Error,
     pb::pubsub::{
         Discontinuity, Message, PublishRequest, PublishResponse, SubscribeRequest, SubscribeResponse, Subscribed,
@@ -39,26 +42,18 @@ pub struct PubSubApi {
 }
 
 impl PubSubApi {
-    /// Handlers that publish through `redis` and subscribe through `hub`, with at
-    /// most `max_topics` topics and patterns per stream; streams end once
-    /// `draining` turns true.
-    pub fn new(
-        redis: Redis,
-        hub: Hub,
-        limits: Limits,
-        max_topics: usize,
-        operation_timeout: Duration,
-        draining: watch::Receiver<bool>,
-        meter: Meter,
-    ) -> PubSubApi {
+    /// Handlers that publish through the context's Redis and subscribe through
+    /// `hub`, with at most `max_topics` topics and patterns per stream; streams
+    /// end once the server drains.
+    pub fn new(context: &Context, hub: Hub, max_topics: usize, operation_timeout: Duration) -> PubSubApi {
         PubSubApi {
-            redis,
+            redis: context.redis.clone(),
             hub,
-            limits,
+            limits: context.limits.clone(),
             max_topics,
             operation_timeout,
-            draining,
-            meter,
+            draining: context.draining.clone(),
+            meter: context.meter.clone(),
         }
     }
 

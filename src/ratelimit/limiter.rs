@@ -9,10 +9,12 @@ use tonic::{Status, metadata::MetadataMap};
 use super::store::{Decision, LimitCheck, RateLimitStore};
 use crate::{
     config::{Config, OutagePolicy},
+    context::Context,
     error::Error,
     redis::KeySpace,
-    request::{Limits, budget, duration_to_proto},
+    request::{Limits, budget},
     telemetry::{Meter, Metrics, ThrottledLog},
+    time::duration_to_proto,
 };
 
 /// The largest limit and cost: keeps every count exact in the script's doubles.
@@ -73,13 +75,13 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    /// A limiter over `store`.
-    pub fn new(store: RateLimitStore, limits: Limits, settings: RateLimitSettings, meter: Meter) -> Limiter {
+    /// A limiter over the context's Redis.
+    pub fn new(context: &Context, settings: RateLimitSettings) -> Limiter {
         Limiter {
-            store,
-            limits,
+            store: RateLimitStore::new(context.redis.clone(), context.meter.clone()),
+            limits: context.limits.clone(),
             settings,
-            meter,
+            meter: context.meter.clone(),
         }
     }
 

@@ -9,7 +9,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use tonic::{Request, Response, Status};
 
 pub use limiter::{Limiter, MAX_LIMIT, Outcome, RateLimitSettings};
-pub use store::{Algorithm, Counting, Decision, LimitCheck, RateLimitStore, invocation, scripts};
+pub use store::{Algorithm, Counting, Decision, LimitCheck, invocation, scripts};
 
 use crate::{
     auth::Caller,
@@ -19,7 +19,8 @@ use crate::{
         self as pb, CheckManyRequest, CheckManyResponse, CheckRequest, CheckResponse, LimitDecision, ResetRequest,
         ResetResponse, rate_limit_service_server::RateLimitService,
     },
-    request::{cross_slot, deadline, duration_to_proto, positive_duration},
+    request::{cross_slot, deadline, positive_duration},
+    time::duration_to_proto,
 };
 
 /// The shortest period.
@@ -102,6 +103,47 @@ impl RateLimitApi {
         })
     }
 
+    /// The limits of a CheckMany, each checked, none repeated.
+    fn checks<'a>(&self, request: &'a CheckManyRequest) -> Result<Vec<LimitCheck<'a>>, Error> {
+        if request.limits.is_empty() {
+            return Err(Error::invalid("limits", "must not be empty"));
+        }
+        if request.limits.len() > self.limiter.settings().max_batch {
+            return Err(Error::invalid(
+                "limits",
+                format!(
+                    "has {} limits, above the limit of {} (--ratelimit-max-batch)",
+                    request.limits.len(),
+                    self.limiter.settings().max_batch
+                ),
+            ));
+        }
+        let mut checks = Vec::with_capacity(request.limits.len());
+        let mut seen = HashSet::with_capacity(request.limits.len());
+        for (i, limit) in request.limits.iter().enumerate() {
+            let check = self.limit_check(
+                &format!("limits[{i}]."),
+                &limit.key,
+                limit.limit,
+                limit.period.as_ref(),
+                limit.cost,
+                limit.algorithm,
+            )?;
+            // The script decides the limits one after the other, so a repeated limit
+            // would be charged twice: almost always a caller's mistake, refused
+            // rather than guessed at. (Envoy's API means it: there, a counter two
+            // descriptors name is charged both costs.)
+            if !seen.insert((check.key, check.algorithm, check.limit, check.period_micros)) {
+                return Err(Error::invalid(
+                    format!("limits[{i}]"),
+                    "repeats the key, algorithm, limit and period of an earlier limit",
+                ));
+            }
+            checks.push(check);
+        }
+        Ok(checks)
+    }
+
     fn policy(&self, requested: i32) -> Result<OutagePolicy, Error> {
         match pb::OutagePolicy::try_from(requested) {
             Ok(pb::OutagePolicy::Unspecified) => Ok(self.limiter.settings().on_unavailable),
@@ -172,44 +214,7 @@ impl RateLimitService for RateLimitApi {
         let caller = Caller::in_extensions(&extensions)?;
         caller.charge(&request, request.limits.len())?;
         let space = caller.space.clone();
-        if request.limits.is_empty() {
-            return Err(Error::invalid("limits", "must not be empty").into());
-        }
-        if request.limits.len() > self.limiter.settings().max_batch {
-            return Err(Error::invalid(
-                "limits",
-                format!(
-                    "has {} limits, above the limit of {} (--ratelimit-max-batch)",
-                    request.limits.len(),
-                    self.limiter.settings().max_batch
-                ),
-            )
-            .into());
-        }
-        let mut checks = Vec::with_capacity(request.limits.len());
-        let mut seen = HashSet::with_capacity(request.limits.len());
-        for (i, limit) in request.limits.iter().enumerate() {
-            let check = self.limit_check(
-                &format!("limits[{i}]."),
-                &limit.key,
-                limit.limit,
-                limit.period.as_ref(),
-                limit.cost,
-                limit.algorithm,
-            )?;
-            // The script decides the limits one after the other, so a repeated limit
-            // would be charged twice: almost always a caller's mistake, refused
-            // rather than guessed at. (Envoy's API means it: there, a counter two
-            // descriptors name is charged both costs.)
-            if !seen.insert((check.key, check.algorithm, check.limit, check.period_micros)) {
-                return Err(Error::invalid(
-                    format!("limits[{i}]"),
-                    "repeats the key, algorithm, limit and period of an earlier limit",
-                )
-                .into());
-            }
-            checks.push(check);
-        }
+        let checks = self.checks(&request)?;
         if let Some((first, other)) = self.limiter.store().cross_slot(&space, &checks) {
             let keys: Vec<&str> = checks.iter().map(|check| check.key).collect();
             return Err(cross_slot("limits", "CheckMany", &keys, first, other).into());

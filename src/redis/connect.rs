@@ -20,7 +20,7 @@ use std::{
 };
 
 use redis::{
-    AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo,
+    AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, RedisConnectionInfo,
     aio::{AsyncStream, MultiplexedConnection},
 };
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
@@ -28,7 +28,10 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::{net::TcpStream, task::JoinHandle, time::timeout};
 
 use super::scripts::LuaScript;
-use crate::error::{Cause, StartError, whole_millis};
+use crate::{
+    error::{Cause, StartError},
+    time::whole_millis,
+};
 
 /// Time between TCP keepalive probes once they have started.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
@@ -79,37 +82,24 @@ pub struct Opened {
 }
 
 impl Endpoint {
-    /// Reads a `redis://`, `rediss://` or `unix://` URL.
+    /// The endpoint a parsed and checked Redis URL names (see the configuration's
+    /// `RedisTarget`).
     ///
     /// # Errors
-    /// [`StartError::RedisConfig`] for a URL that cannot be used, a CA file that
-    /// cannot be read, or a TLS URL on a machine without a trust store.
-    pub fn from_url(url: &str, settings: &ConnectSettings) -> Result<Endpoint, StartError> {
-        let info = url
-            .into_connection_info()
-            .map_err(|e| StartError::RedisConfig(format!("the Redis URL cannot be used ({})", e.category())))?;
+    /// [`StartError::RedisConfig`] for a CA file that cannot be read, or a TLS
+    /// address on a machine without a trust store.
+    pub fn new(info: &ConnectionInfo, settings: &ConnectSettings) -> Result<Endpoint, StartError> {
         let address = match info.addr() {
             ConnectionAddr::Tcp(host, port) => Address::Tcp {
                 host: host.clone(),
                 port: *port,
                 tls: false,
             },
-            ConnectionAddr::TcpTls {
-                host, port, insecure, ..
-            } => {
-                if *insecure {
-                    return Err(StartError::RedisConfig(
-                        "rediss:// with #insecure is refused: certificates are always verified \
-                         (use --redis-ca-file for a private CA)"
-                            .to_owned(),
-                    ));
-                }
-                Address::Tcp {
-                    host: host.clone(),
-                    port: *port,
-                    tls: true,
-                }
-            }
+            ConnectionAddr::TcpTls { host, port, .. } => Address::Tcp {
+                host: host.clone(),
+                port: *port,
+                tls: true,
+            },
             ConnectionAddr::Unix(path) => Address::Unix(path.clone()),
             _ => return Err(StartError::RedisConfig("unsupported Redis address".to_owned())),
         };
@@ -124,6 +114,22 @@ impl Endpoint {
             keepalive: settings.keepalive,
             connect_timeout: settings.connect_timeout,
         })
+    }
+
+    /// A plain-TCP endpoint on this machine, without a login: the development
+    /// redis-server.
+    pub fn loopback(port: u16, settings: &ConnectSettings) -> Endpoint {
+        Endpoint {
+            address: Address::Tcp {
+                host: "127.0.0.1".to_owned(),
+                port,
+                tls: false,
+            },
+            settings: RedisConnectionInfo::default(),
+            tls: None,
+            keepalive: settings.keepalive,
+            connect_timeout: settings.connect_timeout,
+        }
     }
 
     /// The same credentials and TLS settings at another host and port (a node

@@ -22,6 +22,7 @@ mod batch;
 mod connect;
 mod connection;
 mod embedded;
+mod inspect;
 mod keys;
 mod link;
 mod scripts;
@@ -39,6 +40,7 @@ pub use batch::{Batcher, Calls};
 pub use connect::{ConnectSettings, Endpoint};
 pub use connection::{Connection, Request};
 pub use embedded::EmbeddedRedis;
+pub use inspect::{ClusterNode, info_command, parse_cluster_nodes, parse_info, replicas};
 pub use keys::{DEFAULT_TENANT, KeySpace, Keys, LockKeys, envoy_descriptor, slot_tag};
 pub use link::{Backoff, State};
 pub use scripts::{Invocation, LuaScript};
@@ -350,6 +352,10 @@ impl Redis {
         result
     }
 
+    /// Sends `request` until it is answered, the answer is final, or the
+    /// deadline passes: again on a fresh connection when one was lost (once,
+    /// and only when its effect allows), and where a Cluster or a failover
+    /// redirects it.
     async fn attempt<T: FromRedisValue>(
         &self,
         op: Op,
@@ -364,99 +370,121 @@ impl Redis {
             Effect::Write => Role::Exact,
         };
         let link = self.link(role);
-        let kind = self.kind();
         let started = Instant::now();
-        let mut fresh_since = match patience {
-            Patience::Fresh => Some(started),
-            Patience::Current => None,
+        let mut next = NextTry {
+            fresh_since: matches!(patience, Patience::Fresh).then_some(started),
+            ..NextTry::default()
         };
-        let mut avoid = None;
-        let mut resent = false;
-        let mut asking: Option<(String, u16)> = None;
         loop {
             let (mut connection, generation) = link
-                .connection(fresh_since, avoid, deadline)
+                .connection(next.fresh_since, next.avoid, deadline)
                 .await
                 .map_err(Error::Unavailable)?;
-            let redirected = asking.take();
+            let asking = next.asking.take();
             let send = async {
-                if let (Some((host, port)), Connection::Cluster(cluster)) = (&redirected, &mut connection)
+                if let (Some((host, port)), Connection::Cluster(cluster)) = (&asking, &mut connection)
                     && let Some(reply) = request.send_asking(cluster, host, *port).await
                 {
                     return reply;
                 }
                 request.send(&mut connection).await
             };
-            let reply = match timeout_at(deadline, send).await {
-                Ok(reply) => reply,
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        waited: started.elapsed(),
-                        effect: op.effect,
-                    });
-                }
+            let Ok(reply) = timeout_at(deadline, send).await else {
+                return Err(Error::Timeout {
+                    waited: started.elapsed(),
+                    effect: op.effect,
+                });
             };
-            let error = match reply {
+            match reply {
                 Ok(value) => return Ok(value),
-                Err(error) => error,
-            };
-            if connection_lost(&error) {
-                let cause = Cause::of(&error);
-                // A Cluster connection repairs its node connections itself.
-                if kind != Kind::Cluster {
-                    link.abandon(generation);
-                }
-                if resent || !op.effect.may_resend() {
-                    return Err(if op.effect.caller_may_retry() {
-                        Error::Unavailable(cause)
-                    } else {
-                        Error::MayHaveApplied(cause)
-                    });
-                }
-                // Once more, on a connection made after this one was lost.
-                resent = true;
-                if kind != Kind::Cluster {
-                    avoid = Some(generation);
-                }
-                fresh_since = Some(Instant::now());
-                continue;
-            }
-            match refusal(&error, kind) {
-                Refusal::Final => return Err(Error::from(error)),
-                Refusal::Ask { host, port } => asking = Some((host, port)),
-                Refusal::Moved => {
-                    // redis-rs refreshes the slot map; try again shortly.
-                    let pause = self.inner.backoff.min;
-                    if tokio::time::Instant::now() + pause >= deadline {
-                        return Err(Error::Unavailable(Cause::of(&error)));
-                    }
-                    sleep(pause).await;
-                }
-                Refusal::Demoted => {
-                    // The primary became a replica: look it up again, and send the
-                    // command (which did not run) to the new one.
-                    link.abandon(generation);
-                    avoid = Some(generation);
-                    fresh_since = Some(Instant::now());
-                }
+                Err(error) => self.after(error, op, link, generation, deadline, &mut next).await?,
             }
         }
     }
+
+    /// Decides, after `error` on the connection of `generation`, whether and
+    /// where the command goes next (in `next`); the error to answer when it
+    /// does not.
+    async fn after(
+        &self,
+        error: redis::RedisError,
+        op: Op,
+        link: &Link,
+        generation: u64,
+        deadline: tokio::time::Instant,
+        next: &mut NextTry,
+    ) -> Result<(), Error> {
+        let kind = self.kind();
+        if connection_lost(&error) {
+            let cause = Cause::of(&error);
+            // A Cluster connection repairs its node connections itself.
+            if kind != Kind::Cluster {
+                link.abandon(generation);
+            }
+            if next.resent || !op.effect.may_resend() {
+                return Err(if op.effect.caller_may_retry() {
+                    Error::Unavailable(cause)
+                } else {
+                    Error::MayHaveApplied(cause)
+                });
+            }
+            // Once more, on a connection made after this one was lost.
+            next.resent = true;
+            if kind != Kind::Cluster {
+                next.avoid = Some(generation);
+            }
+            next.fresh_since = Some(Instant::now());
+            return Ok(());
+        }
+        match resend(&error, kind) {
+            Resend::Never => return Err(Error::from(error)),
+            Resend::Asking { host, port } => next.asking = Some((host, port)),
+            Resend::AfterSlotRefresh => {
+                // redis-rs refreshes the slot map; try again shortly.
+                let pause = self.inner.backoff.min;
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(Error::Unavailable(Cause::of(&error)));
+                }
+                sleep(pause).await;
+            }
+            Resend::ToNewPrimary => {
+                // The primary became a replica: look it up again, and send the
+                // command (which did not run) to the new one.
+                link.abandon(generation);
+                next.avoid = Some(generation);
+                next.fresh_since = Some(Instant::now());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the next try of a command goes.
+#[derive(Default)]
+struct NextTry {
+    /// Only a connection made after this instant will do.
+    fresh_since: Option<Instant>,
+    /// Not the connection of this generation.
+    avoid: Option<u64>,
+    /// The command was already sent again once after a lost connection.
+    resent: bool,
+    /// Cluster: send it ASKING to this node, which is importing the slot.
+    asking: Option<(String, u16)>,
 }
 
 /// What a Redis error reply means for sending the command again.
-enum Refusal {
+enum Resend {
     /// The answer stands.
-    Final,
+    Never,
     /// Cluster: the slot is being imported by the node at `host:port`; ask it there.
-    Ask { host: String, port: u16 },
+    Asking { host: String, port: u16 },
     /// Cluster: the slot moved, or cannot be served for a moment; it did not run.
-    Moved,
+    AfterSlotRefresh,
     /// Sentinel: the primary was demoted; it did not run.
-    Demoted,
+    ToNewPrimary,
 }
 
-fn refusal(error: &redis::RedisError, kind: Kind) -> Refusal {
+fn resend(error: &redis::RedisError, kind: Kind) -> Resend {
     let code = server_code(error);
     match (kind, code.as_deref()) {
         (Kind::Cluster, Some("ASK")) => match error.redirect_node() {
@@ -464,18 +492,20 @@ fn refusal(error: &redis::RedisError, kind: Kind) -> Refusal {
                 .rsplit_once(':')
                 .and_then(|(host, port)| Some((host, port.parse().ok()?)))
             {
-                Some((host, port)) => Refusal::Ask {
+                Some((host, port)) => Resend::Asking {
                     host: host.to_owned(),
                     port,
                 },
-                None => Refusal::Moved,
+                None => Resend::AfterSlotRefresh,
             },
-            None => Refusal::Moved,
+            None => Resend::AfterSlotRefresh,
         },
-        (Kind::Cluster, Some("MOVED" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY")) => Refusal::Moved,
-        (Kind::Cluster, _) if error.kind() == redis::ErrorKind::ClusterConnectionNotFound => Refusal::Moved,
-        (Kind::Sentinel, Some("READONLY")) => Refusal::Demoted,
-        _ => Refusal::Final,
+        (Kind::Cluster, Some("MOVED" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "READONLY")) => {
+            Resend::AfterSlotRefresh
+        }
+        (Kind::Cluster, _) if error.kind() == redis::ErrorKind::ClusterConnectionNotFound => Resend::AfterSlotRefresh,
+        (Kind::Sentinel, Some("READONLY")) => Resend::ToNewPrimary,
+        _ => Resend::Never,
     }
 }
 

@@ -29,6 +29,7 @@ use std::{
 
 use futures_util::StreamExt;
 use redis::{
+    ConnectionInfo,
     cluster::{ClusterClient, ClusterClientBuilder},
     io::tcp::TcpSettings,
 };
@@ -350,14 +351,14 @@ impl Cluster {
     /// # Errors
     /// [`StartError::RedisConfig`] for seeds or TLS settings that cannot be used.
     pub fn new(
-        urls: &[String],
+        nodes: &[ConnectionInfo],
         settings: &ConnectSettings,
         username: Option<&str>,
         password: Option<&str>,
     ) -> Result<Cluster, StartError> {
-        let seeds = urls
+        let seeds = nodes
             .iter()
-            .map(|url| Endpoint::from_url(url, settings))
+            .map(|node| Endpoint::new(node, settings))
             .collect::<Result<Vec<_>, _>>()?;
         let root_cert = match &settings.ca_file {
             Some(path) => Some(std::fs::read(path).map_err(|source| StartError::Io {
@@ -367,7 +368,7 @@ impl Cluster {
             None => None,
         };
         let build = |retries: u32| {
-            let mut builder = ClusterClientBuilder::new(urls.iter().map(String::as_str))
+            let mut builder = ClusterClientBuilder::new(nodes.iter().cloned())
                 .connection_timeout(settings.connect_timeout)
                 .retries(retries)
                 .tcp_settings(tcp_settings(settings.keepalive));

@@ -39,8 +39,8 @@ use crate::{
     },
     ratelimit::{Algorithm, Counting, Decision, LimitCheck, Limiter, MAX_LIMIT, Outcome},
     redis::envoy_descriptor,
-    request::duration_to_proto,
     telemetry::{Meter, Metrics},
+    time::duration_to_proto,
 };
 
 pub use limit::{Limit, Unit};

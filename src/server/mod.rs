@@ -1,64 +1,49 @@
 //! Builds the tonic server and runs it until a shutdown signal.
 
+mod background;
 mod http;
+mod services;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt, stream};
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tonic::{server::NamedService, transport::Server, transport::server::TcpIncoming};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::watch,
+};
+use tonic::transport::{
+    Server,
+    server::{Connected, TcpIncoming},
+};
 use tracing::{info, warn};
 
 use crate::{
     admission::{AdmissionLayer, limit_connections},
     auth::{AuthFile, AuthLayer, Authenticator, ReloadableTls, TlsFiles, over_tls, plaintext, reload_on_change},
-    cache::{self, CacheApi, CacheSettings, CacheStore},
-    config::{Config, MESSAGE_OVERHEAD_BYTES, RedisMode},
+    cache,
+    config::{Config, RedisTarget},
+    context::Context,
     error::StartError,
-    health::{ProbeSettings, health_service, probe_redis},
-    lock::{self, GrantRules, LockApi, LockSettings, LockStore},
+    health::{HealthStatus, ProbeSettings, health_service, probe_redis},
+    lock,
     notices::Notices,
-    pb::{
-        self, cache::cache_service_server::CacheServiceServer,
-        envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer as EnvoyRateLimitServiceServer,
-        lock::lock_service_server::LockServiceServer, pubsub::pub_sub_service_server::PubSubServiceServer,
-        ratelimit::rate_limit_service_server::RateLimitServiceServer,
-        session::session_service_server::SessionServiceServer,
-    },
-    pubsub::{Hub, HubLimits, PubSubApi, Wakers, run_subscriber},
-    ratelimit::{self, Limiter, RateLimitApi, RateLimitSettings, RateLimitStore},
+    pubsub::{Commands, Hub, HubLimits, Wakers, run_subscriber},
     redis::{
-        Backoff, Cluster, ConnectSettings, EmbeddedRedis, Endpoint, Keys, LuaScript, Redis, RedisSettings, Sentinels,
-        Topology, watch_failovers,
+        Backoff, Cluster, ConnectSettings, EmbeddedRedis, Endpoint, Keys, Redis, RedisSettings, Sentinels, Topology,
+        watch_failovers,
     },
     request::Limits,
-    rls::{RlsApi, RlsSettings, RulesSource},
-    session::{self, SessionApi, SessionSettings, SessionStore},
+    rls::RulesSource,
     telemetry::{Meter, Metrics, RpcLayer},
 };
+use background::Background;
+use services::{Parts, UNSAFE_WHEN_EVICTING, all_scripts, reflection};
+
+pub use services::SERVICE_NAMES;
 
 /// Idle time before TCP keepalive probes on client connections.
 const CLIENT_KEEPALIVE: Duration = Duration::from_secs(60);
-
-/// The health-checked gRPC service names, besides the whole server's `""`.
-pub const SERVICE_NAMES: &[&str] = &[
-    <CacheServiceServer<CacheApi> as NamedService>::NAME,
-    <RateLimitServiceServer<RateLimitApi> as NamedService>::NAME,
-    <LockServiceServer<LockApi> as NamedService>::NAME,
-    <SessionServiceServer<SessionApi> as NamedService>::NAME,
-    <PubSubServiceServer<PubSubApi> as NamedService>::NAME,
-    <EnvoyRateLimitServiceServer<RlsApi> as NamedService>::NAME,
-];
-
-/// Every Lua script the services run, loaded on each new Redis connection.
-fn all_scripts() -> Vec<&'static LuaScript> {
-    cache::scripts()
-        .into_iter()
-        .chain(ratelimit::scripts())
-        .chain(lock::scripts())
-        .chain(session::scripts())
-        .collect()
-}
 
 /// The sockets the server listens on, bound before it starts (tests bind port 0
 /// and learn the ports before the server runs).
@@ -127,8 +112,11 @@ pub async fn run_until_signals(
     config: Config,
     signals: impl Stream<Item = ()>,
 ) -> Result<(), StartError> {
-    let embedded = match config.redis_mode() {
-        RedisMode::Development => {
+    let target = config
+        .redis_target()
+        .map_err(|error| StartError::RedisConfig(error.to_string()))?;
+    let embedded = match target {
+        RedisTarget::Development => {
             let redis = EmbeddedRedis::start().await?;
             warn!(
                 port = redis.port(),
@@ -139,7 +127,7 @@ pub async fn run_until_signals(
         }
         _ => None,
     };
-    let result = match topology(&config, embedded.as_ref()) {
+    let result = match topology(&config, target, embedded.as_ref()) {
         Ok(topology) => serve(listeners, &config, topology, embedded.is_some(), signals).await,
         Err(error) => Err(error),
     };
@@ -150,41 +138,9 @@ pub async fn run_until_signals(
     result
 }
 
-/// The server's background tasks: stopped and joined together by [`Background::stop`],
-/// aborted if dropped on an early return.
-#[derive(Default)]
-struct Background {
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Background {
-    fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.push(tokio::spawn(task));
-    }
-
-    /// Aborts every task and waits until each has stopped. They are aborted rather
-    /// than asked: each may be inside a Redis call bounded only by a timeout, and
-    /// none holds state worth finishing.
-    async fn stop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-        for task in self.tasks.drain(..) {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-/// Where Redis is, from the configuration (`embedded`: the development redis-server).
-fn topology(config: &Config, embedded: Option<&EmbeddedRedis>) -> Result<Topology, StartError> {
+/// Where Redis is: the configuration's target (`embedded`: the development
+/// redis-server, when the target is [`RedisTarget::Development`]).
+fn topology(config: &Config, target: RedisTarget, embedded: Option<&EmbeddedRedis>) -> Result<Topology, StartError> {
     let settings = ConnectSettings {
         ca_file: config.redis_ca_file.clone(),
         keepalive: config.redis_keepalive,
@@ -199,34 +155,34 @@ fn topology(config: &Config, embedded: Option<&EmbeddedRedis>) -> Result<Topolog
             endpoint.with_login(username, password, db)
         }
     };
-    Ok(match config.redis_mode() {
-        RedisMode::Development => {
-            let url = embedded
-                .map(EmbeddedRedis::url)
+    Ok(match target {
+        RedisTarget::Development => {
+            let embedded = embedded
                 .ok_or_else(|| StartError::EmbeddedRedis("the development redis-server is not running".to_owned()))?;
-            Topology::Standalone(Endpoint::from_url(&url, &settings)?)
+            Topology::Standalone(Endpoint::loopback(embedded.port(), &settings))
         }
-        RedisMode::Standalone(url) => Topology::Standalone(with_login(Endpoint::from_url(url, &settings)?)),
-        RedisMode::Cluster(nodes) => Topology::Cluster(Arc::new(Cluster::new(nodes, &settings, username, password)?)),
-        RedisMode::Sentinel { nodes, master } => {
+        RedisTarget::Standalone(info) => Topology::Standalone(with_login(Endpoint::new(&info, &settings)?)),
+        RedisTarget::Cluster(nodes) => {
+            Topology::Cluster(Arc::new(Cluster::new(&nodes, &settings, username, password)?))
+        }
+        RedisTarget::Sentinel { nodes, master } => {
             let sentinels = nodes
                 .iter()
-                .map(|url| Endpoint::from_url(url, &settings))
+                .map(|node| Endpoint::new(node, &settings))
                 .collect::<Result<Vec<_>, _>>()?;
             let db = sentinels.first().map_or(0, Endpoint::db);
-            Topology::Sentinel(Arc::new(Sentinels::new(
-                sentinels,
-                master.to_owned(),
-                username,
-                password,
-                db,
-            )?))
+            Topology::Sentinel(Arc::new(Sentinels::new(sentinels, master, username, password, db)?))
         }
     })
 }
 
 /// Serves on `listeners` until `signals`; `own_redis`: Redis is the development
 /// redis-server this process started, empty.
+///
+/// The one place the server is wired together, in the order things must
+/// happen: what can fail, then Redis and health, then the background tasks,
+/// then the gRPC server and its shutdown. It reads top to bottom, so it stays
+/// one function (about 110 lines) rather than handing its parts around.
 async fn serve(
     listeners: Listeners,
     config: &Config,
@@ -234,6 +190,130 @@ async fn serve(
     own_redis: bool,
     signals: impl Stream<Item = ()>,
 ) -> Result<(), StartError> {
+    log_start(&listeners, &topology);
+    // Everything that can fail comes first, so that nothing is left running on an early return.
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let keys = Keys::new(&config.key_prefix);
+    // Metrics are kept only when someone can read them.
+    let (meter, metrics) = match listeners.metrics {
+        Some(metrics_listener) => {
+            let metrics = Arc::new(Metrics::new());
+            (Meter::new(metrics.clone()), Some((metrics_listener, metrics)))
+        }
+        None => (Meter::off(), None),
+    };
+    let Security {
+        tls,
+        auth_file,
+        authenticator,
+    } = security(config, &keys, &meter)?;
+    let (parts, hub_commands) = parts(config, &meter, own_redis)?;
+
+    let backoff = Backoff {
+        min: config.reconnect_min_backoff,
+        max: config.reconnect_max_backoff,
+    };
+    let redis = Redis::start(
+        RedisSettings {
+            topology: topology.clone(),
+            scripts: all_scripts(),
+            backoff,
+            blocking: config.lock_min_replicas > 0,
+        },
+        meter.clone(),
+    );
+    let (draining_tx, draining_rx) = watch::channel(false);
+    let (health, health_server) = health_service(
+        SERVICE_NAMES,
+        draining_rx.clone(),
+        config.max_watch_streams,
+        meter.clone(),
+    )
+    .await;
+    let context = Context {
+        redis,
+        limits: Limits::from(config),
+        meter: meter.clone(),
+        draining: draining_rx.clone(),
+    };
+    let mut background = Background::default();
+    if let Some((metrics_listener, metrics)) = metrics {
+        background.spawn(http::serve(metrics_listener, metrics, health.clone()));
+    }
+    background.spawn(probe_redis(
+        context.redis.clone(),
+        health.clone(),
+        probe_settings(config),
+        meter.clone(),
+    ));
+    // The process's one Redis subscriber connection: Pub/Sub streams, lock releases and cache fills.
+    background.spawn(run_subscriber(
+        parts.hub.clone(),
+        hub_commands,
+        Wakers {
+            routes: vec![
+                (keys.lock_released_pattern(), parts.release_notices.clone()),
+                (keys.cache_filled_pattern(), parts.fill_notices.clone()),
+            ],
+        },
+        topology.clone(),
+        backoff,
+        context.redis.failovers().subscribe(),
+    ));
+    if let Topology::Sentinel(sentinels) = &topology {
+        background.spawn(watch_failovers(sentinels.clone(), context.redis.failovers(), backoff));
+    }
+    if parts.rls_rules.has_files() {
+        background.spawn(parts.rls_rules.clone().reload_on_change());
+    }
+    if tls.is_some() || auth_file.is_some() {
+        background.spawn(reload_on_change(tls.clone(), auth_file));
+    }
+    let routes = services::routes(config, &context, parts);
+
+    let mut drained = draining_rx;
+    let server = Server::builder()
+        // A stream from a peer that vanished is closed instead of kept.
+        .http2_keepalive_interval(Some(config.client_ping_interval))
+        .http2_keepalive_timeout(Some(config.client_ping_timeout))
+        .max_concurrent_streams(config.max_concurrent_streams)
+        // Outermost: every RPC is measured and spanned, refused ones included.
+        .layer(RpcLayer::new(meter.clone(), config.slow_request))
+        // Who calls is settled next: an unknown caller takes no in-flight place.
+        .layer(AuthLayer::new(authenticator))
+        .layer(AdmissionLayer::new(config.max_in_flight, meter))
+        .add_routes(routes)
+        .add_service(health_server)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(incoming(listeners.grpc, config, tls), async move {
+            let _ = drained.wait_for(|draining| *draining).await;
+        });
+    // The server is polled throughout: it keeps serving during the delay and drains after it.
+    let result = tokio::select! {
+        result = server => result,
+        () = shut_down(signals, config, &health, &draining_tx) => Ok(()),
+    };
+    background.stop().await;
+    result.map_err(StartError::from)
+}
+
+/// How Redis is watched for the health service.
+fn probe_settings(config: &Config) -> ProbeSettings {
+    ProbeSettings {
+        interval: config.health_interval,
+        timeout: config.operation_timeout,
+        require_noeviction: config.require_noeviction,
+        unsafe_when_evicting: if config.allow_evicting_redis {
+            &[]
+        } else {
+            UNSAFE_WHEN_EVICTING
+        },
+    }
+}
+
+/// Logs where the server listens and which Redis it uses.
+fn log_start(listeners: &Listeners, topology: &Topology) {
     let address = |listener: &TcpListener| {
         listener
             .local_addr()
@@ -245,25 +325,62 @@ async fn serve(
         redis = %topology.describe(),
         "cachelock starting"
     );
+}
 
-    // Everything that can fail comes first, so that nothing is left running on an early return.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            // The google.rpc error details, so grpcurl can decode them from reflection.
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-            // Each builder adds only its own protocol; list both on both.
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+/// What the services need besides the [`Context`], and the Pub/Sub hub's
+/// commands for the subscriber task.
+///
+/// # Errors
+/// [`StartError::RlsConfig`] when the Envoy API's rules cannot be used.
+fn parts(config: &Config, meter: &Meter, own_redis: bool) -> Result<(Parts, Commands), StartError> {
+    let rls_rules = Arc::new(match &config.rls_config {
+        Some(path) => {
+            RulesSource::load(path, meter.clone()).map_err(|error| StartError::RlsConfig(error.to_string()))?
+        }
+        None => RulesSource::none(),
+    });
+    let (hub, hub_commands) = Hub::new(
+        HubLimits {
+            buffer: config.pubsub_buffer,
+            max_streams: config.pubsub_max_streams,
+        },
+        meter.clone(),
+    );
+    let parts = Parts {
+        fill_notices: Notices::new(
+            config.cache_max_fill_waiters,
+            config.cache_max_fill_waiters,
+            meter.clone(),
+            &cache::WAITING,
+        ),
+        release_notices: Notices::new(
+            config.lock_max_waiters,
+            config.lock_max_waiters_per_name,
+            meter.clone(),
+            &lock::WAITING,
+        ),
+        hub,
+        rls_rules,
+        own_redis,
     };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
-    let keys = Keys::new(&config.key_prefix);
+    Ok((parts, hub_commands))
+}
+
+/// Who may call, and over what.
+struct Security {
+    /// The server's certificate (and client CA), reloaded when the files change.
+    tls: Option<Arc<ReloadableTls>>,
+    /// The clients, reloaded when the file changes.
+    auth_file: Option<Arc<AuthFile>>,
+    /// Tells each request's caller.
+    authenticator: Authenticator,
+}
+
+/// The TLS files and the auth file, loaded.
+///
+/// # Errors
+/// [`StartError::Security`] when a file cannot be used.
+fn security(config: &Config, keys: &Keys, meter: &Meter) -> Result<Security, StartError> {
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(Arc::new(
             ReloadableTls::load(TlsFiles {
@@ -287,226 +404,45 @@ async fn serve(
              default with every permission; give an auth file to tell them apart"
         );
     }
-    // Metrics are kept only when someone can read them.
-    let (meter, metrics) = match listeners.metrics {
-        Some(metrics_listener) => {
-            let metrics = Arc::new(Metrics::new());
-            (Meter::new(metrics.clone()), Some((metrics_listener, metrics)))
-        }
-        None => (Meter::off(), None),
-    };
-    let rls_rules = Arc::new(match &config.rls_config {
-        Some(path) => {
-            RulesSource::load(path, meter.clone()).map_err(|error| StartError::RlsConfig(error.to_string()))?
-        }
-        None => RulesSource::none(),
-    });
     let authenticator = match &auth_file {
-        Some(file) => Authenticator::with_file(&keys, file.clone(), config.reflection_requires_auth, meter.clone()),
-        None => Authenticator::open(&keys),
+        Some(file) => Authenticator::with_file(keys, file.clone(), config.reflection_requires_auth, meter.clone()),
+        None => Authenticator::open(keys),
     };
+    Ok(Security {
+        tls,
+        auth_file,
+        authenticator,
+    })
+}
 
-    let backoff = Backoff {
-        min: config.reconnect_min_backoff,
-        max: config.reconnect_max_backoff,
-    };
-    let redis = Redis::start(
-        RedisSettings {
-            topology: topology.clone(),
-            scripts: all_scripts(),
-            backoff,
-            blocking: config.lock_min_replicas > 0,
-        },
-        meter.clone(),
-    );
-    let (draining_tx, draining_rx) = watch::channel(false);
-    let (health, health_server) = health_service(
-        SERVICE_NAMES,
-        draining_rx.clone(),
-        config.max_watch_streams,
-        meter.clone(),
-    )
-    .await;
-    let release_notices = Notices::new(
-        config.lock_max_waiters,
-        config.lock_max_waiters_per_name,
-        meter.clone(),
-        &lock::WAITING,
-    );
-    let fill_notices = Notices::new(
-        config.cache_max_fill_waiters,
-        config.cache_max_fill_waiters,
-        meter.clone(),
-        &cache::WAITING,
-    );
-    let mut background = Background::default();
-    if let Some((metrics_listener, metrics)) = metrics {
-        background.spawn(http::serve(metrics_listener, metrics, health.clone()));
-    }
-    let unsafe_when_evicting = if config.allow_evicting_redis {
-        Vec::new()
-    } else {
-        vec![
-            <LockServiceServer<LockApi> as NamedService>::NAME,
-            <SessionServiceServer<SessionApi> as NamedService>::NAME,
-        ]
-    };
-    background.spawn(probe_redis(
-        redis.clone(),
-        health.clone(),
-        ProbeSettings {
-            interval: config.health_interval,
-            timeout: config.operation_timeout,
-            require_noeviction: config.require_noeviction,
-            unsafe_when_evicting,
-        },
-        meter.clone(),
-    ));
-    let (hub, hub_commands) = Hub::new(
-        HubLimits {
-            buffer: config.pubsub_buffer,
-            max_streams: config.pubsub_max_streams,
-        },
-        meter.clone(),
-    );
-    // The process's one Redis subscriber connection: Pub/Sub streams and lock releases.
-    background.spawn(run_subscriber(
-        hub.clone(),
-        hub_commands,
-        Wakers {
-            routes: vec![
-                (keys.lock_released_pattern(), release_notices.clone()),
-                (keys.cache_filled_pattern(), fill_notices.clone()),
-            ],
-        },
-        topology.clone(),
-        backoff,
-        redis.failovers().subscribe(),
-    ));
-    if let Topology::Sentinel(sentinels) = &topology {
-        background.spawn(watch_failovers(sentinels.clone(), redis.failovers(), backoff));
-    }
-    if rls_rules.has_files() {
-        background.spawn(rls_rules.clone().reload_on_change());
-    }
-    if tls.is_some() || auth_file.is_some() {
-        background.spawn(reload_on_change(tls.clone(), auth_file));
-    }
-
-    // Every service reads requests up to the same size and writes responses up to
-    // the same size (the response budget is enforced before Redis reads; this is the backstop).
-    let (requests, responses) = (
-        config.max_request_bytes,
-        config.max_response_bytes + MESSAGE_OVERHEAD_BYTES,
-    );
-    let cache = CacheServiceServer::new(CacheApi::new(
-        CacheStore::new(redis.clone()),
-        Limits::from(config),
-        CacheSettings {
-            operation_timeout: config.operation_timeout,
-            max_fill_wait: config.cache_max_fill_wait,
-        },
-        fill_notices,
-        meter.clone(),
-        draining_rx.clone(),
-    ))
-    .max_decoding_message_size(requests)
-    .max_encoding_message_size(responses);
-    let limiter = Arc::new(Limiter::new(
-        RateLimitStore::new(redis.clone(), meter.clone()),
-        Limits::from(config),
-        RateLimitSettings::from(config),
-        meter.clone(),
-    ));
-    let ratelimit = RateLimitServiceServer::new(RateLimitApi::new(limiter.clone()))
-        .max_decoding_message_size(requests)
-        .max_encoding_message_size(responses);
-    let envoy_ratelimit = EnvoyRateLimitServiceServer::new(RlsApi::new(
-        rls_rules,
-        limiter,
-        RlsSettings {
-            headers: config.rls_headers,
-            max_descriptors: config.ratelimit_max_batch,
-        },
-        meter.clone(),
-    ))
-    .max_decoding_message_size(requests)
-    .max_encoding_message_size(responses);
-    let lock = LockServiceServer::new(LockApi::new(
-        LockStore::new(
-            redis.clone(),
-            GrantRules {
-                fence_retention: config.lock_fence_retention,
-                min_replicas: config.lock_min_replicas,
-                max_ttl: config.lock_max_ttl,
-                // The development Redis was started by this process, empty: it cannot
-                // hold a lease from before.
-                trust_young_redis: config.lock_trust_young_redis || own_redis,
-                allow_evicting: config.allow_evicting_redis,
-                trust_persistence: config.lock_trust_persistence,
-            },
-        ),
-        meter.clone(),
-        release_notices,
-        Limits::from(config),
-        LockSettings::from(config),
-        draining_rx.clone(),
-    ))
-    .max_decoding_message_size(requests)
-    .max_encoding_message_size(responses);
-    let pubsub = PubSubServiceServer::new(PubSubApi::new(
-        redis.clone(),
-        hub,
-        Limits::from(config),
-        config.pubsub_max_topics,
-        config.operation_timeout,
-        draining_rx.clone(),
-        meter.clone(),
-    ))
-    .max_decoding_message_size(requests)
-    .max_encoding_message_size(responses);
-    let session = SessionServiceServer::new(SessionApi::new(
-        SessionStore::new(redis),
-        Limits::from(config),
-        SessionSettings::from(config),
-        meter.clone(),
-    ))
-    .max_decoding_message_size(requests)
-    .max_encoding_message_size(responses);
-
-    let incoming = TcpIncoming::from(listeners.grpc)
+/// The client connections `listener` accepts: at most `--max-connections`,
+/// over TLS when it is configured.
+fn incoming(
+    listener: TcpListener,
+    config: &Config,
+    tls: Option<Arc<ReloadableTls>>,
+) -> impl Stream<Item = Result<impl Connected + AsyncRead + AsyncWrite + Send + Unpin + 'static, std::io::Error>> {
+    let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(CLIENT_KEEPALIVE));
     let incoming = limit_connections(incoming, config.max_connections);
-    let incoming = match tls {
+    match tls {
         Some(tls) => over_tls(incoming, tls).boxed(),
         None => plaintext(incoming)
             .map(|accepted| accepted.map_err(std::io::Error::other))
             .boxed(),
-    };
-    let mut drained = draining_rx;
-    let server = Server::builder()
-        // A stream from a peer that vanished is closed instead of kept.
-        .http2_keepalive_interval(Some(config.client_ping_interval))
-        .http2_keepalive_timeout(Some(config.client_ping_timeout))
-        .max_concurrent_streams(config.max_concurrent_streams)
-        // Outermost: every RPC is measured and spanned, refused ones included.
-        .layer(RpcLayer::new(meter.clone(), config.slow_request))
-        // Who calls is settled next: an unknown caller takes no in-flight place.
-        .layer(AuthLayer::new(authenticator))
-        .layer(AdmissionLayer::new(config.max_in_flight, meter))
-        .add_service(health_server)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(cache)
-        .add_service(ratelimit)
-        .add_service(envoy_ratelimit)
-        .add_service(lock)
-        .add_service(session)
-        .add_service(pubsub)
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = drained.wait_for(|draining| *draining).await;
-        });
+    }
+}
+
+/// Completes when the server should stop serving: health goes NOT_SERVING at
+/// the first signal, calls are still served for the shutdown delay, then the
+/// server drains for up to the grace. A second signal cuts either short.
+async fn shut_down(
+    signals: impl Stream<Item = ()>,
+    config: &Config,
+    health: &HealthStatus,
+    draining: &watch::Sender<bool>,
+) {
     let mut signals = std::pin::pin!(signals);
     // The next signal; a stream that ends sends no more.
     let mut next_signal = async || {
@@ -514,35 +450,26 @@ async fn serve(
             std::future::pending::<()>().await;
         }
     };
-    // The server is polled throughout: it keeps serving during the delay and drains after it.
-    let shutdown = async {
-        next_signal().await;
-        health.close().await;
-        if !config.shutdown_delay.is_zero() {
-            info!(
-                delay = %humantime::format_duration(config.shutdown_delay),
-                "shutdown requested: health is NOT_SERVING; still serving calls while load balancers \
-                 notice (signal again to stop now)"
-            );
-            tokio::select! {
-                () = tokio::time::sleep(config.shutdown_delay) => {}
-                () = next_signal() => info!("second signal: skipping the rest of the delay"),
-            }
-        }
-        info!("draining in-flight calls");
-        let _ = draining_tx.send(true);
+    next_signal().await;
+    health.close().await;
+    if !config.shutdown_delay.is_zero() {
+        info!(
+            delay = %humantime::format_duration(config.shutdown_delay),
+            "shutdown requested: health is NOT_SERVING; still serving calls while load balancers \
+             notice (signal again to stop now)"
+        );
         tokio::select! {
-            () = tokio::time::sleep(config.shutdown_grace) => warn!(
-                grace = %humantime::format_duration(config.shutdown_grace),
-                "in-flight calls did not finish within the shutdown grace; stopping without them"
-            ),
-            () = next_signal() => warn!("another signal: stopping without waiting for in-flight calls"),
+            () = tokio::time::sleep(config.shutdown_delay) => {}
+            () = next_signal() => info!("second signal: skipping the rest of the delay"),
         }
-    };
-    let result = tokio::select! {
-        result = server => result,
-        () = shutdown => Ok(()),
-    };
-    background.stop().await;
-    result.map_err(StartError::from)
+    }
+    info!("draining in-flight calls");
+    let _ = draining.send(true);
+    tokio::select! {
+        () = tokio::time::sleep(config.shutdown_grace) => warn!(
+            grace = %humantime::format_duration(config.shutdown_grace),
+            "in-flight calls did not finish within the shutdown grace; stopping without them"
+        ),
+        () = next_signal() => warn!("another signal: stopping without waiting for in-flight calls"),
+    }
 }

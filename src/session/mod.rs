@@ -15,6 +15,7 @@ pub use store::{Created, NewSession, SessionStore, StoredSession, UpdateOutcome,
 use crate::{
     auth::Caller,
     config::Config,
+    context::Context,
     error::{Error, Reason},
     ids::random_token,
     pb::session::{
@@ -23,8 +24,9 @@ use crate::{
         ListUserSessionsRequest, ListUserSessionsResponse, RotateRequest, RotateResponse, Session, TouchRequest,
         TouchResponse, UpdateRequest, UpdateResponse, session_service_server::SessionService,
     },
-    request::{Limits, deadline, duration_to_proto, positive_duration},
+    request::{Limits, deadline, positive_duration},
     telemetry::{Meter, Metrics},
+    time::{self, duration_to_proto, timestamp},
 };
 
 /// The idle timeout of a session created without one.
@@ -88,13 +90,6 @@ fn session_id(field: &str, id: &str) -> Result<SessionId, Error> {
     SessionId::parse(id).ok_or_else(not_found)
 }
 
-fn timestamp(millis: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: i32::try_from(millis.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    }
-}
-
 /// A session for a response; `id` is `None` in listings, which never carry the secret.
 fn to_proto(id: Option<&SessionId>, stored: StoredSession) -> Session {
     Session {
@@ -103,9 +98,7 @@ fn to_proto(id: Option<&SessionId>, stored: StoredSession) -> Session {
         absolute_expires_at: Some(timestamp(stored.absolute_expiry_ms)),
         created_at: Some(timestamp(stored.created_ms)),
         last_accessed_at: Some(timestamp(stored.accessed_ms)),
-        idle_timeout: Some(duration_to_proto(Duration::from_millis(
-            u64::try_from(stored.idle_ms).unwrap_or(0),
-        ))),
+        idle_timeout: Some(duration_to_proto(time::from_millis(stored.idle_ms))),
         version: stored.version,
         handle: stored.handle,
         user_id: stored.user_id,
@@ -119,12 +112,12 @@ fn to_proto(id: Option<&SessionId>, stored: StoredSession) -> Session {
 }
 
 impl SessionApi {
-    /// Handlers over `store`.
-    pub fn new(store: SessionStore, limits: Limits, settings: SessionSettings, meter: Meter) -> SessionApi {
+    /// Handlers over the context's Redis.
+    pub fn new(context: &Context, settings: SessionSettings) -> SessionApi {
         SessionApi {
-            store,
-            meter,
-            limits,
+            store: SessionStore::new(context.redis.clone()),
+            meter: context.meter.clone(),
+            limits: context.limits.clone(),
             settings,
         }
     }
@@ -202,8 +195,9 @@ fn client_field<'a>(field: &str, value: &'a str) -> Result<&'a str, Error> {
     Ok(value)
 }
 
+/// A duration in whole milliseconds, at least 1: what the session scripts take.
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+    time::millis(duration).max(1)
 }
 
 #[tonic::async_trait]

@@ -7,9 +7,8 @@
 //! the number of series stays bounded whatever callers send.
 
 use std::{
-    collections::HashMap,
     sync::{
-        LazyLock, OnceLock,
+        OnceLock,
         atomic::{AtomicI64, AtomicU64},
     },
     time::Duration,
@@ -23,37 +22,14 @@ use prometheus_client::{
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
-    registry::{Registry, Unit},
+    registry::{Metric, Registry, Unit},
 };
-use prost::Message;
+
+use super::methods::{HandledLabels, Method, MethodLabels, code_name, known_methods};
 
 /// Latency buckets from 50 µs to about 6.5 s, doubling.
 fn latency_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.000_05, 2.0, 18)
-}
-
-/// A gRPC method, as go-grpc-prometheus labels it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct MethodLabels {
-    /// `unary` or `server_stream` (or `bidi_stream` for reflection).
-    pub grpc_type: &'static str,
-    /// The fully qualified service name.
-    pub grpc_service: &'static str,
-    /// The method name.
-    pub grpc_method: &'static str,
-}
-
-/// A gRPC method and the code it answered.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct HandledLabels {
-    /// `unary` or a streaming kind.
-    pub grpc_type: &'static str,
-    /// The fully qualified service name.
-    pub grpc_service: &'static str,
-    /// The method name.
-    pub grpc_method: &'static str,
-    /// The status code's name, such as `OK` or `UNAVAILABLE`.
-    pub grpc_code: &'static str,
 }
 
 /// One label of a fixed set.
@@ -86,9 +62,16 @@ pub struct HealthName {
 
 /// A refusal's reason.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct Refusal {
+pub struct RefusalReason {
     /// `in_flight`, `lock_waiters`, `watch_streams`, `client_rate`, `unauthenticated`, `permission_denied`.
     pub reason: &'static str,
+}
+
+/// What waiting calls wait for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct WaiterKind {
+    /// `lock` (a release) or `cache_fill` (a GetOrLease fill).
+    pub kind: &'static str,
 }
 
 /// The build, as a constant 1.
@@ -166,7 +149,9 @@ pub struct Metrics {
     /// Open Subscribe streams.
     pub pubsub_streams: Gauge,
     /// Requests refused to protect the service, by reason.
-    pub refused: Family<Refusal, Counter>,
+    pub refused: Family<RefusalReason, Counter>,
+    /// Calls waiting in this instance, by what they wait for.
+    waiters: Family<WaiterKind, Gauge>,
     /// The build.
     pub build_info: Family<BuildLabels, Gauge>,
     /// Seconds since the process started, as of the last scrape.
@@ -184,6 +169,21 @@ struct RpcSeries {
     handled: [OnceLock<Counter>; 17],
 }
 
+/// Registers each metric as it is made, so that each is named once.
+struct Registrar<'a>(&'a mut Registry);
+
+impl Registrar<'_> {
+    fn metric<M: Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.0.register(name, help, metric.clone());
+        metric
+    }
+
+    fn with_unit<M: Metric + Clone>(&mut self, name: &str, help: &str, unit: Unit, metric: M) -> M {
+        self.0.register_with_unit(name, help, unit, metric.clone());
+        metric
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Metrics {
         Metrics::new()
@@ -192,211 +192,168 @@ impl Default for Metrics {
 
 impl Metrics {
     /// A registry with every metric registered at zero.
+    ///
+    /// A table, one entry per metric: its field, name, help and unit side by
+    /// side, so it is long (about 150 lines) by design, not by tangle.
     pub fn new() -> Metrics {
         let histogram = || Histogram::new(latency_buckets());
+        let mut registry = Registry::default();
+        let mut add = Registrar(&mut registry);
         let mut metrics = Metrics {
             registry: Registry::default(),
-            rpc_started: Family::default(),
-            rpc_handled: Family::default(),
-            rpc_seconds: Family::new_with_constructor(histogram),
-            rpc_series: (0..KNOWN_METHODS.len()).map(|_| RpcSeries::default()).collect(),
+            rpc_started: add.metric("grpc_server_started", "RPCs started on the server", Family::default()),
+            rpc_handled: add.metric(
+                "grpc_server_handled",
+                "RPCs completed on the server, whatever their status code",
+                Family::default(),
+            ),
+            rpc_seconds: add.with_unit(
+                "grpc_server_handling",
+                "Time from an RPC's arrival to its response headers",
+                Unit::Seconds,
+                Family::new_with_constructor(histogram),
+            ),
+            rpc_series: (0..known_methods()).map(|_| RpcSeries::default()).collect(),
             rpc_unknown: RpcSeries::default(),
-            rpc_in_flight: Gauge::default(),
-            redis_seconds: Family::new_with_constructor(histogram),
-            redis_errors: Family::default(),
-            redis_up: Gauge::default(),
-            redis_reconnects: Counter::default(),
-            redis_used_memory: Gauge::default(),
-            redis_max_memory: Gauge::default(),
-            health_serving: Family::default(),
-            cache_reads: Family::default(),
-            cache_writes: Counter::default(),
-            cache_shared_reads: Counter::default(),
-            cache_lease_answers: Family::default(),
-            ratelimit_decisions: Family::default(),
-            ratelimit_batches: Counter::default(),
-            ratelimit_batched_requests: Counter::default(),
-            rls_descriptors: Family::default(),
-            rls_reloads: Family::default(),
-            lock_grants: Counter::default(),
-            lock_waits: Counter::default(),
-            lock_wait_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
-            lock_leases_lost: Counter::default(),
-            sessions: Family::default(),
-            pubsub_published: Counter::default(),
-            pubsub_delivered: Counter::default(),
-            pubsub_dropped: Counter::default(),
-            pubsub_streams: Gauge::default(),
-            refused: Family::default(),
-            build_info: Family::default(),
-            uptime_seconds: Gauge::default(),
+            rpc_in_flight: add.metric("grpc_server_in_flight", "RPCs being handled now", Gauge::default()),
+            redis_seconds: add.with_unit(
+                "cachelock_redis_command_duration",
+                "Time of one Redis round trip (command, script, pipeline or transaction), by operation",
+                Unit::Seconds,
+                Family::new_with_constructor(histogram),
+            ),
+            redis_errors: add.metric(
+                "cachelock_redis_errors",
+                "Redis failures by kind: timeout, connection, oom, busy, other",
+                Family::default(),
+            ),
+            redis_up: add.metric(
+                "cachelock_redis_up",
+                "1 while both Redis connections are up",
+                Gauge::default(),
+            ),
+            redis_reconnects: add.metric(
+                "cachelock_redis_reconnects",
+                "Redis connections made after the first (each follows a loss)",
+                Counter::default(),
+            ),
+            redis_used_memory: add.with_unit(
+                "cachelock_redis_used_memory",
+                "Redis used_memory, from INFO at each health probe",
+                Unit::Bytes,
+                Gauge::default(),
+            ),
+            redis_max_memory: add.with_unit(
+                "cachelock_redis_max_memory",
+                "Redis maxmemory (0: unlimited), from INFO at each health probe",
+                Unit::Bytes,
+                Gauge::default(),
+            ),
+            health_serving: add.metric(
+                "cachelock_health_serving",
+                "1 while a grpc.health.v1 name is SERVING",
+                Family::default(),
+            ),
+            cache_reads: add.metric(
+                "cachelock_cache_reads",
+                "Cache entries read, by result: hit, miss",
+                Family::default(),
+            ),
+            cache_writes: add.metric("cachelock_cache_writes", "Cache entries written", Counter::default()),
+            cache_shared_reads: add.metric(
+                "cachelock_cache_shared_reads",
+                "Gets that joined a read of their key already in flight on this instance instead of sending their own",
+                Counter::default(),
+            ),
+            cache_lease_answers: add.metric(
+                "cachelock_cache_lease_answers",
+                "GetOrLease answers by outcome: hit, refresh (a hit with a refresh lease), stale, lease, miss \
+             (the wait ended); waited counts those that waited for another caller's fill",
+                Family::default(),
+            ),
+            ratelimit_decisions: add.metric(
+                "cachelock_ratelimit_decisions",
+                "Rate-limit decisions by result: allowed, denied, policy_allowed, policy_denied (the outage policy)",
+                Family::default(),
+            ),
+            ratelimit_batches: add.metric(
+                "cachelock_ratelimit_batches",
+                "Rate-limit script calls sent to Redis; each decides one or more requests (group commit)",
+                Counter::default(),
+            ),
+            ratelimit_batched_requests: add.metric(
+                "cachelock_ratelimit_batched_requests",
+                "Rate-limit requests decided by those calls: divided by the calls, the mean batch size",
+                Counter::default(),
+            ),
+            rls_descriptors: add.metric(
+                "cachelock_rls_descriptors",
+                "Envoy ShouldRateLimit descriptors by result: ok, over_limit, shadow_over_limit (answered OK), \
+             unlimited, no_rule, policy_ok, policy_over_limit (the outage policy)",
+                Family::default(),
+            ),
+            rls_reloads: add.metric(
+                "cachelock_rls_reloads",
+                "Envoy rate-limit rule loads by result: loaded, refused (the previous rules stay in force)",
+                Family::default(),
+            ),
+            lock_grants: add.metric("cachelock_lock_grants", "Locks granted", Counter::default()),
+            lock_waits: add.metric(
+                "cachelock_lock_waits",
+                "Acquires that waited for a held lock",
+                Counter::default(),
+            ),
+            lock_wait_seconds: add.with_unit(
+                "cachelock_lock_wait",
+                "How long waiting Acquires waited, granted or not",
+                Unit::Seconds,
+                Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            ),
+            lock_leases_lost: add.metric(
+                "cachelock_lock_leases_lost",
+                "Release or Extend by a token whose lease was lost",
+                Counter::default(),
+            ),
+            sessions: add.metric(
+                "cachelock_sessions",
+                "Session events: created, rotated, deleted, evicted (over the per-user limit), logged_out",
+                Family::default(),
+            ),
+            pubsub_published: add.metric(
+                "cachelock_pubsub_published",
+                "Messages published through this instance",
+                Counter::default(),
+            ),
+            pubsub_delivered: add.metric(
+                "cachelock_pubsub_delivered",
+                "Messages handed to Subscribe streams, one per stream",
+                Counter::default(),
+            ),
+            pubsub_dropped: add.metric(
+                "cachelock_pubsub_dropped",
+                "Messages dropped for a Subscribe stream whose buffer was full",
+                Counter::default(),
+            ),
+            pubsub_streams: add.metric("cachelock_pubsub_streams", "Open Subscribe streams", Gauge::default()),
+            refused: add.metric(
+                "cachelock_requests_refused",
+                "Requests refused to protect the service or by authentication, by reason",
+                Family::default(),
+            ),
+            waiters: add.metric(
+                "cachelock_waiters",
+                "Calls waiting in this instance, by what for: lock (a release), cache_fill (a GetOrLease fill)",
+                Family::default(),
+            ),
+            build_info: add.metric("cachelock_build_info", "The build, as a constant 1", Family::default()),
+            uptime_seconds: add.with_unit(
+                "cachelock_uptime",
+                "Time since the process started",
+                Unit::Seconds,
+                Gauge::default(),
+            ),
             started: std::time::Instant::now(),
         };
-        let registry = &mut metrics.registry;
-        registry.register(
-            "grpc_server_started",
-            "RPCs started on the server",
-            metrics.rpc_started.clone(),
-        );
-        registry.register(
-            "grpc_server_handled",
-            "RPCs completed on the server, whatever their status code",
-            metrics.rpc_handled.clone(),
-        );
-        registry.register_with_unit(
-            "grpc_server_handling",
-            "Time from an RPC's arrival to its response headers",
-            Unit::Seconds,
-            metrics.rpc_seconds.clone(),
-        );
-        registry.register(
-            "grpc_server_in_flight",
-            "RPCs being handled now",
-            metrics.rpc_in_flight.clone(),
-        );
-        registry.register_with_unit(
-            "cachelock_redis_command_duration",
-            "Time of one Redis round trip (command, script, pipeline or transaction), by operation",
-            Unit::Seconds,
-            metrics.redis_seconds.clone(),
-        );
-        registry.register(
-            "cachelock_redis_errors",
-            "Redis failures by kind: timeout, connection, oom, busy, other",
-            metrics.redis_errors.clone(),
-        );
-        registry.register(
-            "cachelock_redis_up",
-            "1 while both Redis connections are up",
-            metrics.redis_up.clone(),
-        );
-        registry.register(
-            "cachelock_redis_reconnects",
-            "Redis connections made after the first (each follows a loss)",
-            metrics.redis_reconnects.clone(),
-        );
-        registry.register_with_unit(
-            "cachelock_redis_used_memory",
-            "Redis used_memory, from INFO at each health probe",
-            Unit::Bytes,
-            metrics.redis_used_memory.clone(),
-        );
-        registry.register_with_unit(
-            "cachelock_redis_max_memory",
-            "Redis maxmemory (0: unlimited), from INFO at each health probe",
-            Unit::Bytes,
-            metrics.redis_max_memory.clone(),
-        );
-        registry.register(
-            "cachelock_health_serving",
-            "1 while a grpc.health.v1 name is SERVING",
-            metrics.health_serving.clone(),
-        );
-        registry.register(
-            "cachelock_cache_reads",
-            "Cache entries read, by result: hit, miss",
-            metrics.cache_reads.clone(),
-        );
-        registry.register(
-            "cachelock_cache_writes",
-            "Cache entries written",
-            metrics.cache_writes.clone(),
-        );
-        registry.register(
-            "cachelock_cache_shared_reads",
-            "Gets that joined a read of their key already in flight on this instance instead of sending their own",
-            metrics.cache_shared_reads.clone(),
-        );
-        registry.register(
-            "cachelock_cache_lease_answers",
-            "GetOrLease answers by outcome: hit, refresh (a hit with a refresh lease), stale, lease, miss \
-             (the wait ended); waited counts those that waited for another caller's fill",
-            metrics.cache_lease_answers.clone(),
-        );
-        registry.register(
-            "cachelock_ratelimit_batches",
-            "Rate-limit script calls sent to Redis; each decides one or more requests (group commit)",
-            metrics.ratelimit_batches.clone(),
-        );
-        registry.register(
-            "cachelock_ratelimit_batched_requests",
-            "Rate-limit requests decided by those calls: divided by the calls, the mean batch size",
-            metrics.ratelimit_batched_requests.clone(),
-        );
-        registry.register(
-            "cachelock_ratelimit_decisions",
-            "Rate-limit decisions by result: allowed, denied, policy_allowed, policy_denied (the outage policy)",
-            metrics.ratelimit_decisions.clone(),
-        );
-        registry.register(
-            "cachelock_rls_descriptors",
-            "Envoy ShouldRateLimit descriptors by result: ok, over_limit, shadow_over_limit (answered OK), \
-             unlimited, no_rule, policy_ok, policy_over_limit (the outage policy)",
-            metrics.rls_descriptors.clone(),
-        );
-        registry.register(
-            "cachelock_rls_reloads",
-            "Envoy rate-limit rule loads by result: loaded, refused (the previous rules stay in force)",
-            metrics.rls_reloads.clone(),
-        );
-        registry.register("cachelock_lock_grants", "Locks granted", metrics.lock_grants.clone());
-        registry.register(
-            "cachelock_lock_waits",
-            "Acquires that waited for a held lock",
-            metrics.lock_waits.clone(),
-        );
-        registry.register_with_unit(
-            "cachelock_lock_wait",
-            "How long waiting Acquires waited, granted or not",
-            Unit::Seconds,
-            metrics.lock_wait_seconds.clone(),
-        );
-        registry.register(
-            "cachelock_lock_leases_lost",
-            "Release or Extend by a token whose lease was lost",
-            metrics.lock_leases_lost.clone(),
-        );
-        registry.register(
-            "cachelock_pubsub_published",
-            "Messages published through this instance",
-            metrics.pubsub_published.clone(),
-        );
-        registry.register(
-            "cachelock_pubsub_delivered",
-            "Messages handed to Subscribe streams, one per stream",
-            metrics.pubsub_delivered.clone(),
-        );
-        registry.register(
-            "cachelock_pubsub_dropped",
-            "Messages dropped for a Subscribe stream whose buffer was full",
-            metrics.pubsub_dropped.clone(),
-        );
-        registry.register(
-            "cachelock_pubsub_streams",
-            "Open Subscribe streams",
-            metrics.pubsub_streams.clone(),
-        );
-        registry.register(
-            "cachelock_sessions",
-            "Session events: created, rotated, deleted, evicted (over the per-user limit), logged_out",
-            metrics.sessions.clone(),
-        );
-        registry.register(
-            "cachelock_requests_refused",
-            "Requests refused to protect the service or by authentication, by reason",
-            metrics.refused.clone(),
-        );
-        registry.register(
-            "cachelock_build_info",
-            "The build, as a constant 1",
-            metrics.build_info.clone(),
-        );
-        registry.register_with_unit(
-            "cachelock_uptime",
-            "Time since the process started",
-            Unit::Seconds,
-            metrics.uptime_seconds.clone(),
-        );
         metrics
             .build_info
             .get_or_create(&BuildLabels {
@@ -404,6 +361,7 @@ impl Metrics {
                 commit: option_env!("CACHELOCK_GIT_COMMIT").unwrap_or("unknown"),
             })
             .set(1);
+        metrics.registry = registry;
         metrics
     }
 
@@ -478,104 +436,20 @@ impl Metrics {
         }
     }
 
+    /// Counts `change` (1 or -1) calls of `kind` waiting.
+    pub fn waiting(&self, kind: &'static str, change: i64) {
+        self.waiters.get_or_create(&WaiterKind { kind }).inc_by(change);
+    }
+
     /// Records a refused request.
     pub fn refuse(&self, reason: &'static str) {
-        self.refused.get_or_create(&Refusal { reason }).inc();
-    }
-}
-
-/// A gRPC method the server knows, or the one "unknown" method that stands for
-/// every other path: its labels, and where [`Metrics`] keeps its series.
-#[derive(Debug, Clone, Copy)]
-pub struct Method {
-    /// The method's labels.
-    pub labels: &'static MethodLabels,
-    index: usize,
-}
-
-static UNKNOWN_METHOD: MethodLabels = MethodLabels {
-    grpc_type: "unknown",
-    grpc_service: "unknown",
-    grpc_method: "unknown",
-};
-
-/// Every gRPC method the server knows, by path, with its labels: read from the
-/// service descriptors once, so that a label never holds a path a caller made up.
-static KNOWN_METHODS: LazyLock<HashMap<String, Method>> = LazyLock::new(|| {
-    let mut methods = HashMap::new();
-    for set in [
-        crate::pb::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-    ] {
-        let Ok(files) = prost_types::FileDescriptorSet::decode(set) else {
-            continue;
-        };
-        for file in files.file {
-            let package = file.package.unwrap_or_default();
-            for service in file.service {
-                let service_name: &'static str =
-                    Box::leak(format!("{package}.{}", service.name.unwrap_or_default()).into_boxed_str());
-                for method in service.method {
-                    let grpc_type = match (method.client_streaming(), method.server_streaming()) {
-                        (false, false) => "unary",
-                        (false, true) => "server_stream",
-                        (true, false) => "client_stream",
-                        (true, true) => "bidi_stream",
-                    };
-                    let method_name: &'static str = Box::leak(method.name.unwrap_or_default().into_boxed_str());
-                    let labels = Box::leak(Box::new(MethodLabels {
-                        grpc_type,
-                        grpc_service: service_name,
-                        grpc_method: method_name,
-                    }));
-                    let index = methods.len();
-                    methods
-                        .entry(format!("/{service_name}/{method_name}"))
-                        .or_insert(Method { labels, index });
-                }
-            }
-        }
-    }
-    methods
-});
-
-/// The method at `path`; the one "unknown" method for any other path.
-pub fn method(path: &str) -> Method {
-    KNOWN_METHODS.get(path).copied().unwrap_or(Method {
-        labels: &UNKNOWN_METHOD,
-        index: KNOWN_METHODS.len(),
-    })
-}
-
-/// The name of a gRPC status code, as go-grpc-prometheus labels it.
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "Canceled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
+        self.refused.get_or_create(&RefusalReason { reason }).inc();
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{super::methods::method, *};
 
     /// The value of the series `name{labels}` in `text`.
     fn value(text: &str, series: &str) -> Option<f64> {

@@ -2,6 +2,7 @@
 //! them (with `/livez` and `/readyz`), a span per RPC with slow-request
 //! warnings, and the log filter.
 
+mod methods;
 mod metrics;
 mod rpc;
 mod throttled;

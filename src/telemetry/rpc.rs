@@ -18,7 +18,7 @@ use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
 
 use super::{
     Meter,
-    metrics::{Method, code_name, method},
+    methods::{Method, code_name, method},
 };
 
 tokio::task_local! {

@@ -1,7 +1,8 @@
 //! cachelock's test kit: real redis-servers (one node, a Cluster, a Sentinel
 //! group) that the tests start themselves on free loopback ports, the service
-//! in-process, fault injectors, captured logs, certificates and auth files. Used
-//! by the integration tests and the benchmark.
+//! in-process, fault injectors, captured logs, certificates and auth files, and
+//! the requests every test builds ([`requests`]). Used by the integration tests
+//! and the benchmark.
 //!
 //! A machine without redis-server fails with a message saying how to install
 //! it; nothing here ever skips or uses a Redis someone left running.
@@ -11,6 +12,7 @@
 mod faults;
 mod logs;
 mod redis;
+pub mod requests;
 mod security;
 mod service;
 mod status;
