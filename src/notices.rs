@@ -21,15 +21,14 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::watch;
 
 use crate::{
     error::{Error, Reason},
-    telemetry::Meter,
-    telemetry::ThrottledLog,
+    telemetry::{Meter, ThrottledLog, add_wait_time},
 };
 
 /// The delay suggested (`RetryInfo`) to a call refused for too many waiters:
@@ -46,6 +45,16 @@ pub enum Woken {
     LookAgain,
     /// The server is draining: give up the wait.
     Draining,
+}
+
+/// Counts a wait, however it ends (a caller that gives up drops it), as time
+/// the RPC waited by design: what the caller asked for does not make it slow.
+struct WaitClock(Instant);
+
+impl Drop for WaitClock {
+    fn drop(&mut self) {
+        add_wait_time(self.0.elapsed());
+    }
 }
 
 /// Who waits, for the messages and metrics of refusals.
@@ -183,6 +192,7 @@ impl Notices {
             }
         };
         let mut draining = draining.clone();
+        let _clock = WaitClock(Instant::now());
         tokio::select! {
             () = notice => Woken::LookAgain,
             () = tokio::time::sleep(nap) => Woken::LookAgain,

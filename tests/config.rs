@@ -231,6 +231,37 @@ fn the_binary_exits_2_with_one_line_for_bad_configuration() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--operation-timeout"));
+
+    // A mistyped flag is answered with the one meant.
+    let output = Command::new(BINARY).arg("--listn").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("'--listn'") && stderr.contains("'--listen'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn invalid_rate_limit_rules_at_start_exit_2_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, "domain: edge\ndescriptors: [\n").unwrap();
+    // Redis is never reached: the rules are read before anything is served.
+    let output = Command::new(BINARY)
+        .arg("--rls-config")
+        .arg(&rules)
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--rls-config") && stderr.contains("rules.yaml"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -63,7 +63,7 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_metrics_listen)]
     pub metrics_listen: MetricsListen,
 
-    /// RPCs slower than this are logged (WARN) with their Redis time.
+    /// RPCs slower than this, beyond the time they waited for a lock or a fill, are logged (WARN).
     #[arg(long, env = "CACHELOCK_SLOW_REQUEST", default_value = "100ms", value_parser = duration_in(Duration::from_millis(1), HOUR))]
     pub slow_request: Duration,
 
@@ -353,10 +353,15 @@ impl std::error::Error for ConfigError {}
 
 impl From<clap::Error> for ConfigError {
     fn from(error: clap::Error) -> Self {
-        // clap renders a paragraph; its first line names the flag and the value.
+        // clap renders a paragraph: its first line names the flag and the value,
+        // and a "tip:" line the flag meant when one is close to what was typed.
         let rendered = error.render().to_string();
         let line = rendered.lines().next().unwrap_or("invalid arguments").trim();
-        ConfigError(line.strip_prefix("error: ").unwrap_or(line).to_owned())
+        let mut message = line.strip_prefix("error: ").unwrap_or(line).to_owned();
+        for tip in rendered.lines().filter_map(|line| line.trim().strip_prefix("tip: ")) {
+            message.push_str(&format!(" ({tip})"));
+        }
+        ConfigError(message)
     }
 }
 

@@ -44,7 +44,10 @@ impl StartError {
     /// The process exit status: 2 for what the operator must fix in the setup, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            StartError::RedisServerMissing | StartError::RedisConfig(_) | StartError::Security(_) => 2,
+            StartError::RedisServerMissing
+            | StartError::RedisConfig(_)
+            | StartError::Security(_)
+            | StartError::RlsConfig(_) => 2,
             _ => 1,
         }
     }

@@ -10,7 +10,7 @@ mod throttled;
 use tracing_subscriber::EnvFilter;
 
 pub use metrics::{HealthName, Metrics};
-pub use rpc::{RpcLayer, add_redis_time, record_client};
+pub use rpc::{RpcLayer, add_redis_time, add_wait_time, record_client};
 pub use throttled::ThrottledLog;
 
 use std::sync::Arc;

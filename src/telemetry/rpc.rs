@@ -1,6 +1,8 @@
 //! The outermost layer: every RPC gets a span (service, method, client),
-//! go-grpc-prometheus metrics, and a WARN when it is slower than
-//! `--slow-request`, with the time its Redis work took — never its arguments.
+//! go-grpc-prometheus metrics, and a line when it ends with its status code: a
+//! WARN when it took longer than `--slow-request` beyond the time it waited by
+//! design (a lock or a cache fill it queued for), with the time its Redis work
+//! took — never its arguments.
 
 use std::{
     cell::Cell,
@@ -21,14 +23,29 @@ use super::{
     methods::{Method, code_name, method},
 };
 
+/// Where the time of the RPC being handled went, besides computing.
+#[derive(Default)]
+struct Spent {
+    /// Waiting for Redis's answers.
+    redis: Cell<Duration>,
+    /// Waiting by design: queued for a lock or a cache fill.
+    waiting: Cell<Duration>,
+}
+
 tokio::task_local! {
-    /// The Redis time of the RPC this task is handling.
-    static REDIS_TIME: Cell<Duration>;
+    /// Where the time of the RPC this task is handling went.
+    static SPENT: Spent;
 }
 
 /// Adds `took` to the Redis time of the RPC being handled, if any.
 pub fn add_redis_time(took: Duration) {
-    let _ = REDIS_TIME.try_with(|time| time.set(time.get() + took));
+    let _ = SPENT.try_with(|spent| spent.redis.set(spent.redis.get() + took));
+}
+
+/// Adds `waited` to the time the RPC being handled, if any, waited by design:
+/// it does not count towards `--slow-request`.
+pub fn add_wait_time(waited: Duration) {
+    let _ = SPENT.try_with(|spent| spent.waiting.set(spent.waiting.get() + waited));
 }
 
 /// Records the authenticated client's name in the current RPC's span.
@@ -92,24 +109,24 @@ where
         // Displayed, not debugged: the text format then writes the names as they
         // are instead of escaping them character by character, on every RPC.
         let span = info_span!("rpc", service = %service, method = %method, client = Empty);
-        let completion = Completion::start(self.meter.clone(), rpc);
+        let mut completion = Completion::start(self.meter.clone(), rpc, span.clone(), self.slow);
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let slow = self.slow;
         let call = async move {
-            let response = REDIS_TIME
-                .scope(Cell::new(Duration::ZERO), async move {
+            let (response, spent) = SPENT
+                .scope(Spent::default(), async move {
                     let response = inner.call(request).await;
-                    (response, REDIS_TIME.with(Cell::get))
+                    (response, SPENT.with(|spent| (spent.redis.get(), spent.waiting.get())))
                 })
                 .await;
-            let (response, redis_time) = response;
             let response = response?;
-            let took = started.elapsed();
-            completion.headers_sent(took);
+            completion.headers_sent(Answered {
+                took: started.elapsed(),
+                redis: spent.0,
+                waited: spent.1,
+            });
             let (parts, body) = response.into_parts();
-            let code = status_in(&parts.headers);
-            let body = match code {
+            let body = match status_in(&parts.headers) {
                 // A trailers-only response: the code is known now.
                 Some(code) => {
                     completion.finish(code);
@@ -121,24 +138,6 @@ where
                     completion: Some(completion),
                 }),
             };
-            let code_label = code.map_or("(in trailers)", code_name);
-            if took >= slow {
-                warn!(
-                    service,
-                    method,
-                    duration_ms = took.as_millis() as u64,
-                    redis_ms = redis_time.as_millis() as u64,
-                    code = code_label,
-                    "slow request"
-                );
-            } else {
-                debug!(
-                    duration_us = took.as_micros() as u64,
-                    redis_us = redis_time.as_micros() as u64,
-                    code = code_label,
-                    "request"
-                );
-            }
             Ok(http::Response::from_parts(parts, body))
         };
         Box::pin(call.instrument(span))
@@ -155,20 +154,65 @@ fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
 struct Completion {
     meter: Meter,
     method: Method,
+    span: Span,
+    slow: Duration,
+    answered: Option<Answered>,
+}
+
+/// How long an RPC took until its response headers, and where that time went.
+struct Answered {
+    took: Duration,
+    redis: Duration,
+    waited: Duration,
 }
 
 impl Completion {
-    fn start(meter: Meter, method: Method) -> Completion {
+    fn start(meter: Meter, method: Method, span: Span, slow: Duration) -> Completion {
         meter.record(|metrics| metrics.rpc_started(method));
-        Completion { meter, method }
+        Completion {
+            meter,
+            method,
+            span,
+            slow,
+            answered: None,
+        }
     }
 
-    fn headers_sent(&self, took: Duration) {
-        self.meter.record(|metrics| metrics.rpc_answered(self.method, took));
+    fn headers_sent(&mut self, answered: Answered) {
+        self.meter
+            .record(|metrics| metrics.rpc_answered(self.method, answered.took));
+        self.answered = Some(answered);
     }
 
+    /// Counts the RPC as ended with `code`, and logs it: the line a person reads
+    /// names the status it ended with, not only that one was sent.
     fn finish(self, code: tonic::Code) {
         self.meter.record(|metrics| metrics.rpc_finished(self.method, code));
+        let Some(answered) = self.answered else {
+            return;
+        };
+        let labels = self.method.labels;
+        let code = code_name(code);
+        let _entered = self.span.enter();
+        if answered.took.saturating_sub(answered.waited) >= self.slow {
+            warn!(
+                service = labels.grpc_service,
+                method = labels.grpc_method,
+                duration_ms = answered.took.as_millis() as u64,
+                waited_ms = answered.waited.as_millis() as u64,
+                redis_ms = answered.redis.as_millis() as u64,
+                code,
+                "slow request"
+            );
+        } else {
+            debug!(
+                duration_us = answered.took.as_micros() as u64,
+                waited_us = answered.waited.as_micros() as u64,
+                redis_us = answered.redis.as_micros() as u64,
+                code,
+                "request"
+            );
+        }
     }
 }
 
