@@ -1,12 +1,19 @@
-//! Health reporting, Watch streams, reflection and graceful shutdown.
+//! Health reporting, Watch streams, reflection, graceful shutdown, and connections
+//! that age out so that a scale-out gets traffic.
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use common::{FaultyLink, PATIENCE, TestRedis, TestService, redis_and_service};
+use cachelock::pb::cache::cache_service_client::CacheServiceClient;
+use common::{FaultyLink, PATIENCE, TestRedis, TestService, redis_and_service, requests};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
-use tonic::Code;
+use tonic::{Code, transport::Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
 use tonic_reflection::pb::{v1, v1alpha};
 
@@ -246,4 +253,76 @@ async fn a_waiting_acquire_ends_at_shutdown_instead_of_holding_the_drain() {
         started.elapsed() < Duration::from_secs(30),
         "the drain did not wait for the 50 s wait"
     );
+}
+
+/// A stand-in for a Kubernetes ClusterIP Service: each new connection goes to the
+/// next backend in turn, and a connection stays with the backend it reached.
+struct RoundRobin {
+    addr: SocketAddr,
+    backends: Arc<Mutex<Vec<SocketAddr>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RoundRobin {
+    async fn start(first: SocketAddr) -> RoundRobin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let backends = Arc::new(Mutex::new(vec![first]));
+        let chosen = backends.clone();
+        let task = tokio::spawn(async move {
+            let mut next = 0;
+            while let Ok((mut client, _)) = listener.accept().await {
+                let backend = {
+                    let backends = chosen.lock().unwrap();
+                    next += 1;
+                    backends[next % backends.len()]
+                };
+                tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(backend).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        RoundRobin { addr, backends, task }
+    }
+
+    fn add(&self, backend: SocketAddr) {
+        self.backends.lock().unwrap().push(backend);
+    }
+}
+
+impl Drop for RoundRobin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_maximum_connection_age_a_client_of_one_connection_reaches_an_instance_added_later() {
+    let redis = TestRedis::start().await;
+    let args = ["--max-connection-age", "1s"];
+    let first = TestService::start(&redis.url(), &args).await;
+    let service = RoundRobin::start(first.addr).await;
+    // One client, one channel, as a backend keeps it: every call goes through the Service.
+    let channel = Endpoint::from_shared(format!("http://{}", service.addr))
+        .unwrap()
+        .connect_lazy();
+    let mut cache = CacheServiceClient::new(channel);
+    cache.set(requests::set("k", b"v")).await.unwrap();
+
+    // A scale-out: the second instance starts after the client connected.
+    let second = TestService::start(&redis.url(), &args).await;
+    service.add(second.addr);
+    let served_by_second = "grpc_server_handled_total{grpc_type=\"unary\",grpc_service=\"cachelock.cache.v1.CacheService\",grpc_method=\"Get\",grpc_code=\"OK\"}";
+    let mut failed = Vec::new();
+    common::eventually("a call served by the instance added later", async || {
+        if let Err(status) = cache.get(requests::get("k")).await {
+            failed.push(status);
+        }
+        second.metric(served_by_second).await >= 1.0
+    })
+    .await;
+    // Going away is graceful: the client moved without a failed call.
+    assert!(failed.is_empty(), "{failed:?}");
 }

@@ -216,6 +216,17 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_CLIENT_PING_INTERVAL", default_value = "30s", value_parser = duration_in(Duration::from_millis(100), HOUR))]
     pub client_ping_interval: Duration,
 
+    /// Close a client connection gracefully (HTTP/2 GOAWAY) once it is this old, so that clients
+    /// reconnect and spread over instances added since (a scale-out behind a Kubernetes Service).
+    /// Calls in flight go on; unset, connections live until the client closes them.
+    #[arg(long, env = "CACHELOCK_MAX_CONNECTION_AGE", value_parser = duration_in(SECOND, DAY))]
+    pub max_connection_age: Option<Duration>,
+
+    /// How long calls still running on a connection past --max-connection-age (a Hold, a
+    /// Subscribe) may go on before it is closed under them; unset, they run to their end.
+    #[arg(long, env = "CACHELOCK_MAX_CONNECTION_AGE_GRACE", requires = "max_connection_age", value_parser = duration_in(Duration::ZERO, DAY))]
+    pub max_connection_age_grace: Option<Duration>,
+
     /// How long a client has to answer a ping before its connection is closed.
     #[arg(long, env = "CACHELOCK_CLIENT_PING_TIMEOUT", default_value = "10s", value_parser = duration_in(Duration::from_millis(100), HOUR))]
     pub client_ping_timeout: Duration,

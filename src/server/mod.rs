@@ -272,11 +272,19 @@ async fn serve(
     let routes = services::routes(config, &context, parts);
 
     let mut drained = draining_rx;
-    let server = Server::builder()
+    let mut builder = Server::builder()
         // A stream from a peer that vanished is closed instead of kept.
         .http2_keepalive_interval(Some(config.client_ping_interval))
         .http2_keepalive_timeout(Some(config.client_ping_timeout))
-        .max_concurrent_streams(config.max_concurrent_streams)
+        .max_concurrent_streams(config.max_concurrent_streams);
+    // Old connections are asked to go, so that clients reconnect to instances added since.
+    if let Some(age) = config.max_connection_age {
+        builder = builder.max_connection_age(age);
+    }
+    if let Some(grace) = config.max_connection_age_grace {
+        builder = builder.max_connection_age_grace(grace);
+    }
+    let server = builder
         // Outermost: every RPC is measured and spanned, refused ones included.
         .layer(RpcLayer::new(meter.clone(), config.slow_request))
         // Who calls is settled next: an unknown caller takes no in-flight place.
