@@ -28,7 +28,7 @@ use tower::{Layer, Service};
 
 use crate::{
     error::{Error, Reason},
-    telemetry::{Meter, ThrottledLog},
+    telemetry::{Meter, Refusal, ThrottledLog},
 };
 
 /// The delay suggested (`RetryInfo`) to a request shed at `--max-in-flight`.
@@ -104,7 +104,7 @@ where
                 Ok(permit) => Some(permit),
                 Err(_) => {
                     SHED.record();
-                    self.meter.record(|metrics| metrics.refuse("in_flight"));
+                    self.meter.record(|metrics| metrics.refuse(Refusal::InFlight));
                     let status = Status::from(Error::Exhausted {
                         reason: Reason::Overloaded,
                         message: format!(

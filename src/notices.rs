@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use crate::{
     error::{Error, Reason},
-    telemetry::{Meter, ThrottledLog, add_wait_time},
+    telemetry::{Meter, Refusal, ThrottledLog, add_wait_time},
 };
 
 /// The delay suggested (`RetryInfo`) to a call refused for too many waiters:
@@ -72,7 +72,7 @@ pub struct Waiting {
     /// The `kind` label of `cachelock_waiters`: "lock", "cache_fill".
     pub kind: &'static str,
     /// The `reason` label of `cachelock_requests_refused_total`.
-    pub refusal: &'static str,
+    pub refusal: Refusal,
     /// The log line counting refusals.
     pub log: &'static ThrottledLog,
 }

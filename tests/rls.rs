@@ -764,6 +764,30 @@ async fn headers_describe_the_tightest_limit_when_asked_for() {
 }
 
 #[tokio::test]
+async fn rules_mounted_from_a_kubernetes_configmap_take_effect_when_it_is_updated() {
+    let redis = TestRedis::start().await;
+    let rule = |limit: &str| {
+        format!(
+            "domain: mounted\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: day\n      requests_per_unit: {limit}\n"
+        )
+    };
+    let volume = common::MountedVolume::new(&[("rules.yaml", &rule("5"))]);
+    let service = service_with_rules(&redis, volume.path(), &[]).await;
+    let mut client = envoy(&service);
+    let limit = async |client: &mut RateLimitServiceClient<Channel>| {
+        limit_of(&ask_one(client, "mounted", &[("k", "v")]).await.statuses[0])
+    };
+    // kubelet's own directories (..data, the timestamped one) are not read as rules.
+    assert_eq!(limit(&mut client).await, Some((5, Unit::Day)));
+
+    volume.update(&[("rules.yaml", &rule("2"))]);
+    common::eventually("the updated ConfigMap in force", async || {
+        limit(&mut client).await == Some((2, Unit::Day))
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_edited_rule_takes_effect_and_a_broken_edit_keeps_the_old_rules() {
     let (logs, _guard) = CapturedLogs::start(tracing::Level::INFO);
     let redis = TestRedis::start().await;

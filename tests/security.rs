@@ -304,6 +304,25 @@ async fn the_auth_file_is_reloaded_and_a_broken_edit_keeps_the_old_clients() {
 }
 
 #[tokio::test]
+async fn an_auth_file_mounted_from_a_kubernetes_secret_is_reloaded_when_it_is_updated() {
+    let redis = TestRedis::start().await;
+    let volume = common::MountedVolume::new(&[("auth.toml", &cast())]);
+    let path = volume.file("auth.toml");
+    let service = TestService::start(&redis.url(), &["--auth-file", path.to_str().unwrap()]).await;
+    let newcomer = cache(&service, Some("new-token")).get(get("k")).await.unwrap_err();
+    assert_reason(&newcomer, Code::Unauthenticated, "UNAUTHENTICATED");
+
+    volume.update(&[(
+        "auth.toml",
+        &(cast() + &client("new", "new-token", "shop", &["cache"], "")),
+    )]);
+    common::eventually("the updated Secret in force", async || {
+        cache(&service, Some("new-token")).get(get("k")).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_client_over_its_request_budget_is_refused_and_others_are_not() {
     let (_redis, _file, service) = with_auth_file(&cast(), &[]).await;
     let mut noisy = cache(&service, Some("noisy-token"));

@@ -40,7 +40,7 @@ use reload::Budget;
 use crate::{
     error::{Error, Reason},
     redis::{DEFAULT_TENANT, Keys},
-    telemetry::{Meter, ThrottledLog, record_client},
+    telemetry::{Meter, Refusal, ThrottledLog, record_client},
 };
 
 static REFUSED: ThrottledLog = ThrottledLog::new("requests refused as UNAUTHENTICATED or PERMISSION_DENIED");
@@ -136,7 +136,7 @@ impl Authenticator {
             return Ok(());
         };
         OVER_RATE.record();
-        self.meter.record(|metrics| metrics.refuse("client_rate"));
+        self.meter.record(|metrics| metrics.refuse(Refusal::ClientRate));
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         Err(Error::Exhausted {
             reason: Reason::ClientRateLimited,
@@ -369,8 +369,8 @@ where
             }
             Err(status) => {
                 let reason = match status.code() {
-                    tonic::Code::Unauthenticated => Some("unauthenticated"),
-                    tonic::Code::PermissionDenied => Some("permission_denied"),
+                    tonic::Code::Unauthenticated => Some(Refusal::Unauthenticated),
+                    tonic::Code::PermissionDenied => Some(Refusal::PermissionDenied),
                     _ => None,
                 };
                 if let Some(reason) = reason {

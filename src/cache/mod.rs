@@ -31,8 +31,7 @@ use crate::{
     },
     redis::KeySpace,
     request::{self, Limits, Ttl, caller_budget, cross_slot, deadline},
-    telemetry::ThrottledLog,
-    telemetry::{Meter, Metrics},
+    telemetry::{Meter, Metrics, Refusal, ThrottledLog},
     time::{duration_to_proto, ttl_from_millis},
 };
 
@@ -53,7 +52,7 @@ pub static WAITING: Waiting = Waiting {
     flag: "cache-max-fill-waiters",
     flag_per_channel: "cache-max-fill-waiters",
     kind: "cache_fill",
-    refusal: "cache_fill_waiters",
+    refusal: Refusal::CacheFillWaiters,
     log: &FILL_WAITERS_FULL,
 };
 

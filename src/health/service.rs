@@ -24,8 +24,7 @@ use tonic_health::{
 
 use crate::{
     error::{Error, Reason},
-    telemetry::ThrottledLog,
-    telemetry::{HealthName, Meter},
+    telemetry::{HealthName, Meter, Refusal, ThrottledLog},
 };
 
 /// The serving status of every registered name, shared by the prober and shutdown.
@@ -158,7 +157,7 @@ impl Health for DrainingHealth {
     async fn watch(&self, request: Request<HealthCheckRequest>) -> Result<Response<WatchStream>, Status> {
         let Ok(permit) = self.watchers.clone().try_acquire_owned() else {
             WATCHES_FULL.record();
-            self.meter.record(|metrics| metrics.refuse("watch_streams"));
+            self.meter.record(|metrics| metrics.refuse(Refusal::WatchStreams));
             return Err(Error::Exhausted {
                 reason: Reason::TooManyWatchers,
                 message: format!(

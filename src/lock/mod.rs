@@ -38,8 +38,7 @@ use crate::{
         lock_service_server::LockService,
     },
     request::{self, Limits, Ttl, caller_budget, deadline},
-    telemetry::Meter,
-    telemetry::ThrottledLog,
+    telemetry::{Meter, Refusal, ThrottledLog},
     time::duration_to_proto,
 };
 use acquire::{Acquirer, Ask, Outcome, WaitPlan, record_pause};
@@ -62,7 +61,7 @@ pub static WAITING: Waiting = Waiting {
     flag: "lock-max-waiters",
     flag_per_channel: "lock-max-waiters-per-name",
     kind: "lock",
-    refusal: "lock_waiters",
+    refusal: Refusal::LockWaiters,
     log: &WAITERS_FULL,
 };
 

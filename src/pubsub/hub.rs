@@ -27,7 +27,7 @@ use tokio::{
 
 use crate::{
     error::{Cause, Error, Reason},
-    telemetry::Meter,
+    telemetry::{Meter, Refusal},
 };
 
 /// Why messages may be missing from a stream.
@@ -250,7 +250,9 @@ impl Hub {
             let mut registry = self.shared.registry.lock().unwrap_or_else(PoisonError::into_inner);
             if registry.streams >= self.shared.limits.max_streams {
                 drop(registry);
-                self.shared.meter.record(|metrics| metrics.refuse("pubsub_streams"));
+                self.shared
+                    .meter
+                    .record(|metrics| metrics.refuse(Refusal::PubsubStreams));
                 return Err(Error::Exhausted {
                     reason: Reason::TooManySubscribers,
                     message: format!(

@@ -60,10 +60,59 @@ pub struct HealthName {
     pub service: &'static str,
 }
 
-/// A refusal's reason.
+/// Why a call was refused: the `reason` label of `cachelock_requests_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `--max-in-flight` calls were already being handled.
+    InFlight,
+    /// Too many Acquires and Holds were waiting for locks.
+    LockWaiters,
+    /// Too many GetOrLease calls were waiting for fills.
+    CacheFillWaiters,
+    /// Too many health Watch streams were open.
+    WatchStreams,
+    /// Too many Subscribe streams were open.
+    PubsubStreams,
+    /// The client was over its request budget.
+    ClientRate,
+    /// The caller proved no identity the auth file knows.
+    Unauthenticated,
+    /// The client may not call that service, or not that way.
+    PermissionDenied,
+}
+
+impl Refusal {
+    /// Every reason, for series that exist (at 0) before the first refusal.
+    const ALL: [Refusal; 8] = [
+        Refusal::InFlight,
+        Refusal::LockWaiters,
+        Refusal::CacheFillWaiters,
+        Refusal::WatchStreams,
+        Refusal::PubsubStreams,
+        Refusal::ClientRate,
+        Refusal::Unauthenticated,
+        Refusal::PermissionDenied,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::InFlight => "in_flight",
+            Refusal::LockWaiters => "lock_waiters",
+            Refusal::CacheFillWaiters => "cache_fill_waiters",
+            Refusal::WatchStreams => "watch_streams",
+            Refusal::PubsubStreams => "pubsub_streams",
+            Refusal::ClientRate => "client_rate",
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::PermissionDenied => "permission_denied",
+        }
+    }
+}
+
+/// A refusal's reason, as a label set.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RefusalReason {
-    /// `in_flight`, `lock_waiters`, `watch_streams`, `client_rate`, `unauthenticated`, `permission_denied`.
+    /// [`Refusal::label`].
     pub reason: &'static str,
 }
 
@@ -361,6 +410,15 @@ impl Metrics {
                 commit: option_env!("CACHELOCK_GIT_COMMIT").unwrap_or("unknown"),
             })
             .set(1);
+        // A series of each kind and reason from the start: a dashboard shows 0, not "no data".
+        for kind in ["lock", "cache_fill"] {
+            let _ = metrics.waiters.get_or_create(&WaiterKind { kind });
+        }
+        for refusal in Refusal::ALL {
+            let _ = metrics.refused.get_or_create(&RefusalReason {
+                reason: refusal.label(),
+            });
+        }
         metrics.registry = registry;
         metrics
     }
@@ -442,8 +500,12 @@ impl Metrics {
     }
 
     /// Records a refused request.
-    pub fn refuse(&self, reason: &'static str) {
-        self.refused.get_or_create(&RefusalReason { reason }).inc();
+    pub fn refuse(&self, refusal: Refusal) {
+        self.refused
+            .get_or_create(&RefusalReason {
+                reason: refusal.label(),
+            })
+            .inc();
     }
 }
 

@@ -9,7 +9,7 @@ mod throttled;
 
 use tracing_subscriber::EnvFilter;
 
-pub use metrics::{HealthName, Metrics};
+pub use metrics::{HealthName, Metrics, Refusal};
 pub use rpc::{RpcLayer, add_redis_time, add_wait_time, record_client};
 pub use throttled::ThrottledLog;
 

@@ -1,6 +1,7 @@
 //! cachelock's test kit: real redis-servers (one node, a Cluster, a Sentinel
 //! group) that the tests start themselves on free loopback ports, the service
-//! in-process, fault injectors, captured logs, certificates and auth files, and
+//! in-process, fault injectors, captured logs, certificates and auth files,
+//! directories mounted as Kubernetes mounts them, and
 //! the requests every test builds ([`requests`]). Used by the integration tests
 //! and the benchmark.
 //!
@@ -11,6 +12,7 @@
 
 mod faults;
 mod logs;
+mod mounted;
 mod redis;
 pub mod requests;
 mod security;
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 pub use faults::FaultyLink;
 pub use logs::CapturedLogs;
+pub use mounted::MountedVolume;
 pub use redis::{TestRedis, hung_redis};
 pub use security::{Bearer, TestAuthFile, TestCa, auth_client, sha256_hex, tls_channel};
 pub use service::{TEST_ARGS, TestService, redis_and_service};
