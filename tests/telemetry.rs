@@ -140,6 +140,46 @@ async fn redis_going_down_shows_in_up_readyz_and_the_error_count() {
 }
 
 #[tokio::test]
+async fn readyz_asked_for_json_says_why_and_what_redis_the_probe_saw() {
+    let (mut redis, service) = redis_and_service(&[]).await;
+    service.wait_for_health("", ServingStatus::Serving).await;
+    let json = async || {
+        let (status, body) = service.http_get_accepting("/readyz", "application/json").await;
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("JSON: {body}"));
+        (status, report)
+    };
+    let (status, report) = json().await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["status"], "SERVING", "{report}");
+    assert_eq!(report["topology"], "standalone", "{report}");
+    assert_eq!(
+        report["primaries"][0],
+        format!("127.0.0.1:{}", redis.port()),
+        "{report}"
+    );
+    assert!(report["round_trip_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{report}");
+    assert!(
+        report["redis_version"].as_str().is_some_and(|v| v.starts_with('7')),
+        "{report}"
+    );
+    assert!(report["reason"].is_null(), "{report}");
+
+    redis.stop().await;
+    service.wait_for_health("", ServingStatus::NotServing).await;
+    let (status, report) = json().await;
+    assert_eq!(status, 503, "{report}");
+    assert_eq!(report["status"], "NOT_SERVING", "{report}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("connect")),
+        "{report}"
+    );
+    // Probes that ask for nothing in particular keep the plain answer.
+    assert_eq!(service.http_get("/readyz").await, (503, "NOT_SERVING\n".to_owned()));
+}
+
+#[tokio::test]
 async fn a_slow_request_logs_one_warning_naming_the_rpc_never_its_arguments() {
     let (logs, _guard) = CapturedLogs::start(tracing::Level::WARN);
     let redis = TestRedis::start().await;

@@ -8,7 +8,7 @@ use tokio::time::{Instant, sleep};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use super::service::HealthStatus;
+use super::service::{HealthStatus, Readiness};
 use crate::{
     error::Error,
     redis::{
@@ -129,7 +129,10 @@ impl Prober {
             .into_iter()
             .all(|role| matches!(self.redis.state(role), State::Up { .. }));
         self.meter.record(|metrics| metrics.redis_up.set(i64::from(up)));
-        match assess(&self.redis, &self.settings).await {
+        let started = Instant::now();
+        let assessment = assess(&self.redis, &self.settings).await;
+        self.health.record_probe(self.readiness(&assessment, started.elapsed()));
+        match assessment {
             Assessment::Connecting => {}
             Assessment::Ready(facts) => self.ready(facts).await,
             Assessment::NotReady(reason) => {
@@ -144,6 +147,34 @@ impl Prober {
                 }
             }
         }
+    }
+
+    /// What `/readyz` says of this probe, which took `took`.
+    fn readiness(&self, assessment: &Assessment, took: Duration) -> Readiness {
+        let topology = match self.redis.kind() {
+            Kind::Standalone => "standalone",
+            Kind::Sentinel => "sentinel",
+            Kind::Cluster => "cluster",
+        };
+        let mut readiness = Readiness {
+            topology,
+            probed_at: Some(Instant::now().into_std()),
+            ..Readiness::default()
+        };
+        match assessment {
+            Assessment::Connecting => readiness.reason = Some("connecting to Redis".to_owned()),
+            Assessment::NotReady(reason) => readiness.reason = Some(reason.clone()),
+            Assessment::Ready(facts) => {
+                readiness.primaries = facts.shape.primaries.clone();
+                readiness.replicas = facts.shape.replicas.clone();
+                readiness.redis_version = Some(facts.version.clone());
+                readiness.round_trip_ms = Some(took.as_secs_f64() * 1000.0);
+                if facts.observed.evicts {
+                    readiness.withheld = self.settings.unsafe_when_evicting.to_vec();
+                }
+            }
+        }
+        readiness
     }
 
     /// Redis can serve: every name but those unsafe with an evicting Redis is SERVING.

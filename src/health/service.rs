@@ -7,8 +7,11 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
 
 use futures_util::{Stream, StreamExt, stream};
 use tokio::sync::{Semaphore, watch};
@@ -27,6 +30,38 @@ use crate::{
     telemetry::{HealthName, Meter, Refusal, ThrottledLog},
 };
 
+/// What the last probe found: why the service is not ready, and the Redis
+/// behind it, for `/readyz` in JSON. Addresses and versions only: no secret.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Readiness {
+    /// Why Redis cannot serve, while it cannot.
+    pub reason: Option<String>,
+    /// `standalone`, `sentinel` or `cluster`.
+    pub topology: &'static str,
+    /// The primaries serving (host:port).
+    pub primaries: Vec<String>,
+    /// Their replicas.
+    pub replicas: Vec<String>,
+    /// `redis_version` from INFO.
+    pub redis_version: Option<String>,
+    /// How long the last successful probe's INFO (on a Cluster, every primary's) took.
+    pub round_trip_ms: Option<f64>,
+    /// The names kept NOT_SERVING while the others serve (an evicting Redis).
+    pub withheld: Vec<&'static str>,
+    /// When the probe ran.
+    #[serde(skip)]
+    pub probed_at: Option<Instant>,
+}
+
+/// `/readyz`'s JSON: the status, how old the news is, and [`Readiness`].
+#[derive(Serialize)]
+struct ReadinessReport<'a> {
+    status: &'static str,
+    probed_seconds_ago: Option<f64>,
+    #[serde(flatten)]
+    readiness: &'a Readiness,
+}
+
 /// The serving status of every registered name, shared by the prober and shutdown.
 #[derive(Clone)]
 pub struct HealthStatus {
@@ -34,8 +69,12 @@ pub struct HealthStatus {
     names: Arc<[&'static str]>,
     /// Set once shutdown begins; from then on nothing sets a name SERVING again.
     closed: Arc<tokio::sync::Mutex<bool>>,
+    /// Whether shutdown began, for `/readyz`.
+    closing: Arc<AtomicBool>,
     /// Whether the names are SERVING now, for `/readyz`.
     serving: Arc<AtomicBool>,
+    /// What the last probe found.
+    readiness: Arc<ArcSwap<Readiness>>,
     meter: Meter,
 }
 
@@ -71,6 +110,7 @@ impl HealthStatus {
     pub async fn close(&self) {
         let mut closed = self.closed.lock().await;
         *closed = true;
+        self.closing.store(true, Ordering::Release);
         self.set(ServingStatus::NotServing).await;
     }
 
@@ -95,6 +135,30 @@ impl HealthStatus {
     pub fn is_serving(&self) -> bool {
         self.serving.load(Ordering::Acquire)
     }
+
+    /// Keeps what a probe found, for [`HealthStatus::readiness_json`].
+    pub fn record_probe(&self, readiness: Readiness) {
+        self.readiness.store(Arc::new(readiness));
+    }
+
+    /// The status and what the last probe found, as one JSON object.
+    pub fn readiness_json(&self) -> String {
+        let readiness = self.readiness.load();
+        let status = if self.closing.load(Ordering::Acquire) {
+            "SHUTTING_DOWN"
+        } else if self.is_serving() {
+            "SERVING"
+        } else {
+            "NOT_SERVING"
+        };
+        let report = ReadinessReport {
+            status,
+            probed_seconds_ago: readiness.probed_at.map(|at| at.elapsed().as_secs_f64()),
+            readiness: &readiness,
+        };
+        // Strings, numbers and lists of strings: serializing cannot fail.
+        serde_json::to_string(&report).unwrap_or_default() + "\n"
+    }
 }
 
 /// Registers `""` and `services` as NOT_SERVING and builds the health service.
@@ -113,7 +177,9 @@ pub async fn health_service(
         reporter,
         names,
         closed: Arc::default(),
+        closing: Arc::default(),
         serving: Arc::default(),
+        readiness: Arc::default(),
         meter: meter.clone(),
     };
     status.set_all(ServingStatus::NotServing).await;

@@ -1,6 +1,7 @@
 //! The operators' HTTP listener (`--metrics-listen`): `/metrics` in the
 //! Prometheus text format, `/livez` (the process answers) and `/readyz` (200
-//! while health is SERVING, 503 otherwise) for load balancers that only speak HTTP.
+//! while health is SERVING, 503 otherwise) for load balancers that only speak HTTP;
+//! asked for JSON, `/readyz` also says why and what Redis the last probe saw.
 
 use std::{convert::Infallible, sync::Arc};
 
@@ -22,7 +23,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: HealthS
         let (metrics, health) = (metrics.clone(), health.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
-                let response = answer(request.uri().path(), &metrics, &health);
+                let json = wants_json(&request);
+                let response = answer(request.uri().path(), json, &metrics, &health);
                 async move { Ok::<_, Infallible>(response) }
             });
             if let Err(error) = http1::Builder::new()
@@ -35,7 +37,22 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, health: HealthS
     }
 }
 
-fn answer(path: &str, metrics: &Metrics, health: &HealthStatus) -> Response<Full<Bytes>> {
+/// Whether the caller asked for JSON (`Accept: application/json`).
+fn wants_json(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("application/json"))
+}
+
+fn answer(path: &str, json: bool, metrics: &Metrics, health: &HealthStatus) -> Response<Full<Bytes>> {
+    let ready = if health.is_serving() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let (status, content_type, body) = match path {
         "/metrics" => (
             StatusCode::OK,
@@ -43,6 +60,8 @@ fn answer(path: &str, metrics: &Metrics, health: &HealthStatus) -> Response<Full
             metrics.render(),
         ),
         "/livez" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        // What a person debugging wants: why not, the Redis behind, its round trip.
+        "/readyz" if json => (ready, "application/json", health.readiness_json()),
         "/readyz" if health.is_serving() => (StatusCode::OK, "text/plain", "SERVING\n".to_owned()),
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -92,12 +92,18 @@ impl TestService {
 
     /// The text of one of the metrics listener's pages (`/metrics`, `/readyz`…) and its status.
     pub async fn http_get(&self, path: &str) -> (u16, String) {
+        self.http_get_accepting(path, "*/*").await
+    }
+
+    /// As [`TestService::http_get`], asking for the media type `accept`.
+    pub async fn http_get_accepting(&self, path: &str, accept: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.metrics_addr.expect("the metrics listener is on");
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
             .expect("connect to the metrics listener");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: {accept}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("send the request");
         let mut response = String::new();
         stream.read_to_string(&mut response).await.expect("read the response");
