@@ -53,7 +53,7 @@ pub use probe::check as probe;
 pub use redis::{DEFAULT_TENANT, EmbeddedRedis, KeySpace, Keys, slot_tag};
 pub use rls::{Rules, Unit};
 pub use server::{Listeners, run, run_until_signals};
-pub use telemetry::log_filter;
+pub use telemetry::{Traces, log_filter, trace_filter};
 
 /// What the benchmark sends straight to Redis, to compare the service with
 /// Redis alone: a rate-limit check as the service's script takes it.

@@ -10,7 +10,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::process::ExitCode;
 
-use cachelock::{Cli, Command, Config, ConfigError, Listeners, LogFormat, ProbeArgs, Rules, log_filter, probe};
+use cachelock::{
+    Cli, Command, Config, ConfigError, Listeners, LogFormat, ProbeArgs, Rules, Traces, log_filter, probe, trace_filter,
+};
 use clap::Parser;
 use std::io::IsTerminal;
 
@@ -21,6 +23,7 @@ use tokio::{
 };
 use tokio_stream::wrappers::SignalStream;
 use tracing::{error, info, warn};
+use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -86,27 +89,44 @@ fn run_server(config: Config) -> ExitCode {
     let Some(runtime) = runtime(config.worker_threads) else {
         return ExitCode::FAILURE;
     };
-    init_tracing(config.log_format);
     runtime.block_on(async {
-        let signals = shutdown_signals();
-        let listeners = match Listeners::bind(&config).await {
-            Ok(listeners) => listeners,
-            Err(error) => {
-                error!(%error, "cannot listen");
-                return ExitCode::FAILURE;
+        // Inside the runtime: the OTLP exporter's gRPC channel lives there.
+        let traces = match Traces::start(config.otlp_endpoint.as_deref(), config.otlp_sample_ratio) {
+            Ok(traces) => traces,
+            Err(message) => {
+                eprintln!("cachelock: {message}");
+                return ExitCode::from(2);
             }
         };
-        match cachelock::run_until_signals(listeners, config, signals).await {
-            Ok(()) => {
-                info!("cachelock stopped");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                error!(%error, "cachelock stopped");
-                ExitCode::from(error.exit_code())
-            }
+        init_tracing(config.log_format, traces.as_ref());
+        let code = serve(config).await;
+        if let Some(traces) = traces {
+            traces.shutdown();
         }
+        code
     })
+}
+
+/// Serves until SIGTERM or SIGINT; the exit status says how it ended.
+async fn serve(config: Config) -> ExitCode {
+    let signals = shutdown_signals();
+    let listeners = match Listeners::bind(&config).await {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            error!(%error, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cachelock::run_until_signals(listeners, config, signals).await {
+        Ok(()) => {
+            info!("cachelock stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            error!(%error, "cachelock stopped");
+            ExitCode::from(error.exit_code())
+        }
+    }
 }
 
 fn run_probe(args: &ProbeArgs) -> ExitCode {
@@ -129,20 +149,30 @@ fn run_probe(args: &ProbeArgs) -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs to stderr as RUST_LOG filters them and, with `traces`, cachelock's spans
+/// to the OTLP exporter, each layer with its own filter.
+fn init_tracing(format: LogFormat, traces: Option<&Traces>) {
     let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
     let filter = log_filter(&directives);
     // Colours only for a person at a terminal, and never when NO_COLOR is set.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(colour);
-    match format {
-        LogFormat::Text => builder.init(),
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
         // `message` at the top level, beside level, target and timestamp.
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+        LogFormat::Json => logs.json().flatten_event(true).boxed(),
+    };
+    let spans = traces.map(|traces| {
+        tracing_opentelemetry::layer()
+            .with_tracer(traces.tracer())
+            .with_filter(trace_filter())
+    });
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(spans)
+        .init();
 }
 
 /// SIGINT and SIGTERM (the signal Kubernetes and Docker send), each time one

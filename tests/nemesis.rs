@@ -219,6 +219,16 @@ impl Instance {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Up to `most` lines of its log (across restarts) that contain one of `needles`.
+    fn log_lines(&self, needles: &[&str], most: usize) -> Vec<String> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines()
+            .filter(|line| needles.iter().any(|needle| line.contains(needle)))
+            .take(most)
+            .map(str::to_owned)
+            .collect()
+    }
+
     fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
@@ -875,6 +885,15 @@ async fn run(topology: &str, mut target: impl Target, instances: Vec<Instance>) 
     let history = history.lock().unwrap_or_else(PoisonError::into_inner);
     let found = violations(&history, began);
     println!("{}", summary(topology, seed, &history, began, &found));
+    if !history.unexpected.is_empty() {
+        // What the service said of them: its own account of an INTERNAL answer.
+        let instances = instances.lock().unwrap_or_else(PoisonError::into_inner);
+        for instance in instances.iter() {
+            for line in instance.log_lines(&["internal error", "unexpected Redis error"], 5) {
+                println!("  {line}");
+            }
+        }
+    }
     assert!(
         found.is_empty(),
         "{} violation(s) on {topology} (seed {seed}):\n{}\nfaults:\n{}",

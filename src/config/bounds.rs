@@ -51,6 +51,15 @@ pub(super) fn duration_in(
     }
 }
 
+/// A parser of ratios from 0 to 1.
+pub(super) fn ratio(text: &str) -> Result<f64, String> {
+    let value: f64 = text.trim().parse().map_err(|_| format!("{text:?} is not a number"))?;
+    if !(0.0..=1.0).contains(&value) {
+        return Err(format!("{value} is not between 0 and 1"));
+    }
+    Ok(value)
+}
+
 /// A parser of counts from 1 to `ceiling`.
 pub(super) fn count_in<T>(ceiling: usize) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
 where

@@ -17,6 +17,7 @@ pub use bounds::MESSAGE_OVERHEAD_BYTES;
 use bounds::{
     BATCH_CEILING, CONCURRENCY_CEILING, DAY, HOUR, KEY_BYTES_CEILING, MESSAGE_BYTES_CEILING, MIN_REPLICAS_CEILING,
     MINUTE, PREFIX_BYTES_CEILING, SECOND, SESSIONS_PER_USER_CEILING, VALUE_BYTES_CEILING, YEAR, count_in, duration_in,
+    ratio,
 };
 use cli::parse_metrics_listen;
 pub use cli::{CheckRlsConfigArgs, Cli, Command, LogFormat, MetricsListen, OutagePolicy, ProbeArgs};
@@ -62,6 +63,17 @@ pub struct Config {
     /// and no metrics are kept.
     #[arg(long, env = "CACHELOCK_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_metrics_listen)]
     pub metrics_listen: MetricsListen,
+
+    /// Export OpenTelemetry traces over OTLP/gRPC to this collector (`http://collector:4317`);
+    /// unset: to where OTEL_EXPORTER_OTLP_ENDPOINT says, or nowhere. The other OTEL_* variables
+    /// (headers, timeout, service name, resource attributes) apply as usual.
+    #[arg(long, env = "CACHELOCK_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The share of traces that start here to export (0 to 1); a caller's sampled flag in its
+    /// traceparent decides for the traces it started.
+    #[arg(long, env = "CACHELOCK_OTLP_SAMPLE_RATIO", default_value_t = 1.0, value_parser = ratio)]
+    pub otlp_sample_ratio: f64,
 
     /// RPCs slower than this, beyond the time they waited for a lock or a fill, are logged (WARN).
     #[arg(long, env = "CACHELOCK_SLOW_REQUEST", default_value = "100ms", value_parser = duration_in(Duration::from_millis(1), HOUR))]

@@ -35,6 +35,7 @@ use tokio::{
     sync::watch,
     time::{sleep, timeout_at},
 };
+use tracing::{Instrument, debug_span};
 
 pub use batch::{Batcher, Calls};
 pub use connect::{ConnectSettings, Endpoint};
@@ -338,7 +339,16 @@ impl Redis {
         request: Request<'_>,
     ) -> Result<T, Error> {
         let started = Instant::now();
-        let result = self.attempt(op, patience, deadline, request).await;
+        // A span for traces only (DEBUG: the log filter leaves it out): the
+        // operation's name, never a key or an argument.
+        let span = debug_span!(
+            "redis",
+            otel.name = op.name,
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = op.name,
+        );
+        let result = self.attempt(op, patience, deadline, request).instrument(span).await;
         let took = started.elapsed();
         add_redis_time(took);
         self.inner.meter.record(|metrics| {

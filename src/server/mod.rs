@@ -35,7 +35,7 @@ use crate::{
     },
     request::Limits,
     rls::RulesSource,
-    telemetry::{Meter, Metrics, RpcLayer},
+    telemetry::{Meter, Metrics, RpcLayer, traces_wanted},
 };
 use background::Background;
 use services::{Parts, UNSAFE_WHEN_EVICTING, all_scripts, reflection};
@@ -286,7 +286,11 @@ async fn serve(
     }
     let server = builder
         // Outermost: every RPC is measured and spanned, refused ones included.
-        .layer(RpcLayer::new(meter.clone(), config.slow_request))
+        .layer(RpcLayer::new(
+            meter.clone(),
+            config.slow_request,
+            traces_wanted(config.otlp_endpoint.as_deref()),
+        ))
         // Who calls is settled next: an unknown caller takes no in-flight place.
         .layer(AuthLayer::new(authenticator))
         .layer(AdmissionLayer::new(config.max_in_flight, meter))

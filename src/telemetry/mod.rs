@@ -1,17 +1,20 @@
 //! What operators see: Prometheus metrics and the HTTP listener that serves
 //! them (with `/livez` and `/readyz`), a span per RPC with slow-request
-//! warnings, and the log filter.
+//! warnings, OpenTelemetry traces, and the log filter.
 
 mod methods;
 mod metrics;
 mod rpc;
 mod throttled;
+mod traces;
 
-use tracing_subscriber::EnvFilter;
+use tracing::Metadata;
+use tracing_subscriber::{EnvFilter, filter::FilterFn};
 
 pub use metrics::{HealthName, Metrics, Refusal};
 pub use rpc::{RpcLayer, add_redis_time, add_wait_time, record_client};
 pub use throttled::ThrottledLog;
+pub use traces::{Traces, traces_wanted};
 
 use std::sync::Arc;
 
@@ -49,4 +52,14 @@ impl Meter {
 /// and searches it).
 pub fn log_filter(directives: &str) -> EnvFilter {
     EnvFilter::new(directives)
+}
+
+/// What goes to the OTLP exporter: cachelock's spans (each RPC, each Redis round
+/// trip), not its log lines.
+pub fn trace_filter() -> FilterFn {
+    tracing_subscriber::filter::filter_fn(is_cachelock_span as fn(&Metadata<'_>) -> bool)
+}
+
+fn is_cachelock_span(metadata: &Metadata<'_>) -> bool {
+    metadata.is_span() && metadata.target().starts_with("cachelock")
 }

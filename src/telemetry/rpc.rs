@@ -17,10 +17,12 @@ use http_body::{Body, Frame, SizeHint};
 use tonic::Status;
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, debug, field::Empty, info_span, warn};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
     Meter,
     methods::{Method, code_name, method},
+    traces::caller_context,
 };
 
 /// Where the time of the RPC being handled went, besides computing.
@@ -58,12 +60,15 @@ pub fn record_client(name: &str) {
 pub struct RpcLayer {
     meter: Meter,
     slow: Duration,
+    traces: bool,
 }
 
 impl RpcLayer {
-    /// Records into `meter` and warns about RPCs slower than `slow`.
-    pub fn new(meter: Meter, slow: Duration) -> RpcLayer {
-        RpcLayer { meter, slow }
+    /// Records into `meter` and warns about RPCs slower than `slow`; with
+    /// `traces`, each span continues the caller's trace and carries what
+    /// OpenTelemetry's RPC conventions name.
+    pub fn new(meter: Meter, slow: Duration, traces: bool) -> RpcLayer {
+        RpcLayer { meter, slow, traces }
     }
 }
 
@@ -75,6 +80,7 @@ impl<S> Layer<S> for RpcLayer {
             inner,
             meter: self.meter.clone(),
             slow: self.slow,
+            traces: self.traces,
         }
     }
 }
@@ -85,6 +91,7 @@ pub struct Rpc<S> {
     inner: S,
     meter: Meter,
     slow: Duration,
+    traces: bool,
 }
 
 impl<S, B> Service<http::Request<B>> for Rpc<S>
@@ -108,8 +115,26 @@ where
         let (service, method) = (rpc.labels.grpc_service, rpc.labels.grpc_method);
         // Displayed, not debugged: the text format then writes the names as they
         // are instead of escaping them character by character, on every RPC.
-        let span = info_span!("rpc", service = %service, method = %method, client = Empty);
-        let mut completion = Completion::start(self.meter.clone(), rpc, span.clone(), self.slow);
+        let span = info_span!(
+            "rpc",
+            service = %service,
+            method = %method,
+            client = Empty,
+            otel.name = Empty,
+            otel.kind = Empty,
+            rpc.system = Empty,
+            rpc.grpc.status_code = Empty,
+            otel.status_code = Empty,
+        );
+        if self.traces {
+            span.record("otel.name", format!("{service}/{method}"));
+            span.record("otel.kind", "server");
+            span.record("rpc.system", "grpc");
+            if let Some(caller) = caller_context(request.headers()) {
+                let _ = span.set_parent(caller);
+            }
+        }
+        let mut completion = Completion::start(self.meter.clone(), rpc, span.clone(), self.slow, self.traces);
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let call = async move {
@@ -144,6 +169,21 @@ where
     }
 }
 
+/// Whether `code` marks a server span as failed, by OpenTelemetry's gRPC
+/// conventions: the caller's mistakes (INVALID_ARGUMENT, NOT_FOUND…) do not.
+fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
 /// The status code in a trailers-only response's headers, or in trailers.
 fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
     let value = headers.get(Status::GRPC_STATUS)?;
@@ -156,6 +196,7 @@ struct Completion {
     method: Method,
     span: Span,
     slow: Duration,
+    traces: bool,
     answered: Option<Answered>,
 }
 
@@ -167,13 +208,14 @@ struct Answered {
 }
 
 impl Completion {
-    fn start(meter: Meter, method: Method, span: Span, slow: Duration) -> Completion {
+    fn start(meter: Meter, method: Method, span: Span, slow: Duration, traces: bool) -> Completion {
         meter.record(|metrics| metrics.rpc_started(method));
         Completion {
             meter,
             method,
             span,
             slow,
+            traces,
             answered: None,
         }
     }
@@ -188,6 +230,12 @@ impl Completion {
     /// names the status it ended with, not only that one was sent.
     fn finish(self, code: tonic::Code) {
         self.meter.record(|metrics| metrics.rpc_finished(self.method, code));
+        if self.traces {
+            self.span.record("rpc.grpc.status_code", code as i64);
+            if is_server_error(code) {
+                self.span.record("otel.status_code", "error");
+            }
+        }
         let Some(answered) = self.answered else {
             return;
         };
