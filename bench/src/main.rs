@@ -13,6 +13,7 @@ mod fanout;
 mod measure;
 mod scenario;
 mod setup;
+mod sink;
 mod stampede;
 mod worst_case;
 
@@ -94,6 +95,12 @@ struct Args {
     /// rps/dir and p50/dir columns are the baseline's figures divided by this build's.
     #[arg(long, conflicts_with_all = ["addr", "compare_metrics_off", "cluster"])]
     compare_binary: Option<PathBuf>,
+    /// Also measure a second service, this build exporting every span (--otlp-endpoint,
+    /// sampled at 1) to an OTLP collector the tool runs and that discards them, in the same
+    /// run: rows `traced`, whose rps/dir and p50/dir columns are its figures divided by the
+    /// first service's (which exports none): what traces cost.
+    #[arg(long, conflicts_with_all = ["addr", "compare_metrics_off", "compare_binary", "cluster"])]
+    compare_traces: bool,
     /// Run the service on a private Redis Cluster (3 primaries, 3 replicas; needs
     /// redis-server and redis-cli) instead of one redis-server. There is no direct
     /// baseline or command count then.
@@ -150,6 +157,14 @@ async fn bench(args: Args) -> Result<(), String> {
     } else {
         every_scenario(&args, &mut clients, &redis_client).await
     };
+    if let Some(sink) = &setup.sink {
+        // The exporter sends in batches, every few seconds (OTEL_BSP_SCHEDULE_DELAY).
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+        while sink.spans() == 0 && tokio::time::Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("the OTLP sink received {} spans from the traced service", sink.spans());
+    }
     if let Some(mut service) = setup.service {
         let _ = service.kill().await;
     }

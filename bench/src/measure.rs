@@ -256,6 +256,7 @@ pub(crate) fn print_row(
         Target::Service => "service",
         Target::Secure => "tls+auth",
         Target::Other if args.compare_binary.is_some() => "baseline",
+        Target::Other if args.compare_traces => "traced",
         Target::Other => "no-metric",
         Target::Direct => "direct",
     };

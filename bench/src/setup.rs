@@ -8,8 +8,8 @@ use std::{
     time::Duration,
 };
 
-use crate::Args;
 use crate::scenario::{BENCH_DOMAIN, Conn, RATE_LIMIT, Token};
+use crate::{Args, sink::Sink};
 use cachelock::{EmbeddedRedis, ProbeArgs, probe};
 use cachelock_testkit::TestCluster;
 use tokio::{
@@ -28,9 +28,11 @@ pub(crate) struct Setup {
     pub(crate) service: Option<Child>,
     /// With `--secure`: the second service's address, its token, and what to clean up.
     pub(crate) secure: Option<SecureService>,
-    /// With `--compare-metrics-off` or `--compare-binary`: the second service's
-    /// address and process.
+    /// With `--compare-metrics-off`, `--compare-binary` or `--compare-traces`: the
+    /// second service's address and process.
     pub(crate) other: Option<(String, Child)>,
+    /// With `--compare-traces`: where the second service's spans go.
+    pub(crate) sink: Option<Sink>,
     /// The bare tonic server of bare-floor, when the tool starts its own service.
     pub(crate) bare: Option<(String, Child)>,
 }
@@ -175,6 +177,7 @@ pub(crate) async fn set_up(args: &Args) -> Result<Setup, String> {
             service: None,
             secure,
             other: None,
+            sink: None,
             bare: None,
         });
     }
@@ -190,8 +193,14 @@ pub(crate) async fn set_up(args: &Args) -> Result<Setup, String> {
         Some(dir) => Some(start_secure(dir, &redis.url()).await?),
         None => None,
     };
-    let other = if args.compare_metrics_off || args.compare_binary.is_some() {
-        Some(start_other(args, &redis.url()).await?)
+    let sink = if args.compare_traces {
+        Some(Sink::start().await?)
+    } else {
+        None
+    };
+    let other = if args.compare_metrics_off || args.compare_binary.is_some() || args.compare_traces {
+        let endpoint = sink.as_ref().map(|(_, endpoint)| endpoint.as_str());
+        Some(start_other(args, &redis.url(), endpoint).await?)
     } else {
         None
     };
@@ -203,6 +212,7 @@ pub(crate) async fn set_up(args: &Args) -> Result<Setup, String> {
         service: Some(service),
         secure,
         other,
+        sink: sink.map(|(sink, _)| sink),
         bare: Some(start_bare().await?),
     })
 }
@@ -248,17 +258,22 @@ async fn on_cluster() -> Result<Setup, String> {
         service: Some(service),
         secure: None,
         other: None,
+        sink: None,
         bare: None,
     })
 }
 
-/// The second service: this build without metrics (`--compare-metrics-off`), or
-/// the `--compare-binary` with the same flags as the first.
-async fn start_other(args: &Args, redis_url: &str) -> Result<(String, Child), String> {
+/// The second service: this build without metrics (`--compare-metrics-off`),
+/// the `--compare-binary` with the same flags as the first, or this build
+/// exporting its spans to `otlp_endpoint` (`--compare-traces`).
+async fn start_other(args: &Args, redis_url: &str, otlp_endpoint: Option<&str>) -> Result<(String, Child), String> {
     let addr = free_address()?;
     let mut other_args = service_args(&addr, redis_url, !args.compare_metrics_off)?;
-    if args.compare_binary.is_some() {
+    if args.compare_binary.is_some() || otlp_endpoint.is_some() {
         other_args.extend(args.service_arg.iter().cloned());
+    }
+    if let Some(endpoint) = otlp_endpoint {
+        other_args.extend(["--otlp-endpoint".to_owned(), endpoint.to_owned()]);
     }
     let binary = match &args.compare_binary {
         Some(binary) => binary.clone(),

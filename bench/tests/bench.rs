@@ -205,6 +205,43 @@ fn a_baseline_binary_is_measured_beside_this_build() {
 }
 
 #[test]
+fn a_traced_service_is_measured_beside_this_build_and_its_spans_arrive() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cachelock-bench"))
+        .args(["--json", "--compare-traces", "--scenarios", "cache-get", "--no-direct"])
+        .args([
+            "--warmup",
+            "0s",
+            "--duration",
+            "100ms",
+            "--concurrency",
+            "2",
+            "--count-requests",
+            "5",
+        ])
+        .env_remove("REDIS_URL")
+        // Batches sent every 100 ms instead of every 5 s.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .output()
+        .expect("the benchmark runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let rows = json_rows(&stdout);
+    let traced = rows
+        .iter()
+        .find(|row| row["target"] == "traced")
+        .unwrap_or_else(|| panic!("a traced row: {stdout}"));
+    assert!(traced["requests"].as_u64().is_some_and(|n| n > 0), "{stdout}");
+    let received: u64 = stderr
+        .split("the OTLP sink received ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("the sink's count: {stderr}"));
+    assert!(received > 0, "{stderr}");
+}
+
+#[test]
 fn the_batch_worst_case_reports_every_batch_rpc_at_the_default_limits() {
     let stdout = bench(&["--batch-worst-case"]);
     for row in [
