@@ -217,8 +217,10 @@ async fn a_new_instance_on_a_redis_that_just_restarted_empty_pauses_grants() {
     assert!(take(&mut client, acquire("nightly", 3_000, 10_000)).await.acquired);
 
     drop(first);
-    redis.restart().await;
+    // Before the restart: Redis counts its age from a moment after this one, and
+    // the time it takes to answer again (long on a busy machine) is part of it.
     let restarted = Instant::now();
+    redis.restart().await;
     let second = TestService::start_strict(&redis.url(), &["--lock-max-ttl", "3s"]).await;
     let mut client = second.locks();
     let refused = client.acquire(acquire("nightly", 3_000, 0)).await;
@@ -640,3 +642,30 @@ in_every_mode!(
     a_hold_cancelled_while_waiting_leaves_the_queue_and_takes_no_grant,
     a_request_id_reused_by_another_owner_does_not_double_grant_the_first,
 );
+
+// Found by the nemesis on a Cluster: a grant's WAIT for its replicas, released
+// because its node became a replica meanwhile (UNBLOCKED, a failover), was
+// answered INTERNAL. The grant script ran, on a node no longer in charge: the
+// caller is told it may have applied, and holds nothing it was not told of.
+#[tokio::test]
+async fn a_grant_whose_node_is_demoted_while_it_waits_for_replicas_is_answered_as_may_have_applied() {
+    let redis = TestRedis::start().await;
+    let service = TestService::start(
+        &redis.url(),
+        &["--lock-min-replicas", "1", "--operation-timeout", "30s"],
+    )
+    .await;
+    let mut locks = service.locks();
+    let waiting = tokio::spawn(async move { locks.acquire(acquire("demoted", 30_000, 0)).await });
+    // No replica will acknowledge: the grant's WAIT blocks until the node changes role.
+    eventually("the grant's WAIT blocking", async || {
+        let clients: String = redis.command(&["INFO", "clients"]).await;
+        clients.contains("blocked_clients:1")
+    })
+    .await;
+    let _: String = redis.command(&["REPLICAOF", "127.0.0.1", "1"]).await;
+    let answer = tokio::time::timeout(PATIENCE, waiting).await.unwrap().unwrap();
+    let status = answer.expect_err("no grant is answered from a demoted node");
+    assert_reason(&status, Code::DeadlineExceeded, "MAY_HAVE_APPLIED");
+    assert!(status.message().contains("replica"), "{status:?}");
+}

@@ -142,12 +142,15 @@ impl fmt::Display for Cause {
 impl Cause {
     /// The cause behind a Redis client error.
     pub fn of(error: &RedisError) -> Cause {
-        if let Some(code) = error.code() {
+        // For a pipeline, the code of its first failed command.
+        if let Some(code) = server_code(error) {
+            let code = code.as_str();
             return match code {
                 "NOAUTH" | "WRONGPASS" | "NOPERM" => Cause::Auth(code.to_owned()),
                 "LOADING" => Cause::Loading,
                 "BUSY" => Cause::Busy,
-                "READONLY" => Cause::ReadOnly,
+                // A blocked command released because its node became a replica.
+                "READONLY" | "UNBLOCKED" => Cause::ReadOnly,
                 "CLUSTERDOWN" | "TRYAGAIN" | "MOVED" | "ASK" | "MASTERDOWN" => Cause::ClusterDown(
                     error
                         .detail()

@@ -149,6 +149,9 @@ impl From<RedisError> for Error {
     fn from(error: RedisError) -> Error {
         match server_code(&error).as_deref() {
             Some("OOM") => return Error::OutOfMemory,
+            // A WAIT unblocked by a failover, after what came before it in its
+            // pipeline (a grant script) ran.
+            Some("UNBLOCKED") => return Error::MayHaveApplied(Cause::of(&error)),
             Some(
                 "BUSY" | "LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "NOAUTH" | "WRONGPASS"
                 | "NOPERM",
@@ -208,7 +211,7 @@ impl Error {
             Error::MayHaveApplied(cause) => (
                 Code::DeadlineExceeded,
                 format!(
-                    "the connection to Redis was lost ({cause}) while the change was in flight; \
+                    "Redis was cut off from the change while it was in flight ({cause}); \
                      it may or may not have been applied"
                 ),
                 Reason::MayHaveApplied,

@@ -446,7 +446,7 @@ impl Redis {
             next.fresh_since = Some(Instant::now());
             return Ok(());
         }
-        match resend(&error, kind) {
+        match resend(&error, kind, op.effect.may_resend()) {
             Resend::Never => return Err(Error::from(error)),
             Resend::Asking { host, port } => next.asking = Some((host, port)),
             Resend::AfterSlotRefresh => {
@@ -494,9 +494,14 @@ enum Resend {
     ToNewPrimary,
 }
 
-fn resend(error: &redis::RedisError, kind: Kind) -> Resend {
+fn resend(error: &redis::RedisError, kind: Kind, may_resend: bool) -> Resend {
     let code = server_code(error);
     match (kind, code.as_deref()) {
+        // WAIT unblocked because its node stopped being a primary (a failover):
+        // the script before it ran on a node no longer in charge. A write that
+        // may be sent again goes to the new primary, and is decided there.
+        (Kind::Cluster, Some("UNBLOCKED")) if may_resend => Resend::AfterSlotRefresh,
+        (Kind::Sentinel, Some("UNBLOCKED")) if may_resend => Resend::ToNewPrimary,
         (Kind::Cluster, Some("ASK")) => match error.redirect_node() {
             Some((node, _)) => match node
                 .rsplit_once(':')
