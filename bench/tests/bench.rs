@@ -7,15 +7,21 @@ use std::process::Command;
 /// Runs the tool with `args` against its own private Redis and service; its
 /// standard output, once it has succeeded.
 fn bench(args: &[&str]) -> String {
+    bench_with(args, &[]).0
+}
+
+/// As [`bench`], with `env` set for it (and its services); its standard output and error.
+fn bench_with(args: &[&str], env: &[(&str, &str)]) -> (String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_cachelock-bench"))
         .args(args)
         .env_remove("REDIS_URL")
+        .envs(env.iter().copied())
         .output()
         .expect("the benchmark runs");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{stdout}\n{stderr}");
-    stdout
+    (stdout, stderr)
 }
 
 /// The rows of a `--json` run: one JSON object per line.
@@ -206,9 +212,13 @@ fn a_baseline_binary_is_measured_beside_this_build() {
 
 #[test]
 fn a_traced_service_is_measured_beside_this_build_and_its_spans_arrive() {
-    let output = Command::new(env!("CARGO_BIN_EXE_cachelock-bench"))
-        .args(["--json", "--compare-traces", "--scenarios", "cache-get", "--no-direct"])
-        .args([
+    let (stdout, stderr) = bench_with(
+        &[
+            "--json",
+            "--compare-traces",
+            "--scenarios",
+            "cache-get",
+            "--no-direct",
             "--warmup",
             "0s",
             "--duration",
@@ -217,15 +227,10 @@ fn a_traced_service_is_measured_beside_this_build_and_its_spans_arrive() {
             "2",
             "--count-requests",
             "5",
-        ])
-        .env_remove("REDIS_URL")
+        ],
         // Batches sent every 100 ms instead of every 5 s.
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .output()
-        .expect("the benchmark runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+        &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+    );
     let rows = json_rows(&stdout);
     let traced = rows
         .iter()
