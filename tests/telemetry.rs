@@ -230,6 +230,46 @@ async fn a_slow_request_logs_one_warning_naming_the_rpc_never_its_arguments() {
 }
 
 #[tokio::test]
+async fn a_slow_request_the_caller_gave_up_on_is_logged_and_counted_as_cancelled() {
+    let (logs, _guard) = CapturedLogs::start(tracing::Level::WARN);
+    let redis = TestRedis::start().await;
+    let link = FaultyLink::start(redis.port()).await;
+    let service = TestService::start(
+        &link.url,
+        &[
+            "--health-interval",
+            "60s",
+            "--slow-request",
+            "1s",
+            "--operation-timeout",
+            "30s",
+        ],
+    )
+    .await;
+    service.wait_for_health("", ServingStatus::Serving).await;
+    let mut cache = service.cache();
+    cache.set(set("k")).await.unwrap();
+
+    link.hold_requests(true);
+    // The caller drops its call (no deadline sent): the server's handler is dropped too.
+    let gave_up = tokio::time::timeout(Duration::from_millis(1_200), cache.get(get("k"))).await;
+    assert!(gave_up.is_err(), "the Get cannot be answered while its request is held");
+    logs.wait_for("slow request").await;
+    link.hold_requests(false);
+    let text = logs.text();
+    let warning = text.lines().find(|line| line.contains("slow request")).unwrap();
+    assert!(
+        warning.contains("Get") && warning.contains("code=\"Canceled\""),
+        "{warning}"
+    );
+    let cancelled = handled(CACHE, "Get", "Canceled");
+    common::eventually("the cancelled Get counted", async || {
+        service.metric(&cancelled).await == 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_request_that_waits_by_design_is_not_logged_as_slow() {
     let (logs, _guard) = CapturedLogs::start(tracing::Level::WARN);
     let (_redis, service) = redis_and_service(&["--slow-request", "1s"]).await;

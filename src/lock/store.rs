@@ -108,11 +108,10 @@ impl LockStore {
             return Ok((reply, 0));
         }
         // Half of what is left for the acknowledgements; the rest answers or releases.
-        let left = deadline.saturating_duration_since(Instant::now()) / 2;
         let request = RedisRequest::ScriptThenWait {
             script: invocation,
             replicas: min_replicas,
-            timeout_ms: time::millis(left).max(1),
+            deadline,
         };
         self.redis.run(op.blocking(), deadline, request).await
     }

@@ -60,15 +60,17 @@ pub enum Request<'a> {
     /// Several commands in one round trip (on a Cluster, all in one slot).
     Pipeline(&'a Pipeline),
     /// A Lua script followed, in the same round trip and on the same node, by
-    /// `WAIT replicas timeout_ms`; the reply is the script's and the count of
+    /// `WAIT replicas timeout`; the reply is the script's and the count of
     /// replicas that acknowledged every write so far on this connection.
     ScriptThenWait {
         /// The script call.
         script: &'a Invocation,
         /// How many replicas to wait for.
         replicas: u32,
-        /// How long WAIT may block, in milliseconds (at least 1: 0 would block forever).
-        timeout_ms: u64,
+        /// WAIT blocks for half the time left until this instant, reckoned at
+        /// each send (a resend after a failover has less): the other half is
+        /// for the answer, or for releasing a grant too few replicas have.
+        deadline: tokio::time::Instant,
     },
     /// A command for one node of a Cluster, by address (on a single node: that node).
     AtNode {
@@ -121,13 +123,15 @@ impl Request<'_> {
             Request::ScriptThenWait {
                 script,
                 replicas,
-                timeout_ms,
+                deadline,
             } => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now()) / 2;
                 let mut call = redis::pipe();
                 call.add_command(script.evalsha())
                     .cmd("WAIT")
                     .arg(replicas)
-                    .arg(timeout_ms.max(1));
+                    // At least 1 ms: 0 would block forever.
+                    .arg(crate::time::millis(left).max(1));
                 match call.query_async(connection).await {
                     Err(error) if server_code(&error).as_deref() == Some("NOSCRIPT") => {
                         let _: String = script.script().load().query_async(connection).await?;

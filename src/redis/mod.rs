@@ -389,7 +389,7 @@ impl Redis {
             let (mut connection, generation) = link
                 .connection(next.fresh_since, next.avoid, deadline)
                 .await
-                .map_err(Error::Unavailable)?;
+                .map_err(|cause| next.settle(Error::Unavailable(cause), op.effect))?;
             let asking = next.asking.take();
             let send = async {
                 if let (Some((host, port)), Connection::Cluster(cluster)) = (&asking, &mut connection)
@@ -407,7 +407,11 @@ impl Redis {
             };
             match reply {
                 Ok(value) => return Ok(value),
-                Err(error) => self.after(error, op, link, generation, deadline, &mut next).await?,
+                Err(error) => {
+                    if let Err(error) = self.after(error, op, link, generation, deadline, &mut next).await {
+                        return Err(next.settle(error, op.effect));
+                    }
+                }
             }
         }
     }
@@ -446,6 +450,9 @@ impl Redis {
             next.fresh_since = Some(Instant::now());
             return Ok(());
         }
+        if server_code(&error).as_deref() == Some("UNBLOCKED") {
+            next.ran = true;
+        }
         match resend(&error, kind, op.effect.may_resend()) {
             Resend::Never => return Err(Error::from(error)),
             Resend::Asking { host, port } => next.asking = Some((host, port)),
@@ -480,6 +487,21 @@ struct NextTry {
     resent: bool,
     /// Cluster: send it ASKING to this node, which is importing the slot.
     asking: Option<(String, u16)>,
+    /// A try ran part of the request before failing (a script whose WAIT a
+    /// failover released): "nothing was applied" is no longer true.
+    ran: bool,
+}
+
+impl NextTry {
+    /// `error`, as it must be answered after the tries so far: a refusal after
+    /// a try that ran is an answer that it may have applied (unless the caller
+    /// may simply retry).
+    fn settle(&self, error: Error, effect: Effect) -> Error {
+        match error {
+            Error::Unavailable(cause) if self.ran && !effect.caller_may_retry() => Error::MayHaveApplied(cause),
+            other => other,
+        }
+    }
 }
 
 /// What a Redis error reply means for sending the command again.

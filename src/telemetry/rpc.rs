@@ -5,8 +5,11 @@
 //! took — never its arguments.
 
 use std::{
-    cell::Cell,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -25,29 +28,41 @@ use super::{
     traces::caller_context,
 };
 
-/// Where the time of the RPC being handled went, besides computing.
+/// Where the time of the RPC being handled went, besides computing: shared by
+/// the task handling it and its [`Completion`], which may finish after the
+/// task is gone (a caller that gave up).
 #[derive(Default)]
 struct Spent {
-    /// Waiting for Redis's answers.
-    redis: Cell<Duration>,
-    /// Waiting by design: queued for a lock or a cache fill.
-    waiting: Cell<Duration>,
+    /// Waiting for Redis's answers, in nanoseconds.
+    redis: AtomicU64,
+    /// Waiting by design (queued for a lock or a cache fill), in nanoseconds.
+    waiting: AtomicU64,
+}
+
+impl Spent {
+    fn add(counter: &AtomicU64, time: Duration) {
+        counter.fetch_add(u64::try_from(time.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn read(counter: &AtomicU64) -> Duration {
+        Duration::from_nanos(counter.load(Ordering::Relaxed))
+    }
 }
 
 tokio::task_local! {
     /// Where the time of the RPC this task is handling went.
-    static SPENT: Spent;
+    static SPENT: Arc<Spent>;
 }
 
 /// Adds `took` to the Redis time of the RPC being handled, if any.
 pub fn add_redis_time(took: Duration) {
-    let _ = SPENT.try_with(|spent| spent.redis.set(spent.redis.get() + took));
+    let _ = SPENT.try_with(|spent| Spent::add(&spent.redis, took));
 }
 
 /// Adds `waited` to the time the RPC being handled, if any, waited by design:
 /// it does not count towards `--slow-request`.
 pub fn add_wait_time(waited: Duration) {
-    let _ = SPENT.try_with(|spent| spent.waiting.set(spent.waiting.get() + waited));
+    let _ = SPENT.try_with(|spent| Spent::add(&spent.waiting, waited));
 }
 
 /// Records the authenticated client's name in the current RPC's span.
@@ -134,22 +149,24 @@ where
                 let _ = span.set_parent(caller);
             }
         }
-        let mut completion = Completion::start(self.meter.clone(), rpc, span.clone(), self.slow, self.traces);
+        let spent = Arc::new(Spent::default());
+        let mut completion = Completion {
+            meter: self.meter.clone(),
+            method: rpc,
+            span: span.clone(),
+            slow: self.slow,
+            traces: self.traces,
+            started,
+            answered: None,
+            spent: spent.clone(),
+            done: false,
+        };
+        self.meter.record(|metrics| metrics.rpc_started(rpc));
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let call = async move {
-            let (response, spent) = SPENT
-                .scope(Spent::default(), async move {
-                    let response = inner.call(request).await;
-                    (response, SPENT.with(|spent| (spent.redis.get(), spent.waiting.get())))
-                })
-                .await;
-            let response = response?;
-            completion.headers_sent(Answered {
-                took: started.elapsed(),
-                redis: spent.0,
-                waited: spent.1,
-            });
+            let response = SPENT.scope(spent, inner.call(request)).await?;
+            completion.headers_sent(started.elapsed());
             let (parts, body) = response.into_parts();
             let body = match status_in(&parts.headers) {
                 // A trailers-only response: the code is known now.
@@ -190,45 +207,38 @@ fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
     Some(tonic::Code::from_bytes(value.as_bytes()))
 }
 
-/// The bookkeeping of one RPC, finished exactly once.
+/// The bookkeeping of one RPC, finished exactly once: when its status is
+/// known, or as CANCELLED when it is dropped before (the caller went away, its
+/// deadline passed, the shutdown's grace ended).
 struct Completion {
     meter: Meter,
     method: Method,
     span: Span,
     slow: Duration,
     traces: bool,
-    answered: Option<Answered>,
-}
-
-/// How long an RPC took until its response headers, and where that time went.
-struct Answered {
-    took: Duration,
-    redis: Duration,
-    waited: Duration,
+    started: Instant,
+    /// How long it took until its response headers, once they were sent.
+    answered: Option<Duration>,
+    spent: Arc<Spent>,
+    done: bool,
 }
 
 impl Completion {
-    fn start(meter: Meter, method: Method, span: Span, slow: Duration, traces: bool) -> Completion {
-        meter.record(|metrics| metrics.rpc_started(method));
-        Completion {
-            meter,
-            method,
-            span,
-            slow,
-            traces,
-            answered: None,
-        }
-    }
-
-    fn headers_sent(&mut self, answered: Answered) {
-        self.meter
-            .record(|metrics| metrics.rpc_answered(self.method, answered.took));
-        self.answered = Some(answered);
+    fn headers_sent(&mut self, took: Duration) {
+        self.meter.record(|metrics| metrics.rpc_answered(self.method, took));
+        self.answered = Some(took);
     }
 
     /// Counts the RPC as ended with `code`, and logs it: the line a person reads
     /// names the status it ended with, not only that one was sent.
-    fn finish(self, code: tonic::Code) {
+    fn finish(mut self, code: tonic::Code) {
+        self.end(code);
+    }
+
+    fn end(&mut self, code: tonic::Code) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
         self.meter.record(|metrics| metrics.rpc_finished(self.method, code));
         if self.traces {
             self.span.record("rpc.grpc.status_code", code as i64);
@@ -236,27 +246,27 @@ impl Completion {
                 self.span.record("otel.status_code", "error");
             }
         }
-        let Some(answered) = self.answered else {
-            return;
-        };
+        let took = self.answered.unwrap_or_else(|| self.started.elapsed());
+        let waited = Spent::read(&self.spent.waiting);
+        let redis = Spent::read(&self.spent.redis);
         let labels = self.method.labels;
         let code = code_name(code);
         let _entered = self.span.enter();
-        if answered.took.saturating_sub(answered.waited) >= self.slow {
+        if took.saturating_sub(waited) >= self.slow {
             warn!(
                 service = labels.grpc_service,
                 method = labels.grpc_method,
-                duration_ms = answered.took.as_millis() as u64,
-                waited_ms = answered.waited.as_millis() as u64,
-                redis_ms = answered.redis.as_millis() as u64,
+                duration_ms = took.as_millis() as u64,
+                waited_ms = waited.as_millis() as u64,
+                redis_ms = redis.as_millis() as u64,
                 code,
                 "slow request"
             );
         } else {
             debug!(
-                duration_us = answered.took.as_micros() as u64,
-                waited_us = answered.waited.as_micros() as u64,
-                redis_us = answered.redis.as_micros() as u64,
+                duration_us = took.as_micros() as u64,
+                waited_us = waited.as_micros() as u64,
+                redis_us = redis.as_micros() as u64,
                 code,
                 "request"
             );
@@ -264,8 +274,14 @@ impl Completion {
     }
 }
 
-/// A response body that finishes its RPC's bookkeeping when its trailers pass,
-/// or as CANCELLED when it is dropped before (the client went away).
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.end(tonic::Code::Cancelled);
+    }
+}
+
+/// A response body that finishes its RPC's bookkeeping when its trailers pass
+/// (dropped before, its [`Completion`] counts the RPC as CANCELLED).
 struct Observed {
     inner: tonic::body::Body,
     completion: Option<Completion>,
@@ -306,13 +322,5 @@ impl Body for Observed {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for Observed {
-    fn drop(&mut self) {
-        if let Some(completion) = self.completion.take() {
-            completion.finish(tonic::Code::Cancelled);
-        }
     }
 }
