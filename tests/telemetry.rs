@@ -179,13 +179,12 @@ async fn readyz_asked_for_json_says_why_and_what_redis_the_probe_saw() {
     assert_eq!(service.http_get("/readyz").await, (503, "NOT_SERVING\n".to_owned()));
 }
 
-#[tokio::test]
-async fn a_slow_request_logs_one_warning_naming_the_rpc_never_its_arguments() {
-    let (logs, _guard) = CapturedLogs::start(tracing::Level::WARN);
+/// A service that calls a request slow after 1 s, behind a link the test can
+/// hold: a threshold no honest request on a busy machine reaches, and a request
+/// held past it, so that which request is slow is decided by the test.
+async fn slow_after_a_second_behind_a_link() -> (TestRedis, FaultyLink, TestService) {
     let redis = TestRedis::start().await;
     let link = FaultyLink::start(redis.port()).await;
-    // A threshold no honest request on a busy machine reaches, and a request held
-    // past it: which request is slow is decided by the test, not by the machine.
     let service = TestService::start(
         &link.url,
         &[
@@ -199,6 +198,13 @@ async fn a_slow_request_logs_one_warning_naming_the_rpc_never_its_arguments() {
     )
     .await;
     service.wait_for_health("", ServingStatus::Serving).await;
+    (redis, link, service)
+}
+
+#[tokio::test]
+async fn a_slow_request_logs_one_warning_naming_the_rpc_never_its_arguments() {
+    let (logs, _guard) = CapturedLogs::start(tracing::Level::WARN);
+    let (_redis, link, service) = slow_after_a_second_behind_a_link().await;
     let mut cache = service.cache();
     cache.set(set("fast-key")).await.unwrap();
 
@@ -232,21 +238,7 @@ async fn a_slow_request_logs_one_warning_naming_the_rpc_never_its_arguments() {
 #[tokio::test]
 async fn a_slow_request_the_caller_gave_up_on_is_logged_and_counted_as_cancelled() {
     let (logs, _guard) = CapturedLogs::start(tracing::Level::WARN);
-    let redis = TestRedis::start().await;
-    let link = FaultyLink::start(redis.port()).await;
-    let service = TestService::start(
-        &link.url,
-        &[
-            "--health-interval",
-            "60s",
-            "--slow-request",
-            "1s",
-            "--operation-timeout",
-            "30s",
-        ],
-    )
-    .await;
-    service.wait_for_health("", ServingStatus::Serving).await;
+    let (_redis, link, service) = slow_after_a_second_behind_a_link().await;
     let mut cache = service.cache();
     cache.set(set("k")).await.unwrap();
 

@@ -30,21 +30,11 @@ impl TestCa {
     /// Issues a certificate for `names` (DNS subject alternative names) with
     /// common name `common_name`; writes `<file>.pem` and `<file>.key`, returns their paths.
     pub fn issue(&self, file: &str, common_name: &str, names: &[&str]) -> (String, String) {
-        let key = rcgen::KeyPair::generate().expect("a key");
-        let mut params = rcgen::CertificateParams::new(names.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>())
-            .expect("certificate parameters");
-        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
-        let certificate = params.signed_by(&key, &self.issuer).expect("a signed certificate");
-        let path = |extension: &str| {
-            self.dir
-                .path()
-                .join(format!("{file}.{extension}"))
-                .to_string_lossy()
-                .into_owned()
-        };
-        std::fs::write(path("pem"), certificate.pem()).expect("write the certificate");
-        std::fs::write(path("key"), key.serialize_pem()).expect("write the key");
-        (path("pem"), path("key"))
+        let sans = names
+            .iter()
+            .map(|name| rcgen::SanType::DnsName((*name).try_into().expect("a DNS name")))
+            .collect();
+        self.issue_identity(file, &[(rcgen::DnType::CommonName, common_name)], sans)
     }
 
     /// Issues a certificate whose subject is `subject` (each entry one RDN, in
