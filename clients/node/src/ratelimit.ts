@@ -1,0 +1,161 @@
+// cachelock.ratelimit.v1.RateLimitService: shared rate limits. A denial is an answer
+// (`allowed: false`), not an error.
+import { duration, enumValue, int64, millis, type Duration } from './convert.js';
+import type { CallOptions, Transport } from './transport.js';
+
+/** How a limit is counted. */
+export type Algorithm = 'tokenBucket' | 'fixedWindow' | 'slidingWindow';
+/** What to answer when Redis cannot decide in time. */
+export type OutagePolicy = 'failOpen' | 'failClosed';
+
+const ALGORITHMS: Readonly<Record<Algorithm, string>> = {
+  tokenBucket: 'ALGORITHM_TOKEN_BUCKET',
+  fixedWindow: 'ALGORITHM_FIXED_WINDOW',
+  slidingWindow: 'ALGORITHM_SLIDING_WINDOW',
+};
+
+const OUTAGE_POLICIES: Readonly<Record<OutagePolicy, string>> = {
+  failOpen: 'OUTAGE_POLICY_FAIL_OPEN',
+  failClosed: 'OUTAGE_POLICY_FAIL_CLOSED',
+};
+
+/** One limit: `limit` units per `periodMs`. Key, limit, period and algorithm identify a limiter. */
+export interface Limit {
+  /** What is limited, such as "login:user:42". */
+  key: string;
+  /** How many units the period allows. */
+  limit: bigint | number;
+  /** The period, in milliseconds. */
+  periodMs: number;
+  /** Units this request consumes; 1 by default, 0 reports without consuming. */
+  cost?: bigint | number;
+  /** How to count; the token bucket by default. */
+  algorithm?: Algorithm;
+}
+
+/** A decision: whether the request may go ahead, and what HTTP rate-limit headers need. */
+export interface Decision {
+  /** Whether the request may go ahead (its cost was consumed if so). */
+  allowed: boolean;
+  /** The limit that was applied (RateLimit-Limit). */
+  limit: bigint;
+  /** Units left in the period (RateLimit-Remaining). */
+  remaining: bigint;
+  /** Time until the full limit is available again (RateLimit-Reset). */
+  resetAfterMs: number;
+  /** When denied: time until a request of this cost could pass; 0 when allowed; null when it never can. */
+  retryAfterMs: number | null;
+  /** True when Redis could not decide in time and the outage policy answered. */
+  decidedByOutagePolicy: boolean;
+}
+
+/** The combined decision of `checkMany`, and each limit's part. */
+export interface ManyDecision {
+  /** True only if every limit allows; nothing was consumed otherwise. */
+  allowed: boolean;
+  /** One decision per limit, in the order given. */
+  decisions: (Omit<Decision, 'decidedByOutagePolicy'> & { key: string })[];
+  /** When denied: the longest wait of the denying limits; null when one of them never can. */
+  retryAfterMs: number | null;
+  /** True when Redis could not decide in time and the outage policy answered. */
+  decidedByOutagePolicy: boolean;
+}
+
+interface LimitDecision {
+  key: string;
+  allowed: boolean;
+  limit: string;
+  remaining: string;
+  resetAfter: Duration | null;
+  retryAfter: Duration | null;
+}
+
+function limitRequest(limit: Limit): object {
+  return {
+    key: limit.key,
+    limit: int64(limit.limit, 'limit', true),
+    period: duration(limit.periodMs, 'periodMs'),
+    cost: limit.cost === undefined ? undefined : int64(limit.cost, 'cost', true),
+    algorithm: enumValue(ALGORITHMS, limit.algorithm, 'algorithm'),
+  };
+}
+
+function decision(response: Omit<LimitDecision, 'key'>): Omit<Decision, 'decidedByOutagePolicy'> {
+  return {
+    allowed: response.allowed,
+    limit: BigInt(response.limit),
+    remaining: BigInt(response.remaining),
+    resetAfterMs: millis(response.resetAfter) ?? 0,
+    retryAfterMs: millis(response.retryAfter),
+  };
+}
+
+/** Rate limits, as `client.rateLimit`. */
+export class RateLimits {
+  readonly #transport: Transport;
+
+  /** @internal */
+  constructor(transport: Transport) {
+    this.#transport = transport;
+  }
+
+  /**
+   * Counts a request against a limit. Never retried: a repeat would count twice.
+   *
+   * @example const d = await client.rateLimit.check(`login:${user}`, { limit: 5, periodMs: 15 * 60_000 });
+   */
+  async check(
+    key: string,
+    options: Omit<Limit, 'key'> & CallOptions & { onUnavailable?: OutagePolicy },
+  ): Promise<Decision> {
+    const request = {
+      ...limitRequest({ ...options, key }),
+      onUnavailable: enumValue(OUTAGE_POLICIES, options.onUnavailable, 'onUnavailable'),
+    };
+    const response = await this.#transport.unary<Omit<LimitDecision, 'key'> & { decidedByOutagePolicy: boolean }>(
+      'ratelimit',
+      'Check',
+      request,
+      options,
+    );
+    return { ...decision(response), decidedByOutagePolicy: response.decidedByOutagePolicy };
+  }
+
+  /** Counts a request against several limits at once: consumed from all, or from none. */
+  async checkMany(
+    limits: readonly Limit[],
+    options: CallOptions & { onUnavailable?: OutagePolicy } = {},
+  ): Promise<ManyDecision> {
+    const request = {
+      limits: limits.map(limitRequest),
+      onUnavailable: enumValue(OUTAGE_POLICIES, options.onUnavailable, 'onUnavailable'),
+    };
+    const response = await this.#transport.unary<{
+      allowed: boolean;
+      decisions: LimitDecision[];
+      retryAfter: Duration | null;
+      decidedByOutagePolicy: boolean;
+    }>('ratelimit', 'CheckMany', request, options);
+    return {
+      allowed: response.allowed,
+      decisions: response.decisions.map((part) => ({ key: part.key, ...decision(part) })),
+      retryAfterMs: millis(response.retryAfter),
+      decidedByOutagePolicy: response.decidedByOutagePolicy,
+    };
+  }
+
+  /**
+   * Clears a limiter's state; answers whether there was any. Without `algorithm`, the
+   * state of all three algorithms for this key, limit and period.
+   */
+  async reset(key: string, options: Omit<Limit, 'key' | 'cost'> & CallOptions): Promise<boolean> {
+    const request = {
+      key,
+      limit: int64(options.limit, 'limit', true),
+      period: duration(options.periodMs, 'periodMs'),
+      algorithm: enumValue(ALGORITHMS, options.algorithm, 'algorithm'),
+    };
+    const response = await this.#transport.unary<{ existed: boolean }>('ratelimit', 'Reset', request, options);
+    return response.existed;
+  }
+}

@@ -1,0 +1,294 @@
+"""The sync client against a running cachelock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, List, Tuple
+
+import pytest
+from conftest import ADDR, METERED_TOKEN, READER_TOKEN, TOKEN, delete_lock, unique
+
+import cachelock
+from cachelock import Client
+
+
+# --- round trips -------------------------------------------------------------------
+
+
+def test_cache_round_trip(client: Client) -> None:
+    key = unique("k")
+    assert client.cache.get(key) is None
+    assert client.cache.set(key, "v1", ttl=30)
+    assert client.cache.get(key) == b"v1"
+    assert not client.cache.set(key, b"v2", condition="if_absent")
+    assert client.cache.set(key, b"v2", condition="if_present")
+    other = unique("k")
+    assert client.cache.set_many({other: b"o", key: b"v3"}, ttl=30) == 2
+    missing = unique("missing")
+    assert client.cache.get_many([key, other, missing]) == {key: b"v3", other: b"o", missing: None}
+    assert client.cache.expire(key, 60)
+    assert not client.cache.expire(unique("missing"), 60)
+    assert client.cache.take(key) == b"v3"
+    assert client.cache.take(key) is None
+    assert client.cache.delete(key, other) == 1
+    counter = unique("n")
+    assert client.cache.increment(counter) == 1
+    assert client.cache.increment(counter, 41, ttl=30) == 42
+    assert client.cache.increment(counter, -2) == 40
+
+
+def test_rate_limit_round_trip(client: Client) -> None:
+    key = unique("rl")
+    first = client.rate_limit.check(key, 2, 60)
+    assert first.allowed and first.limit == 2 and first.remaining == 1
+    assert client.rate_limit.check(key, 2, 60).allowed
+    denied = client.rate_limit.check(key, 2, 60)
+    assert not denied.allowed and denied.retry_after is not None and denied.retry_after > 0
+    assert client.rate_limit.reset(key, 2, 60)
+    assert client.rate_limit.check(key, 2, 60, cost=0).remaining == 2
+    both = client.rate_limit.check_many(
+        [cachelock.Limit(key, 2, 60), cachelock.Limit(key, 5, 1, algorithm="sliding_window")],
+        on_unavailable="fail_closed",
+    )
+    assert both.allowed and [d.remaining for d in both.decisions] == [1, 4]
+
+
+def test_sessions_round_trip(client: Client) -> None:
+    user = unique("user")
+    session = client.sessions.create(user, {"role": "reader"}, idle_timeout=600, device_label="phone")
+    assert session.user_id == user and session.attributes == {"role": "reader"} and session.version == 1
+    assert session.idle_timeout == 600 and session.device_label == "phone"
+    assert client.sessions.get(session.id, touch=True).handle == session.handle
+    updated = client.sessions.update(session.id, set={"plan": "pro"}, remove=["role"], expected_version=1)
+    assert updated.attributes == {"plan": "pro"} and updated.version == 2
+    with pytest.raises(cachelock.VersionConflict):
+        client.sessions.update(session.id, set={"x": "y"}, expected_version=1)
+    assert client.sessions.touch(session.id) is not None
+    rotated = client.sessions.rotate(session.id)
+    assert rotated.id != session.id and rotated.handle == session.handle
+    with pytest.raises(cachelock.SessionNotFound):
+        client.sessions.get(session.id)
+    second = client.sessions.create(user, device_label="laptop")
+    listed = client.sessions.list(user)
+    assert {s.handle for s in listed} == {rotated.handle, second.handle}
+    assert all(s.id == "" for s in listed)
+    client.sessions.delete_by_handle(user, second.handle)
+    third = client.sessions.create(user)
+    assert client.sessions.delete_all(user, except_id=third.id) == 1
+    client.sessions.delete(third.id)
+    assert client.sessions.list(user) == []
+
+
+def _receive(subscription: cachelock.Subscription, count: int) -> List[Any]:
+    """The first `count` events, or fewer if none came for 10 s (then the test fails)."""
+    watchdog = threading.Timer(10, subscription.close)
+    watchdog.start()
+    events: List[Any] = []
+    try:
+        for event in subscription:
+            events.append(event)
+            if len(events) == count:
+                break
+    finally:
+        watchdog.cancel()
+    return events
+
+
+def test_pubsub_round_trip(client: Client) -> None:
+    room = unique("room")
+    with client.pubsub.subscribe(topics=[f"{room}:a"], patterns=[f"{room}:*"]) as subscription:
+        assert client.pubsub.publish(f"{room}:a", b"one") >= 1
+        assert client.pubsub.publish(f"{room}:b", "two") >= 1
+        events = _receive(subscription, 3)
+    by_pattern = sorted((e.pattern, e.topic, e.payload) for e in events)
+    assert by_pattern == [
+        ("", f"{room}:a", b"one"),
+        (f"{room}:*", f"{room}:a", b"one"),
+        (f"{room}:*", f"{room}:b", b"two"),
+    ]
+    assert sorted(e.sequence for e in events) == [1, 2, 3]
+    assert client.pubsub.publish(unique("nobody"), b"x") == 0
+
+
+# --- a lock lost while held ----------------------------------------------------------
+
+
+def test_lock_lost_while_held(client: Client) -> None:
+    name = unique("lock")
+    told: List[str] = []
+    with pytest.raises(cachelock.LeaseLost) as raised:
+        with client.lock(name, ttl=1.5) as lease:
+            lease.on_lost(told.append)
+            first = lease.fencing_token
+            assert first > 0 and lease.certain_for() > 0
+            assert delete_lock(name) >= 1
+            assert lease.lost.wait(10), "the loss was never told"
+            assert lease.lost_reason == "LOCK_NOT_HELD"
+            with pytest.raises(cachelock.LeaseLost):
+                lease.check()
+            assert lease.certain_for() == 0
+    assert raised.value.metadata["cause"] == "LOCK_NOT_HELD"
+    assert told == ["LOCK_NOT_HELD"]
+    with client.lock(name, ttl=1.5, wait=5) as again:
+        assert again.fencing_token > first
+        again.check()
+
+
+def test_lock_not_acquired(client: Client) -> None:
+    name = unique("lock")
+    with client.lock(name, ttl=5):
+        started = time.monotonic()
+        with pytest.raises(cachelock.NotAcquired) as raised:
+            client.lock(name, ttl=5, wait=0.2)
+        assert raised.value.holder_ttl is not None and raised.value.holder_ttl > 0
+        assert time.monotonic() - started < 3
+    # Leaving the block closed the stream; the server releases the lock on its own.
+    assert client.locks.acquire(name, 5, wait=3).acquired
+
+
+# --- the stampede ------------------------------------------------------------------
+
+
+def test_cached_fills_once(client: Client) -> None:
+    sku = unique("sku")
+    calls: List[str] = []
+
+    @client.cached("price:{sku}", ttl=30, lease_ttl=5, wait=5)
+    def price(sku: str, currency: str = "EUR") -> dict:
+        calls.append(sku)
+        time.sleep(0.3)
+        return {"sku": sku, "price": 42, "currency": currency}
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda _: price(sku), range(20)))
+    assert len(calls) == 1
+    assert results == [{"sku": sku, "price": 42, "currency": "EUR"}] * 20
+    assert price(sku=sku) == results[0]
+    assert len(calls) == 1, "a later call is a hit"
+    assert client.cache.get(f"price:{sku}") is not None
+
+
+# --- retries -----------------------------------------------------------------------
+
+
+def test_retries_only_idempotent_calls() -> None:
+    retries: List[Tuple[str, str, float]] = []
+    counter = unique("metered")
+    with Client(ADDR, token=TOKEN) as app, Client(
+        ADDR, token=METERED_TOKEN, on_retry=lambda method, error, delay: retries.append((method, error.reason, delay))
+    ) as metered:
+        applied = 0
+        refused = None
+        for _ in range(20):  # 3 a second: the budget runs out within a few calls
+            started = time.monotonic()
+            try:
+                metered.cache.increment(counter)
+                applied += 1
+            except cachelock.ClientRateLimited as error:
+                refused, elapsed = error, time.monotonic() - started
+                break
+        assert refused is not None, "the budget never ran out"
+        assert elapsed < 0.5, "Increment was not raised at once"
+        assert refused.retry_after is not None and refused.retry_after > 0
+        assert refused.code is not None and refused.code.name == "RESOURCE_EXHAUSTED"
+        assert retries == [], "Increment must never be retried"
+        assert app.cache.get(counter) == str(applied).encode(), "no extra increment"
+        # A Get under the same exhausted budget waits and succeeds.
+        assert metered.cache.get(counter) == str(applied).encode()
+    assert retries, "the Get was never retried"
+    assert all(reason == "CLIENT_RATE_LIMITED" for _, reason, _ in retries)
+    assert all(method == "/cachelock.cache.v1.CacheService/Get" for method, _, _ in retries)
+
+
+def test_retry_policy() -> None:
+    from cachelock._retry import retry_delay
+
+    get = "/cachelock.cache.v1.CacheService/Get"
+    advised = cachelock.Overloaded("busy", retry_after=0.2)
+    for attempt in range(1, 5):
+        delay = retry_delay(get, advised, attempt, remaining=60)
+        base = min(0.2 * 2 ** (attempt - 1), 5.0)
+        assert delay is not None and base <= delay <= base * 1.5
+    assert retry_delay(get, advised, 5, remaining=60) is None, "at most 5 attempts"
+    assert retry_delay(get, advised, 1, remaining=0.2) is None, "never past the deadline"
+    assert retry_delay("/cachelock.cache.v1.CacheService/Increment", advised, 1, remaining=60) is None
+    assert retry_delay(get, cachelock.Overloaded("busy"), 1, remaining=60) is None, "no RetryInfo, no retry"
+    slow = cachelock.LocksPaused("paused", retry_after=8.0)
+    delay = retry_delay("/cachelock.lock.v1.LockService/Acquire", slow, 1, remaining=60)
+    assert delay is not None and delay >= 8.0, "never sooner than the server asked"
+
+
+# --- errors ------------------------------------------------------------------------
+
+
+def test_errors_decoded(client: Client) -> None:
+    with pytest.raises(cachelock.InvalidField) as invalid:
+        client.rate_limit.check(unique("rl"), 0, 1)
+    assert invalid.value.field == "limit" and invalid.value.reason == "INVALID_FIELD"
+    assert invalid.value.code is not None and invalid.value.code.name == "INVALID_ARGUMENT"
+
+    session = client.sessions.create(unique("user"))
+    client.sessions.delete(session.id)
+    with pytest.raises(cachelock.SessionNotFound):
+        client.sessions.get(session.id)
+
+    text = unique("text")
+    client.cache.set(text, "not a number")
+    with pytest.raises(cachelock.NotAnInteger):
+        client.cache.increment(text)
+
+    with Client(ADDR) as anonymous, pytest.raises(cachelock.Unauthenticated):
+        anonymous.cache.get(text)
+
+    with Client(ADDR, token=READER_TOKEN) as reader:
+        assert reader.cache.get(text) == b"not a number"
+        with pytest.raises(cachelock.PermissionDenied):
+            reader.cache.set(text, "x")
+
+
+def test_raw_lock_errors(client: Client) -> None:
+    name = unique("lock")
+    grant = client.locks.acquire(name, 10, owner="test")
+    assert grant.acquired and grant.fencing_token > 0
+    assert client.locks.extend(name, grant.token, 10).fencing_token == grant.fencing_token
+    assert client.locks.describe(name).owner == "test"
+    assert delete_lock(name) >= 1
+    with pytest.raises(cachelock.LockNotHeld):
+        client.locks.release(name, grant.token)
+    newer = client.locks.acquire(name, 10)
+    assert newer.acquired and newer.fencing_token > grant.fencing_token
+    with pytest.raises(cachelock.LeaseLost):
+        client.locks.release(name, grant.token)
+    assert not client.locks.acquire(name, 10).acquired
+    client.locks.release(name, newer.token)
+
+
+def test_unknown_enum_names_fail_before_the_call() -> None:
+    # Nothing listens on port 1: a call would fail with Unavailable, not ValueError.
+    with Client("127.0.0.1:1", timeout=1) as nowhere:
+        with pytest.raises(ValueError, match="leaky_bucket"):
+            nowhere.rate_limit.check("k", 1, 1, algorithm="leaky_bucket")
+        with pytest.raises(ValueError):
+            nowhere.rate_limit.check("k", 1, 1, on_unavailable="fail_sideways")
+        with pytest.raises(ValueError):
+            nowhere.cache.set("k", "v", condition="sometimes")
+        with pytest.raises(cachelock.Unavailable):
+            nowhere.cache.get("k")
+
+
+# --- no secret in any string form -----------------------------------------------------
+
+
+def test_no_secret_in_string_forms(client: Client) -> None:
+    assert TOKEN not in repr(client) and TOKEN not in str(client)
+    assert TOKEN not in repr(client._transport)
+    session = client.sessions.create(unique("user"))
+    assert session.id and session.id not in repr(session) and session.id not in str(session)
+    assert session.handle in repr(session)
+    grant = client.locks.acquire(unique("lock"), 5)
+    assert grant.token and grant.token not in repr(grant) and grant.token not in str(grant)
+    client.locks.release(grant.name, grant.token)
+    tls = cachelock.TLS(ca=b"ca", cert=b"cert", key=b"secret-key")
+    assert b"secret-key".decode() not in repr(tls)
