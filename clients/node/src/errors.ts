@@ -246,13 +246,21 @@ function decodeDetails(trailers: Metadata | undefined): Details {
   if (!(encoded instanceof Buffer)) {
     return found; // not an answer from cachelock: a proxy, the transport, the gRPC layer
   }
-  const status = StatusMessage.toObject(StatusMessage.decode(encoded)) as {
-    details?: { typeUrl: string; value: Uint8Array }[];
-  };
+  let status: { details?: { typeUrl: string; value: Uint8Array }[] };
+  try {
+    status = StatusMessage.toObject(StatusMessage.decode(encoded)) as typeof status;
+  } catch {
+    return found; // not decodable (a proxy's own bytes): the error goes by its code
+  }
   for (const any of status.details ?? []) {
     const type = DETAIL_TYPES.get(any.typeUrl);
     if (type === undefined) continue; // other detail types carry nothing this library reads
-    const detail = type.toObject(type.decode(any.value), { longs: Number, defaults: true });
+    let detail: Record<string, unknown>;
+    try {
+      detail = type.toObject(type.decode(any.value), { longs: Number, defaults: true });
+    } catch {
+      continue;
+    }
     if (type.name === 'ErrorInfo' && detail['domain'] === DOMAIN) {
       found.reason = detail['reason'] as string;
       found.metadata = detail['metadata'] as Record<string, string>;

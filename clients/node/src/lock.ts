@@ -3,6 +3,7 @@
 import './dispose.js';
 import { status as Status, type ClientReadableStream } from '@grpc/grpc-js';
 import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import { date, duration, millis, type Duration, type Timestamp } from './convert.js';
 import { CachelockError, DeadlineExceeded, LeaseLost, NotAcquired, toError } from './errors.js';
 import type { CallOptions, Transport } from './transport.js';
@@ -104,7 +105,7 @@ export class Lease {
    */
   certainForMs(): number {
     if (this.#lostReason !== null || this.#released) return 0;
-    return Math.max(0, this.#certainUntil - Date.now());
+    return Math.max(0, this.#certainUntil - performance.now());
   }
 
   /**
@@ -127,7 +128,8 @@ export class Lease {
   #renewed(certainFor: Duration | null): void {
     const certainMs = millis(certainFor);
     if (certainMs === null) return; // the server always sends it; nothing to count without it
-    this.#certainUntil = Date.now() + certainMs;
+    // The monotonic clock: a wall clock stepped back would report time the lease does not have.
+    this.#certainUntil = performance.now() + certainMs;
     clearTimeout(this.#watchdog);
     // A frozen instance sends nothing, not even the end of the stream: this timer is
     // what tells the holder then. unref: the open stream, not this timer, is what keeps

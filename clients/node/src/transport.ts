@@ -53,7 +53,11 @@ export class Transport {
         : tls === true
           ? grpc.credentials.createSsl()
           : grpc.credentials.createSsl(pem(tls.ca), pem(tls.key), pem(tls.cert));
-    const first = new (serviceConstructor('cache'))(address, credentials);
+    // No service config from DNS: a TXT record's retry or hedging policy would repeat
+    // calls the library never repeats (an Increment, a Check) behind its back.
+    const first = new (serviceConstructor('cache'))(address, credentials, {
+      'grpc.service_config_disable_resolution': 1,
+    });
     // Every other service rides on the first one's channel: one connection, one TLS session.
     const shared = { channelOverride: first.getChannel() };
     this.#clients = {

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any, Awaitable, Callable, List
 
 import pytest
-from conftest import ADDR, READER_TOKEN, TOKEN, delete_lock, unique
+from conftest import ADDR, READER_TOKEN, TOKEN, HoldingProxy, delete_lock, unique
 
 import cachelock
 import cachelock.aio
@@ -117,6 +117,24 @@ async def test_lock_lost_while_body_ignores_cancellation(client: cachelock.aio.C
     assert lease.lost_reason == "LOCK_NOT_HELD"
     await asyncio.sleep(0)  # no cancellation is left pending for this task
 
+
+
+def test_lock_lost_when_renewals_stop_arriving() -> None:
+    # As test_sync's: the replies are held by a proxy, and the client's own timer tells.
+    async def main() -> None:
+        async with cachelock.aio.Client(proxy.addr, token=TOKEN) as client:
+            with pytest.raises(cachelock.LeaseLost):
+                async with client.lock(unique("lock"), ttl=1.5) as lease:
+                    proxy.hold_replies()
+                    # The guarded body: the loss cancels it (bounded: at most 10 s).
+                    await asyncio.wait_for(lease.lost.wait(), 10)
+                    await asyncio.sleep(10)
+            assert lease.lost_reason == "NOT_RENEWED"
+            with pytest.raises(cachelock.LeaseLost):
+                lease.check()
+
+    with HoldingProxy(ADDR) as proxy:
+        asyncio.run(main())
 
 @run
 async def test_cached_fills_once(client: cachelock.aio.Client) -> None:

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, List, Tuple
 
 import pytest
-from conftest import ADDR, METERED_TOKEN, READER_TOKEN, TOKEN, delete_lock, unique
+from conftest import ADDR, METERED_TOKEN, READER_TOKEN, TOKEN, HoldingProxy, delete_lock, unique
 
 import cachelock
 from cachelock import Client
@@ -147,6 +147,22 @@ def test_lock_not_acquired(client: Client) -> None:
     # Leaving the block closed the stream; the server releases the lock on its own.
     assert client.locks.acquire(name, 5, wait=3).acquired
 
+
+
+def test_lock_lost_when_renewals_stop_arriving() -> None:
+    # The client reaches the service through a link that can hold its replies: an
+    # instance frozen, or a network gone quiet, sends nothing more, not even an end.
+    with HoldingProxy(ADDR) as proxy, Client(proxy.addr, token=TOKEN) as client:
+        with pytest.raises(cachelock.LeaseLost) as raised:
+            with client.lock(unique("lock"), ttl=1.5) as lease:
+                assert lease.certain_for() > 0
+                proxy.hold_replies()
+                assert lease.lost.wait(10), "the silence was never noticed"
+                assert lease.lost_reason == "NOT_RENEWED"
+                with pytest.raises(cachelock.LeaseLost):
+                    lease.check()
+                assert lease.certain_for() == 0
+        assert raised.value.metadata["cause"] == "NOT_RENEWED"
 
 # --- the stampede ------------------------------------------------------------------
 

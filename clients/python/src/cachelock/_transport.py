@@ -84,6 +84,11 @@ class _Base:
         return time.monotonic() + (self.timeout if timeout is None else timeout) + extra
 
 
+#: No service config from DNS: a TXT record's retry or hedging policy would repeat
+#: calls the library never repeats (an Increment, a Check) behind its back.
+_CHANNEL_OPTIONS: Tuple[Tuple[str, Any], ...] = (("grpc.service_config_disable_resolution", 1),)
+
+
 class Transport(_Base):
     """Sync calls over one grpc.Channel."""
 
@@ -94,9 +99,9 @@ class Transport(_Base):
         super().__init__(timeout, token, on_retry)
         credentials = _credentials(tls)
         self.channel = (
-            grpc.secure_channel(address, credentials, options=options)
+            grpc.secure_channel(address, credentials, options=[*_CHANNEL_OPTIONS, *options])
             if credentials is not None
-            else grpc.insecure_channel(address, options=options)
+            else grpc.insecure_channel(address, options=[*_CHANNEL_OPTIONS, *options])
         )
 
     def unary(
@@ -139,9 +144,9 @@ class AsyncTransport(_Base):
         super().__init__(timeout, token, on_retry)
         credentials = _credentials(tls)
         self.channel = (
-            grpc.aio.secure_channel(address, credentials, options=options)
+            grpc.aio.secure_channel(address, credentials, options=[*_CHANNEL_OPTIONS, *options])
             if credentials is not None
-            else grpc.aio.insecure_channel(address, options=options)
+            else grpc.aio.insecure_channel(address, options=[*_CHANNEL_OPTIONS, *options])
         )
 
     async def unary(
