@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "proto/cachelock/lock/v1/lock.proto",
     "proto/cachelock/session/v1/session.proto",
     "proto/cachelock/pubsub/v1/pubsub.proto",
+    "proto/cachelock/election/v1/election.proto",
     // Envoy's rate limit service, vendored (see proto/envoy/README.md).
     "proto/envoy/service/ratelimit/v3/rls.proto",
     "proto/envoy/extensions/common/ratelimit/v3/ratelimit.proto",

@@ -15,7 +15,7 @@
 //! | the floor | `time` (durations in the units Redis and protobuf speak), `error` (every error and its gRPC status) |
 //! | settings | `config` (every flag, validated once; the Redis target parsed once) |
 //! | Redis | `redis` (the shared connections, keys, scripts, INFO, the development redis-server), `notices` (wake-ups heard from Redis, and the one server-side wait) |
-//! | around every RPC | `telemetry` (metrics, spans, throttled logs), `codec` (the checked protobuf codec), `admission` (in-flight and connection limits), `auth` (TLS, the auth file, callers), `request` (deadlines, field checks), `context` (what every service is built from), `ids` |
+//! | around every RPC | `telemetry` (metrics, spans, throttled logs), `codec` (the checked protobuf codec), `admission` (in-flight and connection limits), `auth` (TLS, the auth file, callers), `request` (deadlines, field checks), `fence` (fenced writes' checks and scripts), `context` (what every service is built from), `ids` |
 //! | services | `cache`, `ratelimit` (its limiter core is what `rls`, Envoy's API, calls too), `rls`, `session`, `lock`, `pubsub`, `health` |
 //! | the server | `server` (run, the services built from one context, the ops HTTP listener), `probe` |
 //!
@@ -32,6 +32,7 @@ mod codec;
 mod config;
 mod context;
 mod error;
+mod fence;
 mod health;
 mod ids;
 mod lock;
@@ -64,30 +65,57 @@ pub mod direct {
 
 /// Generated protobuf types and gRPC stubs, one module per package.
 pub mod pb {
-    /// `cachelock.cache.v1`
-    pub mod cache {
-        tonic::include_proto!("cachelock.cache.v1");
+    /// The packages as protoc names them (`cachelock.cache.v1` is
+    /// `cachelock::cache::v1`), so that a message of one may refer to another's
+    /// (the cache and session writes take the lock package's `Fence`).
+    pub mod cachelock {
+        /// `cachelock.cache.v1`
+        pub mod cache {
+            /// `cachelock.cache.v1`
+            pub mod v1 {
+                tonic::include_proto!("cachelock.cache.v1");
+            }
+        }
+        /// `cachelock.lock.v1`
+        pub mod lock {
+            /// `cachelock.lock.v1`
+            pub mod v1 {
+                tonic::include_proto!("cachelock.lock.v1");
+            }
+        }
+        /// `cachelock.ratelimit.v1`
+        pub mod ratelimit {
+            /// `cachelock.ratelimit.v1`
+            pub mod v1 {
+                tonic::include_proto!("cachelock.ratelimit.v1");
+            }
+        }
+        /// `cachelock.session.v1`
+        pub mod session {
+            /// `cachelock.session.v1`
+            pub mod v1 {
+                tonic::include_proto!("cachelock.session.v1");
+            }
+        }
+        /// `cachelock.pubsub.v1`
+        pub mod pubsub {
+            /// `cachelock.pubsub.v1`
+            pub mod v1 {
+                tonic::include_proto!("cachelock.pubsub.v1");
+            }
+        }
+        /// `cachelock.election.v1`
+        pub mod election {
+            /// `cachelock.election.v1`
+            pub mod v1 {
+                tonic::include_proto!("cachelock.election.v1");
+            }
+        }
     }
-
-    /// `cachelock.lock.v1`
-    pub mod lock {
-        tonic::include_proto!("cachelock.lock.v1");
-    }
-
-    /// `cachelock.ratelimit.v1`
-    pub mod ratelimit {
-        tonic::include_proto!("cachelock.ratelimit.v1");
-    }
-
-    /// `cachelock.session.v1`
-    pub mod session {
-        tonic::include_proto!("cachelock.session.v1");
-    }
-
-    /// `cachelock.pubsub.v1`
-    pub mod pubsub {
-        tonic::include_proto!("cachelock.pubsub.v1");
-    }
+    pub use cachelock::{
+        cache::v1 as cache, election::v1 as election, lock::v1 as lock, pubsub::v1 as pubsub,
+        ratelimit::v1 as ratelimit, session::v1 as session,
+    };
 
     /// Envoy's rate limit service API, vendored from Envoy (see proto/envoy/README.md).
     #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -127,7 +127,10 @@ async fn take_returns_the_value_once(backend: Backend) {
         .unwrap();
 
     let first = cache
-        .take(TakeRequest { key: "otp".to_owned() })
+        .take(TakeRequest {
+            key: "otp".to_owned(),
+            fence: None,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -135,7 +138,10 @@ async fn take_returns_the_value_once(backend: Backend) {
     assert_eq!(first.value, b"123456");
 
     let second = cache
-        .take(TakeRequest { key: "otp".to_owned() })
+        .take(TakeRequest {
+            key: "otp".to_owned(),
+            fence: None,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -158,6 +164,7 @@ async fn concurrent_takes_hand_the_value_to_exactly_one_caller(backend: Backend)
                 cache
                     .take(TakeRequest {
                         key: "token".to_owned(),
+                        fence: None,
                     })
                     .await
                     .unwrap()
@@ -182,6 +189,7 @@ async fn increment_creates_with_ttl_and_adds_signed_deltas(backend: Backend) {
         key: "hits".to_owned(),
         delta,
         ttl: ttl_ms.map(millis),
+        fence: None,
     };
 
     assert_eq!(
@@ -232,6 +240,7 @@ async fn increment_is_exact_across_the_whole_64_bit_range(backend: Backend) {
                 key: "big".to_owned(),
                 delta: 1,
                 ttl: None,
+                fence: None,
             })
             .await
             .unwrap()
@@ -256,6 +265,7 @@ async fn increment_refuses_a_value_that_is_not_a_counter(backend: Backend) {
             key: "name".to_owned(),
             delta: 1,
             ttl: None,
+            fence: None,
         })
         .await
         .unwrap_err();
@@ -275,6 +285,7 @@ async fn increment_refuses_a_value_that_is_not_a_counter(backend: Backend) {
             key: "big".to_owned(),
             delta: 1,
             ttl: None,
+            fence: None,
         })
         .await
         .unwrap_err();
@@ -306,6 +317,7 @@ async fn get_many_and_set_many_handle_mixed_keys_in_order(backend: Backend) {
                     ttl: Some(millis(20_000)),
                 },
             ],
+            fence: None,
         })
         .await
         .unwrap()
@@ -360,6 +372,7 @@ async fn delete_counts_the_keys_that_existed(backend: Backend) {
     let deleted = cache
         .delete(DeleteRequest {
             keys: ["x", "y", "z"].map(str::to_owned).to_vec(),
+            fence: None,
         })
         .await
         .unwrap()
@@ -370,6 +383,7 @@ async fn delete_counts_the_keys_that_existed(backend: Backend) {
     let again = cache
         .delete(DeleteRequest {
             keys: vec!["x".to_owned()],
+            fence: None,
         })
         .await
         .unwrap()
@@ -389,6 +403,7 @@ async fn expire_sets_a_new_ttl_on_existing_keys_only(backend: Backend) {
         .expire(ExpireRequest {
             key: "k".to_owned(),
             ttl: Some(millis(2_000)),
+            fence: None,
         })
         .await
         .unwrap()
@@ -401,6 +416,7 @@ async fn expire_sets_a_new_ttl_on_existing_keys_only(backend: Backend) {
         .expire(ExpireRequest {
             key: "nope".to_owned(),
             ttl: Some(millis(2_000)),
+            fence: None,
         })
         .await
         .unwrap()
@@ -527,7 +543,13 @@ async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
         "keys",
     );
     assert_invalid(
-        cache.delete(DeleteRequest { keys: four_keys }).await.unwrap_err(),
+        cache
+            .delete(DeleteRequest {
+                keys: four_keys,
+                fence: None,
+            })
+            .await
+            .unwrap_err(),
         "keys",
     );
     assert_invalid(
@@ -548,6 +570,7 @@ async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
         cache
             .set_many(SetManyRequest {
                 entries: vec![entry("a", None), entry("b", None), entry("c", None), entry("d", None)],
+                fence: None,
             })
             .await
             .unwrap_err(),
@@ -557,6 +580,7 @@ async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
         cache
             .set_many(SetManyRequest {
                 entries: vec![entry("a", None), entry("b", Some(0))],
+                fence: None,
             })
             .await
             .unwrap_err(),
@@ -567,6 +591,7 @@ async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
             .expire(ExpireRequest {
                 key: "k".to_owned(),
                 ttl: None,
+                fence: None,
             })
             .await
             .unwrap_err(),
@@ -578,6 +603,7 @@ async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
                 key: String::new(),
                 delta: 1,
                 ttl: None,
+                fence: None,
             })
             .await
             .unwrap_err(),
@@ -849,6 +875,7 @@ async fn refresh_ahead_hands_one_caller_a_lease_while_the_value_still_serves(bac
         .expire(ExpireRequest {
             key: "rates".to_owned(),
             ttl: Some(millis(3_000)),
+            fence: None,
         })
         .await
         .unwrap();
@@ -910,6 +937,7 @@ async fn writes_and_deletes_end_a_lease_and_wake_its_waiters(backend: Backend) {
     cache
         .delete(DeleteRequest {
             keys: vec!["profile".to_owned()],
+            fence: None,
         })
         .await
         .unwrap();
@@ -918,6 +946,7 @@ async fn writes_and_deletes_end_a_lease_and_wake_its_waiters(backend: Backend) {
     cache
         .delete(DeleteRequest {
             keys: vec!["profile".to_owned()],
+            fence: None,
         })
         .await
         .unwrap();
@@ -938,6 +967,7 @@ async fn an_increment_ends_a_lease_like_every_other_write(backend: Backend) {
             key: "visits".to_owned(),
             delta: 5,
             ttl: Some(millis(60_000)),
+            fence: None,
         })
         .await
         .unwrap()

@@ -207,6 +207,7 @@ impl Load {
                             condition: 0,
                             lease_token: String::new(),
                             stale_ttl: None,
+                            fence: None,
                         })
                         .await
                         .map(|_| ());

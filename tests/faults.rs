@@ -41,6 +41,7 @@ fn increment(key: &str) -> IncrementRequest {
         key: key.to_owned(),
         delta: 1,
         ttl: None,
+        fence: None,
     }
 }
 
@@ -621,6 +622,7 @@ async fn debug_sleep_answers_each_write_truthfully() {
         key: "n".to_owned(),
         delta: 0,
         ttl: None,
+        fence: None,
     }))
     .await
     .unwrap()
@@ -810,7 +812,10 @@ async fn a_redis_filled_with_cache_values_still_decides_every_limit_and_takes() 
         "the limit holds although Redis is full"
     );
     let taken = cache
-        .take(TakeRequest { key: "code".to_owned() })
+        .take(TakeRequest {
+            key: "code".to_owned(),
+            fence: None,
+        })
         .await
         .unwrap()
         .into_inner();

@@ -6,7 +6,10 @@
 //! interval it *believes* it holds a grant: from the answer that granted it to
 //! the moment it sends Release, is told `lost` (or its stream breaks), or its
 //! lease could end by its own clock (counted from when the granting request was
-//! sent). Meanwhile a nemesis keeps breaking things at random: kill -9 and
+//! sent). Candidates campaign for an election on two of the processes the same
+//! way, believing they lead from `elected` until they resign, hear `lost`, or
+//! their certain time runs out: one leader at a time is the same invariant on
+//! the election's lock. Meanwhile a nemesis keeps breaking things at random: kill -9 and
 //! restart of Redis without persistence, SIGSTOP/SIGCONT, CLIENT KILL, a TCP
 //! black hole between one instance and Redis, kill -9 and restart of cachelock
 //! processes, cache pressure under an evicting policy, Sentinel failovers and
@@ -29,17 +32,35 @@ use std::{
     time::Duration,
 };
 
-use cachelock::pb::lock::{
-    AcquireRequest, ExtendRequest, HoldRequest, ReleaseRequest, hold_response::Event as HoldEvent,
-    lock_service_client::LockServiceClient,
+use cachelock::pb::{
+    election::{
+        CampaignRequest, campaign_response::Event as CampaignEvent, election_service_client::ElectionServiceClient,
+    },
+    lock::{
+        AcquireRequest, ExtendRequest, HoldRequest, ReleaseRequest, hold_response::Event as HoldEvent,
+        lock_service_client::LockServiceClient,
+    },
 };
 use common::{FaultyLink, MASTER, Node, PATIENCE, TestCluster, TestRedis, TestSentinels, millis};
 use tokio::{sync::watch, time::Instant};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-/// The names the workers contend for, with their permits.
-const LOCKS: [(&str, u32); 4] = [("ledger", 1), ("report", 1), ("seats", 2), ("exports", 3)];
+/// The names the workers contend for, with their permits; the last is an
+/// election's lock, which only candidates use.
+const LOCKS: [(&str, u32); 5] = [
+    ("ledger", 1),
+    ("report", 1),
+    ("seats", 2),
+    ("exports", 3),
+    ("leader", 1),
+];
+/// The names of `LOCKS` that the lock workers take; after them, the election.
+const LOCK_NAMES: usize = 4;
+/// The election's index in `LOCKS`.
+const ELECTION: usize = 4;
+/// Candidates per run, campaigning on the first two instances.
+const CANDIDATES: usize = 5;
 /// The longest lease, and so the pause after a loss: short, so that a round sees many.
 const MAX_TTL: &str = "2s";
 /// Workers per run.
@@ -355,7 +376,7 @@ fn as_duration(duration: Option<&prost_types::Duration>) -> Duration {
 
 /// Acquire, perhaps Extend a few times, then Release or let the lease lapse.
 async fn acquire_round(client: &mut LockServiceClient<Channel>, dice: &mut Dice, worker: usize, history: &Shared) {
-    let lock = usize::try_from(dice.next() % LOCKS.len() as u64).unwrap_or(0);
+    let lock = usize::try_from(dice.next() % LOCK_NAMES as u64).unwrap_or(0);
     let (request, wait) = acquire_request(dice, lock, worker);
     let name = request.name.clone();
     let mut call = tonic::Request::new(request.clone());
@@ -442,7 +463,7 @@ async fn acquire_round(client: &mut LockServiceClient<Channel>, dice: &mut Dice,
 
 /// Hold a lock for a while, or until told it is lost.
 async fn hold_round(client: &mut LockServiceClient<Channel>, dice: &mut Dice, worker: usize, history: &Shared) {
-    let lock = usize::try_from(dice.next() % LOCKS.len() as u64).unwrap_or(0);
+    let lock = usize::try_from(dice.next() % LOCK_NAMES as u64).unwrap_or(0);
     let (request, _) = acquire_request(dice, lock, worker);
     let hold = HoldRequest {
         name: request.name,
@@ -528,6 +549,103 @@ async fn worker(worker: usize, addresses: Vec<String>, mut dice: Dice, history: 
             acquire_round(client, &mut dice, worker, &history).await;
         }
         tokio::time::sleep(dice.millis(0, 100)).await;
+    }
+}
+
+/// One campaign for the election: in line until elected (or giving up), then
+/// leading for a while, believed from `elected` until the candidate closes the
+/// stream, hears `lost`, the stream ends, or the certain time runs out.
+async fn campaign_round(
+    client: &mut ElectionServiceClient<Channel>,
+    dice: &mut Dice,
+    candidate: usize,
+    history: &Shared,
+) {
+    let ttl = dice.millis(400, 2_000);
+    let request = CampaignRequest {
+        name: LOCKS[ELECTION].0.to_owned(),
+        candidate: format!("candidate-{candidate}"),
+        ttl: Some(millis(i64::try_from(ttl.as_millis()).unwrap_or(2_000))),
+        safety_margin: None,
+    };
+    note(history, "campaign");
+    let Ok(stream) = within(Duration::from_secs(3), client.campaign(request)).await else {
+        note(history, "refused: unavailable");
+        return;
+    };
+    let mut stream = stream.into_inner();
+    // In line behind the others, each leading for up to 3 s: give up after a while.
+    let first = match tokio::time::timeout(dice.millis(1_000, 15_000), stream.message()).await {
+        Ok(Ok(Some(first))) => first,
+        Ok(Err(status)) => {
+            refused(history, &status);
+            return;
+        }
+        _ => return,
+    };
+    let Some(CampaignEvent::Elected(elected)) = first.event else {
+        return;
+    };
+    note(history, "elected");
+    let start = Instant::now();
+    let mut certain_until = start + as_duration(elected.certain_for.as_ref());
+    let closes_at = start + dice.millis(100, 3_000);
+    let ended_by = loop {
+        tokio::select! {
+            event = stream.message() => match event {
+                Ok(Some(response)) => match response.event {
+                    Some(CampaignEvent::Renewed(renewed)) => {
+                        certain_until = Instant::now() + as_duration(renewed.certain_for.as_ref());
+                    }
+                    Some(CampaignEvent::Lost(_)) => break "told lost",
+                    _ => break "stream ended",
+                },
+                _ => break "stream ended",
+            },
+            () = tokio::time::sleep_until(closes_at.min(certain_until)) => {
+                break if Instant::now() >= certain_until { "certainty ran out" } else { "resigned" };
+            }
+        }
+    };
+    let end = Instant::now().min(certain_until);
+    drop(stream);
+    believed(
+        history,
+        Belief {
+            lock: ELECTION,
+            start,
+            end,
+            fencing_token: elected.term,
+            worker: WORKERS + candidate,
+            how: "campaign",
+            ended_by,
+        },
+    );
+}
+
+async fn candidate(
+    candidate: usize,
+    addresses: Vec<String>,
+    mut dice: Dice,
+    history: Shared,
+    stop: watch::Receiver<bool>,
+) {
+    // Two instances, as an application's replicas would campaign through.
+    let mut clients: Vec<ElectionServiceClient<Channel>> = addresses
+        .iter()
+        .take(2)
+        .map(|address| {
+            let channel = Endpoint::from_shared(address.clone())
+                .expect("an address")
+                .connect_timeout(Duration::from_millis(500))
+                .connect_lazy();
+            ElectionServiceClient::new(channel)
+        })
+        .collect();
+    while !*stop.borrow() {
+        let index = usize::try_from(dice.next() % clients.len() as u64).unwrap_or(0);
+        campaign_round(&mut clients[index], &mut dice, candidate, &history).await;
+        tokio::time::sleep(dice.millis(0, 300)).await;
     }
 }
 
@@ -845,12 +963,22 @@ async fn run(topology: &str, mut target: impl Target, instances: Vec<Instance>) 
     let began = Instant::now();
     let history: Shared = Arc::default();
     let (stop, stopped) = watch::channel(false);
-    let workers: Vec<_> = (0..WORKERS)
+    let mut workers: Vec<_> = (0..WORKERS)
         .map(|index| {
             let dice = Dice(seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             tokio::spawn(worker(index, addresses.clone(), dice, history.clone(), stopped.clone()))
         })
         .collect();
+    workers.extend((0..CANDIDATES).map(|index| {
+        let dice = Dice(seed ^ ((WORKERS + index) as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        tokio::spawn(candidate(
+            index,
+            addresses.clone(),
+            dice,
+            history.clone(),
+            stopped.clone(),
+        ))
+    }));
     let ends = began + round();
     let restarts = {
         let (instances, history, mut dice) = (instances.clone(), history.clone(), Dice(seed.rotate_left(17)));

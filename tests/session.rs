@@ -96,6 +96,7 @@ async fn a_session_lives_from_create_through_rotate_to_delete(backend: Backend) 
             set: HashMap::from([("cart".to_owned(), "3 items".to_owned())]),
             remove: vec!["role".to_owned()],
             expected_version: Some(1),
+            fence: None,
         })
         .await
         .unwrap()
@@ -155,14 +156,23 @@ async fn a_session_lives_from_create_through_rotate_to_delete(backend: Backend) 
     );
     assert_eq!(rotated.handle, created.handle);
 
-    client.delete(DeleteRequest { id: rotated.id.clone() }).await.unwrap();
+    client
+        .delete(DeleteRequest {
+            id: rotated.id.clone(),
+            fence: None,
+        })
+        .await
+        .unwrap();
     assert_reason(
         &get(&mut client, &rotated.id, false).await.unwrap_err(),
         Code::NotFound,
         "SESSION_NOT_FOUND",
     );
     let again = client
-        .delete(DeleteRequest { id: rotated.id.clone() })
+        .delete(DeleteRequest {
+            id: rotated.id.clone(),
+            fence: None,
+        })
         .await
         .unwrap_err();
     assert_reason(&again, Code::NotFound, "SESSION_NOT_FOUND");
@@ -237,7 +247,13 @@ async fn listing_shows_exactly_the_live_sessions_newest_first(backend: Backend) 
         live.push(start(&mut client, create("dave", None, None)).await);
     }
     start(&mut client, create("erin", None, None)).await;
-    client.delete(DeleteRequest { id: deleted.id.clone() }).await.unwrap();
+    client
+        .delete(DeleteRequest {
+            id: deleted.id.clone(),
+            fence: None,
+        })
+        .await
+        .unwrap();
     sleep_past(short.expires_at.as_ref().unwrap()).await;
     sleep_past(idle_short.expires_at.as_ref().unwrap()).await;
 
@@ -411,6 +427,7 @@ async fn of_concurrent_updates_expecting_one_version_exactly_one_wins(backend: B
                         set: HashMap::from([("writer".to_owned(), i.to_string())]),
                         remove: vec![],
                         expected_version: Some(1),
+                        fence: None,
                     })
                     .await
             })
@@ -526,6 +543,7 @@ async fn bad_inputs_are_refused_naming_the_field(backend: Backend) {
         set: set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         remove: remove.iter().map(|name| name.to_string()).collect(),
         expected_version: None,
+        fence: None,
     };
     assert_invalid(
         client.update(update(&[("a", "1")], &["a"])).await.unwrap_err(),

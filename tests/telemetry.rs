@@ -329,6 +329,7 @@ async fn ten_thousand_distinct_keys_users_and_locks_add_no_series() {
                 value: b"v".to_vec(),
                 ttl: None,
             }],
+            fence: None,
         })
         .await
         .unwrap();
@@ -368,7 +369,7 @@ async fn ten_thousand_distinct_keys_users_and_locks_add_no_series() {
                 ttl: None,
             })
             .collect();
-        cache.set_many(SetManyRequest { entries }).await.unwrap();
+        cache.set_many(SetManyRequest { entries, fence: None }).await.unwrap();
         cache.get_many(GetManyRequest { keys }).await.unwrap();
     }
     for chunk in 0..100 {

@@ -53,6 +53,7 @@ async fn cluster_keys_spread_over_every_primary_and_multi_key_requests_split_or_
                 condition: 0,
                 lease_token: String::new(),
                 stale_ttl: None,
+                fence: None,
             })
             .await
             .unwrap();
@@ -79,7 +80,10 @@ async fn cluster_keys_spread_over_every_primary_and_multi_key_requests_split_or_
         assert_eq!(entry.value, key.as_bytes());
     }
     let deleted = cache
-        .delete(DeleteRequest { keys: keys.clone() })
+        .delete(DeleteRequest {
+            keys: keys.clone(),
+            fence: None,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -89,6 +93,7 @@ async fn cluster_keys_spread_over_every_primary_and_multi_key_requests_split_or_
     let refused = cache
         .set_many(SetManyRequest {
             entries: vec![entry("cart:1", "a"), entry("cart:2", "b")],
+            fence: None,
         })
         .await
         .unwrap_err();
@@ -119,6 +124,7 @@ async fn cluster_keys_spread_over_every_primary_and_multi_key_requests_split_or_
     let stored = cache
         .set_many(SetManyRequest {
             entries: vec![entry("{cart}:1", "a"), entry("{cart}:2", "b")],
+            fence: None,
         })
         .await
         .unwrap()
@@ -326,6 +332,7 @@ async fn sentinels_and_data_nodes_may_have_different_passwords_and_neither_is_lo
             condition: 0,
             lease_token: String::new(),
             stale_ttl: None,
+            fence: None,
         })
         .await
         .unwrap();

@@ -83,6 +83,7 @@ async fn set_then_get(service: &TestService) {
             condition: 0,
             lease_token: String::new(),
             stale_ttl: None,
+            fence: None,
         })
         .await
         .unwrap();

@@ -355,7 +355,7 @@ async fn a_client_over_its_write_budget_is_refused_and_others_write_on() {
         })
         .collect();
     let too_big = bulk
-        .set_many(SetManyRequest { entries })
+        .set_many(SetManyRequest { entries, fence: None })
         .await
         .expect_err("a write larger than a second's budget");
     assert_eq!(too_big.code(), Code::ResourceExhausted);

@@ -56,6 +56,7 @@ fn set(key: &str, lease_token: String) -> SetRequest {
         condition: 0,
         lease_token,
         stale_ttl: None,
+        fence: None,
     }
 }
 

@@ -129,7 +129,10 @@ async fn cache_batches(clients: &Clients, limits: &Config, slowlog: &mut Slowlog
         })
         .collect();
     let status = |status: tonic::Status| status.to_string();
-    cache.set_many(SetManyRequest { entries }).await.map_err(status)?;
+    cache
+        .set_many(SetManyRequest { entries, fence: None })
+        .await
+        .map_err(status)?;
     slowlog.take(format!("SetMany: {batch} entries, {size}")).await?;
     cache
         .get_many(GetManyRequest { keys: keys.clone() })
@@ -137,7 +140,10 @@ async fn cache_batches(clients: &Clients, limits: &Config, slowlog: &mut Slowlog
         .map_err(status)?;
     slowlog.take(format!("GetMany: {batch} keys, {size} of values")).await?;
     check_many(clients, limits, slowlog).await?;
-    cache.delete(DeleteRequest { keys }).await.map_err(status)?;
+    cache
+        .delete(DeleteRequest { keys, fence: None })
+        .await
+        .map_err(status)?;
     slowlog
         .take(format!("Delete: {batch} keys of {value_bytes} bytes"))
         .await

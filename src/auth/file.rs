@@ -5,7 +5,7 @@
 //! name = "checkout"                 # appears in logs, never the token
 //! token_sha256 = "<64 hex chars>"   # SHA-256 of the bearer token: the file holds no secret
 //! tenant = "shop"                   # the key space this client lives in
-//! allow = ["cache", "ratelimit", "lock", "session", "pubsub"]   # or "cache:read"
+//! allow = ["cache", "ratelimit", "lock", "session", "pubsub", "election"]   # or "cache:read"
 //! max_requests_per_second = 500     # optional, per instance
 //!
 //! max_write_bytes_per_second = 1048576   # optional: bytes of cache writes, session data
@@ -42,16 +42,20 @@ pub enum Service {
     Session,
     /// `cachelock.pubsub.v1.PubSubService` (read: Subscribe; full: Publish too).
     PubSub,
+    /// `cachelock.election.v1.ElectionService` (read: Leader, Observe; full:
+    /// Campaign and Resign too).
+    Election,
 }
 
 impl Service {
     /// Every service, for a client allowed everything.
-    pub const ALL: [Service; 5] = [
+    pub const ALL: [Service; 6] = [
         Service::Cache,
         Service::RateLimit,
         Service::Lock,
         Service::Session,
         Service::PubSub,
+        Service::Election,
     ];
 
     /// The name used in the auth file's `allow` list.
@@ -62,6 +66,7 @@ impl Service {
             Service::Lock => "lock",
             Service::Session => "session",
             Service::PubSub => "pubsub",
+            Service::Election => "election",
         }
     }
 

@@ -76,6 +76,7 @@ fn is_read(service: Service, method: &str) -> bool {
         Service::Lock => method == "Describe",
         Service::Session => matches!(method, "Get" | "ListUserSessions"),
         Service::PubSub => method == "Subscribe",
+        Service::Election => matches!(method, "Leader" | "Observe"),
     }
 }
 
@@ -94,6 +95,7 @@ fn target(path: &str) -> Target {
         "cachelock.lock.v1.LockService" => Service::Lock,
         "cachelock.session.v1.SessionService" => Service::Session,
         "cachelock.pubsub.v1.PubSubService" => Service::PubSub,
+        "cachelock.election.v1.ElectionService" => Service::Election,
         _ => return Target::Unknown,
     };
     Target::Method(service, is_read(service, method))

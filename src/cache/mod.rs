@@ -14,13 +14,14 @@ use tokio::{sync::watch, time::Instant};
 use tonic::{Request, Response, Status};
 
 pub use entry::{Condition, Lease, LeaseAsk, Leased, NewEntry, SetOptions, Stored, Written};
-pub use store::{CacheStore, scripts};
+pub use store::{CacheStore, FencedAnswer, FencedWrite, scripts};
 
 use crate::{
     auth::Caller,
     config::Config,
     context::Context,
     error::{Error, Reason},
+    fence::{self, Fenced},
     ids::random_token,
     notices::{Notices, Registration, Waiting, Woken},
     pb::cache::{
@@ -380,6 +381,29 @@ impl CacheService for CacheApi {
             Some(stale) if stale.seconds == 0 && stale.nanos == 0 => Duration::ZERO,
             Some(stale) => Duration::from_millis(self.limits.required_ttl("stale_ttl", Some(stale))?.millis()),
         };
+        if let Some(fenced) = Fenced::of(&self.limits, &space, request.fence.as_ref())? {
+            if !lease_token.is_empty() {
+                return Err(Error::invalid("fence", "cannot be combined with a lease_token").into());
+            }
+            self.store.fence_reaches(&space, &fenced, &[key])?;
+            let entry = NewEntry {
+                key,
+                value: &request.value,
+                ttl,
+            };
+            let write = FencedWrite::Set {
+                entry,
+                condition,
+                stale_ttl,
+            };
+            let answer = self.store.fenced_write(&space, &fenced, write, deadline).await;
+            self.written(&space, [key]);
+            let stored = matches!(fence::counted(&self.meter, answer)?, FencedAnswer::Stored(true));
+            if stored {
+                self.meter.record(|metrics| metrics.cache_writes.inc());
+            }
+            return Ok(Response::new(SetResponse { stored }));
+        }
         let options = SetOptions {
             condition,
             stale_ttl,
@@ -431,10 +455,26 @@ impl CacheService for CacheApi {
         if let Some((first, other)) = self.store.cross_slot(&space, &keys) {
             return Err(cross_slot("entries", "SetMany", &keys, first, other).into());
         }
+        let fenced = Fenced::of(&self.limits, &space, request.fence.as_ref())?;
+        if let Some(fenced) = &fenced {
+            self.store.fence_reaches(&space, fenced, &keys)?;
+        }
         if !entries.is_empty() {
-            let written = self.store.set_many(&space, &entries, deadline).await;
-            self.written(&space, keys);
-            written?;
+            match &fenced {
+                Some(fenced) => {
+                    let written = self
+                        .store
+                        .fenced_write(&space, fenced, FencedWrite::SetMany(&entries), deadline)
+                        .await;
+                    self.written(&space, keys);
+                    fence::counted(&self.meter, written)?;
+                }
+                None => {
+                    let written = self.store.set_many(&space, &entries, deadline).await;
+                    self.written(&space, keys);
+                    written?;
+                }
+            }
             self.meter
                 .record(|metrics| metrics.cache_writes.inc_by(entries.len() as u64));
         }
@@ -447,12 +487,20 @@ impl CacheService for CacheApi {
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let keys = self.keys("keys", &request.keys)?;
-        let deleted = if keys.is_empty() {
-            0
-        } else {
-            let deleted = self.store.delete(&space, keys, deadline).await;
-            self.written(&space, keys.iter().map(String::as_str));
-            deleted?
+        let deleted = match Fenced::of(&self.limits, &space, request.fence.as_ref())? {
+            _ if keys.is_empty() => 0,
+            Some(fenced) => {
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                self.store.fence_reaches(&space, &fenced, &keys)?;
+                let removed = self.store.fenced_remove(&space, &fenced, &keys, false, deadline).await;
+                self.written(&space, keys.iter().copied());
+                fence::counted(&self.meter, removed)?.0
+            }
+            None => {
+                let deleted = self.store.delete(&space, keys, deadline).await;
+                self.written(&space, keys.iter().map(String::as_str));
+                deleted?
+            }
         };
         Ok(Response::new(DeleteResponse {
             deleted: u32::try_from(deleted).unwrap_or(u32::MAX),
@@ -464,9 +512,20 @@ impl CacheService for CacheApi {
         let space = Caller::of(&request)?.space.clone();
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
-        let taken = self.store.take(&space, key, deadline).await;
-        self.written(&space, [key]);
-        let response = match taken? {
+        let taken = match Fenced::of(&self.limits, &space, request.fence.as_ref())? {
+            Some(fenced) => {
+                self.store.fence_reaches(&space, &fenced, &[key])?;
+                let removed = self.store.fenced_remove(&space, &fenced, &[key], true, deadline).await;
+                self.written(&space, [key]);
+                fence::counted(&self.meter, removed)?.1
+            }
+            None => {
+                let taken = self.store.take(&space, key, deadline).await;
+                self.written(&space, [key]);
+                taken?
+            }
+        };
+        let response = match taken {
             Some(value) => TakeResponse { found: true, value },
             None => TakeResponse::default(),
         };
@@ -480,9 +539,27 @@ impl CacheService for CacheApi {
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
         let ttl = self.limits.ttl_or_default("ttl", request.ttl.as_ref())?;
-        let value = self.store.increment(&space, key, request.delta, ttl, deadline).await;
-        self.written(&space, [key]);
-        let value = value?;
+        let value = match Fenced::of(&self.limits, &space, request.fence.as_ref())? {
+            Some(fenced) => {
+                self.store.fence_reaches(&space, &fenced, &[key])?;
+                let write = FencedWrite::Increment {
+                    key,
+                    delta: request.delta,
+                    ttl,
+                };
+                let answer = self.store.fenced_write(&space, &fenced, write, deadline).await;
+                self.written(&space, [key]);
+                match fence::counted(&self.meter, answer)? {
+                    FencedAnswer::Counted(value) => value,
+                    _ => return Err(Error::Internal("a fenced increment answered no count".to_owned()).into()),
+                }
+            }
+            None => {
+                let value = self.store.increment(&space, key, request.delta, ttl, deadline).await;
+                self.written(&space, [key]);
+                value?
+            }
+        };
         Ok(Response::new(IncrementResponse { value }))
     }
 
@@ -492,9 +569,22 @@ impl CacheService for CacheApi {
         let request = request.into_inner();
         let key = self.limits.key("key", &request.key)?;
         let ttl = self.limits.required_ttl("ttl", request.ttl.as_ref())?;
-        let found = self.store.expire(&space, key, ttl, deadline).await;
-        self.written(&space, [key]);
-        let found = found?;
+        let found = match Fenced::of(&self.limits, &space, request.fence.as_ref())? {
+            Some(fenced) => {
+                self.store.fence_reaches(&space, &fenced, &[key])?;
+                let answer = self
+                    .store
+                    .fenced_write(&space, &fenced, FencedWrite::Expire { key, ttl }, deadline)
+                    .await;
+                self.written(&space, [key]);
+                matches!(fence::counted(&self.meter, answer)?, FencedAnswer::Found(true))
+            }
+            None => {
+                let found = self.store.expire(&space, key, ttl, deadline).await;
+                self.written(&space, [key]);
+                found?
+            }
+        };
         Ok(Response::new(ExpireResponse { found }))
     }
 }

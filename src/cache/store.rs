@@ -9,10 +9,54 @@ use tokio::time::Instant;
 use super::entry::{Condition, Lease, LeaseAsk, Leased, NewEntry, SetOptions, Stored, Written};
 use crate::{
     error::{Effect, Error, Reason},
+    fence::{self, FENCED_REMOVE, FENCED_WRITE, Fenced},
     redis::{Batcher, Calls, KeySpace, LuaScript, Op, Redis},
     request::Ttl,
     time,
 };
+
+/// A cache write made under a fence (see `fenced_write.lua`).
+pub enum FencedWrite<'a> {
+    /// A Set: `condition` and `stale_ttl` as an unfenced one's.
+    Set {
+        /// The entry.
+        entry: NewEntry<'a>,
+        /// When to store.
+        condition: Condition,
+        /// How long a stale copy is kept after the ttl.
+        stale_ttl: std::time::Duration,
+    },
+    /// A SetMany, every entry or none.
+    SetMany(&'a [NewEntry<'a>]),
+    /// An Increment.
+    Increment {
+        /// The counter.
+        key: &'a str,
+        /// What to add.
+        delta: i64,
+        /// Its ttl when created.
+        ttl: Ttl,
+    },
+    /// An Expire.
+    Expire {
+        /// The entry.
+        key: &'a str,
+        /// The new ttl.
+        ttl: Ttl,
+    },
+}
+
+/// What a fenced write answered, when applied.
+pub enum FencedAnswer {
+    /// Set: whether it stored (its condition held).
+    Stored(bool),
+    /// SetMany: every entry stored.
+    StoredMany,
+    /// Increment: the new value.
+    Counted(i64),
+    /// Expire: whether the entry existed.
+    Found(bool),
+}
 
 static GET: LuaScript = LuaScript::new("cache_get", include_str!("../scripts/cache_get.lua"));
 static INCREMENT: LuaScript = LuaScript::new("cache_increment", include_str!("../scripts/cache_increment.lua"));
@@ -394,35 +438,17 @@ impl CacheStore {
             .key(space.cache_fill(key))
             .arg(delta)
             .arg(ttl.millis());
-        let result: Result<(String, u64), Error> =
-            self.redis.run(Op::write(INCREMENT.name()), deadline, &invocation).await;
-        match result {
-            // The script returns the stored text: a Lua number would lose precision above 2^53.
-            Ok((text, ended)) => {
-                if ended > 0 {
-                    self.announce_fills(space, [key], deadline).await;
-                }
-                text.parse()
-                    .map_err(|_| Error::Internal("the counter's new value is not an integer".to_owned()))
-            }
-            Err(Error::Redis(error)) => {
-                let detail = error.detail().unwrap_or_default();
-                if detail.contains("not an integer") {
-                    Err(Error::FailedPrecondition(
-                        Reason::NotAnInteger,
-                        "key holds a value that is not a 64-bit integer counter".to_owned(),
-                    ))
-                } else if detail.contains("overflow") {
-                    Err(Error::FailedPrecondition(
-                        Reason::IntegerOverflow,
-                        "the increment would overflow a 64-bit integer".to_owned(),
-                    ))
-                } else {
-                    Err(Error::Redis(error))
-                }
-            }
-            Err(other) => Err(other),
+        let (text, ended): (String, u64) = self
+            .redis
+            .run(Op::write(INCREMENT.name()), deadline, &invocation)
+            .await
+            .map_err(counter_error)?;
+        if ended > 0 {
+            self.announce_fills(space, [key], deadline).await;
         }
+        // The script returns the stored text: a Lua number would lose precision above 2^53.
+        text.parse()
+            .map_err(|_| Error::Internal("the counter's new value is not an integer".to_owned()))
     }
 
     /// Sets a new time to live on an existing key; returns whether it existed.
@@ -433,6 +459,170 @@ impl CacheStore {
         let mut command = redis::cmd("PEXPIRE");
         command.arg(space.cache(key)).arg(ttl.millis());
         self.redis.run(Op::idempotent("cache_expire"), deadline, &command).await
+    }
+}
+
+impl CacheStore {
+    /// Refuses, on a Cluster, a fence whose lock is not in the slot of `keys`.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT naming `fence.lock`.
+    pub fn fence_reaches(&self, space: &KeySpace, fenced: &Fenced, keys: &[&str]) -> Result<(), Error> {
+        let redis_keys: Vec<String> = keys.iter().map(|key| space.cache(key)).collect();
+        fenced.co_located(&self.redis, &redis_keys, keys)
+    }
+
+    /// Makes `write` under `fence`, the check and the write in one script.
+    ///
+    /// # Errors
+    /// [`Error::FailedPrecondition`] with [`Reason::FencedOut`] (a newer grant of
+    /// the lock) or [`Reason::PermitsMismatch`] (a semaphore), nothing changed;
+    /// the errors of the unfenced write.
+    pub async fn fenced_write(
+        &self,
+        space: &KeySpace,
+        fenced: &Fenced,
+        write: FencedWrite<'_>,
+        deadline: Instant,
+    ) -> Result<FencedAnswer, Error> {
+        let keys: Vec<&str> = match &write {
+            FencedWrite::Set { entry, .. } => vec![entry.key],
+            FencedWrite::SetMany(entries) => entries.iter().map(|entry| entry.key).collect(),
+            FencedWrite::Increment { key, .. } | FencedWrite::Expire { key, .. } => vec![*key],
+        };
+        let mut invocation = FENCED_WRITE.prepare();
+        invocation.key(&fenced.state_key);
+        for key in &keys {
+            invocation.key(space.cache(key));
+        }
+        for key in &keys {
+            invocation.key(space.cache_fill(key));
+        }
+        invocation.arg(fenced.token);
+        let op = match &write {
+            FencedWrite::Set {
+                entry,
+                condition,
+                stale_ttl,
+            } => {
+                invocation
+                    .arg("set")
+                    .arg(entry.value)
+                    .arg(entry.ttl.millis())
+                    .arg(time::millis(*stale_ttl))
+                    .arg(match condition {
+                        Condition::Always => "",
+                        Condition::IfAbsent => "NX",
+                        Condition::IfPresent => "XX",
+                    });
+                Op::idempotent("fenced_set")
+            }
+            FencedWrite::SetMany(entries) => {
+                invocation.arg("set_many");
+                for entry in *entries {
+                    invocation.arg(entry.value).arg(entry.ttl.millis());
+                }
+                Op::idempotent("fenced_set_many")
+            }
+            FencedWrite::Increment { delta, ttl, .. } => {
+                invocation.arg("increment").arg(*delta).arg(ttl.millis());
+                Op::write("fenced_increment")
+            }
+            FencedWrite::Expire { ttl, .. } => {
+                invocation.arg("expire").arg(ttl.millis());
+                Op::idempotent("fenced_expire")
+            }
+        };
+        let reply: Result<(i64, redis::Value, u64), Error> = self.redis.run(op, deadline, &invocation).await;
+        let (code, result, ended) = match reply {
+            Ok(reply) => reply,
+            Err(error) => return Err(counter_error(error)),
+        };
+        if let Some(refused) = fence::refusal(code, &text(&result)) {
+            return Err(refused);
+        }
+        if ended > 0 {
+            self.announce_fills(space, keys.iter().copied(), deadline).await;
+        }
+        let number = || redis::from_redis_value::<i64>(result.clone()).unwrap_or_default();
+        Ok(match write {
+            FencedWrite::Set { .. } => FencedAnswer::Stored(number() == 1),
+            FencedWrite::SetMany(_) => FencedAnswer::StoredMany,
+            FencedWrite::Increment { .. } => FencedAnswer::Counted(
+                text(&result)
+                    .parse()
+                    .map_err(|_| Error::Internal("the counter's new value is not an integer".to_owned()))?,
+            ),
+            FencedWrite::Expire { .. } => FencedAnswer::Found(number() == 1),
+        })
+    }
+
+    /// Deletes `keys`, or takes the one of `take`, under `fence` (see
+    /// `fenced_remove.lua`). Every key must be in the lock's slot on a Cluster.
+    ///
+    /// # Errors
+    /// As [`CacheStore::fenced_write`].
+    pub async fn fenced_remove(
+        &self,
+        space: &KeySpace,
+        fenced: &Fenced,
+        keys: &[&str],
+        take: bool,
+        deadline: Instant,
+    ) -> Result<(u64, Option<Vec<u8>>), Error> {
+        let mut invocation = FENCED_REMOVE.prepare();
+        invocation.key(&fenced.state_key);
+        for key in keys {
+            invocation.key(space.cache(key));
+        }
+        for key in keys {
+            invocation.key(space.cache_fill(key));
+        }
+        invocation
+            .arg(fenced.token)
+            .arg(if take { "take" } else { "delete" })
+            .arg(keys.len());
+        let (code, result, ended): (i64, redis::Value, u64) = self
+            .redis
+            .run(Op::write(FENCED_REMOVE.name()), deadline, &invocation)
+            .await?;
+        if let Some(refused) = fence::refusal(code, &text(&result)) {
+            return Err(refused);
+        }
+        if ended > 0 {
+            self.announce_fills(space, keys.iter().copied(), deadline).await;
+        }
+        if take {
+            let value: Option<Vec<u8>> = redis::from_redis_value(result).unwrap_or_default();
+            Ok((u64::from(value.is_some()), value))
+        } else {
+            Ok((redis::from_redis_value(result).unwrap_or_default(), None))
+        }
+    }
+}
+
+/// A script's reply element as text: a refusal's detail, a counter's value.
+fn text(value: &redis::Value) -> String {
+    redis::from_redis_value::<String>(value.clone()).unwrap_or_default()
+}
+
+/// An increment's failure: Redis's refusal of a value that is not a counter, or
+/// of an overflow, as the caller's error.
+fn counter_error(error: Error) -> Error {
+    let Error::Redis(redis_error) = error else { return error };
+    let detail = redis_error.detail().unwrap_or_default();
+    if detail.contains("not an integer") {
+        Error::FailedPrecondition(
+            Reason::NotAnInteger,
+            "key holds a value that is not a 64-bit integer counter".to_owned(),
+        )
+    } else if detail.contains("overflow") {
+        Error::FailedPrecondition(
+            Reason::IntegerOverflow,
+            "the increment would overflow a 64-bit integer".to_owned(),
+        )
+    } else {
+        Error::Redis(redis_error)
     }
 }
 

@@ -332,6 +332,7 @@ mod tests {
             (precondition(Reason::IntegerOverflow), Code::FailedPrecondition, false),
             (precondition(Reason::LeaseLost), Code::FailedPrecondition, false),
             (precondition(Reason::LockNotHeld), Code::FailedPrecondition, false),
+            (precondition(Reason::FencedOut), Code::FailedPrecondition, false),
             (precondition(Reason::EvictionPolicy), Code::FailedPrecondition, false),
             (precondition(Reason::PermitsMismatch), Code::FailedPrecondition, false),
             (Error::Unavailable(Cause::Refused), Code::Unavailable, true),

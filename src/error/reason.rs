@@ -26,6 +26,9 @@ pub enum Reason {
     LeaseLost,
     /// FAILED_PRECONDITION: nobody holds the lock (the lease expired or was released).
     LockNotHeld,
+    /// FAILED_PRECONDITION: a fenced write's lock was granted again since the
+    /// caller's grant; nothing was changed.
+    FencedOut,
     /// UNAVAILABLE: Redis cannot be reached or refused to run the command; nothing
     /// was applied. `metadata["cause"]` says why.
     RedisUnavailable,
@@ -68,7 +71,7 @@ pub const DOMAIN: &str = "cachelock.dev";
 
 impl Reason {
     /// Every reason, for docs/errors.md and its test.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Reason::InvalidField,
         Reason::MalformedRequest,
         Reason::Unauthenticated,
@@ -79,6 +82,7 @@ impl Reason {
         Reason::IntegerOverflow,
         Reason::LeaseLost,
         Reason::LockNotHeld,
+        Reason::FencedOut,
         Reason::RedisUnavailable,
         Reason::RedisTimeout,
         Reason::LocksPaused,
@@ -110,6 +114,7 @@ impl Reason {
             Reason::IntegerOverflow => "INTEGER_OVERFLOW",
             Reason::LeaseLost => "LEASE_LOST",
             Reason::LockNotHeld => "LOCK_NOT_HELD",
+            Reason::FencedOut => "FENCED_OUT",
             Reason::RedisUnavailable => "REDIS_UNAVAILABLE",
             Reason::RedisTimeout => "REDIS_TIMEOUT",
             Reason::LocksPaused => "LOCKS_PAUSED",

@@ -207,6 +207,11 @@ impl Acquirer {
         }
     }
 
+    /// The release notices it waits on, which Observe waits on too.
+    pub fn notices(&self) -> &Notices {
+        &self.notices
+    }
+
     /// Attempts until the lock is granted or the wait ends. Every attempt is
     /// the grant script's decision: a pause it reports (Redis lost its data) is
     /// seen by a waiter already waiting too, and waited out only when the wait

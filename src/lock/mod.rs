@@ -6,6 +6,7 @@
 //! nothing here grants: this module validates, waits, and keeps Holds.
 
 mod acquire;
+mod election;
 mod grant;
 mod keeper;
 mod store;
@@ -18,10 +19,12 @@ use std::{
 use futures_util::Stream;
 use tokio::{
     sync::{mpsc, watch},
+    task::JoinHandle,
     time::Instant,
 };
 use tonic::{Request, Response, Status};
 
+pub use election::ElectionApi;
 pub use grant::{GrantRules, Lapse, Renewal, request_key};
 pub use store::{LockStore, scripts};
 
@@ -121,6 +124,79 @@ impl LockApi {
             settings,
             draining: context.draining.clone(),
         }
+    }
+
+    /// Takes the lock of `ask` behind a stream of Hold events, as Hold does,
+    /// and keeps it until the receiver is dropped or the lease is lost; the
+    /// task ends once the lock is released. Campaign runs on it too.
+    fn start_holding(
+        &self,
+        caller: &Caller,
+        ask: Ask,
+        margin: Duration,
+    ) -> (mpsc::Receiver<Result<HoldResponse, Status>>, JoinHandle<()>) {
+        let mut revoked = Box::pin(caller.revoked());
+        let lease = Duration::from_millis(ask.ttl.millis());
+        // Room for Acquired, a few Renewed a slow reader has not taken yet, and
+        // always for Lost and a final status (see the keeper).
+        let (events, stream) = mpsc::channel(keeper::EVENTS);
+        // The stream opens at once; the lock is taken (waiting as Acquire does) behind it.
+        let api = self.clone();
+        let task = tokio::spawn(async move {
+            let mut pending = api.acquirer.pending(&ask);
+            // A caller that goes away while it waits leaves the queue at once:
+            // dropping the attempt drops `pending`, which gives its place up.
+            let outcome = tokio::select! {
+                outcome = api.acquirer.take(&ask, &mut pending) => outcome.map_err(Status::from),
+                () = events.closed() => return,
+                status = &mut revoked => Err(status),
+            };
+            let (grant, sent) = match outcome {
+                Ok(Outcome::Granted { grant, sent }) => (grant, sent),
+                Ok(Outcome::NotAcquired { holder_ttl }) => {
+                    let not_acquired = NotAcquired {
+                        ttl: Some(duration_to_proto(holder_ttl)),
+                    };
+                    let _ = events
+                        .send(hold_event(hold_response::Event::NotAcquired(not_acquired)))
+                        .await;
+                    return;
+                }
+                Err(status) => {
+                    let _ = events.send(Err(status)).await;
+                    return;
+                }
+            };
+            // From here the keeper answers for the grant, and releases it when done.
+            pending.handed_over();
+            let certain_for = (sent + grant.ttl)
+                .checked_sub(margin)
+                .map_or(Duration::ZERO, |until| until.saturating_duration_since(Instant::now()));
+            let acquired = Acquired {
+                fencing_token: grant.fencing_token,
+                ttl: Some(duration_to_proto(lease)),
+                certain_for: Some(duration_to_proto(certain_for)),
+            };
+            let keeper = Keeper {
+                store: api.store.clone(),
+                keys: ask.keys,
+                token: grant.token,
+                ttl: ask.ttl,
+                margin,
+                operation_timeout: api.settings.operation_timeout,
+                events,
+                draining: api.draining.clone(),
+                revoked,
+                meter: api.meter.clone(),
+            };
+            // A caller gone before the grant still gets the lock released by the keeper.
+            let _ = keeper
+                .events
+                .send(hold_event(hold_response::Event::Acquired(acquired)))
+                .await;
+            keeper.keep(sent, grant.ttl).await;
+        });
+        (stream, task)
     }
 
     fn lease(&self, ttl: Option<&prost_types::Duration>) -> Result<Ttl, Error> {
@@ -331,68 +407,9 @@ impl LockService for LockApi {
         };
         // A Hold's wait is bounded by its wait_timeout alone: its stream outlives any deadline.
         let ask = self.ask(&caller, &acquire, None)?;
-        let mut revoked = Box::pin(caller.revoked());
         let lease = Duration::from_millis(ask.ttl.millis());
         let margin = safety_margin(request.safety_margin.as_ref(), lease)?;
-        // Room for Acquired, a few Renewed a slow reader has not taken yet, and
-        // always for Lost and a final status (see the keeper).
-        let (events, stream) = mpsc::channel(keeper::EVENTS);
-        // The stream opens at once; the lock is taken (waiting as Acquire does) behind it.
-        let api = self.clone();
-        tokio::spawn(async move {
-            let mut pending = api.acquirer.pending(&ask);
-            // A caller that goes away while it waits leaves the queue at once:
-            // dropping the attempt drops `pending`, which gives its place up.
-            let outcome = tokio::select! {
-                outcome = api.acquirer.take(&ask, &mut pending) => outcome.map_err(Status::from),
-                () = events.closed() => return,
-                status = &mut revoked => Err(status),
-            };
-            let (grant, sent) = match outcome {
-                Ok(Outcome::Granted { grant, sent }) => (grant, sent),
-                Ok(Outcome::NotAcquired { holder_ttl }) => {
-                    let not_acquired = NotAcquired {
-                        ttl: Some(duration_to_proto(holder_ttl)),
-                    };
-                    let _ = events
-                        .send(hold_event(hold_response::Event::NotAcquired(not_acquired)))
-                        .await;
-                    return;
-                }
-                Err(status) => {
-                    let _ = events.send(Err(status)).await;
-                    return;
-                }
-            };
-            // From here the keeper answers for the grant, and releases it when done.
-            pending.handed_over();
-            let certain_for = (sent + grant.ttl)
-                .checked_sub(margin)
-                .map_or(Duration::ZERO, |until| until.saturating_duration_since(Instant::now()));
-            let acquired = Acquired {
-                fencing_token: grant.fencing_token,
-                ttl: Some(duration_to_proto(lease)),
-                certain_for: Some(duration_to_proto(certain_for)),
-            };
-            let keeper = Keeper {
-                store: api.store.clone(),
-                keys: ask.keys,
-                token: grant.token,
-                ttl: ask.ttl,
-                margin,
-                operation_timeout: api.settings.operation_timeout,
-                events,
-                draining: api.draining.clone(),
-                revoked,
-                meter: api.meter.clone(),
-            };
-            // A caller gone before the grant still gets the lock released by the keeper.
-            let _ = keeper
-                .events
-                .send(hold_event(hold_response::Event::Acquired(acquired)))
-                .await;
-            keeper.keep(sent, grant.ttl).await;
-        });
+        let (stream, _) = self.start_holding(&caller, ask, margin);
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
             stream,
         ))))

@@ -23,10 +23,11 @@ use crate::{
 static GRANT: LuaScript = LuaScript::new("lock_grant", include_str!("../scripts/lock_grant.lua"));
 static RELEASE: LuaScript = LuaScript::new("lock_release", include_str!("../scripts/lock_release.lua"));
 static DESCRIBE: LuaScript = LuaScript::new("lock_describe", include_str!("../scripts/lock_describe.lua"));
+static FENCE_OUT: LuaScript = LuaScript::new("lock_fence_out", include_str!("../scripts/lock_fence_out.lua"));
 
 /// The lock's scripts, for loading into Redis ahead of the first request.
-pub fn scripts() -> [&'static LuaScript; 3] {
-    [&GRANT, &RELEASE, &DESCRIBE]
+pub fn scripts() -> [&'static LuaScript; 4] {
+    [&GRANT, &RELEASE, &DESCRIBE, &FENCE_OUT]
 }
 
 /// How long a waiter's place in a lock's queue lasts unless it renews it by
@@ -87,6 +88,10 @@ impl Markers {
         self.seen[tag].store(self.epoch.elapsed().as_secs(), Ordering::Relaxed);
     }
 }
+
+/// How long an election's record of its term's start is kept: a term longer
+/// than this is reported without its start.
+const TERM_RECORD_MILLIS: u64 = 24 * 60 * 60 * 1000;
 
 impl LockStore {
     /// A store on the shared connections, granting by `rules`.
@@ -320,6 +325,96 @@ impl LockStore {
             waiting,
             permits,
         })
+    }
+
+    /// Records that `term` of the election at `key` began now, won by `candidate`
+    /// (for Leader and Observe: the lock holds the truth, this only its start).
+    ///
+    /// # Errors
+    /// Redis failures and timeouts, as [`Error`].
+    pub async fn record_term(&self, key: &str, term: u64, candidate: &str, deadline: Instant) -> Result<(), Error> {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis());
+        let mut record = redis::pipe();
+        record
+            .cmd("HSET")
+            .arg(key)
+            .arg("term")
+            .arg(term)
+            .arg("candidate")
+            .arg(candidate)
+            .arg("since")
+            .arg(since.to_string())
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(key)
+            .arg(TERM_RECORD_MILLIS)
+            .ignore();
+        self.redis
+            .run(Op::idempotent("election_record"), deadline, &record)
+            .await
+    }
+
+    /// When `term` of the election at `key` began (ms since the epoch), if recorded.
+    ///
+    /// # Errors
+    /// Redis failures and timeouts, as [`Error`].
+    pub async fn term_since(&self, key: &str, term: u64, deadline: Instant) -> Result<Option<u64>, Error> {
+        let mut read = redis::cmd("HMGET");
+        read.arg(key).arg("term").arg("since");
+        let (recorded, since): (Option<u64>, Option<u64>) =
+            self.redis.run(Op::read("election_record"), deadline, &read).await?;
+        Ok(since.filter(|_| recorded == Some(term)))
+    }
+
+    /// The fencing token of the grant `token` holds, while it holds one.
+    ///
+    /// # Errors
+    /// Redis failures and timeouts, as [`Error`].
+    pub async fn fencing_token_of(
+        &self,
+        keys: &LockKeys,
+        token: &str,
+        deadline: Instant,
+    ) -> Result<Option<u64>, Error> {
+        let mut read = redis::cmd("HGET");
+        read.arg(&keys.state).arg(format!("f:{token}"));
+        self.redis.run(Op::read("lock_fencing_token"), deadline, &read).await
+    }
+
+    /// Ends `term` for fenced writes: the lock's last fencing token is raised
+    /// above it (see `lock_fence_out.lua`), so that a write fenced by it is
+    /// refused from now on.
+    ///
+    /// # Errors
+    /// Redis failures and timeouts, as [`Error`].
+    pub async fn fence_out(&self, keys: &LockKeys, term: u64, deadline: Instant) -> Result<(), Error> {
+        let mut invocation = FENCE_OUT.prepare();
+        invocation
+            .key(&keys.state)
+            .arg(term.saturating_add(1))
+            .arg(time::millis(self.rules.fence_retention));
+        let _: String = self
+            .redis
+            .run(Op::idempotent(FENCE_OUT.name()), deadline, &invocation)
+            .await?;
+        Ok(())
+    }
+
+    /// Wakes everyone watching the lock (Observe, and waiters, which look
+    /// again): a term began or ended. Best effort: watchers also look again on
+    /// their own.
+    pub async fn announce_change(&self, keys: &LockKeys, deadline: Instant) {
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(&keys.released).arg("");
+        let sent: Result<u64, Error> = self
+            .redis
+            .run(Op::idempotent("election_notice"), deadline, &publish)
+            .await;
+        if let Err(error) = sent {
+            tracing::debug!(%error, "could not announce an election's change; its observers look again soon");
+        }
     }
 }
 

@@ -165,6 +165,12 @@ impl KeySpace {
         key
     }
 
+    /// The key holding what an election knows of its current term (its
+    /// candidate and since when), in the slot of the election's lock `name`.
+    pub fn election(&self, name: &str) -> String {
+        self.tagged("election", name)
+    }
+
     /// The key holding a user's session index, in the same slot as the user's sessions.
     pub fn session_index(&self, routing_tag: &str, user_id: &str) -> String {
         let mut key = self.start("session-user", routing_tag, user_id.len());

@@ -2,18 +2,31 @@
 -- session_update: sets and removes attributes, optionally only at a given version.
 --
 -- KEYS[1]        the session's hash (see session_create)
+-- KEYS[2]        with a fence: the lock's state (see lock_grant and fenced_write)
 -- ARGV[1]        the expected version, or '' to update whatever the version
 -- ARGV[2]        the most attributes a session may hold
 -- ARGV[3]        n, the number of attributes to set
 -- ARGV[4..3+2n]  their names and values, alternating
--- ARGV[4+2n..]   names of attributes to remove
+-- ARGV[4+2n..]   names of attributes to remove, then with a fence the
+--                caller's fencing token (the last argument)
 -- Returns        {'ok', <hash as HGETALL>...} after the update;
 --                {'missing'} when the session is unknown or expired;
 --                {'stale', version} when the version is not the expected one;
---                {'full', count} when the update would exceed the attribute limit
+--                {'full', count} when the update would exceed the attribute limit;
+--                {'fenced', f} when a grant of the fence's lock newer than the
+--                token holds fencing token f; {'permits', p} when the lock is a
+--                semaphore (fenced_write refuses the same)
 --
 -- Atomicity: the version check, the limit check and the changes are one script,
 -- so of concurrent updates expecting the same version exactly one applies.
+-- The fence first: a holder whose lease is over hears so, whatever the session.
+local last_name = #ARGV
+if #KEYS == 2 then
+  local state = redis.call('HMGET', KEYS[2], 'f', 'p')
+  if state[2] and tonumber(state[2]) > 1 then return {'permits', state[2]} end
+  if state[1] and tonumber(state[1]) > tonumber(ARGV[#ARGV]) then return {'fenced', state[1]} end
+  last_name = #ARGV - 1
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return {'missing'}
 end
@@ -36,7 +49,7 @@ for i = 4, 3 + 2 * to_set, 2 do
   set_fields[#set_fields + 1] = field
   set_fields[#set_fields + 1] = ARGV[i + 1]
 end
-for i = 4 + 2 * to_set, #ARGV do
+for i = 4 + 2 * to_set, last_name do
   local field = 'a:' .. ARGV[i]
   names[field] = nil
   remove_fields[#remove_fields + 1] = field

@@ -10,10 +10,12 @@ use crate::{
     config::{Config, MESSAGE_OVERHEAD_BYTES},
     context::Context,
     error::StartError,
-    lock::{self, GrantRules, LockApi, LockSettings},
+    fence,
+    lock::{self, ElectionApi, GrantRules, LockApi, LockSettings},
     notices::Notices,
     pb::{
         self, cache::cache_service_server::CacheServiceServer,
+        election::election_service_server::ElectionServiceServer,
         envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer as EnvoyRateLimitServiceServer,
         lock::lock_service_server::LockServiceServer, pubsub::pub_sub_service_server::PubSubServiceServer,
         ratelimit::rate_limit_service_server::RateLimitServiceServer,
@@ -34,6 +36,7 @@ pub const SERVICE_NAMES: &[&str] = &[
     <SessionServiceServer<SessionApi> as NamedService>::NAME,
     <PubSubServiceServer<PubSubApi> as NamedService>::NAME,
     <EnvoyRateLimitServiceServer<RlsApi> as NamedService>::NAME,
+    <ElectionServiceServer<ElectionApi> as NamedService>::NAME,
 ];
 
 /// The services that must not answer from a Redis that may evict their keys:
@@ -41,6 +44,7 @@ pub const SERVICE_NAMES: &[&str] = &[
 pub const UNSAFE_WHEN_EVICTING: &[&str] = &[
     <LockServiceServer<LockApi> as NamedService>::NAME,
     <SessionServiceServer<SessionApi> as NamedService>::NAME,
+    <ElectionServiceServer<ElectionApi> as NamedService>::NAME,
 ];
 
 /// Every Lua script the services run, loaded on each new Redis connection.
@@ -50,6 +54,7 @@ pub fn all_scripts() -> Vec<&'static LuaScript> {
         .chain(ratelimit::scripts())
         .chain(lock::scripts())
         .chain(session::scripts())
+        .chain(fence::scripts())
         .collect()
 }
 
@@ -98,6 +103,8 @@ pub fn routes(config: &Config, context: &Context, parts: Parts) -> Routes {
         allow_evicting: config.allow_evicting_redis,
         trust_persistence: config.lock_trust_persistence,
     };
+    // Elections are locks: one set of handlers, waiters and notices for both.
+    let locks = LockApi::new(context, grant_rules, LockSettings::from(config), parts.release_notices);
     let mut routes = Routes::builder();
     routes
         .add_service(sized!(CacheServiceServer::new(CacheApi::new(
@@ -112,12 +119,8 @@ pub fn routes(config: &Config, context: &Context, parts: Parts) -> Routes {
             rls,
             context.meter.clone(),
         ))))
-        .add_service(sized!(LockServiceServer::new(LockApi::new(
-            context,
-            grant_rules,
-            LockSettings::from(config),
-            parts.release_notices,
-        ))))
+        .add_service(sized!(LockServiceServer::new(locks.clone())))
+        .add_service(sized!(ElectionServiceServer::new(ElectionApi::new(locks))))
         .add_service(sized!(SessionServiceServer::new(SessionApi::new(
             context,
             SessionSettings::from(config),

@@ -17,6 +17,7 @@ use crate::{
     config::Config,
     context::Context,
     error::{Error, Reason},
+    fence::{self, Fenced},
     ids::random_token,
     pb::session::{
         ClientMetadata, CreateRequest, CreateResponse, DeleteRequest, DeleteResponse, DeleteUserSessionRequest,
@@ -277,6 +278,10 @@ impl SessionService for SessionApi {
                 return Err(Error::invalid(field, format!("{name:?} is also in set")).into());
             }
         }
+        let fenced = Fenced::of(&self.limits, &space, request.fence.as_ref())?;
+        if let Some(fenced) = &fenced {
+            self.store.fence_reaches(&space, fenced, &id)?;
+        }
         let outcome = self
             .store
             .update(
@@ -286,9 +291,14 @@ impl SessionService for SessionApi {
                 &request.remove,
                 request.expected_version,
                 self.settings.max_attributes,
+                fenced.as_ref(),
                 deadline,
             )
-            .await?;
+            .await;
+        let outcome = match fenced {
+            Some(_) => fence::counted(&self.meter, outcome)?,
+            None => outcome?,
+        };
         match outcome {
             UpdateOutcome::Updated(stored) => Ok(Response::new(UpdateResponse {
                 session: Some(to_proto(Some(&id), stored)),
@@ -327,8 +337,18 @@ impl SessionService for SessionApi {
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
         let deadline = deadline(request.metadata(), self.settings.operation_timeout)?;
         let space = Caller::of(&request)?.space.clone();
-        let id = session_id("id", &request.into_inner().id)?;
-        if !self.store.delete(&space, &id, deadline).await? {
+        let request = request.into_inner();
+        let id = session_id("id", &request.id)?;
+        let fenced = Fenced::of(&self.limits, &space, request.fence.as_ref())?;
+        if let Some(fenced) = &fenced {
+            self.store.fence_reaches(&space, fenced, &id)?;
+        }
+        let deleted = self.store.delete(&space, &id, fenced.as_ref(), deadline).await;
+        let deleted = match fenced {
+            Some(_) => fence::counted(&self.meter, deleted)?,
+            None => deleted?,
+        };
+        if !deleted {
             return Err(not_found().into());
         }
         self.meter

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::id::{SessionId, routing_tag};
 use crate::{
     error::Error,
+    fence::{self, FENCED_REMOVE, Fenced},
     redis::{KeySpace, LuaScript, Op, Redis},
 };
 
@@ -272,11 +273,15 @@ impl SessionStore {
         remove: &[String],
         expected: Option<u64>,
         max_attributes: usize,
+        fenced: Option<&Fenced>,
         deadline: Instant,
     ) -> Result<UpdateOutcome, Error> {
         let mut invocation = UPDATE.prepare();
+        invocation.key(space.session(id.tag(), id.member()));
+        if let Some(fenced) = fenced {
+            invocation.key(&fenced.state_key);
+        }
         invocation
-            .key(space.session(id.tag(), id.member()))
             .arg(expected.map(|version| version.to_string()).unwrap_or_default())
             .arg(max_attributes)
             .arg(set.len());
@@ -285,6 +290,9 @@ impl SessionStore {
         }
         for name in remove {
             invocation.arg(name);
+        }
+        if let Some(fenced) = fenced {
+            invocation.arg(fenced.token);
         }
         let reply: Vec<String> = self.redis.run(Op::write(UPDATE.name()), deadline, &invocation).await?;
         let mut reply = reply.into_iter();
@@ -297,6 +305,8 @@ impl SessionStore {
             },
             "stale" => UpdateOutcome::Stale(number(reply.next())),
             "full" => UpdateOutcome::Full(number(reply.next())),
+            "fenced" => return Err(fence::fenced_out(&reply.next().unwrap_or_default())),
+            "permits" => return Err(fence::semaphore(&reply.next().unwrap_or_default())),
             _ => UpdateOutcome::Missing,
         })
     }
@@ -306,11 +316,44 @@ impl SessionStore {
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
-    pub async fn delete(&self, space: &KeySpace, id: &SessionId, deadline: Instant) -> Result<bool, Error> {
-        let mut command = redis::cmd("UNLINK");
-        command.arg(space.session(id.tag(), id.member()));
-        let deleted: u64 = self.redis.run(Op::write("session_delete"), deadline, &command).await?;
-        Ok(deleted > 0)
+    pub async fn delete(
+        &self,
+        space: &KeySpace,
+        id: &SessionId,
+        fenced: Option<&Fenced>,
+        deadline: Instant,
+    ) -> Result<bool, Error> {
+        let key = space.session(id.tag(), id.member());
+        let Some(fenced) = fenced else {
+            let mut command = redis::cmd("UNLINK");
+            command.arg(key);
+            let deleted: u64 = self.redis.run(Op::write("session_delete"), deadline, &command).await?;
+            return Ok(deleted > 0);
+        };
+        let mut invocation = FENCED_REMOVE.prepare();
+        invocation
+            .key(&fenced.state_key)
+            .key(key)
+            .arg(fenced.token)
+            .arg("delete")
+            .arg(1);
+        let (code, result, _): (i64, redis::Value, u64) = self
+            .redis
+            .run(Op::write(FENCED_REMOVE.name()), deadline, &invocation)
+            .await?;
+        let detail = redis::from_redis_value::<String>(result.clone()).unwrap_or_default();
+        if let Some(refused) = fence::refusal(code, &detail) {
+            return Err(refused);
+        }
+        Ok(redis::from_redis_value::<u64>(result).unwrap_or_default() > 0)
+    }
+
+    /// Refuses, on a Cluster, a fence whose lock is not in the slot of the session `id`.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT naming `fence.lock`.
+    pub fn fence_reaches(&self, space: &KeySpace, fenced: &Fenced, id: &SessionId) -> Result<(), Error> {
+        fenced.co_located(&self.redis, &[space.session(id.tag(), id.member())], &["the session"])
     }
 
     /// Moves a session from `old` to `new`; `Ok(None)` when `old` is unknown.

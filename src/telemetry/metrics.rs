@@ -169,6 +169,8 @@ pub struct Metrics {
     pub cache_shared_reads: Counter,
     /// GetOrLease answers by outcome (hit, refresh, stale, lease, miss, waited).
     pub cache_lease_answers: Family<Outcome, Counter>,
+    /// Fenced writes (cache and session) by result (applied, fenced_out).
+    pub fenced_writes: Family<Outcome, Counter>,
     /// Rate-limit decisions by result (allowed, denied, policy_allowed, policy_denied).
     pub ratelimit_decisions: Family<Outcome, Counter>,
     /// Rate-limit script calls, and the requests they decided (group commit).
@@ -320,6 +322,12 @@ impl Metrics {
              (the wait ended); waited counts those that waited for another caller's fill",
                 Family::default(),
             ),
+            fenced_writes: add.metric(
+                "cachelock_fenced_writes",
+                "Cache and session writes made under a fence, by result: applied, fenced_out (refused: the \
+                 fence's lock was granted again since)",
+                Family::default(),
+            ),
             ratelimit_decisions: add.metric(
                 "cachelock_ratelimit_decisions",
                 "Rate-limit decisions by result: allowed, denied, policy_allowed, policy_denied (the outage policy)",
@@ -413,6 +421,9 @@ impl Metrics {
         // A series of each kind and reason from the start: a dashboard shows 0, not "no data".
         for kind in ["lock", "cache_fill"] {
             let _ = metrics.waiters.get_or_create(&WaiterKind { kind });
+        }
+        for result in ["applied", "fenced_out"] {
+            let _ = metrics.fenced_writes.get_or_create(&Outcome { result });
         }
         for refusal in Refusal::ALL {
             let _ = metrics.refused.get_or_create(&RefusalReason {

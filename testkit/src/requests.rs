@@ -26,6 +26,7 @@ pub fn set(key: &str, value: &[u8]) -> SetRequest {
         condition: SetCondition::Always as i32,
         lease_token: String::new(),
         stale_ttl: None,
+        fence: None,
     }
 }
 

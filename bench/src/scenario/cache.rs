@@ -15,6 +15,7 @@ fn set_request(key: String, seconds: i64) -> SetRequest {
         condition: 0,
         lease_token: String::new(),
         stale_ttl: None,
+        fence: None,
     }
 }
 

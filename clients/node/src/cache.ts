@@ -2,6 +2,7 @@
 // function wrapper that fills a missing key once for the whole fleet.
 import { duration, enumValue, int64, millis, toBytes, type Duration, type Value } from './convert.js';
 import { LeaseLost } from './errors.js';
+import { fenceMessage, fenceOf, type Fence, type Fenceable, type FenceMessage } from './fence.js';
 import type { CallOptions, Transport } from './transport.js';
 
 /** When a Set may store its value. */
@@ -115,13 +116,31 @@ interface GetOrLeaseResponse {
   leaseTtl: Duration | null;
 }
 
-/** The cache, as `client.cache`. */
+/**
+ * The cache, as `client.cache`. `fenced(fence)` gives the same cache with every write
+ * fenced (see `fenced`).
+ */
 export class Cache {
   readonly #transport: Transport;
+  /** The fence every write of this view carries; undefined: unconditional writes. */
+  readonly fence: Fence | undefined;
+  readonly #fence: FenceMessage | undefined;
 
   /** @internal */
-  constructor(transport: Transport) {
+  constructor(transport: Transport, fence?: Fence) {
     this.#transport = transport;
+    this.fence = fence;
+    this.#fence = fenceMessage(fence);
+  }
+
+  /**
+   * The same cache with every write (set, setMany, delete, take, increment, expire)
+   * fenced by `fence` (a Fence, a Lease or a LockGrant): applied only while no grant of
+   * its lock is newer, else FencedOut and nothing changed. Reads, and the fill of
+   * `cached`, are unchanged.
+   */
+  fenced(fence: Fenceable): Cache {
+    return new Cache(this.#transport, fenceOf(fence));
   }
 
   /** The value of `key`, or null when it does not exist. */
@@ -146,6 +165,10 @@ export class Cache {
    * condition did not hold.
    */
   async set(key: string, value: Value, options: SetOptions = {}): Promise<boolean> {
+    return this.#set(key, value, options, this.#fence);
+  }
+
+  async #set(key: string, value: Value, options: SetOptions, fence: FenceMessage | undefined): Promise<boolean> {
     const request = {
       key,
       value: toBytes(value),
@@ -153,6 +176,7 @@ export class Cache {
       condition: enumValue(CONDITIONS, options.condition, 'condition'),
       staleTtl: duration(options.staleTtlMs, 'staleTtlMs'),
       leaseToken: options.leaseToken,
+      fence,
     };
     const response = await this.#transport.unary<{ stored: boolean }>('cache', 'Set', request, options);
     return response.stored;
@@ -165,20 +189,20 @@ export class Cache {
   ): Promise<number> {
     const pairs = Symbol.iterator in entries ? [...(entries as Iterable<readonly [string, Value]>)] : Object.entries(entries);
     const ttl = duration(options.ttlMs, 'ttlMs');
-    const request = { entries: pairs.map(([key, value]) => ({ key, value: toBytes(value), ttl })) };
+    const request = { entries: pairs.map(([key, value]) => ({ key, value: toBytes(value), ttl })), fence: this.#fence };
     const response = await this.#transport.unary<{ stored: number }>('cache', 'SetMany', request, options);
     return response.stored;
   }
 
   /** Removes keys; answers how many of them existed. */
   async delete(...keys: string[]): Promise<number> {
-    const response = await this.#transport.unary<{ deleted: number }>('cache', 'Delete', { keys });
+    const response = await this.#transport.unary<{ deleted: number }>('cache', 'Delete', { keys, fence: this.#fence });
     return response.deleted;
   }
 
   /** Reads and deletes `key` in one step: exactly one caller receives a stored value. */
   async take(key: string, options: CallOptions = {}): Promise<Buffer | null> {
-    const response = await this.#transport.unary<{ found: boolean; value: Buffer }>('cache', 'Take', { key }, options);
+    const response = await this.#transport.unary<{ found: boolean; value: Buffer }>('cache', 'Take', { key, fence: this.#fence }, options);
     return response.found ? response.value : null;
   }
 
@@ -187,14 +211,14 @@ export class Cache {
    * its new value. Never retried: a repeat would add twice.
    */
   async increment(key: string, delta: bigint | number = 1n, options: CallOptions & { ttlMs?: number } = {}): Promise<bigint> {
-    const request = { key, delta: int64(delta, 'delta'), ttl: duration(options.ttlMs, 'ttlMs') };
+    const request = { key, delta: int64(delta, 'delta'), ttl: duration(options.ttlMs, 'ttlMs'), fence: this.#fence };
     const response = await this.#transport.unary<{ value: string }>('cache', 'Increment', request, options);
     return BigInt(response.value);
   }
 
   /** Gives an existing key a new time to live; false when the key does not exist. */
   async expire(key: string, ttlMs: number, options: CallOptions = {}): Promise<boolean> {
-    const request = { key, ttl: duration(ttlMs, 'ttlMs') };
+    const request = { key, ttl: duration(ttlMs, 'ttlMs'), fence: this.#fence };
     const response = await this.#transport.unary<{ found: boolean }>('cache', 'Expire', request, options);
     return response.found;
   }
@@ -244,7 +268,9 @@ export class Cache {
     const store = async (cacheKey: string, value: T, leaseToken: string): Promise<T> => {
       const data = toBytes(serializer.serialize(value));
       try {
-        await this.set(cacheKey, data, { ttlMs: options.ttlMs, staleTtlMs: options.staleTtlMs, leaseToken, timeoutMs: options.timeoutMs });
+        // Never fenced: the fill lease guards it.
+        const fill = { ttlMs: options.ttlMs, staleTtlMs: options.staleTtlMs, leaseToken, timeoutMs: options.timeoutMs };
+        await this.#set(cacheKey, data, fill, undefined);
       } catch (error) {
         // The lease ran out (or was passed on) while fn ran: the value is right all the
         // same, only not stored; another caller fills the key.

@@ -132,6 +132,11 @@ export class IntegerOverflow extends CachelockError {}
 export class LeaseLost extends CachelockError {}
 /** LOCK_NOT_HELD: nobody holds the lock; the lease ran out. */
 export class LockNotHeld extends CachelockError {}
+/**
+ * FENCED_OUT: a fenced write was refused: the fence's lock was granted again after your
+ * grant, so your lease is over; nothing was changed. Stop the protected work.
+ */
+export class FencedOut extends CachelockError {}
 /** REDIS_UNAVAILABLE: Redis could not be reached or refused the command; nothing was applied. */
 export class RedisUnavailable extends CachelockError {}
 /** REDIS_TIMEOUT: Redis did not answer in time; the call is safe to repeat. */
@@ -199,6 +204,7 @@ const BY_REASON: Readonly<Record<string, ErrorClass>> = {
   INTEGER_OVERFLOW: IntegerOverflow,
   LEASE_LOST: LeaseLost,
   LOCK_NOT_HELD: LockNotHeld,
+  FENCED_OUT: FencedOut,
   REDIS_UNAVAILABLE: RedisUnavailable,
   REDIS_TIMEOUT: RedisTimeout,
   LOCKS_PAUSED: LocksPaused,

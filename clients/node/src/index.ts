@@ -14,6 +14,7 @@ export {
 } from './cache.js';
 export type { Value } from './convert.js';
 export * from './errors.js';
+export type { Fence, Fenceable } from './fence.js';
 export { Lease, LockGrant, Locks, type LockDescription, type LockOptions, type LostReason } from './lock.js';
 export {
   PubSub,

@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { date, duration, millis, type Duration, type Timestamp } from './convert.js';
 import { CachelockError, DeadlineExceeded, LeaseLost, NotAcquired, toError } from './errors.js';
+import type { Fence } from './fence.js';
 import type { CallOptions, Transport } from './transport.js';
 
 /**
@@ -77,6 +78,14 @@ export class Lease {
       this.#lose(reason, failure);
     });
     stream.on('end', () => this.#lose('STREAM_BROKEN'));
+  }
+
+  /**
+   * The fence for the writes this lease protects (`client.cache.fenced(lease.fence)`,
+   * `client.sessions.fenced(lease.fence)`): refused once the lock was granted again.
+   */
+  get fence(): Fence {
+    return { lock: this.name, fencingToken: this.fencingToken };
   }
 
   /** Aborts when the lease is lost; its `reason` is the LeaseLost error. */
@@ -177,6 +186,11 @@ export class LockGrant {
     this.fencingToken = fencingToken;
     this.expiresAt = expiresAt;
     this.ttlMs = ttlMs;
+  }
+
+  /** The fence for the writes this grant protects (`client.cache.fenced(grant.fence)`). */
+  get fence(): Fence {
+    return { lock: this.name, fencingToken: this.fencingToken };
   }
 
   /** The proof of ownership Release and Extend take. */

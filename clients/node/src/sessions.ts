@@ -1,6 +1,7 @@
 // cachelock.session.v1.SessionService: server-side sessions. A session id is a secret
 // (whoever has it has the session): it shows in no string form of a Session.
 import { date, duration, int64, millis, type Duration, type Timestamp } from './convert.js';
+import { fenceMessage, fenceOf, type Fence, type Fenceable, type FenceMessage } from './fence.js';
 import type { CallOptions, Transport } from './transport.js';
 
 /** The device a session was created from. */
@@ -101,13 +102,31 @@ export interface CreateOptions extends CallOptions {
   userAgent?: string;
 }
 
-/** Sessions, as `client.sessions`. An unknown or expired id is SessionNotFound. */
+/**
+ * Sessions, as `client.sessions`. An unknown or expired id is SessionNotFound.
+ * `fenced(fence)` gives the same calls with update and delete fenced.
+ */
 export class Sessions {
   readonly #transport: Transport;
+  /** The fence update and delete carry; undefined: unconditional writes. */
+  readonly fence: Fence | undefined;
+  readonly #fence: FenceMessage | undefined;
 
   /** @internal */
-  constructor(transport: Transport) {
+  constructor(transport: Transport, fence?: Fence) {
     this.#transport = transport;
+    this.fence = fence;
+    this.#fence = fenceMessage(fence);
+  }
+
+  /**
+   * The same calls with `update` and `delete` fenced by `fence` (a Fence, a Lease or a
+   * LockGrant): applied only while no grant of its lock is newer, else FencedOut and
+   * nothing changed. A session lives in its user's slot: fence it with a lock named by
+   * the user id (or with the user id as its `{…}` section).
+   */
+  fenced(fence: Fenceable): Sessions {
+    return new Sessions(this.#transport, fenceOf(fence));
   }
 
   /** Starts a session for a user. Never retried: a repeat would start a second one. */
@@ -148,6 +167,7 @@ export class Sessions {
       remove: options.remove,
       expectedVersion:
         options.expectedVersion === undefined ? undefined : int64(options.expectedVersion, 'expectedVersion', true),
+      fence: this.#fence,
     };
     const response = await this.#transport.unary<{ session: SessionMessage }>('session', 'Update', request, options);
     return new Session(response.session);
@@ -161,7 +181,7 @@ export class Sessions {
 
   /** Ends a session (log out). */
   async delete(id: string, options: CallOptions = {}): Promise<void> {
-    await this.#transport.unary('session', 'Delete', { id }, options);
+    await this.#transport.unary('session', 'Delete', { id, fence: this.#fence }, options);
   }
 
   /** Every live session of a user, newest first, by handle: without ids or attributes. */

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { LeaseResult, NotAnInteger } from 'cachelock';
+import { FencedOut, LeaseResult, NotAnInteger } from 'cachelock';
 import { connect, unique } from './support.mjs';
 
 const client = connect();
@@ -89,4 +89,49 @@ test('cached: a key function and a serializer', async () => {
   assert.equal(calls, 1);
   assert.throws(() => client.cache.cached('k:{a}', { ttlMs: -1 }, () => 1), RangeError);
   await assert.rejects(client.cache.cached('k:{a}', { ttlMs: 1000 }, () => 1)({}), TypeError);
+});
+
+test('fenced writes: an old grant is refused and changes nothing, the new grant writes', async () => {
+  const lock = `{${unique('order')}}`;
+  const [total, other] = [`${lock}:total`, `${lock}:other`];
+  // The OLD grant's 100 ms lease runs out; the server grants the NEW one then (no sleep).
+  const old = await client.locks.acquire(lock, { ttlMs: 100 });
+  const grant = await client.locks.acquire(lock, { ttlMs: 10_000, waitMs: 30_000 });
+  assert.ok(grant.fencingToken > old.fencingToken);
+  assert.deepEqual(old.fence, { lock, fencingToken: old.fencingToken });
+  await client.cache.set(total, '100', { ttlMs: 60_000 });
+
+  const stale = client.cache.fenced(old);
+  for (const write of [
+    () => stale.set(total, '1', { ttlMs: 60_000 }),
+    () => stale.increment(total, 5n),
+    () => stale.delete(total),
+    () => stale.setMany({ [total]: '2', [other]: '3' }, { ttlMs: 60_000 }),
+    () => stale.take(total),
+    () => stale.expire(total, 1000),
+  ]) {
+    await assert.rejects(write(), (error) => {
+      assert.ok(error instanceof FencedOut, String(error));
+      assert.equal(error.reason, 'FENCED_OUT');
+      assert.equal(error.codeName, 'FAILED_PRECONDITION');
+      return true;
+    });
+  }
+  assert.equal((await stale.get(total)).toString(), '100', 'reads are not fenced');
+  const both = await client.cache.getMany([total, other]);
+  assert.deepEqual([...both.values()].map((value) => value?.toString() ?? null), ['100', null], 'nothing changed');
+  assert.ok((await client.cache.getOrLease(total)).ttlMs > 30_000, 'the fenced-out expire changed nothing');
+
+  const current = client.cache.fenced(grant.fence);
+  assert.equal(await current.set(total, '200', { ttlMs: 60_000 }), true);
+  assert.equal(await current.increment(total, 5n), 205n);
+  assert.equal((await client.cache.get(total)).toString(), '205');
+  assert.equal(await current.delete(total), 1);
+  assert.equal(await client.cache.get(total), null);
+
+  // The fill of `cached` is never fenced: a stale view still fills.
+  const price = stale.cached((sku) => `${lock}:price:${sku}`, { ttlMs: 60_000 }, async () => 42);
+  assert.equal(await price('a'), 42);
+  assert.equal((await client.cache.get(`${lock}:price:a`)).toString(), '42');
+  await client.locks.release(grant);
 });

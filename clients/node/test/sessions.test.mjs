@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { inspect } from 'node:util';
-import { Session, SessionNotFound, VersionConflict } from 'cachelock';
+import { FencedOut, Session, SessionNotFound, VersionConflict } from 'cachelock';
 import { connect, unique } from './support.mjs';
 
 const client = connect();
@@ -56,4 +56,27 @@ test('a session id shows in no string form of a Session', async () => {
     assert.ok(text.includes(session.handle), text);
   }
   await client.sessions.delete(session.id);
+});
+
+test('a fenced update: refused for an old grant of the user\'s lock, applied for the new one', async () => {
+  const user = unique('u');
+  const session = await client.sessions.create(user, { attributes: { cart: '1' } });
+  // The lock named by the user id: it lives in the session's slot.
+  const old = await client.locks.acquire(user, { ttlMs: 100 });
+  // Granted once the old lease ran out (the server's wait, no sleep).
+  const lease = await client.locks.hold(user, { ttlMs: 10_000, waitMs: 30_000 });
+  try {
+    assert.ok(lease.fencingToken > old.fencingToken);
+    assert.deepEqual(lease.fence, { lock: user, fencingToken: lease.fencingToken });
+    await assert.rejects(client.sessions.fenced(old.fence).update(session.id, { set: { cart: 'stale' } }), FencedOut);
+    const unchanged = await client.sessions.get(session.id);
+    assert.deepEqual(unchanged.attributes, { cart: '1' });
+    assert.equal(unchanged.version, session.version);
+    const updated = await client.sessions.fenced(lease).update(session.id, { set: { cart: '2' } });
+    assert.deepEqual(updated.attributes, { cart: '2' });
+    assert.equal(updated.version, session.version + 1n);
+    assert.deepEqual((await client.sessions.get(session.id)).attributes, { cart: '2' });
+  } finally {
+    await lease.release();
+  }
 });

@@ -155,6 +155,48 @@ async def test_cached_fills_once(client: cachelock.aio.Client) -> None:
 
 
 @run
+async def test_fenced_writes(client: cachelock.aio.Client) -> None:
+    name = "{%s}" % unique("order")
+    total = f"{name}:total"
+    old = await client.locks.acquire(name, 0.1)
+    assert old.acquired
+    new = await client.locks.acquire(name, 10, wait=30)  # granted once the old lease ran out
+    assert new.acquired and new.fencing_token > old.fencing_token
+    await client.cache.set(total, "100", ttl=60)
+
+    stale = client.cache.fenced(old)
+    with pytest.raises(cachelock.FencedOut):
+        await stale.set(total, "1", ttl=60)
+    with pytest.raises(cachelock.FencedOut):
+        await stale.increment(total, 5)
+    with pytest.raises(cachelock.FencedOut) as raised:
+        await stale.delete(total)
+    assert raised.value.reason == "FENCED_OUT"
+    assert await client.cache.get(total) == b"100", "nothing changed"
+
+    current = client.cache.fenced(new.fence)
+    assert await current.set(total, "200", ttl=60)
+    assert await current.increment(total, 5) == 205
+    assert await client.cache.get(total) == b"205"
+    assert await current.delete(total) == 1
+    assert await client.cache.get(total) is None
+    await client.locks.release(name, new.token)
+
+    user = unique("u")
+    session = await client.sessions.create(user, {"cart": "1"})
+    old = await client.locks.acquire(user, 0.1)
+    assert old.acquired
+    async with client.lock(user, ttl=10, wait=30) as lease:
+        assert lease.fencing_token > old.fencing_token
+        with pytest.raises(cachelock.FencedOut):
+            await client.sessions.fenced(old).update(session.id, set={"cart": "stale"})
+        unchanged = await client.sessions.get(session.id)
+        assert unchanged.attributes == {"cart": "1"} and unchanged.version == session.version
+        updated = await client.sessions.fenced(lease.fence).update(session.id, set={"cart": "2"})
+        assert updated.attributes == {"cart": "2"} and updated.version == session.version + 1
+
+
+@run
 async def test_errors_decoded(client: cachelock.aio.Client) -> None:
     text = unique("text")
     await client.cache.set(text, "abc")

@@ -164,6 +164,78 @@ def test_lock_lost_when_renewals_stop_arriving() -> None:
                 assert lease.certain_for() == 0
         assert raised.value.metadata["cause"] == "NOT_RENEWED"
 
+# --- fenced writes -----------------------------------------------------------------
+
+
+def _old_and_new_grants(client: Client, name: str) -> Tuple[cachelock.Grant, cachelock.Grant]:
+    """The OLD grant (a 100 ms lease, left to run out) and the NEW one, granted by the
+    server once the old lease ran out: no sleep, the server's wait orders them."""
+    old = client.locks.acquire(name, 0.1)
+    assert old.acquired
+    new = client.locks.acquire(name, 10, wait=30)
+    assert new.acquired and new.fencing_token > old.fencing_token
+    return old, new
+
+
+def test_fenced_cache_writes(client: Client) -> None:
+    name = "{%s}" % unique("order")
+    total, other = f"{name}:total", f"{name}:other"
+    old, new = _old_and_new_grants(client, name)
+    assert old.fence == cachelock.Fence(name, old.fencing_token)
+    client.cache.set(total, "100", ttl=60)
+
+    stale = client.cache.fenced(old)
+    for write in (
+        lambda: stale.set(total, "1", ttl=60),
+        lambda: stale.increment(total, 5),
+        lambda: stale.delete(total),
+        lambda: stale.set_many({total: "2", other: "3"}, ttl=60),
+        lambda: stale.take(total),
+        lambda: stale.expire(total, 1),
+    ):
+        with pytest.raises(cachelock.FencedOut) as raised:
+            write()
+        assert raised.value.reason == "FENCED_OUT"
+        assert raised.value.code is not None and raised.value.code.name == "FAILED_PRECONDITION"
+    assert stale.get(total) == b"100", "reads are not fenced"
+    assert client.cache.get_many([total, other]) == {total: b"100", other: None}, "nothing changed"
+    ttl_kept = client.cache.get_or_lease(total)
+    assert ttl_kept.ttl is not None and ttl_kept.ttl > 30, "the fenced-out expire changed nothing"
+
+    current = client.cache.fenced(new.fence)
+    assert current.set(total, "200", ttl=60)
+    assert current.increment(total, 5) == 205
+    assert client.cache.get(total) == b"205"
+    assert current.delete(total) == 1
+    assert client.cache.get(total) is None
+
+    # The fill of `cached` is never fenced: a stale view still fills.
+    @stale.cached(name.replace("{", "{{").replace("}", "}}") + ":price:{sku}", ttl=60)
+    def price(sku: str) -> int:
+        return 42
+
+    assert price("a") == 42
+    assert client.cache.get(f"{name}:price:a") == b"42"
+    client.locks.release(name, new.token)
+
+
+def test_fenced_session_update(client: Client) -> None:
+    user = unique("u")
+    session = client.sessions.create(user, {"cart": "1"})
+    old = client.locks.acquire(user, 0.1)
+    assert old.acquired
+    with client.lock(user, ttl=10, wait=30) as lease:  # granted once the old lease ran out
+        assert lease.fencing_token > old.fencing_token
+        assert lease.fence == cachelock.Fence(user, lease.fencing_token)
+        with pytest.raises(cachelock.FencedOut):
+            client.sessions.fenced(old.fence).update(session.id, set={"cart": "stale"})
+        unchanged = client.sessions.get(session.id)
+        assert unchanged.attributes == {"cart": "1"} and unchanged.version == session.version
+        updated = client.sessions.fenced(lease).update(session.id, set={"cart": "2"})
+        assert updated.attributes == {"cart": "2"} and updated.version == session.version + 1
+        assert client.sessions.get(session.id).attributes == {"cart": "2"}
+
+
 # --- the stampede ------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ use std::{collections::HashMap, future::Future, time::Duration};
 use bytes::Bytes;
 
 use crate::{
-    Client, Error,
+    Client, Error, Fence,
     client::Idempotent,
     pb::cache::{self as pb, cache_service_client::CacheServiceClient},
     time::to_proto,
@@ -96,16 +96,32 @@ impl<E: std::error::Error + 'static> std::error::Error for FillError<E> {
 #[derive(Clone, Debug)]
 pub struct Cache {
     client: Client,
+    fence: Option<Fence>,
 }
 
 impl Client {
     /// The cache.
     pub fn cache(&self) -> Cache {
-        Cache { client: self.clone() }
+        Cache {
+            client: self.clone(),
+            fence: None,
+        }
     }
 }
 
 impl Cache {
+    /// The same cache, with every write (set, set_many, delete, take,
+    /// increment, expire) fenced by `fence`: applied only while no grant of its
+    /// lock is newer, else refused with [`crate::Reason::FencedOut`] and nothing
+    /// changed. Take the fence from [`crate::Lease::fence`] or [`crate::Grant::fence`].
+    #[must_use]
+    pub fn fenced(&self, fence: Fence) -> Cache {
+        Cache {
+            client: self.client.clone(),
+            fence: Some(fence),
+        }
+    }
+
     fn stub(&self) -> CacheServiceClient<tonic::transport::Channel> {
         CacheServiceClient::new(self.client.channel.clone())
     }
@@ -178,6 +194,7 @@ impl Cache {
             condition: condition.into(),
             lease_token: String::new(),
             stale_ttl: options.stale_ttl.map(to_proto),
+            fence: self.fence.clone(),
         };
         self.send_set(request).await
     }
@@ -207,6 +224,7 @@ impl Cache {
                     ttl: ttl.map(to_proto),
                 })
                 .collect(),
+            fence: self.fence.clone(),
         };
         let answer = self
             .client
@@ -225,6 +243,7 @@ impl Cache {
     pub async fn delete(&self, keys: &[&str]) -> Result<u32, Error> {
         let request = pb::DeleteRequest {
             keys: keys.iter().map(|key| (*key).to_owned()).collect(),
+            fence: self.fence.clone(),
         };
         let answer = self
             .client
@@ -242,7 +261,10 @@ impl Cache {
     /// # Errors
     /// As [`Cache::get`], without retries.
     pub async fn take(&self, key: &str) -> Result<Option<Bytes>, Error> {
-        let request = pb::TakeRequest { key: key.to_owned() };
+        let request = pb::TakeRequest {
+            key: key.to_owned(),
+            fence: self.fence.clone(),
+        };
         let answer = self
             .client
             .unary("cache.Take", Idempotent::No, Duration::ZERO, request, |r| {
@@ -264,6 +286,7 @@ impl Cache {
             key: key.to_owned(),
             delta,
             ttl: ttl.map(to_proto),
+            fence: self.fence.clone(),
         };
         let answer = self
             .client
@@ -283,6 +306,7 @@ impl Cache {
         let request = pb::ExpireRequest {
             key: key.to_owned(),
             ttl: Some(to_proto(ttl)),
+            fence: self.fence.clone(),
         };
         let answer = self
             .client
@@ -335,6 +359,7 @@ impl Cache {
                     condition: pb::SetCondition::Always.into(),
                     lease_token: answer.lease_token,
                     stale_ttl: options.stale_ttl.map(to_proto),
+                    fence: None,
                 };
                 self.send_set(request).await.map_err(FillError::Cache)?;
                 Ok(value)

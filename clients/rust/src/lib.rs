@@ -47,29 +47,56 @@ pub use pubsub::{Event, PubSub, Subscription};
 pub use ratelimit::{Algorithm, Decision, Limit, OutagePolicy, RateLimits};
 pub use session::{NewSession, Session, Sessions, Update};
 
+/// A write's condition on a lock: applied only while no grant of `lock` is
+/// newer than `fencing_token` (see [`Lease::fence`]).
+pub use pb::lock::Fence;
+
 /// The generated protocol types, for what this library does not wrap.
 #[allow(missing_docs, clippy::all)]
 pub mod pb {
-    /// `cachelock.cache.v1`
-    pub mod cache {
-        tonic::include_proto!("cachelock.cache.v1");
+    /// The packages as protoc names them (`cachelock.cache.v1` is
+    /// `cachelock::cache::v1`), so that a message of one may refer to another's
+    /// (the cache and session writes take the lock package's `Fence`).
+    pub mod cachelock {
+        /// `cachelock.cache.v1`
+        pub mod cache {
+            /// `cachelock.cache.v1`
+            pub mod v1 {
+                tonic::include_proto!("cachelock.cache.v1");
+            }
+        }
+        /// `cachelock.lock.v1`
+        pub mod lock {
+            /// `cachelock.lock.v1`
+            pub mod v1 {
+                tonic::include_proto!("cachelock.lock.v1");
+            }
+        }
+        /// `cachelock.ratelimit.v1`
+        pub mod ratelimit {
+            /// `cachelock.ratelimit.v1`
+            pub mod v1 {
+                tonic::include_proto!("cachelock.ratelimit.v1");
+            }
+        }
+        /// `cachelock.session.v1`
+        pub mod session {
+            /// `cachelock.session.v1`
+            pub mod v1 {
+                tonic::include_proto!("cachelock.session.v1");
+            }
+        }
+        /// `cachelock.pubsub.v1`
+        pub mod pubsub {
+            /// `cachelock.pubsub.v1`
+            pub mod v1 {
+                tonic::include_proto!("cachelock.pubsub.v1");
+            }
+        }
     }
-    /// `cachelock.lock.v1`
-    pub mod lock {
-        tonic::include_proto!("cachelock.lock.v1");
-    }
-    /// `cachelock.ratelimit.v1`
-    pub mod ratelimit {
-        tonic::include_proto!("cachelock.ratelimit.v1");
-    }
-    /// `cachelock.session.v1`
-    pub mod session {
-        tonic::include_proto!("cachelock.session.v1");
-    }
-    /// `cachelock.pubsub.v1`
-    pub mod pubsub {
-        tonic::include_proto!("cachelock.pubsub.v1");
-    }
+    pub use cachelock::{
+        cache::v1 as cache, lock::v1 as lock, pubsub::v1 as pubsub, ratelimit::v1 as ratelimit, session::v1 as session,
+    };
 }
 
 /// The Rust snippet of docs/clients.md, compiled as pasted (with `cargo test --doc`).

@@ -14,7 +14,7 @@ use tokio::{
 use tonic::{Code, Streaming};
 
 use crate::{
-    Client, Error, Reason,
+    Client, Error, Fence, Reason,
     client::{Idempotent, random_id},
     pb::lock::{self as pb, hold_response::Event, lock_service_client::LockServiceClient},
     time::{duration_from, time_from, to_proto},
@@ -88,6 +88,14 @@ impl Grant {
     pub fn token(&self) -> &str {
         &self.token
     }
+
+    /// The fence for writes this grant protects ([`crate::Cache::fenced`]).
+    pub fn fence(&self) -> Fence {
+        Fence {
+            lock: self.name.clone(),
+            fencing_token: self.fencing_token,
+        }
+    }
 }
 
 impl fmt::Debug for Grant {
@@ -130,7 +138,8 @@ enum State {
 }
 
 /// A lock held through `LockService.Hold`: the server renews it while this
-/// value lives, and releases it when it is dropped (or the process dies).
+/// value lives, and releases it when it is dropped, when it is lost, or when
+/// the process dies.
 ///
 /// The lease is lost, and [`Lease::lost`] resolves, at the first of: the
 /// server's `lost` event, the stream breaking, or the time the server last
@@ -162,6 +171,15 @@ impl Lease {
     /// The grant's fencing token: pass it with every write the lock protects.
     pub fn fencing_token(&self) -> u64 {
         self.fencing_token
+    }
+
+    /// The fence for writes this lease protects ([`crate::Cache::fenced`],
+    /// [`crate::Sessions::fenced`]): refused once the lock was granted again.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            lock: self.name.clone(),
+            fencing_token: self.fencing_token,
+        }
     }
 
     /// Why the lease was lost (`LEASE_LOST`, `LOCK_NOT_HELD`, `REDIS_UNAVAILABLE`,
@@ -418,7 +436,7 @@ impl Locks {
 /// Reads the Hold stream for as long as the lease lives, and says when it is
 /// lost: the server's `lost`, the stream's end, or the certain time running
 /// out with no renewal. Returning drops the stream, which the server takes as
-/// the release.
+/// the release: when the lease is dropped, or as soon as it is lost.
 async fn keep(
     mut stream: Streaming<pb::HoldResponse>,
     state: watch::Sender<State>,
@@ -448,9 +466,9 @@ async fn keep(
         };
         tracing::debug!(%reason, "lease lost");
         state.send_replace(State::Lost(reason));
-        // Held until the lease is dropped, so that the server's release comes
-        // with it, not before the holder heard of the loss.
-        let _ = released.await;
+        // Returning drops the stream: a server still renewing (a stall, not a
+        // death) releases the lock at once, for the next holder, as the holder
+        // has been told to stop.
         return;
     }
 }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use crate::{
-    Client, Error,
+    Client, Error, Fence,
     client::Idempotent,
     pb::session::{self as pb, session_service_client::SessionServiceClient},
     time::{duration_from, time_from, to_proto},
@@ -108,6 +108,7 @@ pub struct Update {
 #[derive(Clone, Debug)]
 pub struct Sessions {
     client: Client,
+    fence: Option<Fence>,
 }
 
 /// Sends one session RPC under the retry policy.
@@ -132,11 +133,25 @@ macro_rules! call {
 impl Client {
     /// Sessions.
     pub fn sessions(&self) -> Sessions {
-        Sessions { client: self.clone() }
+        Sessions {
+            client: self.clone(),
+            fence: None,
+        }
     }
 }
 
 impl Sessions {
+    /// The same calls, with `update` and `delete` fenced by `fence`: applied
+    /// only while no grant of its lock is newer, else refused with
+    /// [`crate::Reason::FencedOut`] and nothing changed.
+    #[must_use]
+    pub fn fenced(&self, fence: Fence) -> Sessions {
+        Sessions {
+            client: self.client.clone(),
+            fence: Some(fence),
+        }
+    }
+
     /// Creates a session. Never repeated by the library: a repeat would create two.
     ///
     /// # Errors
@@ -180,6 +195,7 @@ impl Sessions {
             set: update.set,
             remove: update.remove,
             expected_version: update.expected_version,
+            fence: self.fence.clone(),
         };
         let answer = call!(self, "Update", update, Idempotent::No, request)?;
         Ok(Session::from_proto(answer.session))
@@ -205,14 +221,11 @@ impl Sessions {
     /// # Errors
     /// Any [`Error`] the call ends with, after the retries the policy allows.
     pub async fn delete(&self, id: &str) -> Result<(), Error> {
-        call!(
-            self,
-            "Delete",
-            delete,
-            Idempotent::Yes,
-            pb::DeleteRequest { id: id.to_owned() }
-        )
-        .map(|_| ())
+        let request = pb::DeleteRequest {
+            id: id.to_owned(),
+            fence: self.fence.clone(),
+        };
+        call!(self, "Delete", delete, Idempotent::Yes, request).map(|_| ())
     }
 
     /// The user's sessions (their ids left out: each has a handle).

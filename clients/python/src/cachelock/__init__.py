@@ -5,20 +5,22 @@ sessions, locks and pub/sub over Redis, sync here and asyncio in cachelock.aio.
 
     with cachelock.Client("localhost:50051", token="...") as client:
         client.cache.set("greeting", "hello", ttl=60)
-        with client.lock("invoice:42", ttl=10) as lease:
+        with client.lock("{invoice:42}", ttl=10) as lease:
             write_invoice(fencing_token=lease.fencing_token)
+            client.cache.fenced(lease).set("{invoice:42}:pdf", pdf)  # refused once the lease is over
 """
 
 from ._cache import Cache, LeaseResult, Serializer
 from ._client import Client
 from ._errors import (
-    Cancelled, CachelockError, ClientRateLimited, DeadlineExceeded, DeadlinePassed, EvictionPolicy,
+    Cancelled, CachelockError, ClientRateLimited, DeadlineExceeded, DeadlinePassed, EvictionPolicy, FencedOut,
     IntegerOverflow, Internal, InvalidField, LeaseLost, LockNotHeld, LocksPaused, MalformedRequest,
     MayHaveApplied, NotAcquired, NotAnInteger, Overloaded, PermissionDenied, PermitsMismatch,
     RedisOutOfMemory, RedisTimeout, RedisUnavailable, ResponseTooLarge, SessionNotFound,
     TooManySubscribers, TooManyWaiters, TooManyWatchers, Unauthenticated, Unavailable,
     VersionConflict, WriteBudgetExceeded, from_rpc_error,
 )
+from ._fence import Fence
 from ._lock import NOT_RENEWED, STREAM_BROKEN, Extended, Grant, Lease, LockInfo, Locks
 from ._pubsub import Discontinuity, Message, PubSub, Subscription
 from ._ratelimit import Decision, Decisions, Limit, RateLimit
@@ -31,7 +33,8 @@ __version__ = "1.0.0"
 __all__ = [
     "NOT_RENEWED", "IDEMPOTENT", "STREAM_BROKEN", "TLS",
     "Cache", "CachelockError", "Cancelled", "Client", "ClientRateLimited", "DeadlineExceeded",
-    "DeadlinePassed", "Decision", "Decisions", "Discontinuity", "EvictionPolicy", "Extended", "Grant",
+    "DeadlinePassed", "Decision", "Decisions", "Discontinuity", "EvictionPolicy", "Extended", "Fence",
+    "FencedOut", "Grant",
     "IntegerOverflow", "Internal", "InvalidField", "Lease", "LeaseLost", "LeaseResult", "Limit",
     "LockInfo", "LockNotHeld", "Locks", "LocksPaused", "MalformedRequest", "MayHaveApplied", "Message",
     "NotAcquired", "NotAnInteger", "OnRetry", "Overloaded", "PermissionDenied", "PermitsMismatch",

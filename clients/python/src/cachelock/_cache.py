@@ -11,8 +11,10 @@ from typing import Any, Awaitable, Callable, Dict, Iterable, Mapping, Optional, 
 
 from ._convert import Seconds, enum_value, optional_duration, seconds_of, to_seconds
 from ._errors import LeaseLost
+from ._fence import Fence, Fenceable, fence_message, fence_of
 from ._transport import AsyncTransport, Transport
 from .cache.v1 import cache_pb2 as pb
+from .lock.v1 import lock_pb2
 
 logger = logging.getLogger("cachelock")
 
@@ -54,19 +56,26 @@ def _bytes(value: Value) -> bytes:
 
 def _set_request(
     key: str, value: Value, ttl: Optional[Seconds], condition: str,
-    stale_ttl: Optional[Seconds], lease_token: str,
+    stale_ttl: Optional[Seconds], lease_token: str, fence: Optional[lock_pb2.Fence],
 ) -> pb.SetRequest:
     number = enum_value(pb.SetCondition, "SET_CONDITION_", condition)
     return pb.SetRequest(
         key=key, value=_bytes(value), ttl=optional_duration(ttl),
         # "always" is sent unset (the same meaning), as a lease fill requires.
         condition=pb.SET_CONDITION_UNSPECIFIED if number == pb.SET_CONDITION_ALWAYS else number,
-        stale_ttl=optional_duration(stale_ttl), lease_token=lease_token,
+        stale_ttl=optional_duration(stale_ttl), lease_token=lease_token, fence=fence,
     )
 
 
 #: The fill lease when none is given, as the server's default.
 DEFAULT_LEASE_TTL = 10.0
+
+
+def _set_many_request(
+    mapping: Mapping[str, Value], ttl: Optional[Seconds], fence: Optional[lock_pb2.Fence]
+) -> pb.SetManyRequest:
+    entries = [pb.SetEntry(key=k, value=_bytes(v), ttl=optional_duration(ttl)) for k, v in mapping.items()]
+    return pb.SetManyRequest(entries=entries, fence=fence)
 
 
 def _fill_wait(lease_ttl: Optional[Seconds], wait: Optional[Seconds]) -> Seconds:
@@ -125,10 +134,27 @@ class _Cached:
 
 
 class Cache:
-    """The cache, sync. Missing keys are never errors: reads answer None."""
+    """The cache, sync. Missing keys are never errors: reads answer None.
 
-    def __init__(self, transport: Transport) -> None:
+    `fenced(fence)` gives the same cache with every write fenced (see Cache.fenced).
+    """
+
+    def __init__(self, transport: Transport, fence: Optional[Fence] = None) -> None:
         self._t = transport
+        #: The fence every write of this view carries, or None (unconditional writes).
+        self.fence = fence
+        self._fence = fence_message(fence)
+
+    def __repr__(self) -> str:
+        fence = "" if self.fence is None else f" fenced by {self.fence.lock!r}@{self.fence.fencing_token}"
+        return f"<cachelock.Cache{fence}>"
+
+    def fenced(self, fence: Fenceable) -> "Cache":
+        """The same cache with every write (set, set_many, delete, take, increment, expire)
+        fenced by `fence` (a Fence, a lease or a grant): applied only while no grant of its
+        lock is newer, else FencedOut and nothing changed. Reads, and the fill of `cached`,
+        are unchanged."""
+        return Cache(self._t, fence_of(fence))
 
     def get(self, key: str) -> Optional[bytes]:
         """The value of `key`, or None."""
@@ -148,31 +174,37 @@ class Cache:
 
         `lease_token` fills a GetOrLease lease (LeaseLost if it is no longer this token's).
         """
-        request = _set_request(key, value, ttl, condition, stale_ttl, lease_token)
+        request = _set_request(key, value, ttl, condition, stale_ttl, lease_token, self._fence)
+        return self._t.unary(_SERVICE + "Set", request, pb.SetResponse).stored
+
+    def _fill(self, key: str, value: bytes, ttl: Seconds, stale_ttl: Optional[Seconds], lease_token: str) -> bool:
+        """Stores a fill with its lease token: never fenced (the fill lease guards it)."""
+        request = _set_request(key, value, ttl, "always", stale_ttl, lease_token, None)
         return self._t.unary(_SERVICE + "Set", request, pb.SetResponse).stored
 
     def set_many(self, mapping: Mapping[str, Value], ttl: Optional[Seconds] = None) -> int:
         """Stores every value at once (all or none); the number stored."""
-        entries = [pb.SetEntry(key=k, value=_bytes(v), ttl=optional_duration(ttl)) for k, v in mapping.items()]
-        return self._t.unary(_SERVICE + "SetMany", pb.SetManyRequest(entries=entries), pb.SetManyResponse).stored
+        request = _set_many_request(mapping, ttl, self._fence)
+        return self._t.unary(_SERVICE + "SetMany", request, pb.SetManyResponse).stored
 
     def delete(self, *keys: str) -> int:
         """Removes keys; how many existed."""
-        return self._t.unary(_SERVICE + "Delete", pb.DeleteRequest(keys=keys), pb.DeleteResponse).deleted
+        request = pb.DeleteRequest(keys=keys, fence=self._fence)
+        return self._t.unary(_SERVICE + "Delete", request, pb.DeleteResponse).deleted
 
     def take(self, key: str) -> Optional[bytes]:
         """Reads and deletes `key` atomically: exactly one caller gets a stored value."""
-        response = self._t.unary(_SERVICE + "Take", pb.TakeRequest(key=key), pb.TakeResponse)
+        response = self._t.unary(_SERVICE + "Take", pb.TakeRequest(key=key, fence=self._fence), pb.TakeResponse)
         return response.value if response.found else None
 
     def increment(self, key: str, delta: int = 1, ttl: Optional[Seconds] = None) -> int:
         """Adds `delta` to an integer counter (created at 0 with `ttl`); the new value."""
-        request = pb.IncrementRequest(key=key, delta=delta, ttl=optional_duration(ttl))
+        request = pb.IncrementRequest(key=key, delta=delta, ttl=optional_duration(ttl), fence=self._fence)
         return self._t.unary(_SERVICE + "Increment", request, pb.IncrementResponse).value
 
     def expire(self, key: str, ttl: Seconds) -> bool:
         """Gives `key` a new time to live; False when it does not exist."""
-        request = pb.ExpireRequest(key=key, ttl=optional_duration(ttl))
+        request = pb.ExpireRequest(key=key, ttl=optional_duration(ttl), fence=self._fence)
         return self._t.unary(_SERVICE + "Expire", request, pb.ExpireResponse).found
 
     def get_or_lease(
@@ -211,7 +243,7 @@ class Cache:
                 result = fn(*args, **kwargs)
                 if found.lease_token:  # lease (or hit chosen to refresh early): fill it
                     try:
-                        self.set(key, spec.encode(result), spec.ttl, stale_ttl=spec.stale_ttl, lease_token=found.lease_token)
+                        self._fill(key, spec.encode(result), spec.ttl, spec.stale_ttl, found.lease_token)
                     except LeaseLost:
                         # The lease passed on (it ran out): the result is still right to return.
                         logger.debug("fill lease of %r lost; result not stored", key)
@@ -226,8 +258,19 @@ class Cache:
 class AsyncCache:
     """The cache, asyncio: the methods of Cache, awaited."""
 
-    def __init__(self, transport: AsyncTransport) -> None:
+    def __init__(self, transport: AsyncTransport, fence: Optional[Fence] = None) -> None:
         self._t = transport
+        #: The fence every write of this view carries, or None (unconditional writes).
+        self.fence = fence
+        self._fence = fence_message(fence)
+
+    def __repr__(self) -> str:
+        fence = "" if self.fence is None else f" fenced by {self.fence.lock!r}@{self.fence.fencing_token}"
+        return f"<cachelock.aio.AsyncCache{fence}>"
+
+    def fenced(self, fence: Fenceable) -> "AsyncCache":
+        """As Cache.fenced."""
+        return AsyncCache(self._t, fence_of(fence))
 
     async def get(self, key: str) -> Optional[bytes]:
         """The value of `key`, or None."""
@@ -244,31 +287,37 @@ class AsyncCache:
         stale_ttl: Optional[Seconds] = None, *, lease_token: str = "",
     ) -> bool:
         """Stores `value`; False only when `condition` did not hold."""
-        request = _set_request(key, value, ttl, condition, stale_ttl, lease_token)
+        request = _set_request(key, value, ttl, condition, stale_ttl, lease_token, self._fence)
+        return (await self._t.unary(_SERVICE + "Set", request, pb.SetResponse)).stored
+
+    async def _fill(self, key: str, value: bytes, ttl: Seconds, stale_ttl: Optional[Seconds], lease_token: str) -> bool:
+        """As Cache._fill: never fenced."""
+        request = _set_request(key, value, ttl, "always", stale_ttl, lease_token, None)
         return (await self._t.unary(_SERVICE + "Set", request, pb.SetResponse)).stored
 
     async def set_many(self, mapping: Mapping[str, Value], ttl: Optional[Seconds] = None) -> int:
         """Stores every value at once (all or none); the number stored."""
-        entries = [pb.SetEntry(key=k, value=_bytes(v), ttl=optional_duration(ttl)) for k, v in mapping.items()]
-        return (await self._t.unary(_SERVICE + "SetMany", pb.SetManyRequest(entries=entries), pb.SetManyResponse)).stored
+        request = _set_many_request(mapping, ttl, self._fence)
+        return (await self._t.unary(_SERVICE + "SetMany", request, pb.SetManyResponse)).stored
 
     async def delete(self, *keys: str) -> int:
         """Removes keys; how many existed."""
-        return (await self._t.unary(_SERVICE + "Delete", pb.DeleteRequest(keys=keys), pb.DeleteResponse)).deleted
+        request = pb.DeleteRequest(keys=keys, fence=self._fence)
+        return (await self._t.unary(_SERVICE + "Delete", request, pb.DeleteResponse)).deleted
 
     async def take(self, key: str) -> Optional[bytes]:
         """Reads and deletes `key` atomically."""
-        response = await self._t.unary(_SERVICE + "Take", pb.TakeRequest(key=key), pb.TakeResponse)
+        response = await self._t.unary(_SERVICE + "Take", pb.TakeRequest(key=key, fence=self._fence), pb.TakeResponse)
         return response.value if response.found else None
 
     async def increment(self, key: str, delta: int = 1, ttl: Optional[Seconds] = None) -> int:
         """Adds `delta` to an integer counter; the new value."""
-        request = pb.IncrementRequest(key=key, delta=delta, ttl=optional_duration(ttl))
+        request = pb.IncrementRequest(key=key, delta=delta, ttl=optional_duration(ttl), fence=self._fence)
         return (await self._t.unary(_SERVICE + "Increment", request, pb.IncrementResponse)).value
 
     async def expire(self, key: str, ttl: Seconds) -> bool:
         """Gives `key` a new time to live; False when it does not exist."""
-        request = pb.ExpireRequest(key=key, ttl=optional_duration(ttl))
+        request = pb.ExpireRequest(key=key, ttl=optional_duration(ttl), fence=self._fence)
         return (await self._t.unary(_SERVICE + "Expire", request, pb.ExpireResponse)).found
 
     async def get_or_lease(
@@ -302,7 +351,7 @@ class AsyncCache:
                 result = await fn(*args, **kwargs)
                 if found.lease_token:
                     try:
-                        await self.set(key, spec.encode(result), spec.ttl, stale_ttl=spec.stale_ttl, lease_token=found.lease_token)
+                        await self._fill(key, spec.encode(result), spec.ttl, spec.stale_ttl, found.lease_token)
                     except LeaseLost:
                         logger.debug("fill lease of %r lost; result not stored", key)
                 return result

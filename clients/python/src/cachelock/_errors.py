@@ -131,6 +131,13 @@ class LockNotHeld(CachelockError):
     REASON = "LOCK_NOT_HELD"
 
 
+class FencedOut(CachelockError):
+    """A fenced write was refused: the fence's lock was granted again after your grant, so
+    your lease is over; nothing was changed. Stop the protected work."""
+
+    REASON = "FENCED_OUT"
+
+
 class RedisUnavailable(CachelockError):
     """Redis could not be reached or refused the command (`metadata["cause"]`); nothing was applied."""
 
@@ -252,7 +259,7 @@ _BY_REASON: Dict[str, Type[CachelockError]] = {
     cls.REASON: cls
     for cls in (
         InvalidField, MalformedRequest, Unauthenticated, PermissionDenied, SessionNotFound,
-        VersionConflict, NotAnInteger, IntegerOverflow, LeaseLost, LockNotHeld,
+        VersionConflict, NotAnInteger, IntegerOverflow, LeaseLost, LockNotHeld, FencedOut,
         RedisUnavailable, RedisTimeout, LocksPaused, EvictionPolicy, PermitsMismatch,
         MayHaveApplied, DeadlinePassed, RedisOutOfMemory, Overloaded, ClientRateLimited,
         WriteBudgetExceeded, TooManyWaiters, TooManyWatchers, TooManySubscribers,

@@ -24,6 +24,7 @@ import grpc
 
 from ._convert import Seconds, duration, optional_duration, seconds_of, time_of, to_seconds
 from ._errors import CachelockError, DeadlineExceeded, LeaseLost, NotAcquired, from_rpc_error
+from ._fence import Fence
 from ._transport import AsyncTransport, Transport
 from .lock.v1 import lock_pb2 as pb
 
@@ -51,6 +52,11 @@ class Grant:
     ttl: Optional[float]
     expires_at: Optional[datetime]
     token: str = field(default="", repr=False)
+
+    @property
+    def fence(self) -> Fence:
+        """The fence for the writes this grant protects (`client.cache.fenced(grant.fence)`)."""
+        return Fence(lock=self.name, fencing_token=self.fencing_token)
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,12 @@ class _LeaseState:
     def __repr__(self) -> str:
         state = f"lost ({self.lost_reason})" if self.lost_reason else "held"
         return f"<{type(self).__name__} {self.name!r} fencing_token={self.fencing_token} {state}>"
+
+    @property
+    def fence(self) -> Fence:
+        """The fence for the writes this lease protects (`client.cache.fenced(lease.fence)`,
+        `client.sessions.fenced(lease.fence)`): refused once the lock was granted again."""
+        return Fence(lock=self.name, fencing_token=self.fencing_token)
 
     def certain_for(self) -> float:
         """Seconds the lease can still be counted on; 0 once lost."""

@@ -7,7 +7,9 @@ from datetime import datetime
 from typing import Dict, Iterable, List, Mapping, Optional
 
 from ._convert import Seconds, optional_duration, seconds_of, time_of
+from ._fence import Fence, Fenceable, fence_message, fence_of
 from ._transport import AsyncTransport, Transport
+from .lock.v1 import lock_pb2
 from .session.v1 import session_pb2 as pb
 
 _SERVICE = "/cachelock.session.v1.SessionService/"
@@ -56,19 +58,37 @@ def _create_request(
 
 
 def _update_request(
-    id: str, set: Optional[Mapping[str, str]], remove: Optional[Iterable[str]], expected_version: Optional[int]
+    id: str, set: Optional[Mapping[str, str]], remove: Optional[Iterable[str]], expected_version: Optional[int],
+    fence: Optional[lock_pb2.Fence],
 ) -> pb.UpdateRequest:
-    request = pb.UpdateRequest(id=id, set=dict(set or {}), remove=list(remove or ()))
+    request = pb.UpdateRequest(id=id, set=dict(set or {}), remove=list(remove or ()), fence=fence)
     if expected_version is not None:  # `optional`: unset means "whatever the version"
         request.expected_version = expected_version
     return request
 
 
 class Sessions:
-    """Sessions, sync. An unknown, expired or ended id raises SessionNotFound."""
+    """Sessions, sync. An unknown, expired or ended id raises SessionNotFound.
 
-    def __init__(self, transport: Transport) -> None:
+    `fenced(fence)` gives the same calls with update and delete fenced (see Sessions.fenced).
+    """
+
+    def __init__(self, transport: Transport, fence: Optional[Fence] = None) -> None:
         self._t = transport
+        #: The fence update and delete carry, or None (unconditional writes).
+        self.fence = fence
+        self._fence = fence_message(fence)
+
+    def __repr__(self) -> str:
+        fence = "" if self.fence is None else f" fenced by {self.fence.lock!r}@{self.fence.fencing_token}"
+        return f"<cachelock.Sessions{fence}>"
+
+    def fenced(self, fence: Fenceable) -> "Sessions":
+        """The same calls with `update` and `delete` fenced by `fence` (a Fence, a lease or a
+        grant): applied only while no grant of its lock is newer, else FencedOut and nothing
+        changed. A session lives in its user's slot: fence it with a lock named by the user id
+        (or with the user id as its `{...}` section)."""
+        return Sessions(self._t, fence_of(fence))
 
     def create(
         self, user_id: str, attributes: Optional[Mapping[str, str]] = None, *,
@@ -88,7 +108,7 @@ class Sessions:
         expected_version: Optional[int] = None,
     ) -> Session:
         """Sets and removes attributes; with `expected_version`, only at that version (else VersionConflict)."""
-        request = _update_request(id, set, remove, expected_version)
+        request = _update_request(id, set, remove, expected_version, self._fence)
         return _session(self._t.unary(_SERVICE + "Update", request, pb.UpdateResponse).session)
 
     def touch(self, id: str) -> Optional[datetime]:
@@ -97,7 +117,7 @@ class Sessions:
 
     def delete(self, id: str) -> None:
         """Ends a session (log out)."""
-        self._t.unary(_SERVICE + "Delete", pb.DeleteRequest(id=id), pb.DeleteResponse)
+        self._t.unary(_SERVICE + "Delete", pb.DeleteRequest(id=id, fence=self._fence), pb.DeleteResponse)
 
     def list(self, user_id: str) -> List[Session]:
         """Every live session of the user, newest first, by handle (ids are "")."""
@@ -122,8 +142,19 @@ class Sessions:
 class AsyncSessions:
     """Sessions, asyncio: the methods of Sessions, awaited."""
 
-    def __init__(self, transport: AsyncTransport) -> None:
+    def __init__(self, transport: AsyncTransport, fence: Optional[Fence] = None) -> None:
         self._t = transport
+        #: The fence update and delete carry, or None (unconditional writes).
+        self.fence = fence
+        self._fence = fence_message(fence)
+
+    def __repr__(self) -> str:
+        fence = "" if self.fence is None else f" fenced by {self.fence.lock!r}@{self.fence.fencing_token}"
+        return f"<cachelock.aio.AsyncSessions{fence}>"
+
+    def fenced(self, fence: Fenceable) -> "AsyncSessions":
+        """As Sessions.fenced."""
+        return AsyncSessions(self._t, fence_of(fence))
 
     async def create(
         self, user_id: str, attributes: Optional[Mapping[str, str]] = None, *,
@@ -143,7 +174,7 @@ class AsyncSessions:
         expected_version: Optional[int] = None,
     ) -> Session:
         """As Sessions.update."""
-        request = _update_request(id, set, remove, expected_version)
+        request = _update_request(id, set, remove, expected_version, self._fence)
         return _session((await self._t.unary(_SERVICE + "Update", request, pb.UpdateResponse)).session)
 
     async def touch(self, id: str) -> Optional[datetime]:
@@ -152,7 +183,7 @@ class AsyncSessions:
 
     async def delete(self, id: str) -> None:
         """As Sessions.delete."""
-        await self._t.unary(_SERVICE + "Delete", pb.DeleteRequest(id=id), pb.DeleteResponse)
+        await self._t.unary(_SERVICE + "Delete", pb.DeleteRequest(id=id, fence=self._fence), pb.DeleteResponse)
 
     async def list(self, user_id: str) -> List[Session]:
         """As Sessions.list."""
