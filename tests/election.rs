@@ -203,6 +203,7 @@ async fn candidates_lead_one_at_a_time_in_line_and_observe_sees_every_change(bac
         .unwrap()
         .into_inner();
     assert!(!leader.elected && leader.leader.is_none());
+    assert_eq!(service.metric("cachelock_election_terms_total").await, 3.0);
 }
 
 async fn a_leader_whose_lease_vanished_without_a_word_is_seen_gone(backend: Backend) {

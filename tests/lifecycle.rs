@@ -102,6 +102,7 @@ async fn reflection_lists_every_service_in_both_protocol_versions() {
     let (_redis, service) = redis_and_service(&[]).await;
     let wanted = [
         CACHE,
+        "cachelock.election.v1.ElectionService",
         "cachelock.lock.v1.LockService",
         "cachelock.pubsub.v1.PubSubService",
         "cachelock.ratelimit.v1.RateLimitService",
@@ -137,6 +138,7 @@ async fn reflection_lists_every_service_in_both_protocol_versions() {
     // so that it can print a status's details decoded.
     for symbol in [
         "cachelock.cache.v1.CacheService",
+        "cachelock.election.v1.ElectionService",
         "google.rpc.ErrorInfo",
         "google.rpc.BadRequest",
     ] {

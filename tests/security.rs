@@ -6,6 +6,7 @@ mod common;
 
 use std::{collections::HashMap, time::Duration};
 
+use cachelock::pb::election::{CampaignRequest, LeaderRequest, election_service_client::ElectionServiceClient};
 use cachelock::pb::{
     cache::cache_service_client::CacheServiceClient,
     lock::{AcquireRequest, ReleaseRequest, lock_service_client::LockServiceClient},
@@ -41,7 +42,7 @@ fn cast() -> String {
             "",
         ),
         client("reader", "reader-token", "shop", &["cache:read"], ""),
-        client("locker", "locker-token", "shop", &["lock"], ""),
+        client("locker", "locker-token", "shop", &["lock", "election:read"], ""),
         client(
             "bank",
             "bank-token",
@@ -239,6 +240,19 @@ async fn credentials_and_permissions_get_the_right_codes() {
         reader.get(get("k")).await.unwrap().into_inner().found,
         "same tenant, same data"
     );
+
+    // election:read follows who leads, and may not stand.
+    let mut elections = ElectionServiceClient::with_interceptor(service.channel(), interceptor(Some("locker-token")));
+    let leader = LeaderRequest { name: "e".to_owned() };
+    assert!(!elections.leader(leader).await.unwrap().into_inner().elected);
+    let campaign = CampaignRequest {
+        name: "e".to_owned(),
+        ttl: Some(millis(10_000)),
+        ..CampaignRequest::default()
+    };
+    let stand = elections.campaign(campaign).await.map(|_| ()).unwrap_err();
+    assert_reason(&stand, Code::PermissionDenied, "PERMISSION_DENIED");
+    assert!(stand.message().contains("election:read"), "{stand:?}");
 
     // Probes need no credential; reflection neither, by default.
     assert!(service.health_status("").await.is_ok(), "health needs no credential");

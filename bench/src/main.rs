@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod compare;
+mod election;
 mod fanout;
 mod measure;
 mod scenario;
@@ -21,6 +22,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Du
 
 use crate::{
     compare::compare,
+    election::election_handover,
     fanout::pubsub_fanout,
     measure::{Measured, commands_per_request, print_header, print_row, run},
     scenario::{Clients, Conn, Scenario, Target, Token, prepare},
@@ -136,6 +138,14 @@ struct Args {
     /// Runs the bare tonic server of bare-floor on this address (the tool starts it itself).
     #[arg(long, hide = true)]
     serve_bare: Option<SocketAddr>,
+    /// Instead of the scenarios: this many rounds of an election whose leader dies, its
+    /// process (its Campaign stream closes) and then its cachelock instance (SIGKILL: the
+    /// lease runs out), each timed from the death to the next candidate's election.
+    #[arg(long, conflicts_with_all = ["batch_worst_case", "secure", "compare_metrics_off", "pubsub_fanout", "stampede", "cluster", "addr"])]
+    election_handover: Option<usize>,
+    /// The leader's lease in --election-handover.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    election_ttl: Duration,
     /// How long the source of truth takes to answer a fill in --stampede.
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     fill_time: Duration,
@@ -148,6 +158,8 @@ async fn bench(args: Args) -> Result<(), String> {
     let mut clients = connect(&args, &setup, &redis_client).await?;
     let result = if let Some(subscribers) = args.pubsub_fanout {
         pubsub_fanout(&clients, subscribers, &args).await
+    } else if let Some(rounds) = args.election_handover {
+        election_handover(&clients, &setup, rounds, &args).await
     } else if let Some(callers) = args.stampede {
         stampede(&clients, callers, &args).await
     } else if args.batch_worst_case {

@@ -219,7 +219,7 @@ pub(crate) async fn set_up(args: &Args) -> Result<Setup, String> {
 
 /// The flags of a service the tool starts at `addr` on the redis-server at
 /// `redis_url`, with its metrics listener on a free port, or `off` when `metrics` is false.
-fn service_args(addr: &str, redis_url: &str, metrics: bool) -> Result<Vec<String>, String> {
+pub(crate) fn service_args(addr: &str, redis_url: &str, metrics: bool) -> Result<Vec<String>, String> {
     Ok(vec![
         "--listen".to_owned(),
         addr.to_owned(),

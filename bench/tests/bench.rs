@@ -261,3 +261,20 @@ fn the_batch_worst_case_reports_every_batch_rpc_at_the_default_limits() {
         assert!(stdout.contains(row), "{row}: {stdout}");
     }
 }
+
+#[test]
+fn the_election_handover_times_both_deaths() {
+    let stdout = bench(&["--election-handover", "1", "--election-ttl", "500ms"]);
+    for death in ["its process", "its cachelock instance"] {
+        let row = stdout
+            .lines()
+            .find(|line| line.starts_with(death))
+            .unwrap_or_else(|| panic!("a row for {death}: {stdout}"));
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        // The figures themselves are the benchmark's to report, not this test's.
+        assert!(
+            columns.iter().rev().take(3).all(|figure| figure.parse::<f64>().is_ok()),
+            "{row}"
+        );
+    }
+}

@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "proto/cachelock/lock/v1/lock.proto",
     "proto/cachelock/session/v1/session.proto",
     "proto/cachelock/pubsub/v1/pubsub.proto",
+    "proto/cachelock/election/v1/election.proto",
 ];
 
 fn main() -> io::Result<()> {

@@ -139,6 +139,7 @@ impl election_service_server::ElectionService for ElectionApi {
                         let deadline = Instant::now() + api.lock.settings.operation_timeout;
                         let term = acquired.fencing_token;
                         elected = Some(term);
+                        api.lock.meter.record(|metrics| metrics.election_terms.inc());
                         // The record is what Leader reports as the term's start; the
                         // leadership itself is the lock's, granted already.
                         if let Err(error) = api.lock.store.record_term(&record, term, &candidate, deadline).await {

@@ -171,6 +171,8 @@ pub struct Metrics {
     pub cache_lease_answers: Family<Outcome, Counter>,
     /// Fenced writes (cache and session) by result (applied, fenced_out).
     pub fenced_writes: Family<Outcome, Counter>,
+    /// Terms of leadership begun by campaigns on this instance.
+    pub election_terms: Counter,
     /// Rate-limit decisions by result (allowed, denied, policy_allowed, policy_denied).
     pub ratelimit_decisions: Family<Outcome, Counter>,
     /// Rate-limit script calls, and the requests they decided (group commit).
@@ -327,6 +329,11 @@ impl Metrics {
                 "Cache and session writes made under a fence, by result: applied, fenced_out (refused: the \
                  fence's lock was granted again since)",
                 Family::default(),
+            ),
+            election_terms: add.metric(
+                "cachelock_election_terms",
+                "Terms of leadership begun by campaigns on this instance (a fast rise: leaders flapping)",
+                Counter::default(),
             ),
             ratelimit_decisions: add.metric(
                 "cachelock_ratelimit_decisions",

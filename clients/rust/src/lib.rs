@@ -32,6 +32,7 @@
 
 mod cache;
 mod client;
+mod election;
 mod error;
 mod lock;
 mod pubsub;
@@ -41,6 +42,7 @@ mod time;
 
 pub use cache::{Cache, Condition, FillError, FillOptions, SetOptions};
 pub use client::{Client, DEFAULT_TIMEOUT, Options, Retry, RetryHook, Tls};
+pub use election::{CampaignOptions, Change, Elections, Leader, Leadership, Observation};
 pub use error::{Error, Reason};
 pub use lock::{Grant, Holder, Lease, LockOptions, Locks};
 pub use pubsub::{Event, PubSub, Subscription};
@@ -93,9 +95,17 @@ pub mod pb {
                 tonic::include_proto!("cachelock.pubsub.v1");
             }
         }
+        /// `cachelock.election.v1`
+        pub mod election {
+            /// `cachelock.election.v1`
+            pub mod v1 {
+                tonic::include_proto!("cachelock.election.v1");
+            }
+        }
     }
     pub use cachelock::{
-        cache::v1 as cache, lock::v1 as lock, pubsub::v1 as pubsub, ratelimit::v1 as ratelimit, session::v1 as session,
+        cache::v1 as cache, election::v1 as election, lock::v1 as lock, pubsub::v1 as pubsub,
+        ratelimit::v1 as ratelimit, session::v1 as session,
     };
 }
 

@@ -11,7 +11,8 @@ use tokio::{
     sync::{oneshot, watch},
     time::Instant,
 };
-use tonic::{Code, Streaming};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Code, Status};
 
 use crate::{
     Client, Error, Fence, Reason,
@@ -128,13 +129,91 @@ pub struct Holder {
     pub waiting: u32,
 }
 
-/// Where a [`Lease`] stands.
+/// Where a kept lease stands.
 #[derive(Clone, Debug)]
 enum State {
     /// Held, certainly until this instant unless a renewal comes.
     Held(Instant),
     /// Lost, for this reason.
     Lost(String),
+}
+
+/// What a stream that keeps a lease says (Hold's and Campaign's events alike).
+pub(crate) enum Kept {
+    /// The lease was renewed: certain for this long from now.
+    Renewed(Duration),
+    /// The server could not keep it, for this reason.
+    Lost(String),
+    /// Nothing that changes the lease.
+    Other,
+}
+
+/// A lease kept by a stream that a task reads: what [`Lease`] and
+/// [`crate::Leadership`] are made of. The stream is closed (and the server
+/// releases) when this is dropped or the lease is lost.
+pub(crate) struct Keeping {
+    state: watch::Receiver<State>,
+    // Dropped with this: the keeper then closes the stream, and the server releases.
+    _release: oneshot::Sender<()>,
+}
+
+impl Keeping {
+    /// Starts reading `stream`, whose lease is certain for `certain_for` from now.
+    pub(crate) fn start<S>(stream: S, certain_for: Duration) -> Keeping
+    where
+        S: Stream<Item = Result<Kept, Status>> + Send + Unpin + 'static,
+    {
+        let certain_until = Instant::now() + certain_for;
+        let (state_tx, state) = watch::channel(State::Held(certain_until));
+        let (release, released) = oneshot::channel();
+        tokio::spawn(keep(stream, state_tx, released, certain_until));
+        Keeping {
+            state,
+            _release: release,
+        }
+    }
+
+    pub(crate) fn lost_reason(&self) -> Option<String> {
+        match &*self.state.borrow() {
+            State::Lost(reason) => Some(reason.clone()),
+            // The clock is read here too, so that a check between the certain
+            // time's end and the keeper's wake-up already says lost.
+            State::Held(until) if *until <= Instant::now() => Some("NOT_RENEWED".to_owned()),
+            State::Held(_) if self.state.has_changed().is_err() => Some("STREAM_BROKEN".to_owned()),
+            State::Held(_) => None,
+        }
+    }
+
+    pub(crate) fn certain_for(&self) -> Duration {
+        match &*self.state.borrow() {
+            State::Held(until) => until.saturating_duration_since(Instant::now()),
+            State::Lost(_) => Duration::ZERO,
+        }
+    }
+
+    pub(crate) fn check(&self, name: &str) -> Result<(), Error> {
+        match self.lost_reason() {
+            None => Ok(()),
+            Some(reason) => Err(lost_error(name, &reason)),
+        }
+    }
+
+    pub(crate) async fn lost(&self) -> String {
+        let mut state = self.state.clone();
+        // An error: the keeper is gone without a word, and nothing vouches for
+        // the lease any more; lost_reason says so.
+        let _ = state.wait_for(|state| matches!(state, State::Lost(_))).await;
+        self.lost_reason().unwrap_or_else(|| "STREAM_BROKEN".to_owned())
+    }
+
+    pub(crate) async fn run<F: Future>(&self, name: &str, work: F) -> Result<F::Output, Error> {
+        self.check(name)?;
+        tokio::select! {
+            biased;
+            reason = self.lost() => Err(lost_error(name, &reason)),
+            output = work => Ok(output),
+        }
+    }
 }
 
 /// A lock held through `LockService.Hold`: the server renews it while this
@@ -147,9 +226,7 @@ enum State {
 pub struct Lease {
     name: String,
     fencing_token: u64,
-    state: watch::Receiver<State>,
-    // Dropped with the lease: the keeper then closes the stream, and the server releases.
-    _release: oneshot::Sender<()>,
+    keeping: Keeping,
 }
 
 impl fmt::Debug for Lease {
@@ -188,22 +265,12 @@ impl Lease {
     /// renewal, `STREAM_BROKEN` when the stream ended or broke without a word),
     /// or `None` while held.
     pub fn lost_reason(&self) -> Option<String> {
-        match &*self.state.borrow() {
-            State::Lost(reason) => Some(reason.clone()),
-            // The clock is read here too, so that a check between the certain
-            // time's end and the keeper's wake-up already says lost.
-            State::Held(until) if *until <= Instant::now() => Some("NOT_RENEWED".to_owned()),
-            State::Held(_) if self.state.has_changed().is_err() => Some("STREAM_BROKEN".to_owned()),
-            State::Held(_) => None,
-        }
+        self.keeping.lost_reason()
     }
 
     /// How long the lease is certain to last if no renewal comes; zero once lost.
     pub fn certain_for(&self) -> Duration {
-        match &*self.state.borrow() {
-            State::Held(until) => until.saturating_duration_since(Instant::now()),
-            State::Lost(_) => Duration::ZERO,
-        }
+        self.keeping.certain_for()
     }
 
     /// `Ok` while the lease holds.
@@ -211,19 +278,12 @@ impl Lease {
     /// # Errors
     /// [`Reason::LeaseLost`] once it was lost: stop the protected work.
     pub fn check(&self) -> Result<(), Error> {
-        match self.lost_reason() {
-            None => Ok(()),
-            Some(reason) => Err(lost_error(&self.name, &reason)),
-        }
+        self.keeping.check(&self.name)
     }
 
     /// Resolves when the lease is lost, with the reason.
     pub async fn lost(&self) -> String {
-        let mut state = self.state.clone();
-        // An error: the keeper is gone without a word, and nothing vouches for
-        // the lease any more; lost_reason says so.
-        let _ = state.wait_for(|state| matches!(state, State::Lost(_))).await;
-        self.lost_reason().unwrap_or_else(|| "STREAM_BROKEN".to_owned())
+        self.keeping.lost().await
     }
 
     /// Runs `work` while the lease holds: its output, or [`Reason::LeaseLost`]
@@ -232,19 +292,14 @@ impl Lease {
     /// # Errors
     /// [`Reason::LeaseLost`] when the lease was lost first.
     pub async fn run<F: Future>(&self, work: F) -> Result<F::Output, Error> {
-        self.check()?;
-        tokio::select! {
-            biased;
-            reason = self.lost() => Err(lost_error(&self.name, &reason)),
-            output = work => Ok(output),
-        }
+        self.keeping.run(&self.name, work).await
     }
 
     /// Gives the lock up now (dropping the lease does the same).
     pub fn release(self) {}
 }
 
-fn lost_error(name: &str, reason: &str) -> Error {
+pub(crate) fn lost_error(name: &str, reason: &str) -> Error {
     Error::local(
         Code::FailedPrecondition,
         Reason::LeaseLost,
@@ -325,15 +380,17 @@ impl Locks {
                 ));
             }
         };
-        let certain_until = Instant::now() + duration_from(acquired.certain_for);
-        let (state_tx, state) = watch::channel(State::Held(certain_until));
-        let (release, released) = oneshot::channel();
-        tokio::spawn(keep(stream, state_tx, released, certain_until));
+        let events = stream.map(|message| {
+            message.map(|response| match response.event {
+                Some(Event::Renewed(renewed)) => Kept::Renewed(duration_from(renewed.certain_for)),
+                Some(Event::Lost(lost)) => Kept::Lost(lost.reason),
+                _ => Kept::Other,
+            })
+        });
         Ok(Lease {
             name: name.to_owned(),
             fencing_token: acquired.fencing_token,
-            state,
-            _release: release,
+            keeping: Keeping::start(events, duration_from(acquired.certain_for)),
         })
     }
 
@@ -437,28 +494,30 @@ impl Locks {
 /// lost: the server's `lost`, the stream's end, or the certain time running
 /// out with no renewal. Returning drops the stream, which the server takes as
 /// the release: when the lease is dropped, or as soon as it is lost.
-async fn keep(
-    mut stream: Streaming<pb::HoldResponse>,
+async fn keep<S>(
+    mut stream: S,
     state: watch::Sender<State>,
     mut released: oneshot::Receiver<()>,
     mut certain_until: Instant,
-) {
+) where
+    S: Stream<Item = Result<Kept, Status>> + Unpin,
+{
     loop {
         let reason = tokio::select! {
             biased;
             _ = &mut released => return,
             () = tokio::time::sleep_until(certain_until) => "NOT_RENEWED".to_owned(),
-            message = stream.message() => match message {
-                Ok(Some(pb::HoldResponse { event: Some(Event::Renewed(renewed)) })) => {
-                    certain_until = Instant::now() + duration_from(renewed.certain_for);
+            message = stream.next() => match message {
+                Some(Ok(Kept::Renewed(certain_for))) => {
+                    certain_until = Instant::now() + certain_for;
                     state.send_replace(State::Held(certain_until));
                     continue;
                 }
-                Ok(Some(pb::HoldResponse { event: Some(Event::Lost(lost)) })) => lost.reason,
-                Ok(Some(_)) => continue,
-                Ok(None) => "STREAM_BROKEN".to_owned(),
+                Some(Ok(Kept::Lost(reason))) => reason,
+                Some(Ok(Kept::Other)) => continue,
+                None => "STREAM_BROKEN".to_owned(),
                 // cachelock's reason when it gave one (SHUTTING_DOWN, say).
-                Err(status) => match Error::from(status).reason() {
+                Some(Err(status)) => match Error::from(status).reason() {
                     Reason::None => "STREAM_BROKEN".to_owned(),
                     reason => reason.name().to_owned(),
                 },

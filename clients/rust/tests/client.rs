@@ -12,7 +12,9 @@ use std::{
 };
 
 use bytes::Bytes;
-use cachelock_client::{Client, Event, FillOptions, Limit, LockOptions, NewSession, Options, Reason, Tls, Update};
+use cachelock_client::{
+    CampaignOptions, Change, Client, Event, FillOptions, Limit, LockOptions, NewSession, Options, Reason, Tls, Update,
+};
 use cachelock_testkit::{PATIENCE, TestAuthFile, TestCa, TestRedis, TestService, auth_client};
 use tokio_stream::StreamExt;
 
@@ -31,7 +33,7 @@ struct Fixture {
 
 impl Fixture {
     async fn start(extra_args: &[&str]) -> Fixture {
-        let all = ["cache", "ratelimit", "lock", "session", "pubsub"];
+        let all = ["cache", "ratelimit", "lock", "session", "pubsub", "election"];
         let auth = TestAuthFile::new(&format!(
             "{}{}{}",
             auth_client("app", APP, "clients", &all, ""),
@@ -424,4 +426,66 @@ async fn a_lease_whose_renewals_stop_arriving_is_lost_before_it_could_end() {
         .expect("noticed without a word from the server");
     assert_eq!(reason, "NOT_RENEWED");
     assert_eq!(lease.check().expect_err("lost").reason(), &Reason::LeaseLost);
+}
+
+async fn next_change(changes: &mut cachelock_client::Observation) -> Change {
+    tokio::time::timeout(PATIENCE, changes.next())
+        .await
+        .expect("a change in time")
+        .expect("the stream goes on")
+        .expect("no error")
+}
+
+#[tokio::test]
+async fn one_candidate_leads_at_a_time_and_a_replaced_leader_is_fenced_out() {
+    let fixture = Fixture::start(&[]).await;
+    let client = fixture.client(Some(APP));
+    let elections = client.elections();
+    let name = "{scheduler}";
+    let mut changes = elections.observe(name).await.expect("observing");
+    assert_eq!(next_change(&mut changes).await, Change::NoLeader { last_term: 0 });
+
+    let options = |candidate: &str| CampaignOptions::new(candidate, Duration::from_millis(1500));
+    let a = elections.campaign(name, &options("a")).await.expect("elected");
+    assert!(!format!("{a:?}").contains(a.resign_token()), "{a:?}");
+    match next_change(&mut changes).await {
+        Change::Leader(leader) => assert_eq!((leader.candidate.as_str(), leader.term), ("a", a.term())),
+        other => panic!("expected a, got {other:?}"),
+    }
+    let b = tokio::spawn({
+        let elections = elections.clone();
+        async move { elections.campaign(name, &options("b")).await }
+    });
+    // b waits in line; a resigns by dropping its leadership.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while client.locks().describe(name).await.expect("described").waiting == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "b stands in line");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a_fence = a.fence();
+    a.resign();
+    let b = b.await.expect("joined").expect("elected");
+    assert!(b.term() > a_fence.fencing_token);
+    let leader = elections.leader(name).await.expect("read").expect("a leader");
+    assert_eq!((leader.candidate.as_str(), leader.term), ("b", b.term()));
+    loop {
+        match next_change(&mut changes).await {
+            Change::NoLeader { .. } => continue,
+            Change::Leader(leader) => break assert_eq!(leader.term, b.term()),
+        }
+    }
+    let refused = client
+        .cache()
+        .fenced(a_fence)
+        .set("{scheduler}:plan", "a", None)
+        .await
+        .expect_err("a's term is over");
+    assert_eq!(refused.reason(), &Reason::FencedOut);
+    client
+        .cache()
+        .fenced(b.fence())
+        .set("{scheduler}:plan", "b", None)
+        .await
+        .expect("b leads");
+    b.check().expect("b leads on");
 }
