@@ -77,7 +77,7 @@ impl Fenced {
                     "the lock {:?} and {:?} live in different Redis Cluster slots, so no one step can check the \
                      lock and write: give them one hash tag, such as the lock {{order:42}} and the keys \
                      {{order:42}}:total (for a session, the lock named by its user id, or with the user id as its \
-                     {{…}} section)",
+                     {{…}} section, for a user id without braces)",
                     self.lock,
                     user_keys.get(other - 1).copied().unwrap_or_default(),
                 ),

@@ -13,13 +13,15 @@ use cachelock::pb::{
         DeleteRequest, ExpireRequest, GetRequest, IncrementRequest, SetEntry, SetManyRequest, SetRequest, TakeRequest,
         cache_service_client::CacheServiceClient,
     },
-    lock::{AcquireRequest, Fence},
+    lock::{AcquireRequest, Fence, ReleaseRequest},
     session::{
         CreateRequest, DeleteRequest as EndRequest, GetRequest as ReadRequest, UpdateRequest,
         session_service_client::SessionServiceClient,
     },
 };
-use common::{Backend, Mode, TestService, assert_invalid, assert_reason, millis, requests::acquire};
+use common::{
+    Backend, FaultyLink, Mode, TestRedis, TestService, assert_invalid, assert_reason, millis, requests::acquire,
+};
 use tonic::{Code, transport::Channel};
 
 /// Two grants of `name` one after the other: the first one's lease runs out
@@ -263,3 +265,52 @@ in_every_mode!(
     a_fence_on_a_semaphore_or_a_bad_fence_is_refused,
     a_fenced_write_outside_the_locks_slot_is_refused_on_a_cluster_naming_the_fix,
 );
+
+/// A fenced write whose answer is lost after it applied, and whose lock is
+/// granted again meanwhile, is never sent again (the resend would be refused):
+/// the caller hears MAY_HAVE_APPLIED, not FENCED_OUT "nothing changed".
+#[tokio::test]
+async fn a_fenced_write_whose_answer_is_lost_may_have_applied_and_is_not_sent_again() {
+    let redis = TestRedis::start().await;
+    let link = FaultyLink::start(redis.port()).await;
+    let through_link = TestService::start(&link.url, &["--health-interval", "60s"]).await;
+    let direct = TestService::start(&redis.url(), &[]).await;
+    let old = direct
+        .locks()
+        .acquire(acquire("{o}", 60_000, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let fence = Fence {
+        lock: "{o}".to_owned(),
+        fencing_token: old.fencing_token,
+    };
+
+    link.hold_replies(true);
+    let mut cache = through_link.cache();
+    let write = tokio::spawn(async move { cache.set(set("{o}:v", b"old-holder", &fence)).await });
+    link.held_bytes_arrived().await;
+    // The write ran in Redis; its answer is held. The lock goes to another.
+    let mut locks = direct.locks();
+    locks
+        .release(ReleaseRequest {
+            name: "{o}".to_owned(),
+            token: old.token,
+        })
+        .await
+        .unwrap();
+    assert!(
+        locks
+            .acquire(acquire("{o}", 60_000, 0))
+            .await
+            .unwrap()
+            .into_inner()
+            .acquired
+    );
+    link.cut().await;
+
+    let status = write.await.unwrap().expect_err("the answer was lost");
+    assert_reason(&status, Code::DeadlineExceeded, "MAY_HAVE_APPLIED");
+    let mut cache = direct.cache();
+    assert_eq!(value(&mut cache, "{o}:v").await.as_deref(), Some(&b"old-holder"[..]));
+}

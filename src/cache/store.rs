@@ -490,6 +490,9 @@ impl CacheStore {
             FencedWrite::SetMany(entries) => entries.iter().map(|entry| entry.key).collect(),
             FencedWrite::Increment { key, .. } | FencedWrite::Expire { key, .. } => vec![*key],
         };
+        // Every fenced write is one that must not be sent again blindly: a resend
+        // after a newer grant would be refused although the first send applied,
+        // and the caller told "nothing changed". A lost answer is MAY_HAVE_APPLIED.
         let mut invocation = FENCED_WRITE.prepare();
         invocation.key(&fenced.state_key);
         for key in &keys {
@@ -515,14 +518,14 @@ impl CacheStore {
                         Condition::IfAbsent => "NX",
                         Condition::IfPresent => "XX",
                     });
-                Op::idempotent("fenced_set")
+                Op::write("fenced_set")
             }
             FencedWrite::SetMany(entries) => {
                 invocation.arg("set_many");
                 for entry in *entries {
                     invocation.arg(entry.value).arg(entry.ttl.millis());
                 }
-                Op::idempotent("fenced_set_many")
+                Op::write("fenced_set_many")
             }
             FencedWrite::Increment { delta, ttl, .. } => {
                 invocation.arg("increment").arg(*delta).arg(ttl.millis());
@@ -530,7 +533,7 @@ impl CacheStore {
             }
             FencedWrite::Expire { ttl, .. } => {
                 invocation.arg("expire").arg(ttl.millis());
-                Op::idempotent("fenced_expire")
+                Op::write("fenced_expire")
             }
         };
         let reply: Result<(i64, redis::Value, u64), Error> = self.redis.run(op, deadline, &invocation).await;

@@ -136,23 +136,28 @@ impl election_service_server::ElectionService for ElectionApi {
                     Ok(HoldResponse {
                         event: Some(hold_response::Event::Acquired(acquired)),
                     }) => {
-                        let deadline = Instant::now() + api.lock.settings.operation_timeout;
                         let term = acquired.fencing_token;
                         elected = Some(term);
                         api.lock.meter.record(|metrics| metrics.election_terms.inc());
-                        // The record is what Leader reports as the term's start; the
-                        // leadership itself is the lock's, granted already.
-                        if let Err(error) = api.lock.store.record_term(&record, term, &candidate, deadline).await {
-                            tracing::debug!(%error, "could not record a term's start; Leader reports it without");
-                        }
-                        api.lock.store.announce_change(&keys, deadline).await;
-                        campaign_event(campaign_response::Event::Elected(Elected {
+                        let event = campaign_event(campaign_response::Event::Elected(Elected {
                             term,
                             fencing_token: term,
                             ttl: acquired.ttl,
                             certain_for: acquired.certain_for,
                             resign_token: resign_token.clone(),
-                        }))
+                        }));
+                        // The leader hears first, while its certain time is fresh; the
+                        // record (what Leader reports as the term's start: the
+                        // leadership itself is the lock's) and the observers' notice follow.
+                        if events.send(event).await.is_err() {
+                            break;
+                        }
+                        let deadline = Instant::now() + api.lock.settings.operation_timeout;
+                        if let Err(error) = api.lock.store.record_term(&record, term, &candidate, deadline).await {
+                            tracing::debug!(%error, "could not record a term's start; Leader reports it without");
+                        }
+                        api.lock.store.announce_change(&keys, deadline).await;
+                        continue;
                     }
                     Ok(HoldResponse {
                         event: Some(hold_response::Event::Renewed(renewed)),

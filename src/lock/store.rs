@@ -24,10 +24,11 @@ static GRANT: LuaScript = LuaScript::new("lock_grant", include_str!("../scripts/
 static RELEASE: LuaScript = LuaScript::new("lock_release", include_str!("../scripts/lock_release.lua"));
 static DESCRIBE: LuaScript = LuaScript::new("lock_describe", include_str!("../scripts/lock_describe.lua"));
 static FENCE_OUT: LuaScript = LuaScript::new("lock_fence_out", include_str!("../scripts/lock_fence_out.lua"));
+static RECORD_TERM: LuaScript = LuaScript::new("election_record", include_str!("../scripts/election_record.lua"));
 
 /// The lock's scripts, for loading into Redis ahead of the first request.
-pub fn scripts() -> [&'static LuaScript; 4] {
-    [&GRANT, &RELEASE, &DESCRIBE, &FENCE_OUT]
+pub fn scripts() -> [&'static LuaScript; 5] {
+    [&GRANT, &RELEASE, &DESCRIBE, &FENCE_OUT, &RECORD_TERM]
 }
 
 /// How long a waiter's place in a lock's queue lasts unless it renews it by
@@ -336,24 +337,18 @@ impl LockStore {
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_millis());
-        let mut record = redis::pipe();
-        record
-            .cmd("HSET")
-            .arg(key)
-            .arg("term")
+        let mut invocation = RECORD_TERM.prepare();
+        invocation
+            .key(key)
             .arg(term)
-            .arg("candidate")
             .arg(candidate)
-            .arg("since")
             .arg(since.to_string())
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(key)
-            .arg(TERM_RECORD_MILLIS)
-            .ignore();
-        self.redis
-            .run(Op::idempotent("election_record"), deadline, &record)
-            .await
+            .arg(TERM_RECORD_MILLIS);
+        let _: i64 = self
+            .redis
+            .run(Op::idempotent(RECORD_TERM.name()), deadline, &invocation)
+            .await?;
+        Ok(())
     }
 
     /// When `term` of the election at `key` began (ms since the epoch), if recorded.
