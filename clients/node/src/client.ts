@@ -1,6 +1,7 @@
 // The client: one channel to cachelock, and the services on it.
 import { inspect } from 'node:util';
 import { Cache } from './cache.js';
+import { Elections, type CampaignOptions, type Leadership } from './election.js';
 import { Locks, type Lease, type LockOptions } from './lock.js';
 import { PubSub } from './pubsub.js';
 import { RateLimits } from './ratelimit.js';
@@ -39,6 +40,8 @@ export class Client {
   readonly sessions: Sessions;
   /** The raw lock calls; `lock` and `withLock` are what most code wants. */
   readonly locks: Locks;
+  /** Leader election's raw calls (resign, leader, observe); `campaign` and `withLeadership` are what most code wants. */
+  readonly elections: Elections;
   /** Publish/subscribe. */
   readonly pubsub: PubSub;
   readonly #transport: Transport;
@@ -55,6 +58,7 @@ export class Client {
     this.rateLimit = new RateLimits(this.#transport);
     this.sessions = new Sessions(this.#transport);
     this.locks = new Locks(this.#transport);
+    this.elections = new Elections(this.#transport);
     this.pubsub = new PubSub(this.#transport);
   }
 
@@ -95,6 +99,46 @@ export class Client {
       throw error;
     } finally {
       await lease.release();
+    }
+  }
+
+  /**
+   * Waits in line to lead the election `name` (for as long as it takes; abort
+   * `options.signal` to give up) and resolves once elected; the leadership is kept until
+   * `resign()` (or the end of an `await using` block).
+   *
+   * @example
+   * await using leader = await client.campaign('{scheduler}', { candidate: hostname(), ttlMs: 10_000 });
+   * await client.cache.fenced(leader).set('{scheduler}:plan', plan); // FencedOut once the term is over
+   */
+  campaign(name: string, options: CampaignOptions = {}): Promise<Leadership> {
+    return this.elections.campaign(name, options);
+  }
+
+  /**
+   * Runs `fn` as the leader of `name`, once elected, and resigns after. `leader.signal`
+   * aborts the moment the leadership is lost; and then this rejects with LeaseLost, even
+   * if `fn` resolved, so that work done after a loss is never taken for the leader's.
+   */
+  withLeadership<T>(name: string, fn: (leader: Leadership) => Promise<T>): Promise<T>;
+  withLeadership<T>(name: string, options: CampaignOptions, fn: (leader: Leadership) => Promise<T>): Promise<T>;
+  async withLeadership<T>(
+    name: string,
+    optionsOrFn: CampaignOptions | ((leader: Leadership) => Promise<T>),
+    maybeFn?: (leader: Leadership) => Promise<T>,
+  ): Promise<T> {
+    const [options, fn] = typeof optionsOrFn === 'function' ? [{}, optionsOrFn] : [optionsOrFn, maybeFn];
+    if (fn === undefined) throw new TypeError('withLeadership needs a function to run');
+    const leader = await this.campaign(name, options);
+    try {
+      const result = await fn(leader);
+      leader.check();
+      return result;
+    } catch (error) {
+      leader.check();
+      throw error;
+    } finally {
+      await leader.resign();
     }
   }
 

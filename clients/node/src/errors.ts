@@ -282,6 +282,11 @@ function decodeDetails(trailers: Metadata | undefined): Details {
   return found;
 }
 
+/** The library's error for a reason the library itself read (a stream's `lost` event), by its class. */
+export function errorForReason(fields: ErrorFields & { reason: string }): CachelockError {
+  return new (BY_REASON[fields.reason] ?? CachelockError)(fields);
+}
+
 /**
  * The library's error for a failed gRPC call: the one place a status becomes an error.
  * Anything that is not a gRPC failure (a bug, a TypeError) is passed through as it is.

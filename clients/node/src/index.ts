@@ -1,4 +1,4 @@
-// cachelock's Node client: the cache, rate limits, sessions, locks and pub/sub of a
+// cachelock's Node client: the cache, rate limits, sessions, locks, leader election and pub/sub of a
 // cachelock service, over gRPC. See README.md.
 export { Client, type ClientOptions } from './client.js';
 export {
@@ -13,6 +13,16 @@ export {
   type SetOptions,
 } from './cache.js';
 export type { Value } from './convert.js';
+export {
+  Elections,
+  Leadership,
+  Observation,
+  type CampaignOptions,
+  type ElectionEvent,
+  type LeaderEvent,
+  type LeaderInfo,
+  type NoLeaderEvent,
+} from './election.js';
 export * from './errors.js';
 export type { Fence, Fenceable } from './fence.js';
 export { Lease, LockGrant, Locks, type LockDescription, type LockOptions, type LostReason } from './lock.js';

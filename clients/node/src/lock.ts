@@ -62,9 +62,18 @@ export class Lease {
   #released = false;
   #lostReason: LostReason | null = null;
 
-  /** @internal Made by `Locks.hold` once the stream said `acquired`. */
-  constructor(name: string, acquired: NonNullable<HoldEvent['acquired']>, stream: ClientReadableStream<HoldEvent>) {
+  /** What was lost, for the LeaseLost message: "lock" or "election". */
+  readonly #kind: string;
+
+  /** @internal Made by `Locks.hold` once the stream said `acquired` (or by a Leadership). */
+  constructor(
+    name: string,
+    acquired: NonNullable<HoldEvent['acquired']>,
+    stream: ClientReadableStream<HoldEvent>,
+    kind = 'lock',
+  ) {
     this.name = name;
+    this.#kind = kind;
     this.fencingToken = BigInt(acquired.fencingToken);
     this.#stream = stream;
     this.#renewed(acquired.certainFor);
@@ -154,7 +163,7 @@ export class Lease {
     this.#stream.cancel();
     const error = new LeaseLost({
       code: Status.FAILED_PRECONDITION, // as the server's own LEASE_LOST
-      message: `lock ${JSON.stringify(this.name)} was lost (${reason}): stop the work it protects`,
+      message: `${this.#kind} ${JSON.stringify(this.name)} was lost (${reason}): stop the work it protects`,
       reason: 'LEASE_LOST',
       metadata: { lostReason: reason },
       cause: cause === undefined ? undefined : toError(cause),

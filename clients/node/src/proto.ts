@@ -11,6 +11,7 @@ export const SERVICES = {
   ratelimit: 'cachelock.ratelimit.v1.RateLimitService',
   session: 'cachelock.session.v1.SessionService',
   pubsub: 'cachelock.pubsub.v1.PubSubService',
+  election: 'cachelock.election.v1.ElectionService',
 } as const;
 
 export type ServiceName = keyof typeof SERVICES;

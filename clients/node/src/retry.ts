@@ -12,7 +12,7 @@ import { CachelockError } from './errors.js';
  * The methods repeated on RetryInfo, as "Service/Method". Every other one is raised at
  * once, the caller deciding: GetOrLease, Take and Increment (a repeat would take or add
  * twice), Check and CheckMany (would count twice), Create, Update and Rotate, Publish,
- * and the streams.
+ * and the streams (Hold, Subscribe, Campaign, Observe).
  */
 export const IDEMPOTENT: ReadonlySet<string> = new Set([
   'CacheService/Get',
@@ -33,6 +33,9 @@ export const IDEMPOTENT: ReadonlySet<string> = new Set([
   'LockService/Release',
   'LockService/Extend',
   'LockService/Describe',
+  // A repeated Resign is accepted again and touches no later term; Leader is a read.
+  'ElectionService/Resign',
+  'ElectionService/Leader',
 ]);
 
 export const MAX_ATTEMPTS = 5;

@@ -66,6 +66,7 @@ export class Transport {
       ratelimit: new (serviceConstructor('ratelimit'))(address, credentials, shared),
       session: new (serviceConstructor('session'))(address, credentials, shared),
       pubsub: new (serviceConstructor('pubsub'))(address, credentials, shared),
+      election: new (serviceConstructor('election'))(address, credentials, shared),
     };
     this.#token = options.token;
     this.#timeoutMs = options.timeoutMs;

@@ -136,6 +136,103 @@ def test_lock_lost_when_renewals_stop_arriving() -> None:
     with HoldingProxy(ADDR) as proxy:
         asyncio.run(main())
 
+async def _next_leader(observation: cachelock.aio.AsyncObservation) -> Any:
+    """The next Observe event naming a leader, past the moments with nobody leading."""
+    while True:
+        event = await asyncio.wait_for(observation.__anext__(), 10)
+        if isinstance(event, cachelock.Leader):
+            return event.candidate, event.term
+
+
+@run
+async def test_election_hands_over_and_fences_the_old_term(client: cachelock.aio.Client) -> None:
+    name = "{%s}" % unique("sched")
+    key = f"{name}:x"
+    elected_b = asyncio.Event()
+    release_b = asyncio.Event()
+    b_terms: List[int] = []
+
+    async def candidate_b() -> None:
+        async with client.campaign(name, candidate="b", ttl=1.5) as b:
+            b_terms.append(b.term)
+            elected_b.set()
+            await release_b.wait()
+
+    async with client.elections.observe(name) as observation:
+        first = await asyncio.wait_for(observation.__anext__(), 10)
+        assert isinstance(first, cachelock.NoLeader), "nobody leads at first"
+        async with client.campaign(name, candidate="a", ttl=1.5) as a:
+            assert a.term > 0 and a.fence == cachelock.Fence(name, a.term)
+            assert await _next_leader(observation) == ("a", a.term)
+            b_task = asyncio.ensure_future(candidate_b())
+            deadline = asyncio.get_running_loop().time() + 10
+            while (await client.locks.describe(name)).waiting != 1:
+                assert asyncio.get_running_loop().time() < deadline, "b in line"
+                await asyncio.sleep(0.02)
+
+            # A third candidate gives up waiting by cancelling.
+            async def candidate_c() -> None:
+                async with client.campaign(name, candidate="c", ttl=1.5):
+                    pytest.fail("c was elected while a leads")
+
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(candidate_c(), 0.2)
+            leader = await client.elections.leader(name)
+            assert leader is not None and (leader.candidate, leader.term) == ("a", a.term)
+            assert not elected_b.is_set(), "b was elected while a leads"
+        # a left its block: it resigned, and b leads.
+        await asyncio.wait_for(elected_b.wait(), 10)
+        assert b_terms[0] > a.term
+        assert await _next_leader(observation) == ("b", b_terms[0])
+        with pytest.raises(cachelock.FencedOut):
+            await client.cache.fenced(cachelock.Fence(name, a.term)).set(key, "from a", ttl=60)
+        assert await client.cache.fenced(cachelock.Fence(name, b_terms[0])).set(key, "from b", ttl=60)
+        assert await client.cache.get(key) == b"from b"
+        release_b.set()
+        await asyncio.wait_for(b_task, 10)
+
+
+@run
+async def test_election_leader_told_when_its_lock_vanishes(client: cachelock.aio.Client) -> None:
+    name = "{%s}" % unique("sched")
+    body_cancelled = False
+    async with client.elections.observe(name) as observation:
+        assert isinstance(await asyncio.wait_for(observation.__anext__(), 10), cachelock.NoLeader)
+        with pytest.raises(cachelock.LeaseLost):
+            async with client.campaign(name, candidate="a", ttl=1.5) as leader:
+                assert await _next_leader(observation) == ("a", leader.term)
+                assert await asyncio.get_running_loop().run_in_executor(None, delete_lock, name) >= 1
+                try:
+                    # The guarded body: the loss cancels it (bounded: at most 10 s).
+                    await asyncio.wait_for(leader.lost.wait(), 10)
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    body_cancelled = True
+                    raise
+        assert body_cancelled, "the guarded body was not cancelled"
+        assert leader.lost_reason == "LOCK_NOT_HELD"
+        event = await asyncio.wait_for(observation.__anext__(), 10)
+        assert isinstance(event, cachelock.NoLeader), event
+    assert await client.elections.leader(name) is None
+
+
+@run
+async def test_election_resign_token_is_never_shown(client: cachelock.aio.Client) -> None:
+    name = "{%s}" % unique("sched")
+    async with client.campaign(name, candidate="a", ttl=5) as leader:
+        token = leader.resign_token
+        assert token
+        for text in (repr(leader), str(leader), f"{leader}"):
+            assert token not in text and "term=" in text
+    # Leaving the block closes the stream; the server releases when it sees that.
+    for _ in range(200):
+        if await client.elections.leader(name) is None:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the leadership was not released after the block")
+
+
 @run
 async def test_cached_fills_once(client: cachelock.aio.Client) -> None:
     sku = unique("sku")

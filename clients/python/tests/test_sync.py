@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -163,6 +164,127 @@ def test_lock_lost_when_renewals_stop_arriving() -> None:
                     lease.check()
                 assert lease.certain_for() == 0
         assert raised.value.metadata["cause"] == "NOT_RENEWED"
+
+# --- leader election ---------------------------------------------------------------
+
+
+class Watcher:
+    """Reads an election's Observe stream on a thread, so that each wait for an event is
+    bounded (at most 10 s) instead of blocking forever."""
+
+    def __init__(self, client: Client, name: str) -> None:
+        self.observation = client.elections.observe(name)
+        self._events: "queue.Queue[Any]" = queue.Queue()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self.observation:
+                self._events.put(event)
+        except cachelock.CachelockError as error:
+            self._events.put(error)
+
+    def next(self) -> Any:
+        event = self._events.get(timeout=10)
+        if isinstance(event, Exception):
+            raise event
+        return event
+
+    def next_leader(self) -> Tuple[str, int]:
+        """The next event naming a leader, past the moments with nobody leading."""
+        while True:
+            event = self.next()
+            if isinstance(event, cachelock.Leader):
+                return event.candidate, event.term
+
+    def close(self) -> None:
+        self.observation.close()
+        self._thread.join(timeout=5)
+
+
+def _in_line(client: Client, name: str, waiting: int) -> None:
+    deadline = time.monotonic() + 10
+    while client.locks.describe(name).waiting != waiting:
+        assert time.monotonic() < deadline, f"{waiting} candidates in line"
+        time.sleep(0.02)
+
+
+def test_election_hands_over_and_fences_the_old_term(client: Client) -> None:
+    name = "{%s}" % unique("sched")
+    key = f"{name}:x"
+    watcher = Watcher(client, name)
+    pool = ThreadPoolExecutor(1)
+    try:
+        assert isinstance(watcher.next(), cachelock.NoLeader), "nobody leads at first"
+        with client.campaign(name, candidate="a", ttl=1.5) as a:
+            assert a.term > 0 and a.name == name and a.candidate == "a"
+            assert a.fence == cachelock.Fence(name, a.term)
+            assert a.certain_for() > 0
+            a.check()
+            assert watcher.next_leader() == ("a", a.term)
+            b_campaign = pool.submit(client.campaign, name, candidate="b", ttl=1.5)
+            _in_line(client, name, 1)
+            # A third candidate gives up waiting: the stream is closed, NotAcquired raised.
+            with pytest.raises(cachelock.NotAcquired):
+                client.campaign(name, candidate="c", ttl=1.5, timeout=0.2)
+            leader = client.elections.leader(name)
+            assert leader is not None and (leader.candidate, leader.term) == ("a", a.term)
+            assert leader.since is not None and leader.ttl is not None and leader.ttl > 0
+            assert not b_campaign.done(), "b was elected while a leads"
+        # a left its block: it resigned, and b, next in line, leads.
+        b = b_campaign.result(timeout=10)
+        with b:
+            assert b.term > a.term
+            assert watcher.next_leader() == ("b", b.term)
+            with pytest.raises(cachelock.FencedOut):
+                client.cache.fenced(cachelock.Fence(name, a.term)).set(key, "from a", ttl=60)
+            assert client.cache.fenced(b).set(key, "from b", ttl=60)
+            assert client.cache.get(key) == b"from b"
+    finally:
+        pool.shutdown(wait=False)
+        watcher.close()
+
+
+def test_election_leader_told_when_its_lock_vanishes(client: Client) -> None:
+    name = "{%s}" % unique("sched")
+    watcher = Watcher(client, name)
+    told: List[str] = []
+    try:
+        assert isinstance(watcher.next(), cachelock.NoLeader)
+        with pytest.raises(cachelock.LeaseLost) as raised:
+            with client.campaign(name, candidate="a", ttl=1.5) as leader:
+                leader.on_lost(told.append)
+                assert watcher.next_leader() == ("a", leader.term)
+                assert delete_lock(name) >= 1
+                assert leader.lost.wait(10), "the loss was never told"
+                assert leader.lost_reason == "LOCK_NOT_HELD"
+                with pytest.raises(cachelock.LeaseLost):
+                    leader.check()
+                assert leader.certain_for() == 0
+        assert raised.value.metadata["cause"] == "LOCK_NOT_HELD"
+        assert told == ["LOCK_NOT_HELD"]
+        assert isinstance(watcher.next(), cachelock.NoLeader), "Observe shows nobody leading"
+        assert client.elections.leader(name) is None
+    finally:
+        watcher.close()
+
+
+def test_election_resign_token_resigns_from_elsewhere_and_is_never_shown(client: Client) -> None:
+    name = "{%s}" % unique("sched")
+    with pytest.raises(cachelock.LeaseLost):
+        with client.campaign(name, candidate="a", ttl=1.5) as leader:
+            token = leader.resign_token
+            assert token
+            for text in (repr(leader), str(leader), f"{leader}", "%s" % leader):
+                assert token not in text and "term=" in text
+            client.elections.resign(name, token)
+            client.elections.resign(name, token)  # accepted again: its answer may have been lost
+            assert leader.lost.wait(10), "the resignation was never told"
+    assert client.elections.leader(name) is None
+    with pytest.raises(cachelock.FencedOut):
+        client.cache.fenced(leader).set(f"{name}:x", "late", ttl=60)
+
 
 # --- fenced writes -----------------------------------------------------------------
 

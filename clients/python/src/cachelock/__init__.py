@@ -1,5 +1,5 @@
 """cachelock: a Python client for the cachelock service — cache, rate limits,
-sessions, locks and pub/sub over Redis, sync here and asyncio in cachelock.aio.
+sessions, locks, leader election and pub/sub over Redis, sync here and asyncio in cachelock.aio.
 
     import cachelock
 
@@ -8,10 +8,13 @@ sessions, locks and pub/sub over Redis, sync here and asyncio in cachelock.aio.
         with client.lock("{invoice:42}", ttl=10) as lease:
             write_invoice(fencing_token=lease.fencing_token)
             client.cache.fenced(lease).set("{invoice:42}:pdf", pdf)  # refused once the lease is over
+        with client.campaign("{scheduler}", candidate="host-1", ttl=10) as leader:
+            client.cache.fenced(leader).set("{scheduler}:plan", plan)  # refused once the term is over
 """
 
 from ._cache import Cache, LeaseResult, Serializer
 from ._client import Client
+from ._election import ElectionEvent, Elections, Leader, Leadership, NoLeader, Observation
 from ._errors import (
     Cancelled, CachelockError, ClientRateLimited, DeadlineExceeded, DeadlinePassed, EvictionPolicy, FencedOut,
     IntegerOverflow, Internal, InvalidField, LeaseLost, LockNotHeld, LocksPaused, MalformedRequest,
@@ -33,11 +36,11 @@ __version__ = "1.0.0"
 __all__ = [
     "NOT_RENEWED", "IDEMPOTENT", "STREAM_BROKEN", "TLS",
     "Cache", "CachelockError", "Cancelled", "Client", "ClientRateLimited", "DeadlineExceeded",
-    "DeadlinePassed", "Decision", "Decisions", "Discontinuity", "EvictionPolicy", "Extended", "Fence",
+    "DeadlinePassed", "Decision", "Decisions", "Discontinuity", "ElectionEvent", "Elections", "EvictionPolicy", "Extended", "Fence",
     "FencedOut", "Grant",
-    "IntegerOverflow", "Internal", "InvalidField", "Lease", "LeaseLost", "LeaseResult", "Limit",
-    "LockInfo", "LockNotHeld", "Locks", "LocksPaused", "MalformedRequest", "MayHaveApplied", "Message",
-    "NotAcquired", "NotAnInteger", "OnRetry", "Overloaded", "PermissionDenied", "PermitsMismatch",
+    "IntegerOverflow", "Internal", "InvalidField", "Leader", "Leadership", "Lease", "LeaseLost", "LeaseResult",
+    "Limit", "LockInfo", "LockNotHeld", "Locks", "LocksPaused", "MalformedRequest", "MayHaveApplied", "Message",
+    "NoLeader", "NotAcquired", "NotAnInteger", "Observation", "OnRetry", "Overloaded", "PermissionDenied", "PermitsMismatch",
     "PubSub", "RateLimit", "RedisOutOfMemory", "RedisTimeout", "RedisUnavailable", "ResponseTooLarge",
     "Serializer", "Session", "SessionNotFound", "Sessions", "Subscription", "TooManySubscribers",
     "TooManyWaiters", "TooManyWatchers", "Unauthenticated", "Unavailable", "VersionConflict",

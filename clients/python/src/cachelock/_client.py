@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Type, TypeVar, Unio
 
 from ._cache import Cache, Serializer
 from ._convert import Seconds, to_seconds
+from ._election import Elections, Leadership
 from ._lock import Lease, Locks
 from ._pubsub import PubSub
 from ._ratelimit import RateLimit
@@ -29,8 +30,8 @@ class Client:
         on_retry: called as on_retry(method, error, delay) before each retry.
         options: extra gRPC channel options.
 
-    Services: `cache`, `rate_limit`, `sessions`, `locks`, `pubsub`; shortcuts `lock`
-    and `cached`. Use it as a context manager, or call close().
+    Services: `cache`, `rate_limit`, `sessions`, `locks`, `elections`, `pubsub`;
+    shortcuts `lock`, `campaign` and `cached`. Use it as a context manager, or call close().
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class Client:
         self.rate_limit = RateLimit(self._transport)
         self.sessions = Sessions(self._transport)
         self.locks = Locks(self._transport)
+        self.elections = Elections(self._transport)
         self.pubsub = PubSub(self._transport)
 
     def __repr__(self) -> str:
@@ -59,6 +61,14 @@ class Client:
     ) -> Lease:
         """Holds the lock `name` (see Locks.lock): `with client.lock("invoice:42", ttl=10) as lease:`."""
         return self.locks.lock(name, ttl, wait=wait, owner=owner, permits=permits, safety_margin=safety_margin)
+
+    def campaign(
+        self, name: str, *, candidate: str = "", ttl: Seconds, safety_margin: Optional[Seconds] = None,
+        timeout: Optional[Seconds] = None,
+    ) -> Leadership:
+        """Waits in line to lead the election `name`, then leads (see Elections.campaign):
+        `with client.campaign("{scheduler}", candidate="host-1", ttl=10) as leader:`."""
+        return self.elections.campaign(name, candidate=candidate, ttl=ttl, safety_margin=safety_margin, timeout=timeout)
 
     def cached(
         self, key_template: str, ttl: Seconds, *, lease_ttl: Optional[Seconds] = None,

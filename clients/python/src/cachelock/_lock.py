@@ -23,7 +23,7 @@ from typing import Any, Callable, List, Optional, Type
 import grpc
 
 from ._convert import Seconds, duration, optional_duration, seconds_of, time_of, to_seconds
-from ._errors import CachelockError, DeadlineExceeded, LeaseLost, NotAcquired, from_rpc_error
+from ._errors import _BY_REASON, CachelockError, DeadlineExceeded, LeaseLost, NotAcquired, from_rpc_error
 from ._fence import Fence
 from ._transport import AsyncTransport, Transport
 from .lock.v1 import lock_pb2 as pb
@@ -120,10 +120,15 @@ def _hold_request(
     )
 
 
-def _certain_for(response: pb.HoldResponse) -> float:
-    kind = response.WhichOneof("event")
-    message = response.acquired if kind == "acquired" else response.renewed
-    return seconds_of(message, "certain_for") or 0.0
+def _renewed_for(response: Any) -> float:
+    """The certain_for of a `renewed` event (Hold's or Campaign's: the same message)."""
+    return seconds_of(response.renewed, "certain_for") or 0.0
+
+
+def _lost_before_grant(stream: str, name: str, reason: str) -> CachelockError:
+    """The error of a stream that said `lost` before the grant (SHUTTING_DOWN while waiting)."""
+    cls = _BY_REASON.get(reason, CachelockError)
+    return cls(f"{stream} of {name!r} ended while waiting: {reason}", code=grpc.StatusCode.UNAVAILABLE, reason=reason)
 
 
 def _stream_reason(error: CachelockError) -> str:
@@ -132,7 +137,14 @@ def _stream_reason(error: CachelockError) -> str:
 
 
 class _LeaseState:
-    """What the sync and asyncio leases share: the grant, the loss and its callbacks."""
+    """What the sync and asyncio leases share: the grant, the loss and its callbacks.
+
+    The stream is Hold's; an election's leadership (Campaign's stream, which sends the
+    same `renewed` and `lost`) changes `_STREAM`, `_GRANTED` and `_granted`."""
+
+    #: The stream's method, and the event that grants.
+    _STREAM = "Hold"
+    _GRANTED = "acquired"
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -155,6 +167,11 @@ class _LeaseState:
         """The fence for the writes this lease protects (`client.cache.fenced(lease.fence)`,
         `client.sessions.fenced(lease.fence)`): refused once the lock was granted again."""
         return Fence(lock=self.name, fencing_token=self.fencing_token)
+
+    def _granted(self, response: Any) -> float:
+        """Records the grant event; returns its certain_for."""
+        self.fencing_token = response.acquired.fencing_token
+        return seconds_of(response.acquired, "certain_for") or 0.0
 
     def certain_for(self) -> float:
         """Seconds the lease can still be counted on; 0 once lost."""
@@ -204,12 +221,20 @@ class Lease(_LeaseState):
         self._timer: Optional[threading.Timer] = None
         self._reader = threading.Thread(target=self._read, name=f"cachelock-lease-{name}", daemon=True)
 
-    def _wait_granted(self, timeout: float) -> None:
-        """Starts reading the stream and returns once the lock is granted."""
+    def _wait_granted(self, timeout: Optional[float], on_timeout: Optional[CachelockError] = None) -> None:
+        """Starts reading the stream and returns once the lock is granted (waiting at
+        most `timeout` seconds, None: for as long as it takes)."""
         self._reader.start()
-        if not self._settled.wait(timeout):
+        try:
+            settled = self._settled.wait(timeout)
+        except BaseException:  # interrupted (KeyboardInterrupt): never leave the stream waiting in line
             self._stop()
-            raise DeadlineExceeded(f"no answer to Hold of {self.name!r} in time", code=grpc.StatusCode.DEADLINE_EXCEEDED)
+            raise
+        if not settled:
+            self._stop()
+            raise on_timeout or DeadlineExceeded(
+                f"no answer to {self._STREAM} of {self.name!r} in time", code=grpc.StatusCode.DEADLINE_EXCEEDED
+            )
         if self._failure is not None:
             self._stop()
             raise self._failure
@@ -218,20 +243,23 @@ class Lease(_LeaseState):
         try:
             for response in self._call:
                 kind = response.WhichOneof("event")
-                if kind == "acquired":
-                    self.fencing_token = response.acquired.fencing_token
-                    self._arm(_certain_for(response))
+                if kind == self._GRANTED:
+                    self._arm(self._granted(response))
                     self._settled.set()
                 elif kind == "renewed":
-                    self._arm(_certain_for(response))
+                    self._arm(_renewed_for(response))
                 elif kind == "not_acquired":
                     self._failure = NotAcquired(self.name, seconds_of(response.not_acquired, "ttl"))
                     self._settled.set()
                     return
                 elif kind == "lost":
-                    self._lose(response.lost.reason)
+                    if not self._settled.is_set():
+                        self._failure = _lost_before_grant(self._STREAM, self.name, response.lost.reason)
+                        self._settled.set()
+                    else:
+                        self._lose(response.lost.reason)
                     return
-            self._ended(STREAM_BROKEN, CachelockError("the Hold stream ended", code=grpc.StatusCode.UNAVAILABLE))
+            self._ended(STREAM_BROKEN, CachelockError(f"the {self._STREAM} stream ended", code=grpc.StatusCode.UNAVAILABLE))
         except grpc.RpcError as rpc_error:
             if not self._closing:
                 error = from_rpc_error(rpc_error)
@@ -315,12 +343,15 @@ class AsyncLease(_LeaseState):
         self._guarded: Optional["asyncio.Task[Any]"] = None
         self._cancelled_guarded = False
 
-    async def _wait_granted(self, timeout: float) -> None:
-        """Reads the stream until the lock is granted, then keeps reading in a task."""
+    async def _wait_granted(self, timeout: Optional[float]) -> None:
+        """Reads the stream until the lock is granted (None: for as long as it takes;
+        cancelling the waiting task gives up), then keeps reading in a task."""
         try:
             failure = await asyncio.wait_for(self._read_until_granted(), timeout)
         except asyncio.TimeoutError:
-            failure = DeadlineExceeded(f"no answer to Hold of {self.name!r} in time", code=grpc.StatusCode.DEADLINE_EXCEEDED)
+            failure = DeadlineExceeded(
+                f"no answer to {self._STREAM} of {self.name!r} in time", code=grpc.StatusCode.DEADLINE_EXCEEDED
+            )
         except BaseException:
             self._call.cancel()
             raise
@@ -334,16 +365,15 @@ class AsyncLease(_LeaseState):
             while True:
                 response = await self._call.read()
                 if response is grpc.aio.EOF:
-                    return CachelockError("the Hold stream ended", code=grpc.StatusCode.UNAVAILABLE)
+                    return CachelockError(f"the {self._STREAM} stream ended", code=grpc.StatusCode.UNAVAILABLE)
                 kind = response.WhichOneof("event")
-                if kind == "acquired":
-                    self.fencing_token = response.acquired.fencing_token
-                    self._arm(_certain_for(response))
+                if kind == self._GRANTED:
+                    self._arm(self._granted(response))
                     return None
                 if kind == "not_acquired":
                     return NotAcquired(self.name, seconds_of(response.not_acquired, "ttl"))
-                if kind == "lost":  # not sent before a grant; handled should that change
-                    return LeaseLost(f"lock {self.name!r}: {response.lost.reason}", code=grpc.StatusCode.FAILED_PRECONDITION)
+                if kind == "lost":  # SHUTTING_DOWN while waiting
+                    return _lost_before_grant(self._STREAM, self.name, response.lost.reason)
         except grpc.RpcError as rpc_error:
             return from_rpc_error(rpc_error)
 
@@ -356,7 +386,7 @@ class AsyncLease(_LeaseState):
                     return
                 kind = response.WhichOneof("event")
                 if kind == "renewed":
-                    self._arm(_certain_for(response))
+                    self._arm(_renewed_for(response))
                 elif kind == "lost":
                     self._lose(response.lost.reason)
                     return
@@ -414,19 +444,27 @@ class AsyncLease(_LeaseState):
 class AsyncLockGuard:
     """`async with client.lock(name, ttl) as lease:` — holds the lock for the block."""
 
-    def __init__(self, transport: AsyncTransport, request: pb.HoldRequest, wait: float) -> None:
+    def __init__(
+        self, transport: AsyncTransport, request: Any, timeout: Optional[float], *,
+        path: str = _SERVICE + "Hold", response: Any = pb.HoldResponse,
+        make: Optional[Callable[[Any], "AsyncLease"]] = None,
+    ) -> None:
         self._t = transport
         self._request = request
-        self._wait = wait
+        self._path = path
+        self._response = response
+        self._make: Callable[[Any], AsyncLease] = make or (lambda call: AsyncLease(request.name, call))
+        # How long the grant may take (None: as long as it takes).
+        self._timeout = timeout
         self._lease: Optional[AsyncLease] = None
 
     def __repr__(self) -> str:
-        return f"<AsyncLockGuard {self._request.name!r}>"
+        return f"<{type(self).__name__} {self._request.name!r}>"
 
     async def __aenter__(self) -> AsyncLease:
-        call = self._t.stream(_SERVICE + "Hold", self._request, pb.HoldResponse)
-        lease = AsyncLease(self._request.name, call)
-        await lease._wait_granted(self._t.timeout + self._wait)
+        call = self._t.stream(self._path, self._request, self._response)
+        lease = self._make(call)
+        await lease._wait_granted(self._timeout)
         lease._guarded = asyncio.current_task()
         self._lease = lease
         return lease
@@ -509,7 +547,8 @@ class AsyncLocks:
     ) -> AsyncLockGuard:
         """As Locks.lock, for `async with`."""
         request = _hold_request(name, ttl, wait, owner, permits, safety_margin)
-        return AsyncLockGuard(self._t, request, to_seconds(wait) if wait is not None else 0.0)
+        # The grant's deadline: the wait plus the usual time for an answer.
+        return AsyncLockGuard(self._t, request, self._t.timeout + (to_seconds(wait) if wait is not None else 0.0))
 
     async def acquire(
         self, name: str, ttl: Seconds, *, wait: Optional[Seconds] = None, owner: str = "", permits: int = 1

@@ -31,7 +31,8 @@ def _methods(service: str, *names: str) -> FrozenSet[str]:
 
 
 #: The methods repeated on RetryInfo. Everything else (GetOrLease, Take, Increment,
-#: Check, CheckMany, Create, Update, Rotate, Publish and the streams) is raised at once:
+#: Check, CheckMany, Create, Update, Rotate, Publish and the streams: Hold, Subscribe,
+#: Campaign, Observe) is raised at once:
 #: a repeat could apply twice, and the caller decides.
 IDEMPOTENT: FrozenSet[str] = (
     _methods("cachelock.cache.v1.CacheService", "Get", "GetMany", "Set", "SetMany", "Delete", "Expire")
@@ -42,6 +43,8 @@ IDEMPOTENT: FrozenSet[str] = (
     )
     # Acquire is always sent with a fresh request_id, so a repeat returns the same grant.
     | _methods("cachelock.lock.v1.LockService", "Acquire", "Release", "Extend", "Describe")
+    # Resign repeated is accepted again and touches no later term; Leader is a read.
+    | _methods("cachelock.election.v1.ElectionService", "Resign", "Leader")
 )
 
 

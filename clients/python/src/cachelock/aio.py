@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable, Optional, Sequence, Tuple, Type, Un
 
 from ._cache import AsyncCache, Serializer
 from ._convert import Seconds, to_seconds
+from ._election import AsyncElections, AsyncLeadership, AsyncLeadershipGuard, AsyncObservation
 from ._lock import AsyncLease, AsyncLockGuard, AsyncLocks
 from ._pubsub import AsyncPubSub, AsyncSubscription
 from ._ratelimit import AsyncRateLimit
@@ -21,7 +22,8 @@ from ._sessions import AsyncSessions
 from ._transport import DEFAULT_TIMEOUT, TLS, AsyncTransport
 
 __all__ = [
-    "AsyncCache", "AsyncLease", "AsyncLockGuard", "AsyncLocks", "AsyncPubSub", "AsyncRateLimit",
+    "AsyncCache", "AsyncElections", "AsyncLeadership", "AsyncLeadershipGuard", "AsyncLease", "AsyncLockGuard",
+    "AsyncLocks", "AsyncObservation", "AsyncPubSub", "AsyncRateLimit",
     "AsyncSessions", "AsyncSubscription", "Client",
 ]
 
@@ -48,6 +50,7 @@ class Client:
         self.rate_limit = AsyncRateLimit(self._transport)
         self.sessions = AsyncSessions(self._transport)
         self.locks = AsyncLocks(self._transport)
+        self.elections = AsyncElections(self._transport)
         self.pubsub = AsyncPubSub(self._transport)
 
     def __repr__(self) -> str:
@@ -60,6 +63,13 @@ class Client:
     ) -> AsyncLockGuard:
         """Holds the lock `name` for an `async with` block (see cachelock.Client.lock)."""
         return self.locks.lock(name, ttl, wait=wait, owner=owner, permits=permits, safety_margin=safety_margin)
+
+    def campaign(
+        self, name: str, *, candidate: str = "", ttl: Seconds, safety_margin: Optional[Seconds] = None,
+    ) -> AsyncLeadershipGuard:
+        """Waits in line to lead the election `name` (cancel the task to give up), then
+        leads for an `async with` block (see cachelock.Client.campaign)."""
+        return self.elections.campaign(name, candidate=candidate, ttl=ttl, safety_margin=safety_margin)
 
     def cached(
         self, key_template: str, ttl: Seconds, *, lease_ttl: Optional[Seconds] = None,
