@@ -3,7 +3,7 @@
 
 use std::{
     fmt,
-    future::Future,
+    ops::Deref,
     pin::Pin,
     task::{Context, Poll},
     time::{Duration, SystemTime},
@@ -13,7 +13,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Streaming};
 
 use crate::{
-    Client, Error, Fence, Reason,
+    Client, Error, Lease, Reason,
     client::Idempotent,
     lock::{Keeping, Kept},
     pb::election::{
@@ -47,83 +47,44 @@ impl CampaignOptions {
 }
 
 /// A term of leadership, kept by the server while this value lives; dropped,
-/// it resigns (and the server fences the term out). Lost like a [`crate::Lease`]:
-/// [`Leadership::lost`] resolves at the server's `lost`, a broken stream, or
-/// the certain time running out with no renewal.
+/// it resigns (and the server fences the term out). It is the lease of the
+/// election's lock, and derefs to it: [`Lease::lost`] resolves at the server's
+/// `lost`, a broken stream, or the certain time running out with no renewal;
+/// [`Lease::run`] stops the leader's work then; [`Lease::fence`] fences its writes.
 pub struct Leadership {
-    name: String,
-    term: u64,
+    lease: Lease,
     resign_token: String,
-    keeping: Keeping,
 }
 
 impl fmt::Debug for Leadership {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Leadership")
-            .field("name", &self.name)
-            .field("term", &self.term)
+            .field("name", &self.lease.name())
+            .field("term", &self.term())
             .field("resign_token", &"<secret>")
-            .field("lost", &self.lost_reason())
+            .field("lost", &self.lease.lost_reason())
             .finish()
     }
 }
 
+impl Deref for Leadership {
+    type Target = Lease;
+
+    fn deref(&self) -> &Lease {
+        &self.lease
+    }
+}
+
 impl Leadership {
-    /// The election's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The term: larger than every earlier one of this election.
+    /// The term: larger than every earlier one of this election (the fencing
+    /// token of its lock).
     pub fn term(&self) -> u64 {
-        self.term
-    }
-
-    /// The fence for the leader's writes ([`crate::Cache::fenced`]): refused
-    /// once the term is over.
-    pub fn fence(&self) -> Fence {
-        Fence {
-            lock: self.name.clone(),
-            fencing_token: self.term,
-        }
+        self.lease.fencing_token()
     }
 
     /// The secret that lets [`Elections::resign`] end this term from elsewhere.
     pub fn resign_token(&self) -> &str {
         &self.resign_token
-    }
-
-    /// Why the leadership was lost (the reasons of [`crate::Lease::lost_reason`]),
-    /// or `None` while leading.
-    pub fn lost_reason(&self) -> Option<String> {
-        self.keeping.lost_reason()
-    }
-
-    /// How long the leadership is certain to last if no renewal comes.
-    pub fn certain_for(&self) -> Duration {
-        self.keeping.certain_for()
-    }
-
-    /// `Ok` while leading.
-    ///
-    /// # Errors
-    /// [`Reason::LeaseLost`] once the leadership was lost: stop leading.
-    pub fn check(&self) -> Result<(), Error> {
-        self.keeping.check(&self.name)
-    }
-
-    /// Resolves when the leadership is lost, with the reason.
-    pub async fn lost(&self) -> String {
-        self.keeping.lost().await
-    }
-
-    /// Runs `work` while leading: its output, or [`Reason::LeaseLost`] as soon
-    /// as the leadership is lost (`work` is then dropped, mid-way).
-    ///
-    /// # Errors
-    /// [`Reason::LeaseLost`] when the leadership was lost first.
-    pub async fn run<F: Future>(&self, work: F) -> Result<F::Output, Error> {
-        self.keeping.run(&self.name, work).await
     }
 
     /// Resigns now (dropping the leadership does the same).
@@ -261,10 +222,12 @@ impl Elections {
             })
         });
         Ok(Leadership {
-            name: name.to_owned(),
-            term: elected.term,
+            lease: Lease::kept(
+                name,
+                elected.term,
+                Keeping::start(events, duration_from(elected.certain_for)),
+            ),
             resign_token: elected.resign_token,
-            keeping: Keeping::start(events, duration_from(elected.certain_for)),
         })
     }
 

@@ -240,6 +240,15 @@ impl fmt::Debug for Lease {
 }
 
 impl Lease {
+    /// A lease of `name` with `fencing_token`, kept by `keeping`.
+    pub(crate) fn kept(name: &str, fencing_token: u64, keeping: Keeping) -> Lease {
+        Lease {
+            name: name.to_owned(),
+            fencing_token,
+            keeping,
+        }
+    }
+
     /// The lock's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -387,11 +396,11 @@ impl Locks {
                 _ => Kept::Other,
             })
         });
-        Ok(Lease {
-            name: name.to_owned(),
-            fencing_token: acquired.fencing_token,
-            keeping: Keeping::start(events, duration_from(acquired.certain_for)),
-        })
+        Ok(Lease::kept(
+            name,
+            acquired.fencing_token,
+            Keeping::start(events, duration_from(acquired.certain_for)),
+        ))
     }
 
     /// Takes `name` if it is free (or becomes free within `options.wait`):
