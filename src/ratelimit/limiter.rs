@@ -75,6 +75,11 @@ pub struct Limiter {
 }
 
 impl Limiter {
+    /// Where the limiter's figures go.
+    pub fn meter(&self) -> &Meter {
+        &self.meter
+    }
+
     /// A limiter over the context's Redis.
     pub fn new(context: &Context, settings: RateLimitSettings) -> Limiter {
         Limiter {

@@ -9,15 +9,17 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use tonic::{Request, Response, Status};
 
 pub use limiter::{Limiter, MAX_LIMIT, Outcome, RateLimitSettings};
-pub use store::{Algorithm, Counting, Decision, LimitCheck, invocation, scripts};
+pub use store::{Algorithm, Budget, BudgetAnswer, Counting, Decision, LimitCheck, Settled, invocation, scripts};
 
 use crate::{
     auth::Caller,
     config::OutagePolicy,
     error::Error,
+    ids::random_token,
     pb::ratelimit::{
-        self as pb, CheckManyRequest, CheckManyResponse, CheckRequest, CheckResponse, LimitDecision, ResetRequest,
-        ResetResponse, rate_limit_service_server::RateLimitService,
+        self as pb, CancelRequest, CancelResponse, CheckManyRequest, CheckManyResponse, CheckRequest, CheckResponse,
+        CommitRequest, CommitResponse, LimitDecision, ReportRequest, ReportResponse, ReserveRequest, ReserveResponse,
+        ResetRequest, ResetResponse, rate_limit_service_server::RateLimitService,
     },
     request::{cross_slot, deadline, positive_duration},
     time::duration_to_proto,
@@ -25,6 +27,12 @@ use crate::{
 
 /// The shortest period.
 const MIN_PERIOD: Duration = Duration::from_millis(1);
+/// How long a reservation waits for Commit or Cancel when the request says nothing.
+const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(60);
+/// The longest a reservation may wait.
+const MAX_RESERVATION_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Longest reservation id a caller can hand back (ours are 22 characters).
+const MAX_RESERVATION_ID_BYTES: usize = 64;
 
 /// The gRPC handlers of the rate limiter.
 pub struct RateLimitApi {
@@ -144,6 +152,49 @@ impl RateLimitApi {
         Ok(checks)
     }
 
+    /// Counts a token-budget operation's result.
+    fn count(&self, result: &'static str) {
+        self.limiter
+            .meter()
+            .record(|metrics| crate::telemetry::Metrics::count(&metrics.ratelimit_budget, result));
+    }
+
+    /// The limit of a budget request, checked; its cost at least `min_cost`.
+    fn budget_limit<'a>(&self, limit: Option<&'a pb::Limit>, min_cost: u64) -> Result<LimitCheck<'a>, Error> {
+        let limit = limit.ok_or_else(|| Error::invalid("limit", "is required"))?;
+        let check = self.limit_check(
+            "limit.",
+            &limit.key,
+            limit.limit,
+            limit.period.as_ref(),
+            limit.cost,
+            limit.algorithm,
+        )?;
+        if check.cost < min_cost {
+            return Err(Error::invalid("limit.cost", format!("must be at least {min_cost}")));
+        }
+        Ok(check)
+    }
+
+    /// Settles a reservation (Commit or Cancel) and maps the answer.
+    async fn settle(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        space: &crate::redis::KeySpace,
+        check: &LimitCheck<'_>,
+        operation: Budget<'_>,
+    ) -> Result<Option<Settled>, Error> {
+        let deadline = deadline(metadata, self.limiter.settings().operation_timeout)?;
+        match self.limiter.store().budget(space, check, operation, deadline).await? {
+            BudgetAnswer::Settled(settled) => Ok(settled),
+            BudgetAnswer::OtherLimit => Err(Error::invalid(
+                "reservation_id",
+                "was reserved under another limit: give the key, limit, period and algorithm it was reserved with",
+            )),
+            _ => Err(Error::Internal("a settlement answered something else".to_owned())),
+        }
+    }
+
     fn policy(&self, requested: i32) -> Result<OutagePolicy, Error> {
         match pb::OutagePolicy::try_from(requested) {
             Ok(pb::OutagePolicy::Unspecified) => Ok(self.limiter.settings().on_unavailable),
@@ -155,6 +206,16 @@ impl RateLimitApi {
             )),
         }
     }
+}
+
+fn reservation_id(id: &str) -> Result<&str, Error> {
+    if id.is_empty() || id.len() > MAX_RESERVATION_ID_BYTES {
+        return Err(Error::invalid(
+            "reservation_id",
+            "is not a reservation this service made",
+        ));
+    }
+    Ok(id)
 }
 
 fn retry_after(decision: &Decision) -> Option<prost_types::Duration> {
@@ -296,5 +357,113 @@ impl RateLimitService for RateLimitApi {
             )
             .await?;
         Ok(Response::new(ResetResponse { existed }))
+    }
+
+    async fn reserve(&self, request: Request<ReserveRequest>) -> Result<Response<ReserveResponse>, Status> {
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = Caller::in_extensions(&extensions)?;
+        // A limiter's state and a reservation's record.
+        caller.charge(&request, 2)?;
+        let space = caller.space.clone();
+        let check = self.budget_limit(request.limit.as_ref(), 1)?;
+        let ttl = match request.reservation_ttl.as_ref() {
+            None => DEFAULT_RESERVATION_TTL,
+            Some(ttl) => positive_duration("reservation_ttl", ttl)?,
+        };
+        if ttl > MAX_RESERVATION_TTL {
+            return Err(Error::invalid("reservation_ttl", "must be at most 1 day").into());
+        }
+        let id = random_token()?;
+        let deadline = deadline(&metadata, self.limiter.settings().operation_timeout)?;
+        let operation = Budget::Reserve { id: &id, ttl };
+        let decision = match self.limiter.store().budget(&space, &check, operation, deadline).await? {
+            BudgetAnswer::Reserved(decision) => decision,
+            BudgetAnswer::NotDecided => return Err(Error::OutOfMemory.into()),
+            _ => return Err(Error::Internal("a reservation answered something else".to_owned()).into()),
+        };
+        self.count(if decision.allowed { "reserved" } else { "reserve_denied" });
+        Ok(Response::new(ReserveResponse {
+            allowed: decision.allowed,
+            reservation_id: if decision.allowed { id } else { String::new() },
+            limit: check.limit,
+            remaining: decision.remaining,
+            reset_after: Some(duration_to_proto(decision.reset_after)),
+            retry_after: retry_after(&decision),
+        }))
+    }
+
+    async fn commit(&self, request: Request<CommitRequest>) -> Result<Response<CommitResponse>, Status> {
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = Caller::in_extensions(&extensions)?;
+        caller.charge(&request, 1)?;
+        let space = caller.space.clone();
+        let check = self.budget_limit(request.limit.as_ref(), 0)?;
+        let id = reservation_id(&request.reservation_id)?;
+        let operation = Budget::Commit {
+            id,
+            allow_debt: request.allow_debt,
+        };
+        let settled = self.settle(&metadata, &space, &check, operation).await?;
+        self.count(if settled.is_some() { "committed" } else { "unknown" });
+        Ok(Response::new(match settled {
+            Some(settled) => CommitResponse {
+                found: true,
+                charged: settled.charged,
+                refunded: settled.refunded,
+                remaining: settled.remaining,
+                reset_after: Some(duration_to_proto(settled.reset_after)),
+            },
+            None => CommitResponse::default(),
+        }))
+    }
+
+    async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = Caller::in_extensions(&extensions)?;
+        caller.charge(&request, 1)?;
+        let space = caller.space.clone();
+        let check = self.budget_limit(request.limit.as_ref(), 0)?;
+        let id = reservation_id(&request.reservation_id)?;
+        let settled = self.settle(&metadata, &space, &check, Budget::Cancel { id }).await?;
+        self.count(if settled.is_some() { "cancelled" } else { "unknown" });
+        Ok(Response::new(match settled {
+            Some(settled) => CancelResponse {
+                found: true,
+                charged: settled.charged,
+                refunded: settled.refunded,
+                remaining: settled.remaining,
+                reset_after: Some(duration_to_proto(settled.reset_after)),
+            },
+            None => CancelResponse::default(),
+        }))
+    }
+
+    async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
+        let (metadata, extensions, request) = request.into_parts();
+        let caller = Caller::in_extensions(&extensions)?;
+        caller.charge(&request, 1)?;
+        let space = caller.space.clone();
+        let check = self.budget_limit(request.limit.as_ref(), 1)?;
+        let deadline = deadline(&metadata, self.limiter.settings().operation_timeout)?;
+        match self
+            .limiter
+            .store()
+            .budget(&space, &check, Budget::Report, deadline)
+            .await?
+        {
+            BudgetAnswer::Reported {
+                remaining,
+                reset_after,
+                retry_after,
+            } => {
+                self.count("reported");
+                Ok(Response::new(ReportResponse {
+                    remaining,
+                    reset_after: Some(duration_to_proto(reset_after)),
+                    retry_after: Some(duration_to_proto(retry_after)),
+                }))
+            }
+            _ => Err(Error::Internal("a report answered something else".to_owned()).into()),
+        }
     }
 }

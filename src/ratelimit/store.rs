@@ -285,6 +285,137 @@ impl RateLimitStore {
     }
 }
 
+/// A budget operation on one limit (see `ratelimit.lua`).
+pub enum Budget<'a> {
+    /// Count the check's cost now and make reservation `id`, lasting `ttl`.
+    Reserve {
+        /// The reservation's id.
+        id: &'a str,
+        /// How long it waits for Commit or Cancel.
+        ttl: std::time::Duration,
+    },
+    /// Settle reservation `id` at the check's cost.
+    Commit {
+        /// The reservation's id.
+        id: &'a str,
+        /// Charge an excess beyond the limit.
+        allow_debt: bool,
+    },
+    /// Settle reservation `id` at no cost.
+    Cancel {
+        /// The reservation's id.
+        id: &'a str,
+    },
+    /// Count the check's cost without deciding.
+    Report,
+}
+
+/// How a reservation was settled.
+pub struct Settled {
+    /// What it cost in the end.
+    pub charged: u64,
+    /// What was given back of the estimate.
+    pub refunded: u64,
+    /// Units left now.
+    pub remaining: u64,
+    /// How long until the limit is whole again.
+    pub reset_after: Duration,
+}
+
+/// What a budget operation answered.
+pub enum BudgetAnswer {
+    /// Reserve: the decision on the estimate.
+    Reserved(Decision),
+    /// Commit or Cancel: how the reservation was settled; `None` when unknown.
+    Settled(Option<Settled>),
+    /// The reservation was counted under another limit.
+    OtherLimit,
+    /// Report: where the limit stands.
+    Reported {
+        /// Units left now (0 in debt).
+        remaining: u64,
+        /// How long until the limit is whole again.
+        reset_after: Duration,
+        /// How long until a cost of 1 fits.
+        retry_after: Duration,
+    },
+    /// A full Redis could not take the new state.
+    NotDecided,
+}
+
+impl RateLimitStore {
+    /// Runs one budget operation on `check`'s limit, in one script call.
+    ///
+    /// # Errors
+    /// Redis failures and timeouts, as [`Error`]. A Reserve is sent again after a
+    /// lost connection (its record makes the repeat count nothing); Commit and
+    /// Cancel too (a settled reservation answers the same); a Report is not.
+    pub async fn budget(
+        &self,
+        space: &KeySpace,
+        check: &LimitCheck<'_>,
+        operation: Budget<'_>,
+        deadline: Instant,
+    ) -> Result<BudgetAnswer, Error> {
+        let mut invocation = RATELIMIT.prepare();
+        invocation.key(redis_key(space, check));
+        let (name, op) = match &operation {
+            Budget::Reserve { .. } => ("reserve", Op::replayable("ratelimit_reserve")),
+            Budget::Commit { .. } => ("commit", Op::idempotent("ratelimit_commit")),
+            Budget::Cancel { .. } => ("cancel", Op::idempotent("ratelimit_cancel")),
+            Budget::Report => ("report", Op::write("ratelimit_report")),
+        };
+        if let Budget::Reserve { id, .. } | Budget::Commit { id, .. } | Budget::Cancel { id } = &operation {
+            invocation.key(space.ratelimit_reservation(check.key, id));
+        }
+        invocation
+            .arg(name)
+            .arg(check.algorithm.code())
+            .arg(check.limit)
+            .arg(check.period_micros)
+            .arg(check.cost);
+        match &operation {
+            Budget::Reserve { ttl, .. } => {
+                invocation.arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+            }
+            Budget::Commit { allow_debt, .. } => {
+                invocation.arg(if *allow_debt { "1" } else { "0" });
+            }
+            Budget::Cancel { .. } | Budget::Report => {}
+        }
+        let reply: Vec<i64> = self.redis.run(op, deadline, &invocation).await?;
+        let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or(0));
+        let count = |value: i64| u64::try_from(value).unwrap_or(0);
+        Ok(match (operation, reply.as_slice()) {
+            (Budget::Reserve { .. }, [-1, ..]) => BudgetAnswer::NotDecided,
+            (Budget::Reserve { .. }, [allowed, remaining, reset, retry]) => BudgetAnswer::Reserved(Decision {
+                allowed: *allowed == 1,
+                remaining: count(*remaining),
+                reset_after: micros(*reset),
+                retry_after: (*retry >= 0).then(|| micros(*retry)),
+            }),
+            (Budget::Commit { .. } | Budget::Cancel { .. }, [0]) => BudgetAnswer::Settled(None),
+            (Budget::Commit { .. } | Budget::Cancel { .. }, [-2]) => BudgetAnswer::OtherLimit,
+            (Budget::Commit { .. } | Budget::Cancel { .. }, [1, charged, refunded, remaining, reset]) => {
+                BudgetAnswer::Settled(Some(Settled {
+                    charged: count(*charged),
+                    refunded: count(*refunded),
+                    remaining: count(*remaining),
+                    reset_after: micros(*reset),
+                }))
+            }
+            (Budget::Report, [remaining, reset, retry]) => BudgetAnswer::Reported {
+                remaining: count(*remaining),
+                reset_after: micros(*reset),
+                retry_after: micros(*retry),
+            },
+            (_, reply) => {
+                return Err(Error::Internal(format!("unexpected ratelimit budget answer {reply:?}")));
+            }
+        })
+    }
+}
+
 /// The script call deciding one request's `checks` alone, as
 /// [`RateLimitStore::check`] sends it when nothing else is queued.
 pub fn invocation(space: &KeySpace, checks: &[LimitCheck<'_>]) -> Invocation {

@@ -109,6 +109,15 @@ impl KeySpace {
         redis_key
     }
 
+    /// The record of a rate-limit reservation `id` on `key`, in the slot of the
+    /// key's limiters (see `ratelimit.lua`).
+    pub fn ratelimit_reservation(&self, key: &str, id: &str) -> String {
+        let tag = slot_tag(key);
+        let mut redis_key = self.start("ratelimit-reservation", &tag, id.len());
+        redis_key.push_str(id);
+        redis_key
+    }
+
     /// Every key and the channel of the lock `name`, built together: one tag,
     /// so all of them share a slot (see `lock_grant.lua` for what each holds).
     pub fn lock(&self, name: &str) -> LockKeys {

@@ -23,6 +23,23 @@
 --               describe the state as it is. A limit that stands alone is written
 --               whenever it allows itself, whatever the others decide.
 --
+-- Budgets (ARGV[1] names the operation instead of an algorithm), one limit each:
+-- KEYS[1]  the limit's state key; KEYS[2] the reservation's record (not for report):
+--          a hash of k (the state key it was counted in), e (the estimate), w (the
+--          window it was counted in), s (open, commit or cancel) and, once settled,
+--          charged and refunded
+-- ARGV[1]  'reserve', 'commit', 'cancel' or 'report'
+-- ARGV[2..4] the algorithm, the limit and the period in microseconds, as above
+-- ARGV[5]  reserve: the estimate; commit: the actual cost; report: the cost
+-- ARGV[6]  reserve: how long the reservation lasts, in ms; commit: '1' to charge an
+--          excess beyond the limit (a debt)
+-- Returns  reserve: a decision as above, the estimate counted and the record made
+--          when allowed (a Reserve sent again finds its record and counts nothing);
+--          commit, cancel: {1, charged, refunded, remaining, reset_after_us}, {0} when
+--          the reservation is unknown (it expired: settled at its estimate), {-2}
+--          when it was counted under another limit; report: {remaining,
+--          reset_after_us, retry_after_us for one unit}
+--
 -- Groups are decided one after the other, in the order of their first limit, each
 -- seeing what the ones before it consumed: a batch of requests (see the service's
 -- group commit) is decided exactly as if they had come one by one in that order.
@@ -248,6 +265,131 @@ end
 local algorithms = {token_bucket, fixed_window, sliding_window}
 
 -- One limit, the common case: decided without the bookkeeping of groups.
+-- Budgets: Reserve, Commit, Cancel and Report, one limit each (see the header).
+-- Changes a limit's count by `delta` units without deciding: a charge (delta > 0,
+-- counted even beyond the limit: a debt) or a refund (delta < 0; a limit never gets
+-- fuller than full). `window` is the window refunded units were counted in (fixed
+-- and sliding windows): a window that is over gives nothing back. Charges go to
+-- the current window.
+local function adjust(algorithm, key, limit, period, delta, window)
+  if algorithm == 1 then
+    local interval = period / limit
+    local tat = tonumber(redis.call('GET', key)) or now
+    if tat < now then
+      tat = now
+    end
+    local new_tat = tat + delta * interval
+    if new_tat <= now then
+      redis.call('DEL', key)
+    else
+      redis.call('SET', key, string.format('%.17g', new_tat), 'PX', expire_ms(new_tat - now))
+    end
+    return
+  end
+  local current = math.floor(now / period)
+  local target = window or current
+  if algorithm == 2 then
+    if target ~= current then
+      return
+    end
+    local state = redis.call('HMGET', key, 'w', 'n')
+    local count = 0
+    if tonumber(state[1]) == current then
+      count = tonumber(state[2]) or 0
+    end
+    redis.call('HSET', key, 'w', current, 'n', math.max(0, count + delta))
+    redis.call('PEXPIRE', key, expire_ms((current + 1) * period - now))
+    return
+  end
+  local state = redis.call('HMGET', key, 'w', 'c', 'p')
+  local stored = tonumber(state[1])
+  local counted, previous = 0, 0
+  if stored == current then
+    counted, previous = tonumber(state[2]) or 0, tonumber(state[3]) or 0
+  elseif stored == current - 1 then
+    previous = tonumber(state[2]) or 0
+  end
+  if target == current then
+    counted = math.max(0, counted + delta)
+  elseif target == current - 1 then
+    previous = math.max(0, previous + delta)
+  else
+    return
+  end
+  redis.call('HSET', key, 'w', current, 'c', counted, 'p', previous)
+  redis.call('PEXPIRE', key, expire_ms((current + 2) * period - now))
+end
+
+local operation = ARGV[1]
+if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or operation == 'report' then
+  local algorithm, limit, period = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+  local cost = tonumber(ARGV[5])
+  local decide = algorithms[algorithm]
+  -- Where the limit stands: remaining, reset_after, and when one unit fits (a cost
+  -- of 0 decides as for 1 and consumes nothing).
+  local function as_is()
+    return decide(KEYS[1], limit, period, 0)
+  end
+  if operation == 'report' then
+    adjust(algorithm, KEYS[1], limit, period, cost, nil)
+    local now_state = as_is()
+    return {now_state[2], now_state[3], math.max(now_state[4], 0)}
+  end
+  if operation == 'reserve' then
+    if redis.call('EXISTS', KEYS[2]) == 1 then
+      -- This Reserve sent again: its reservation stands, counted once.
+      local now_state = as_is()
+      return {1, now_state[2], now_state[3], 0}
+    end
+    local decision, _, commit = decide(KEYS[1], limit, period, cost)
+    if decision[1] == 1 and commit then
+      if not commit() then
+        return NOT_DECIDED
+      end
+      write_pending()
+      redis.call('HSET', KEYS[2], 'k', KEYS[1], 'e', cost, 'w', math.floor(now / period), 's', 'open')
+      redis.call('PEXPIRE', KEYS[2], ARGV[6])
+    end
+    return decision
+  end
+  -- Commit and Cancel settle the reservation once; sent again they answer the same.
+  local record = redis.call('HMGET', KEYS[2], 'k', 'e', 'w', 's', 'charged', 'refunded')
+  if not record[1] then
+    return {0}
+  end
+  if record[1] ~= KEYS[1] then
+    return {-2}
+  end
+  local charged, refunded
+  if record[4] == 'open' then
+    local estimate = tonumber(record[2])
+    local actual = 0
+    if operation == 'commit' then
+      actual = cost
+    end
+    charged, refunded = estimate, 0
+    if actual < estimate then
+      refunded = estimate - actual
+      charged = actual
+      adjust(algorithm, KEYS[1], limit, period, -refunded, tonumber(record[3]))
+    elseif actual > estimate then
+      local excess = actual - estimate
+      if ARGV[6] ~= '1' then
+        excess = math.min(excess, as_is()[2])
+      end
+      if excess > 0 then
+        adjust(algorithm, KEYS[1], limit, period, excess, nil)
+      end
+      charged = estimate + excess
+    end
+    redis.call('HSET', KEYS[2], 's', operation, 'charged', charged, 'refunded', refunded)
+  else
+    charged, refunded = tonumber(record[5]), tonumber(record[6])
+  end
+  local now_state = as_is()
+  return {1, charged, refunded, now_state[2], now_state[3]}
+end
+
 if #KEYS == 1 then
   local decision, _, commit = algorithms[tonumber(ARGV[1])](KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
     tonumber(ARGV[4]))

@@ -175,6 +175,9 @@ pub struct Metrics {
     pub election_terms: Counter,
     /// Rate-limit decisions by result (allowed, denied, policy_allowed, policy_denied).
     pub ratelimit_decisions: Family<Outcome, Counter>,
+    /// Token-budget operations by result (reserved, reserve_denied, committed,
+    /// cancelled, unknown, reported).
+    pub ratelimit_budget: Family<Outcome, Counter>,
     /// Rate-limit script calls, and the requests they decided (group commit).
     pub ratelimit_batches: Counter,
     pub ratelimit_batched_requests: Counter,
@@ -334,6 +337,12 @@ impl Metrics {
                 "cachelock_election_terms",
                 "Terms of leadership begun by campaigns on this instance (a fast rise: leaders flapping)",
                 Counter::default(),
+            ),
+            ratelimit_budget: add.metric(
+                "cachelock_ratelimit_budget_operations",
+                "Token-budget operations by result: reserved, reserve_denied, committed, cancelled, unknown (a \
+                 Commit or Cancel of a reservation that expired or never was), reported",
+                Family::default(),
             ),
             ratelimit_decisions: add.metric(
                 "cachelock_ratelimit_decisions",

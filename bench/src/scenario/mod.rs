@@ -37,6 +37,9 @@ pub(crate) enum Scenario {
     RatelimitFixedWindow,
     /// RateLimit Check, sliding window, over the key space.
     RatelimitSlidingWindow,
+    /// RateLimit Reserve of an estimate then Commit of the actual cost, token bucket,
+    /// over the key space (one iteration = two RPCs): a token budget's price over a Check.
+    RatelimitReserveCommit,
     /// Session Get with touch, over a set of live sessions.
     SessionGet,
     /// Lock Acquire then Release, uncontended, over a name space (one iteration = two RPCs).
@@ -47,7 +50,7 @@ pub(crate) enum Scenario {
 }
 
 impl Scenario {
-    pub(crate) const ALL: [Scenario; 10] = [
+    pub(crate) const ALL: [Scenario; 11] = [
         Scenario::BareFloor,
         Scenario::GrpcFloor,
         Scenario::CacheGet,
@@ -55,6 +58,7 @@ impl Scenario {
         Scenario::RatelimitTokenBucket,
         Scenario::RatelimitFixedWindow,
         Scenario::RatelimitSlidingWindow,
+        Scenario::RatelimitReserveCommit,
         Scenario::SessionGet,
         Scenario::LockAcquireRelease,
         Scenario::EnvoyShouldRateLimit,
@@ -69,6 +73,7 @@ impl Scenario {
             Scenario::RatelimitTokenBucket => "ratelimit-token-bucket",
             Scenario::RatelimitFixedWindow => "ratelimit-fixed-window",
             Scenario::RatelimitSlidingWindow => "ratelimit-sliding-window",
+            Scenario::RatelimitReserveCommit => "ratelimit-reserve-commit",
             Scenario::SessionGet => "session-get",
             Scenario::LockAcquireRelease => "lock-acquire-release",
             Scenario::EnvoyShouldRateLimit => "envoy-should-rate-limit",
@@ -195,6 +200,7 @@ impl Clients {
             Scenario::SessionGet => session::get(channel, self.sessions[k % self.sessions.len()].clone()).await,
             Scenario::LockAcquireRelease => lock::acquire_release(channel, worker, i).await,
             Scenario::EnvoyShouldRateLimit => ratelimit::should_rate_limit(channel, key).await,
+            Scenario::RatelimitReserveCommit => ratelimit::reserve_commit(channel, key).await,
             Scenario::RatelimitTokenBucket | Scenario::RatelimitFixedWindow | Scenario::RatelimitSlidingWindow => {
                 ratelimit::check(channel, scenario, key).await
             }

@@ -11,7 +11,10 @@ use cachelock::{
                 rate_limit_service_client::RateLimitServiceClient as EnvoyClient,
             },
         },
-        ratelimit::{self as rl, CheckRequest, rate_limit_service_client::RateLimitServiceClient},
+        ratelimit::{
+            self as rl, CheckRequest, CommitRequest, Limit, ReserveRequest,
+            rate_limit_service_client::RateLimitServiceClient,
+        },
     },
 };
 
@@ -41,6 +44,39 @@ pub(crate) async fn check(channel: Conn, scenario: Scenario, key: String) -> Res
     } else {
         Ok(())
     }
+}
+
+/// A Reserve of an estimate of 10 units on `key`, then a Commit of 7: a token
+/// budget's two calls, token bucket, on the limit of the Check scenarios.
+pub(crate) async fn reserve_commit(channel: Conn, key: String) -> Result<(), String> {
+    let mut client = RateLimitServiceClient::new(channel);
+    let limit = |cost| Limit {
+        key: key.clone(),
+        limit: RATE_LIMIT,
+        period: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+        cost: Some(cost),
+        algorithm: rl::Algorithm::TokenBucket as i32,
+    };
+    let reserved = client
+        .reserve(ReserveRequest {
+            limit: Some(limit(10)),
+            reservation_ttl: None,
+        })
+        .await
+        .map_err(|status| status.to_string())?
+        .into_inner();
+    if !reserved.allowed {
+        return Err("the reservation was refused: the bench limit is spent".to_owned());
+    }
+    client
+        .commit(CommitRequest {
+            limit: Some(limit(7)),
+            reservation_id: reserved.reservation_id,
+            allow_debt: false,
+        })
+        .await
+        .map_err(|status| status.to_string())?;
+    Ok(())
 }
 
 /// The script call a Check makes, sent to Redis directly.
