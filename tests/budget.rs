@@ -293,7 +293,150 @@ async fn bad_budget_requests_name_their_field(backend: Backend) {
     assert_invalid(refused, "reservation_id");
 }
 
+async fn refunds_give_back_only_what_has_not_refilled_and_debts_are_bounded(backend: Backend) {
+    let service = backend.service(&[]).await;
+    let mut limits: Limits = service.ratelimit();
+    // 10 units every 500 ms: the bucket refills within a test.
+    let fast = |cost| Limit {
+        key: "llm:fast".to_owned(),
+        limit: 10,
+        period: Some(millis(500)),
+        cost: Some(cost),
+        algorithm: Algorithm::TokenBucket as i32,
+    };
+    let (_, id, _) = reserve(&mut limits, fast(10)).await;
+    // Synchronised on the bucket itself: wait until it is full again.
+    let look = CheckRequest {
+        key: "llm:fast".to_owned(),
+        limit: 10,
+        period: Some(millis(500)),
+        cost: Some(0),
+        algorithm: Algorithm::TokenBucket as i32,
+        on_unavailable: 0,
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while limits.check(look.clone()).await.unwrap().into_inner().remaining < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "the bucket refills");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancelled = limits
+        .cancel(CancelRequest {
+            limit: Some(fast(0)),
+            reservation_id: id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (cancelled.refunded, cancelled.charged, cancelled.remaining),
+        (0, 10, 10),
+        "refilled already"
+    );
+    let spend = CheckRequest {
+        cost: Some(10),
+        ..look.clone()
+    };
+    assert!(limits.check(spend.clone()).await.unwrap().into_inner().allowed);
+    assert!(
+        !limits.check(spend).await.unwrap().into_inner().allowed,
+        "never more than the limit"
+    );
+
+    // A report far beyond the limit keeps a debt of 100 periods, and answers.
+    let slow = |cost| budget("llm:slow", Algorithm::TokenBucket, cost);
+    let reported = limits
+        .report(ReportRequest {
+            limit: Some(slow(1_000_000_000)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let wait = reported.retry_after.unwrap().seconds;
+    assert!(wait > 99 * 3600 && wait <= 100 * 3600, "{wait} s");
+
+    // A Commit without a cost settles at 0; repeats and late Cancels say they come after.
+    let (_, id, _) = reserve(&mut limits, budget("llm:zero", Algorithm::FixedWindow, 5)).await;
+    let settle = CommitRequest {
+        limit: Some(Limit {
+            cost: None,
+            ..budget("llm:zero", Algorithm::FixedWindow, 0)
+        }),
+        reservation_id: id.clone(),
+        allow_debt: false,
+    };
+    let first = limits.commit(settle.clone()).await.unwrap().into_inner();
+    assert_eq!((first.charged, first.refunded, first.settled_before), (0, 5, false));
+    let again = limits.commit(settle).await.unwrap().into_inner();
+    assert_eq!((again.charged, again.refunded, again.settled_before), (0, 5, true));
+    let late = limits
+        .cancel(CancelRequest {
+            limit: Some(budget("llm:zero", Algorithm::FixedWindow, 0)),
+            reservation_id: id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(late.found && late.settled_before);
+    let refused = limits
+        .reserve(ReserveRequest {
+            limit: Some(slow(1)),
+            reservation_ttl: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 500_000,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_invalid(refused, "reservation_ttl");
+}
+
+/// A full Redis takes no new reservation or debt: the records are always new state.
+#[tokio::test]
+async fn a_full_redis_takes_no_new_reservation_or_report() {
+    let (redis, service) = common::redis_and_service(&[]).await;
+    let mut limits: Limits = service.ratelimit();
+    let (_, id, _) = reserve(&mut limits, budget("llm:full", Algorithm::TokenBucket, 5)).await;
+    let info: String = redis.command(&["INFO", "memory"]).await;
+    let used: u64 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap();
+    let _: () = redis
+        .command(&["CONFIG", "SET", "maxmemory", &(used / 2).to_string()])
+        .await;
+    let full = limits
+        .reserve(ReserveRequest {
+            limit: Some(budget("llm:full", Algorithm::TokenBucket, 1)),
+            reservation_ttl: None,
+        })
+        .await
+        .unwrap_err();
+    common::assert_reason(&full, tonic::Code::ResourceExhausted, "REDIS_OUT_OF_MEMORY");
+    let new_debt = limits
+        .report(ReportRequest {
+            limit: Some(budget("llm:new", Algorithm::TokenBucket, 1)),
+        })
+        .await
+        .unwrap_err();
+    common::assert_reason(&new_debt, tonic::Code::ResourceExhausted, "REDIS_OUT_OF_MEMORY");
+    // What exists is still settled and counted.
+    assert_eq!(
+        commit(&mut limits, budget("llm:full", Algorithm::TokenBucket, 2), &id, false)
+            .await
+            .2,
+        3
+    );
+    limits
+        .report(ReportRequest {
+            limit: Some(budget("llm:full", Algorithm::TokenBucket, 1)),
+        })
+        .await
+        .unwrap();
+}
+
 in_every_mode!(
+    refunds_give_back_only_what_has_not_refilled_and_debts_are_bounded,
     concurrent_reservations_grant_exactly_the_budget,
     commits_refund_or_charge_the_difference,
     cancel_refunds_and_an_expired_reservation_settles_at_its_estimate,

@@ -159,15 +159,21 @@ impl RateLimitApi {
             .record(|metrics| crate::telemetry::Metrics::count(&metrics.ratelimit_budget, result));
     }
 
-    /// The limit of a budget request, checked; its cost at least `min_cost`.
-    fn budget_limit<'a>(&self, limit: Option<&'a pb::Limit>, min_cost: u64) -> Result<LimitCheck<'a>, Error> {
+    /// The limit of a budget request, checked; its cost `default_cost` when
+    /// unset, and at least `min_cost`.
+    fn budget_limit<'a>(
+        &self,
+        limit: Option<&'a pb::Limit>,
+        default_cost: u64,
+        min_cost: u64,
+    ) -> Result<LimitCheck<'a>, Error> {
         let limit = limit.ok_or_else(|| Error::invalid("limit", "is required"))?;
         let check = self.limit_check(
             "limit.",
             &limit.key,
             limit.limit,
             limit.period.as_ref(),
-            limit.cost,
+            Some(limit.cost.unwrap_or(default_cost)),
             limit.algorithm,
         )?;
         if check.cost < min_cost {
@@ -365,13 +371,13 @@ impl RateLimitService for RateLimitApi {
         // A limiter's state and a reservation's record.
         caller.charge(&request, 2)?;
         let space = caller.space.clone();
-        let check = self.budget_limit(request.limit.as_ref(), 1)?;
+        let check = self.budget_limit(request.limit.as_ref(), 1, 1)?;
         let ttl = match request.reservation_ttl.as_ref() {
             None => DEFAULT_RESERVATION_TTL,
             Some(ttl) => positive_duration("reservation_ttl", ttl)?,
         };
-        if ttl > MAX_RESERVATION_TTL {
-            return Err(Error::invalid("reservation_ttl", "must be at most 1 day").into());
+        if ttl < Duration::from_millis(1) || ttl > MAX_RESERVATION_TTL {
+            return Err(Error::invalid("reservation_ttl", "must be between 1ms and 1 day").into());
         }
         let id = random_token()?;
         let deadline = deadline(&metadata, self.limiter.settings().operation_timeout)?;
@@ -397,14 +403,18 @@ impl RateLimitService for RateLimitApi {
         let caller = Caller::in_extensions(&extensions)?;
         caller.charge(&request, 1)?;
         let space = caller.space.clone();
-        let check = self.budget_limit(request.limit.as_ref(), 0)?;
+        let check = self.budget_limit(request.limit.as_ref(), 0, 0)?;
         let id = reservation_id(&request.reservation_id)?;
         let operation = Budget::Commit {
             id,
             allow_debt: request.allow_debt,
         };
         let settled = self.settle(&metadata, &space, &check, operation).await?;
-        self.count(if settled.is_some() { "committed" } else { "unknown" });
+        self.count(match &settled {
+            Some(settled) if settled.before => "already_settled",
+            Some(_) => "committed",
+            None => "unknown",
+        });
         Ok(Response::new(match settled {
             Some(settled) => CommitResponse {
                 found: true,
@@ -412,6 +422,7 @@ impl RateLimitService for RateLimitApi {
                 refunded: settled.refunded,
                 remaining: settled.remaining,
                 reset_after: Some(duration_to_proto(settled.reset_after)),
+                settled_before: settled.before,
             },
             None => CommitResponse::default(),
         }))
@@ -422,10 +433,14 @@ impl RateLimitService for RateLimitApi {
         let caller = Caller::in_extensions(&extensions)?;
         caller.charge(&request, 1)?;
         let space = caller.space.clone();
-        let check = self.budget_limit(request.limit.as_ref(), 0)?;
+        let check = self.budget_limit(request.limit.as_ref(), 0, 0)?;
         let id = reservation_id(&request.reservation_id)?;
         let settled = self.settle(&metadata, &space, &check, Budget::Cancel { id }).await?;
-        self.count(if settled.is_some() { "cancelled" } else { "unknown" });
+        self.count(match &settled {
+            Some(settled) if settled.before => "already_settled",
+            Some(_) => "cancelled",
+            None => "unknown",
+        });
         Ok(Response::new(match settled {
             Some(settled) => CancelResponse {
                 found: true,
@@ -433,6 +448,7 @@ impl RateLimitService for RateLimitApi {
                 refunded: settled.refunded,
                 remaining: settled.remaining,
                 reset_after: Some(duration_to_proto(settled.reset_after)),
+                settled_before: settled.before,
             },
             None => CancelResponse::default(),
         }))
@@ -443,7 +459,7 @@ impl RateLimitService for RateLimitApi {
         let caller = Caller::in_extensions(&extensions)?;
         caller.charge(&request, 1)?;
         let space = caller.space.clone();
-        let check = self.budget_limit(request.limit.as_ref(), 1)?;
+        let check = self.budget_limit(request.limit.as_ref(), 1, 1)?;
         let deadline = deadline(&metadata, self.limiter.settings().operation_timeout)?;
         match self
             .limiter
@@ -451,6 +467,7 @@ impl RateLimitService for RateLimitApi {
             .budget(&space, &check, Budget::Report, deadline)
             .await?
         {
+            BudgetAnswer::NotDecided => Err(Error::OutOfMemory.into()),
             BudgetAnswer::Reported {
                 remaining,
                 reset_after,

@@ -312,6 +312,8 @@ pub enum Budget<'a> {
 
 /// How a reservation was settled.
 pub struct Settled {
+    /// Settled before this call: the figures are that settlement's.
+    pub before: bool,
     /// What it cost in the end.
     pub charged: u64,
     /// What was given back of the estimate.
@@ -396,14 +398,16 @@ impl RateLimitStore {
             }),
             (Budget::Commit { .. } | Budget::Cancel { .. }, [0]) => BudgetAnswer::Settled(None),
             (Budget::Commit { .. } | Budget::Cancel { .. }, [-2]) => BudgetAnswer::OtherLimit,
-            (Budget::Commit { .. } | Budget::Cancel { .. }, [1, charged, refunded, remaining, reset]) => {
+            (Budget::Commit { .. } | Budget::Cancel { .. }, [1, charged, refunded, remaining, reset, before]) => {
                 BudgetAnswer::Settled(Some(Settled {
+                    before: *before == 1,
                     charged: count(*charged),
                     refunded: count(*refunded),
                     remaining: count(*remaining),
                     reset_after: micros(*reset),
                 }))
             }
+            (Budget::Report, [-1, ..]) => BudgetAnswer::NotDecided,
             (Budget::Report, [remaining, reset, retry]) => BudgetAnswer::Reported {
                 remaining: count(*remaining),
                 reset_after: micros(*reset),

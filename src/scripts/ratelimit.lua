@@ -26,8 +26,8 @@
 -- Budgets (ARGV[1] names the operation instead of an algorithm), one limit each:
 -- KEYS[1]  the limit's state key; KEYS[2] the reservation's record (not for report):
 --          a hash of k (the state key it was counted in), e (the estimate), w (the
---          window it was counted in), s (open, commit or cancel) and, once settled,
---          charged and refunded
+--          window it was counted in), t (a token bucket's TAT after it), s (open,
+--          commit or cancel) and, once settled, charged and refunded
 -- ARGV[1]  'reserve', 'commit', 'cancel' or 'report'
 -- ARGV[2..4] the algorithm, the limit and the period in microseconds, as above
 -- ARGV[5]  reserve: the estimate; commit: the actual cost; report: the cost
@@ -35,10 +35,12 @@
 --          excess beyond the limit (a debt)
 -- Returns  reserve: a decision as above, the estimate counted and the record made
 --          when allowed (a Reserve sent again finds its record and counts nothing);
---          commit, cancel: {1, charged, refunded, remaining, reset_after_us}, {0} when
---          the reservation is unknown (it expired: settled at its estimate), {-2}
---          when it was counted under another limit; report: {remaining,
---          reset_after_us, retry_after_us for one unit}
+--          commit, cancel: {1, charged, refunded, remaining, reset_after_us, 1 when
+--          it was settled before (then the figures are that settlement's)}, {0}
+--          when the reservation is unknown (it expired: settled at its estimate),
+--          {-2} when it was counted under another limit; report: {remaining,
+--          reset_after_us, retry_after_us for one unit}, or a refusal as not
+--          decided when a full Redis would have to take new state
 --
 -- Groups are decided one after the other, in the order of their first limit, each
 -- seeing what the ones before it consumed: a batch of requests (see the service's
@@ -266,6 +268,8 @@ local algorithms = {token_bucket, fixed_window, sliding_window}
 
 -- One limit, the common case: decided without the bookkeeping of groups.
 -- Budgets: Reserve, Commit, Cancel and Report, one limit each (see the header).
+-- How many periods of debt a limit can carry (see adjust).
+local DEBT_PERIODS = 100
 -- Changes a limit's count by `delta` units without deciding: a charge (delta > 0,
 -- counted even beyond the limit: a debt) or a refund (delta < 0; a limit never gets
 -- fuller than full). `window` is the window refunded units were counted in (fixed
@@ -278,11 +282,13 @@ local function adjust(algorithm, key, limit, period, delta, window)
     if tat < now then
       tat = now
     end
-    local new_tat = tat + delta * interval
+    -- A debt is kept to DEBT_PERIODS periods: far enough to refuse for that long,
+    -- near enough for exact microseconds and an expiry Redis takes.
+    local new_tat = math.min(tat + delta * interval, now + DEBT_PERIODS * period)
     if new_tat <= now then
       redis.call('DEL', key)
     else
-      redis.call('SET', key, string.format('%.17g', new_tat), 'PX', expire_ms(new_tat - now))
+      redis.call('SET', key, string.format('%.17g', new_tat), 'PX', string.format('%d', expire_ms(new_tat - now)))
     end
     return
   end
@@ -297,7 +303,7 @@ local function adjust(algorithm, key, limit, period, delta, window)
     if tonumber(state[1]) == current then
       count = tonumber(state[2]) or 0
     end
-    redis.call('HSET', key, 'w', current, 'n', math.max(0, count + delta))
+    redis.call('HSET', key, 'w', current, 'n', math.min(math.max(0, count + delta), DEBT_PERIODS * limit))
     redis.call('PEXPIRE', key, expire_ms((current + 1) * period - now))
     return
   end
@@ -310,7 +316,7 @@ local function adjust(algorithm, key, limit, period, delta, window)
     previous = tonumber(state[2]) or 0
   end
   if target == current then
-    counted = math.max(0, counted + delta)
+    counted = math.min(math.max(0, counted + delta), DEBT_PERIODS * limit)
   elseif target == current - 1 then
     previous = math.max(0, previous + delta)
   else
@@ -331,6 +337,9 @@ if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or o
     return decide(KEYS[1], limit, period, 0)
   end
   if operation == 'report' then
+    if redis.call('EXISTS', KEYS[1]) == 0 and too_full() then
+      return NOT_DECIDED
+    end
     adjust(algorithm, KEYS[1], limit, period, cost, nil)
     local now_state = as_is()
     return {now_state[2], now_state[3], math.max(now_state[4], 0)}
@@ -343,17 +352,24 @@ if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or o
     end
     local decision, _, commit = decide(KEYS[1], limit, period, cost)
     if decision[1] == 1 and commit then
-      if not commit() then
+      -- The record is always new state: a full Redis takes none.
+      if too_full() or not commit() then
         return NOT_DECIDED
       end
       write_pending()
-      redis.call('HSET', KEYS[2], 'k', KEYS[1], 'e', cost, 'w', math.floor(now / period), 's', 'open')
+      -- For a token bucket, where its units end (the TAT it left): a refund gives
+      -- back only the units that have not come back by themselves since.
+      local ends = ''
+      if algorithm == 1 then
+        ends = redis.call('GET', KEYS[1])
+      end
+      redis.call('HSET', KEYS[2], 'k', KEYS[1], 'e', cost, 'w', math.floor(now / period), 't', ends, 's', 'open')
       redis.call('PEXPIRE', KEYS[2], ARGV[6])
     end
     return decision
   end
   -- Commit and Cancel settle the reservation once; sent again they answer the same.
-  local record = redis.call('HMGET', KEYS[2], 'k', 'e', 'w', 's', 'charged', 'refunded')
+  local record = redis.call('HMGET', KEYS[2], 'k', 'e', 'w', 's', 'charged', 'refunded', 't')
   if not record[1] then
     return {0}
   end
@@ -361,6 +377,7 @@ if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or o
     return {-2}
   end
   local charged, refunded
+  local before = 0
   if record[4] == 'open' then
     local estimate = tonumber(record[2])
     local actual = 0
@@ -369,9 +386,20 @@ if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or o
     end
     charged, refunded = estimate, 0
     if actual < estimate then
-      refunded = estimate - actual
-      charged = actual
-      adjust(algorithm, KEYS[1], limit, period, -refunded, tonumber(record[3]))
+      local back = estimate - actual
+      if algorithm == 1 then
+        -- The time of the reservation's units that the bucket refilled since is
+        -- back already: only what is left of it is given back.
+        local interval = period / limit
+        local ends = tonumber(record[7]) or now
+        local time_back = math.min(back * interval, math.max(0, ends - now))
+        back = time_back / interval
+        refunded = math.floor(back + 0.5)
+      else
+        refunded = back
+      end
+      charged = estimate - refunded
+      adjust(algorithm, KEYS[1], limit, period, -back, tonumber(record[3]))
     elseif actual > estimate then
       local excess = actual - estimate
       if ARGV[6] ~= '1' then
@@ -383,11 +411,15 @@ if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or o
       charged = estimate + excess
     end
     redis.call('HSET', KEYS[2], 's', operation, 'charged', charged, 'refunded', refunded)
+    -- Kept a while after settling, so that this call sent again finds its answer.
+    if redis.call('PTTL', KEYS[2]) < 60000 then
+      redis.call('PEXPIRE', KEYS[2], 60000)
+    end
   else
-    charged, refunded = tonumber(record[5]), tonumber(record[6])
+    charged, refunded, before = tonumber(record[5]), tonumber(record[6]), 1
   end
   local now_state = as_is()
-  return {1, charged, refunded, now_state[2], now_state[3]}
+  return {1, charged, refunded, now_state[2], now_state[3], before}
 end
 
 if #KEYS == 1 then

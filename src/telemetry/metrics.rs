@@ -340,8 +340,9 @@ impl Metrics {
             ),
             ratelimit_budget: add.metric(
                 "cachelock_ratelimit_budget_operations",
-                "Token-budget operations by result: reserved, reserve_denied, committed, cancelled, unknown (a \
-                 Commit or Cancel of a reservation that expired or never was), reported",
+                "Token-budget operations by result: reserved, reserve_denied, committed, cancelled, \
+                 already_settled (a Commit or Cancel of a reservation settled before), unknown (a Commit or \
+                 Cancel of a reservation that expired or never was), reported",
                 Family::default(),
             ),
             ratelimit_decisions: add.metric(
