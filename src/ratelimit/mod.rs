@@ -182,7 +182,7 @@ impl RateLimitApi {
         Ok(check)
     }
 
-    /// Settles a reservation (Commit or Cancel) and maps the answer.
+    /// Settles a reservation (Commit or Cancel), counts how, and maps the answer.
     async fn settle(
         &self,
         metadata: &tonic::metadata::MetadataMap,
@@ -191,8 +191,20 @@ impl RateLimitApi {
         operation: Budget<'_>,
     ) -> Result<Option<Settled>, Error> {
         let deadline = deadline(metadata, self.limiter.settings().operation_timeout)?;
+        let settling = if matches!(operation, Budget::Cancel { .. }) {
+            "cancelled"
+        } else {
+            "committed"
+        };
         match self.limiter.store().budget(space, check, operation, deadline).await? {
-            BudgetAnswer::Settled(settled) => Ok(settled),
+            BudgetAnswer::Settled(settled) => {
+                self.count(match &settled {
+                    Some(settled) if settled.before => "already_settled",
+                    Some(_) => settling,
+                    None => "unknown",
+                });
+                Ok(settled)
+            }
             BudgetAnswer::OtherLimit => Err(Error::invalid(
                 "reservation_id",
                 "was reserved under another limit: give the key, limit, period and algorithm it was reserved with",
@@ -410,11 +422,6 @@ impl RateLimitService for RateLimitApi {
             allow_debt: request.allow_debt,
         };
         let settled = self.settle(&metadata, &space, &check, operation).await?;
-        self.count(match &settled {
-            Some(settled) if settled.before => "already_settled",
-            Some(_) => "committed",
-            None => "unknown",
-        });
         Ok(Response::new(match settled {
             Some(settled) => CommitResponse {
                 found: true,
@@ -436,11 +443,6 @@ impl RateLimitService for RateLimitApi {
         let check = self.budget_limit(request.limit.as_ref(), 0, 0)?;
         let id = reservation_id(&request.reservation_id)?;
         let settled = self.settle(&metadata, &space, &check, Budget::Cancel { id }).await?;
-        self.count(match &settled {
-            Some(settled) if settled.before => "already_settled",
-            Some(_) => "cancelled",
-            None => "unknown",
-        });
         Ok(Response::new(match settled {
             Some(settled) => CancelResponse {
                 found: true,

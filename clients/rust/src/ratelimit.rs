@@ -106,6 +106,86 @@ pub struct Decision {
     pub decided_by_outage_policy: bool,
 }
 
+/// A reservation of [`RateLimits::reserve`]: the estimate counted against the
+/// limit, to settle with [`RateLimits::commit`] or [`RateLimits::cancel`].
+#[derive(Clone, Debug)]
+pub struct Reservation {
+    /// The key reserved on.
+    pub key: String,
+    /// The limit, its cost the estimate.
+    pub limit: Limit,
+    /// Whether the estimate fits and was counted.
+    pub allowed: bool,
+    /// The reservation's id (empty when not allowed).
+    pub id: String,
+    /// Units left, after the estimate when allowed.
+    pub remaining: u64,
+    /// When the limit is whole again.
+    pub reset_after: Duration,
+    /// When not allowed: how long until the estimate would fit.
+    pub retry_after: Option<Duration>,
+}
+
+/// How a reservation was settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settlement {
+    /// False when the reservation is unknown: it expired, settled at its estimate.
+    pub found: bool,
+    /// What it cost in the end.
+    pub charged: u64,
+    /// What was given back of the estimate.
+    pub refunded: u64,
+    /// Units left now.
+    pub remaining: u64,
+    /// When the limit is whole again.
+    pub reset_after: Duration,
+    /// Settled before this call (a repeat, or another Commit or Cancel): the
+    /// figures are that settlement's.
+    pub settled_before: bool,
+}
+
+impl Settlement {
+    /// The fields Commit and Cancel answer alike.
+    fn of(
+        found: bool,
+        charged: u64,
+        refunded: u64,
+        remaining: u64,
+        reset_after: Option<prost_types::Duration>,
+        settled_before: bool,
+    ) -> Settlement {
+        Settlement {
+            found,
+            charged,
+            refunded,
+            remaining,
+            reset_after: duration_from(reset_after),
+            settled_before,
+        }
+    }
+}
+
+/// Where a limit stands after [`RateLimits::report`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reported {
+    /// Units left now: 0 in debt.
+    pub remaining: u64,
+    /// When the limit is whole again.
+    pub reset_after: Duration,
+    /// How long until a cost of 1 fits.
+    pub retry_after: Duration,
+}
+
+fn limit_to_proto(key: &str, limit: &Limit, cost: u64) -> pb::Limit {
+    pb::Limit {
+        key: key.to_owned(),
+        limit: limit.limit,
+        period: Some(to_proto(limit.period)),
+        cost: Some(cost),
+        algorithm: limit.algorithm.to_proto(),
+    }
+}
+
 /// The rate limit calls. Get one from [`Client::rate_limits`].
 #[derive(Clone, Debug)]
 pub struct RateLimits {
@@ -205,6 +285,115 @@ impl RateLimits {
             })
             .collect();
         Ok((answer.allowed, decisions))
+    }
+
+    /// Counts `limit`'s cost (the estimate) against `key` as a Check would, and
+    /// when it fits returns a reservation to settle once the actual cost is
+    /// known; unsettled, it settles at its estimate after `ttl` (`None`: 1
+    /// minute). Never repeated by the library: a repeat would count twice.
+    ///
+    /// # Errors
+    /// Any [`Error`] the call ends with.
+    pub async fn reserve(&self, key: &str, limit: &Limit, ttl: Option<Duration>) -> Result<Reservation, Error> {
+        let request = pb::ReserveRequest {
+            limit: Some(limit_to_proto(key, limit, limit.cost.unwrap_or(1))),
+            reservation_ttl: ttl.map(to_proto),
+        };
+        let answer = self
+            .client
+            .unary("ratelimit.Reserve", Idempotent::No, Duration::ZERO, request, |r| {
+                let mut stub = self.stub();
+                async move { stub.reserve(r).await }
+            })
+            .await?;
+        Ok(Reservation {
+            key: key.to_owned(),
+            limit: limit.clone(),
+            allowed: answer.allowed,
+            id: answer.reservation_id,
+            remaining: answer.remaining,
+            reset_after: duration_from(answer.reset_after),
+            retry_after: answer.retry_after.map(|retry| duration_from(Some(retry))),
+        })
+    }
+
+    /// Settles `reservation` at its `actual` cost: the difference refunded, or
+    /// the excess charged (beyond the limit only with `allow_debt`). Settling
+    /// is once, so the library repeats it where the server advises.
+    ///
+    /// # Errors
+    /// Any [`Error`] the call ends with, after the retries the policy allows.
+    pub async fn commit(&self, reservation: &Reservation, actual: u64, allow_debt: bool) -> Result<Settlement, Error> {
+        let request = pb::CommitRequest {
+            limit: Some(limit_to_proto(&reservation.key, &reservation.limit, actual)),
+            reservation_id: reservation.id.clone(),
+            allow_debt,
+        };
+        let answer = self
+            .client
+            .unary("ratelimit.Commit", Idempotent::Yes, Duration::ZERO, request, |r| {
+                let mut stub = self.stub();
+                async move { stub.commit(r).await }
+            })
+            .await?;
+        Ok(Settlement::of(
+            answer.found,
+            answer.charged,
+            answer.refunded,
+            answer.remaining,
+            answer.reset_after,
+            answer.settled_before,
+        ))
+    }
+
+    /// Settles `reservation` at no cost: its estimate is refunded.
+    ///
+    /// # Errors
+    /// As [`RateLimits::commit`].
+    pub async fn cancel(&self, reservation: &Reservation) -> Result<Settlement, Error> {
+        let request = pb::CancelRequest {
+            limit: Some(limit_to_proto(&reservation.key, &reservation.limit, 0)),
+            reservation_id: reservation.id.clone(),
+        };
+        let answer = self
+            .client
+            .unary("ratelimit.Cancel", Idempotent::Yes, Duration::ZERO, request, |r| {
+                let mut stub = self.stub();
+                async move { stub.cancel(r).await }
+            })
+            .await?;
+        Ok(Settlement::of(
+            answer.found,
+            answer.charged,
+            answer.refunded,
+            answer.remaining,
+            answer.reset_after,
+            answer.settled_before,
+        ))
+    }
+
+    /// Counts `limit`'s cost against `key` after the fact, without deciding:
+    /// past the limit it is a debt the next check waits off. Never repeated by
+    /// the library.
+    ///
+    /// # Errors
+    /// Any [`Error`] the call ends with.
+    pub async fn report(&self, key: &str, limit: &Limit) -> Result<Reported, Error> {
+        let request = pb::ReportRequest {
+            limit: Some(limit_to_proto(key, limit, limit.cost.unwrap_or(1))),
+        };
+        let answer = self
+            .client
+            .unary("ratelimit.Report", Idempotent::No, Duration::ZERO, request, |r| {
+                let mut stub = self.stub();
+                async move { stub.report(r).await }
+            })
+            .await?;
+        Ok(Reported {
+            remaining: answer.remaining,
+            reset_after: duration_from(answer.reset_after),
+            retry_after: duration_from(answer.retry_after),
+        })
     }
 
     /// Forgets what `key` has counted under `limit`; whether anything was counted.

@@ -489,3 +489,31 @@ async fn one_candidate_leads_at_a_time_and_a_replaced_leader_is_fenced_out() {
         .expect("b leads");
     b.check().expect("b leads on");
 }
+
+#[tokio::test]
+async fn a_token_budget_reserves_settles_once_and_reports_into_debt() {
+    let fixture = Fixture::start(&[]).await;
+    let limits = fixture.client(Some(APP)).rate_limits();
+    let per_hour = |cost| Limit::per(100, Duration::from_secs(3600)).cost(cost);
+    let first = limits.reserve("llm:team", &per_hour(40), None).await.expect("reserved");
+    let second = limits.reserve("llm:team", &per_hour(40), None).await.expect("reserved");
+    let third = limits.reserve("llm:team", &per_hour(40), None).await.expect("decided");
+    assert_eq!((first.allowed, second.allowed, third.allowed), (true, true, false));
+    assert_eq!(second.remaining, 20);
+
+    let settled = limits.commit(&first, 10, false).await.expect("committed");
+    assert_eq!(
+        (settled.found, settled.charged, settled.refunded, settled.remaining),
+        (true, 10, 30, 50)
+    );
+    let again = limits.commit(&first, 10, false).await.expect("answered");
+    assert!(again.settled_before && again.charged == 10);
+    let cancelled = limits.cancel(&second).await.expect("cancelled");
+    assert_eq!((cancelled.refunded, cancelled.remaining), (40, 90));
+
+    let reported = limits.report("llm:other", &per_hour(150)).await.expect("reported");
+    assert_eq!(reported.remaining, 0);
+    assert!(reported.retry_after > Duration::from_secs(1800), "{reported:?}");
+    let decision = limits.check("llm:other", &per_hour(1), None).await.expect("decided");
+    assert!(!decision.allowed, "the debt is seen");
+}
