@@ -40,6 +40,9 @@ export {
   type Limit,
   type ManyDecision,
   type OutagePolicy,
+  type Report,
+  type Reservation,
+  type Settlement,
 } from './ratelimit.js';
 export { IDEMPOTENT, type RetryEvent } from './retry.js';
 export { Session, Sessions, type ClientInfo, type CreateOptions } from './sessions.js';

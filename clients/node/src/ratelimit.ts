@@ -61,6 +61,82 @@ export interface ManyDecision {
   decidedByOutagePolicy: boolean;
 }
 
+/** A reservation: the estimate counted (`allowed`) or refused, and what settling needs. */
+export interface Reservation {
+  /** Whether the estimate fits and was counted. */
+  allowed: boolean;
+  /** The reservation, for `commit` and `cancel`; empty when refused. */
+  reservationId: string;
+  /** The limit. */
+  limit: bigint;
+  /** Units left, after the estimate when allowed. */
+  remaining: bigint;
+  /** Time until the full limit is available again. */
+  resetAfterMs: number;
+  /** When refused: time until the estimate would fit; 0 when allowed; null when it never can. */
+  retryAfterMs: number | null;
+  /** The limiter as reserved (key, period, algorithm), so that settling names it exactly. */
+  key: string;
+  periodMs: number;
+  algorithm: Algorithm | undefined;
+}
+
+/** How a reservation was settled, by `commit` or `cancel`. */
+export interface Settlement {
+  /** False when the reservation is unknown: it expired (settled at its estimate) or never was. */
+  found: boolean;
+  /** What the reservation cost in the end. */
+  charged: bigint;
+  /** What was given back of the estimate. */
+  refunded: bigint;
+  /** Units left now. */
+  remaining: bigint;
+  /** Time until the full limit is available again. */
+  resetAfterMs: number;
+  /** True when it had been settled before: charged and refunded are that settlement's, nothing changed now. */
+  settledBefore: boolean;
+}
+
+/** Where a limit stands after `report`. */
+export interface Report {
+  /** Units left now: 0 when in debt. */
+  remaining: bigint;
+  /** Time until the full limit is available again. */
+  resetAfterMs: number;
+  /** Time until a cost of 1 fits again; 0 when it fits now. */
+  retryAfterMs: number;
+}
+
+interface SettleResponse {
+  found: boolean;
+  charged: string;
+  refunded: string;
+  remaining: string;
+  resetAfter: Duration | null;
+  settledBefore: boolean;
+}
+
+function settlement(response: SettleResponse): Settlement {
+  return {
+    found: response.found,
+    charged: BigInt(response.charged),
+    refunded: BigInt(response.refunded),
+    remaining: BigInt(response.remaining),
+    resetAfterMs: millis(response.resetAfter) ?? 0,
+    settledBefore: response.settledBefore,
+  };
+}
+
+function reserved(reservation: Reservation, cost: bigint | number | undefined): object {
+  if (!reservation.reservationId) {
+    throw new TypeError('a refused reservation (allowed: false) has nothing to settle');
+  }
+  return {
+    limit: limitRequest({ ...reservation, cost }),
+    reservationId: reservation.reservationId,
+  };
+}
+
 interface LimitDecision {
   key: string;
   allowed: boolean;
@@ -157,5 +233,76 @@ export class RateLimits {
     };
     const response = await this.#transport.unary<{ existed: boolean }>('ratelimit', 'Reset', request, options);
     return response.existed;
+  }
+
+  /**
+   * Counts an estimated `cost` now, to settle with `commit` or `cancel` once the actual cost
+   * is known; unsettled, it settles at its estimate after `reservationTtlMs` (1 minute by
+   * default). A refusal is an answer (`allowed: false`). Never retried: a repeat would count twice.
+   *
+   * @example const r = await client.rateLimit.reserve(`llm:${team}`, { limit: 100_000, periodMs: 3_600_000, cost: 4000 });
+   */
+  async reserve(
+    key: string,
+    options: Omit<Limit, 'key' | 'cost'> & { cost: bigint | number; reservationTtlMs?: number } & CallOptions,
+  ): Promise<Reservation> {
+    const request = {
+      limit: limitRequest({ ...options, key }),
+      reservationTtl: duration(options.reservationTtlMs, 'reservationTtlMs'),
+    };
+    const response = await this.#transport.unary<Omit<LimitDecision, 'key'> & { reservationId: string }>(
+      'ratelimit',
+      'Reserve',
+      request,
+      options,
+    );
+    return {
+      ...decision(response),
+      reservationId: response.reservationId,
+      key,
+      periodMs: options.periodMs,
+      algorithm: options.algorithm,
+    };
+  }
+
+  /**
+   * Settles a reservation at its actual `cost`: the rest of the estimate comes back, an excess
+   * is charged (past the limit only with `allowDebt`). Settling is once: a repeat answers the
+   * same with `settledBefore`, so it is retried on RetryInfo.
+   */
+  async commit(
+    reservation: Reservation,
+    cost: bigint | number,
+    options: { allowDebt?: boolean } & CallOptions = {},
+  ): Promise<Settlement> {
+    const request = { ...reserved(reservation, cost), allowDebt: options.allowDebt ?? false };
+    return settlement(await this.#transport.unary<SettleResponse>('ratelimit', 'Commit', request, options));
+  }
+
+  /** Settles a reservation at no cost: its estimate comes back. Once, as `commit`. */
+  async cancel(reservation: Reservation, options: CallOptions = {}): Promise<Settlement> {
+    const request = reserved(reservation, undefined);
+    return settlement(await this.#transport.unary<SettleResponse>('ratelimit', 'Cancel', request, options));
+  }
+
+  /**
+   * Counts `cost` after the fact, without deciding: even past the limit (a debt the next
+   * check waits off). Never retried: a repeat would count twice.
+   */
+  async report(
+    key: string,
+    options: Omit<Limit, 'key' | 'cost'> & { cost: bigint | number } & CallOptions,
+  ): Promise<Report> {
+    const request = { limit: limitRequest({ ...options, key }) };
+    const response = await this.#transport.unary<{
+      remaining: string;
+      resetAfter: Duration | null;
+      retryAfter: Duration | null;
+    }>('ratelimit', 'Report', request, options);
+    return {
+      remaining: BigInt(response.remaining),
+      resetAfterMs: millis(response.resetAfter) ?? 0,
+      retryAfterMs: millis(response.retryAfter) ?? 0,
+    };
   }
 }

@@ -11,8 +11,8 @@ import { CachelockError } from './errors.js';
 /**
  * The methods repeated on RetryInfo, as "Service/Method". Every other one is raised at
  * once, the caller deciding: GetOrLease, Take and Increment (a repeat would take or add
- * twice), Check and CheckMany (would count twice), Create, Update and Rotate, Publish,
- * and the streams (Hold, Subscribe, Campaign, Observe).
+ * twice), Check, CheckMany, Reserve and Report (would count twice), Create, Update and
+ * Rotate, Publish, and the streams (Hold, Subscribe, Campaign, Observe).
  */
 export const IDEMPOTENT: ReadonlySet<string> = new Set([
   'CacheService/Get',
@@ -22,6 +22,9 @@ export const IDEMPOTENT: ReadonlySet<string> = new Set([
   'CacheService/Delete',
   'CacheService/Expire',
   'RateLimitService/Reset',
+  // Settling is once: a repeated Commit or Cancel answers the same (settledBefore).
+  'RateLimitService/Commit',
+  'RateLimitService/Cancel',
   'SessionService/Get',
   'SessionService/Touch',
   'SessionService/Delete',

@@ -61,3 +61,42 @@ test('an enum name the protocol does not define is a TypeError before any call',
     offline.close();
   }
 });
+
+test('token budgets: reserve, commit, cancel and report', async () => {
+  const key = unique('budget');
+  const budget = { limit: 100, periodMs: 3_600_000, cost: 40 };
+  const first = await client.rateLimit.reserve(key, budget);
+  const second = await client.rateLimit.reserve(key, budget);
+  const third = await client.rateLimit.reserve(key, budget);
+  assert.equal(first.allowed, true);
+  assert.equal(second.allowed, true);
+  assert.ok(first.reservationId && second.reservationId);
+  assert.deepEqual([first.limit, first.remaining, second.remaining], [100n, 60n, 20n]);
+  assert.equal(third.allowed, false);
+  assert.equal(third.reservationId, '');
+  assert.equal(third.remaining, 20n);
+  assert.ok(third.retryAfterMs > 0);
+
+  const committed = await client.rateLimit.commit(first, 10);
+  assert.deepEqual(
+    [committed.found, committed.charged, committed.refunded, committed.settledBefore],
+    [true, 10n, 30n, false],
+  );
+  assert.equal(committed.remaining, third.remaining + 30n);
+  const again = await client.rateLimit.commit(first, 10n);
+  assert.deepEqual([again.settledBefore, again.charged, again.refunded], [true, 10n, 30n]);
+  assert.equal(again.remaining, committed.remaining);
+
+  const cancelled = await client.rateLimit.cancel(second);
+  assert.deepEqual([cancelled.found, cancelled.charged, cancelled.refunded], [true, 0n, 40n]);
+  assert.equal(cancelled.remaining, committed.remaining + 40n);
+  await assert.rejects(client.rateLimit.cancel(third), TypeError);
+  const look = await client.rateLimit.check(key, { limit: 100, periodMs: 3_600_000, cost: 0 });
+  assert.equal(look.remaining, cancelled.remaining);
+
+  const fresh = unique('budget');
+  const reported = await client.rateLimit.report(fresh, { limit: 100, periodMs: 3_600_000, cost: 150 });
+  assert.equal(reported.remaining, 0n);
+  assert.ok(reported.retryAfterMs > 0);
+  assert.equal((await client.rateLimit.check(fresh, { limit: 100, periodMs: 3_600_000 })).allowed, false);
+});

@@ -52,6 +52,22 @@ async def test_rate_limit_and_sessions(client: cachelock.aio.Client) -> None:
         await client.rate_limit.check(key, 0, 60)
     assert invalid.value.field == "limit"
 
+    budget = unique("budget")
+    first, second, third = [await client.rate_limit.reserve(budget, 100, 3600, cost=40) for _ in range(3)]
+    assert first.allowed and second.allowed and not third.allowed
+    assert (first.remaining, second.remaining, third.remaining) == (60, 20, 20)
+    committed = await client.rate_limit.commit(first, 10)
+    assert (committed.charged, committed.refunded, committed.remaining) == (10, 30, third.remaining + 30)
+    assert (await client.rate_limit.commit(first, 10)).settled_before
+    cancelled = await client.rate_limit.cancel(second)
+    assert cancelled.refunded == 40 and cancelled.remaining == committed.remaining + 40
+    async with client.rate_limit.reserved(budget, 100, 3600, cost=5) as held:
+        assert held.remaining == cancelled.remaining - 5
+    assert (await client.rate_limit.check(budget, 100, 3600, cost=0)).remaining == cancelled.remaining
+    fresh = unique("budget")
+    assert (await client.rate_limit.report(fresh, 100, 3600, cost=150)).remaining == 0
+    assert not (await client.rate_limit.check(fresh, 100, 3600)).allowed
+
     user = unique("user")
     session = await client.sessions.create(user, {"a": "1"})
     assert session.id not in repr(session)

@@ -56,6 +56,34 @@ def test_rate_limit_round_trip(client: Client) -> None:
     assert both.allowed and [d.remaining for d in both.decisions] == [1, 4]
 
 
+def test_token_budget_reserve_commit_cancel_report(client: Client) -> None:
+    key = unique("budget")
+    first, second, third = (client.rate_limit.reserve(key, 100, 3600, cost=40) for _ in range(3))
+    assert first.allowed and second.allowed and first.reservation_id and second.reservation_id
+    assert (first.limit, first.remaining, second.remaining) == (100, 60, 20)
+    assert not third.allowed and third.reservation_id == "" and third.remaining == 20
+    assert third.retry_after is not None and third.retry_after > 0
+    committed = client.rate_limit.commit(first, 10)
+    assert (committed.found, committed.charged, committed.refunded) == (True, 10, 30)
+    assert committed.remaining == third.remaining + 30 and not committed.settled_before
+    again = client.rate_limit.commit(first, 10)
+    assert again.settled_before and (again.charged, again.refunded) == (10, 30)
+    assert again.remaining == committed.remaining
+    cancelled = client.rate_limit.cancel(second)
+    assert (cancelled.found, cancelled.charged, cancelled.refunded) == (True, 0, 40)
+    assert cancelled.remaining == committed.remaining + 40 and not cancelled.settled_before
+    with pytest.raises(ValueError):
+        client.rate_limit.cancel(third)
+    with client.rate_limit.reserved(key, 100, 3600, cost=25, reservation_ttl=30) as held:
+        assert held.allowed and held.remaining == cancelled.remaining - 25
+    assert client.rate_limit.check(key, 100, 3600, cost=0).remaining == cancelled.remaining
+
+    fresh = unique("budget")
+    reported = client.rate_limit.report(fresh, 100, 3600, cost=150)
+    assert reported.remaining == 0 and reported.retry_after is not None and reported.retry_after > 0
+    assert not client.rate_limit.check(fresh, 100, 3600).allowed
+
+
 def test_sessions_round_trip(client: Client) -> None:
     user = unique("user")
     session = client.sessions.create(user, {"role": "reader"}, idle_timeout=600, device_label="phone")

@@ -26,7 +26,7 @@ from ._errors import (
 from ._fence import Fence
 from ._lock import NOT_RENEWED, STREAM_BROKEN, Extended, Grant, Lease, LockInfo, Locks
 from ._pubsub import Discontinuity, Message, PubSub, Subscription
-from ._ratelimit import Decision, Decisions, Limit, RateLimit
+from ._ratelimit import Decision, Decisions, Limit, RateLimit, Report, Reservation, Settlement
 from ._retry import IDEMPOTENT, OnRetry
 from ._sessions import Session, Sessions
 from ._transport import TLS
@@ -41,7 +41,7 @@ __all__ = [
     "IntegerOverflow", "Internal", "InvalidField", "Leader", "Leadership", "Lease", "LeaseLost", "LeaseResult",
     "Limit", "LockInfo", "LockNotHeld", "Locks", "LocksPaused", "MalformedRequest", "MayHaveApplied", "Message",
     "NoLeader", "NotAcquired", "NotAnInteger", "Observation", "OnRetry", "Overloaded", "PermissionDenied", "PermitsMismatch",
-    "PubSub", "RateLimit", "RedisOutOfMemory", "RedisTimeout", "RedisUnavailable", "ResponseTooLarge",
+    "PubSub", "RateLimit", "Report", "Reservation", "Settlement", "RedisOutOfMemory", "RedisTimeout", "RedisUnavailable", "ResponseTooLarge",
     "Serializer", "Session", "SessionNotFound", "Sessions", "Subscription", "TooManySubscribers",
     "TooManyWaiters", "TooManyWatchers", "Unauthenticated", "Unavailable", "VersionConflict",
     "WriteBudgetExceeded", "from_rpc_error",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import AsyncIterator, Iterator, List, Optional, Sequence
 
 from ._convert import Seconds, duration, enum_value, seconds_of
 from ._transport import AsyncTransport, Transport
@@ -104,6 +105,110 @@ def _decisions(response: pb.CheckManyResponse) -> Decisions:
     )
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """A reserve's answer: the estimate counted (allowed) or refused, and what settling needs.
+
+    reservation_id is empty when refused. key, limit, period and algorithm are the limiter
+    as reserved, so that commit and cancel name it exactly as the server requires.
+    retry_after: when refused, the wait until the estimate would fit; None when it never can.
+    """
+
+    allowed: bool
+    reservation_id: str
+    limit: int
+    remaining: int
+    reset_after: Optional[float]
+    retry_after: Optional[float]
+    key: str
+    period: Seconds
+    algorithm: str
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """A commit's or cancel's answer. found is False when the reservation expired (and settled
+    at its estimate) or never was; settled_before is True when it had been settled already
+    (charged and refunded are then that settlement's, and nothing changed now)."""
+
+    found: bool
+    charged: int
+    refunded: int
+    remaining: int
+    reset_after: Optional[float]
+    settled_before: bool
+
+
+@dataclass(frozen=True)
+class Report:
+    """A report's answer: remaining is 0 when in debt; retry_after the wait until a cost of 1
+    fits again (0: it fits now)."""
+
+    remaining: int
+    reset_after: Optional[float]
+    retry_after: Optional[float]
+
+
+def _limit(key: str, limit: int, period: Seconds, cost: Optional[int], algorithm: str) -> pb.Limit:
+    message = pb.Limit(key=key, limit=limit, period=duration(period), algorithm=_algorithm(algorithm))
+    if cost is not None:
+        message.cost = cost
+    return message
+
+
+def _reserve_request(
+    key: str, limit: int, period: Seconds, cost: int, algorithm: str, reservation_ttl: Optional[Seconds]
+) -> pb.ReserveRequest:
+    request = pb.ReserveRequest(limit=_limit(key, limit, period, cost, algorithm))
+    if reservation_ttl is not None:
+        request.reservation_ttl.CopyFrom(duration(reservation_ttl))
+    return request
+
+
+def _reservation(
+    response: pb.ReserveResponse, key: str, period: Seconds, algorithm: str
+) -> Reservation:
+    return Reservation(
+        allowed=response.allowed, reservation_id=response.reservation_id, limit=response.limit,
+        remaining=response.remaining, reset_after=seconds_of(response, "reset_after"),
+        retry_after=seconds_of(response, "retry_after"), key=key, period=period, algorithm=algorithm,
+    )
+
+
+def _settled(reservation: Reservation) -> None:
+    if not reservation.reservation_id:
+        raise ValueError("a refused reservation (allowed=False) has nothing to settle")
+
+
+def _commit_request(reservation: Reservation, cost: int, allow_debt: bool) -> pb.CommitRequest:
+    _settled(reservation)
+    r = reservation
+    return pb.CommitRequest(
+        limit=_limit(r.key, r.limit, r.period, cost, r.algorithm), reservation_id=r.reservation_id,
+        allow_debt=allow_debt,
+    )
+
+
+def _cancel_request(reservation: Reservation) -> pb.CancelRequest:
+    _settled(reservation)
+    r = reservation
+    return pb.CancelRequest(limit=_limit(r.key, r.limit, r.period, None, r.algorithm), reservation_id=r.reservation_id)
+
+
+def _settlement(response: "pb.CommitResponse | pb.CancelResponse") -> Settlement:
+    return Settlement(
+        found=response.found, charged=response.charged, refunded=response.refunded, remaining=response.remaining,
+        reset_after=seconds_of(response, "reset_after"), settled_before=response.settled_before,
+    )
+
+
+def _report(response: pb.ReportResponse) -> Report:
+    return Report(
+        remaining=response.remaining, reset_after=seconds_of(response, "reset_after"),
+        retry_after=seconds_of(response, "retry_after"),
+    )
+
+
 def _reset_request(key: str, limit: int, period: Seconds, algorithm: Optional[str]) -> pb.ResetRequest:
     # No algorithm: the state of all three algorithms of this limiter is cleared.
     number = pb.ALGORITHM_UNSPECIFIED if algorithm is None else _algorithm(algorithm)
@@ -138,6 +243,52 @@ class RateLimit:
         request = _reset_request(key, limit, period, algorithm)
         return self._t.unary(_SERVICE + "Reset", request, pb.ResetResponse).existed
 
+    def reserve(
+        self, key: str, limit: int, period: Seconds, *, cost: int, algorithm: str = "token_bucket",
+        reservation_ttl: Optional[Seconds] = None,
+    ) -> Reservation:
+        """Counts an estimated `cost` now, to settle with commit or cancel once the actual cost
+        is known; unsettled, it settles at its estimate after `reservation_ttl` (None: 1 minute).
+        A refusal is not an error: `Reservation.allowed` is False. Never retried: it would count twice."""
+        request = _reserve_request(key, limit, period, cost, algorithm, reservation_ttl)
+        return _reservation(self._t.unary(_SERVICE + "Reserve", request, pb.ReserveResponse), key, period, algorithm)
+
+    def commit(self, reservation: Reservation, cost: int, *, allow_debt: bool = False) -> Settlement:
+        """Settles a reservation at its actual `cost`: the rest of the estimate is refunded, an
+        excess charged (beyond the limit only with allow_debt). Settling is once: a repeat
+        answers the same with settled_before, so it is retried on RetryInfo."""
+        request = _commit_request(reservation, cost, allow_debt)
+        return _settlement(self._t.unary(_SERVICE + "Commit", request, pb.CommitResponse))
+
+    def cancel(self, reservation: Reservation) -> Settlement:
+        """Settles a reservation at no cost: its estimate is refunded. Once, as commit."""
+        request = _cancel_request(reservation)
+        return _settlement(self._t.unary(_SERVICE + "Cancel", request, pb.CancelResponse))
+
+    def report(
+        self, key: str, limit: int, period: Seconds, *, cost: int, algorithm: str = "token_bucket"
+    ) -> Report:
+        """Counts `cost` after the fact, without deciding: even past the limit (a debt the next
+        check waits off). Never retried: it would count twice."""
+        request = pb.ReportRequest(limit=_limit(key, limit, period, cost, algorithm))
+        return _report(self._t.unary(_SERVICE + "Report", request, pb.ReportResponse))
+
+    @contextmanager
+    def reserved(
+        self, key: str, limit: int, period: Seconds, *, cost: int, algorithm: str = "token_bucket",
+        reservation_ttl: Optional[Seconds] = None,
+    ) -> Iterator[Reservation]:
+        """Reserves for a block, which commits the actual cost with commit(reservation, cost).
+        On the way out (an exception too) the reservation is cancelled: a no-op answered
+        settled_before when the block committed it. A refused reservation is yielded as is
+        (check `allowed`) and nothing is settled."""
+        reservation = self.reserve(key, limit, period, cost=cost, algorithm=algorithm, reservation_ttl=reservation_ttl)
+        try:
+            yield reservation
+        finally:
+            if reservation.allowed:
+                self.cancel(reservation)
+
 
 class AsyncRateLimit:
     """Rate limits, asyncio: the methods of RateLimit, awaited."""
@@ -162,3 +313,44 @@ class AsyncRateLimit:
         """As RateLimit.reset."""
         request = _reset_request(key, limit, period, algorithm)
         return (await self._t.unary(_SERVICE + "Reset", request, pb.ResetResponse)).existed
+
+    async def reserve(
+        self, key: str, limit: int, period: Seconds, *, cost: int, algorithm: str = "token_bucket",
+        reservation_ttl: Optional[Seconds] = None,
+    ) -> Reservation:
+        """As RateLimit.reserve."""
+        request = _reserve_request(key, limit, period, cost, algorithm, reservation_ttl)
+        response = await self._t.unary(_SERVICE + "Reserve", request, pb.ReserveResponse)
+        return _reservation(response, key, period, algorithm)
+
+    async def commit(self, reservation: Reservation, cost: int, *, allow_debt: bool = False) -> Settlement:
+        """As RateLimit.commit."""
+        request = _commit_request(reservation, cost, allow_debt)
+        return _settlement(await self._t.unary(_SERVICE + "Commit", request, pb.CommitResponse))
+
+    async def cancel(self, reservation: Reservation) -> Settlement:
+        """As RateLimit.cancel."""
+        request = _cancel_request(reservation)
+        return _settlement(await self._t.unary(_SERVICE + "Cancel", request, pb.CancelResponse))
+
+    async def report(
+        self, key: str, limit: int, period: Seconds, *, cost: int, algorithm: str = "token_bucket"
+    ) -> Report:
+        """As RateLimit.report."""
+        request = pb.ReportRequest(limit=_limit(key, limit, period, cost, algorithm))
+        return _report(await self._t.unary(_SERVICE + "Report", request, pb.ReportResponse))
+
+    @asynccontextmanager
+    async def reserved(
+        self, key: str, limit: int, period: Seconds, *, cost: int, algorithm: str = "token_bucket",
+        reservation_ttl: Optional[Seconds] = None,
+    ) -> AsyncIterator[Reservation]:
+        """As RateLimit.reserved."""
+        reservation = await self.reserve(
+            key, limit, period, cost=cost, algorithm=algorithm, reservation_ttl=reservation_ttl
+        )
+        try:
+            yield reservation
+        finally:
+            if reservation.allowed:
+                await self.cancel(reservation)

@@ -31,12 +31,13 @@ def _methods(service: str, *names: str) -> FrozenSet[str]:
 
 
 #: The methods repeated on RetryInfo. Everything else (GetOrLease, Take, Increment,
-#: Check, CheckMany, Create, Update, Rotate, Publish and the streams: Hold, Subscribe,
-#: Campaign, Observe) is raised at once:
+#: Check, CheckMany, Reserve, Report, Create, Update, Rotate, Publish and the streams:
+#: Hold, Subscribe, Campaign, Observe) is raised at once:
 #: a repeat could apply twice, and the caller decides.
 IDEMPOTENT: FrozenSet[str] = (
     _methods("cachelock.cache.v1.CacheService", "Get", "GetMany", "Set", "SetMany", "Delete", "Expire")
-    | _methods("cachelock.ratelimit.v1.RateLimitService", "Reset")
+    # Commit and Cancel settle once: a repeat answers the same settlement (settled_before).
+    | _methods("cachelock.ratelimit.v1.RateLimitService", "Reset", "Commit", "Cancel")
     | _methods(
         "cachelock.session.v1.SessionService",
         "Get", "Touch", "Delete", "ListUserSessions", "DeleteUserSession", "DeleteUserSessions",
