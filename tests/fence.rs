@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use cachelock::pb::{
     cache::{
@@ -20,7 +20,8 @@ use cachelock::pb::{
     },
 };
 use common::{
-    Backend, FaultyLink, Mode, TestRedis, TestService, assert_invalid, assert_reason, millis, requests::acquire,
+    Backend, FaultyLink, Mode, PATIENCE, TestRedis, TestService, assert_invalid, assert_reason, millis,
+    requests::acquire,
 };
 use tonic::{Code, transport::Channel};
 
@@ -286,10 +287,18 @@ async fn a_fenced_write_whose_answer_is_lost_may_have_applied_and_is_not_sent_ag
         fencing_token: old.fencing_token,
     };
 
-    link.hold_replies(true);
+    // Connected, and the scripts loaded, before the link starts holding replies.
     let mut cache = through_link.cache();
+    assert_eq!(value(&mut cache, "{o}:v").await, None);
+    link.hold_replies(true);
     let write = tokio::spawn(async move { cache.set(set("{o}:v", b"old-holder", &fence)).await });
-    link.held_bytes_arrived().await;
+    // Synchronised on Redis itself: the write ran (its answer is what is held).
+    let mut reader = direct.cache();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while value(&mut reader, "{o}:v").await.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the fenced write reaches Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // The write ran in Redis; its answer is held. The lock goes to another.
     let mut locks = direct.locks();
     locks
