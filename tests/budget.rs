@@ -24,6 +24,7 @@ fn budget(key: &str, algorithm: Algorithm, cost: u64) -> Limit {
         period: Some(millis(3_600_000)),
         cost: Some(cost),
         algorithm: algorithm as i32,
+        calendar: None,
     }
 }
 
@@ -63,6 +64,8 @@ async fn clear_of_a_window_edge(limits: &mut Limits, limit: &Limit) {
         cost: Some(1),
         algorithm: limit.algorithm,
         on_unavailable: 0,
+        calendar: None,
+        wait: None,
     };
     let reset = limits.check(probe).await.unwrap().into_inner().reset_after.unwrap();
     let reset = Duration::from_secs(u64::try_from(reset.seconds).unwrap_or(0));
@@ -139,6 +142,8 @@ async fn commits_refund_or_charge_the_difference(backend: Backend) {
             cost: Some(cost),
             algorithm: algorithm as i32,
             on_unavailable: 0,
+            calendar: None,
+            wait: None,
         };
         assert!(!limits.check(check(1)).await.unwrap().into_inner().allowed, "spent");
         let cancelled = limits
@@ -233,6 +238,8 @@ async fn a_report_runs_into_debt_and_the_next_check_sees_it(backend: Backend) {
         cost: Some(1),
         algorithm: Algorithm::TokenBucket as i32,
         on_unavailable: 0,
+        calendar: None,
+        wait: None,
     };
     assert!(!limits.check(check).await.unwrap().into_inner().allowed);
     // An excess committed with debt allowed is charged whole.
@@ -303,6 +310,7 @@ async fn refunds_give_back_only_what_has_not_refilled_and_debts_are_bounded(back
         period: Some(millis(4_000)),
         cost: Some(cost),
         algorithm: Algorithm::TokenBucket as i32,
+        calendar: None,
     };
     let (_, id, _) = reserve(&mut limits, fast(10)).await;
     // Synchronised on the bucket itself: wait until it is full again.
@@ -313,6 +321,8 @@ async fn refunds_give_back_only_what_has_not_refilled_and_debts_are_bounded(back
         cost: Some(0),
         algorithm: Algorithm::TokenBucket as i32,
         on_unavailable: 0,
+        calendar: None,
+        wait: None,
     };
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while limits.check(look.clone()).await.unwrap().into_inner().remaining < 10 {

@@ -232,6 +232,8 @@ impl Load {
                         algorithm: Algorithm::TokenBucket as i32,
                         // Decided by Redis or failed: no outage policy hides a failure.
                         on_unavailable: 0,
+                        calendar: None,
+                        wait: None,
                     })
                     .await
                     .and_then(|reply| {

@@ -316,6 +316,8 @@ async fn a_get_many_too_big_for_the_response_is_refused_before_redis_reads_it() 
                     cost: None,
                     algorithm: 0,
                     on_unavailable: OutagePolicy::FailClosed as i32,
+                    calendar: None,
+                    wait: None,
                 })
                 .await
                 .unwrap()

@@ -26,6 +26,8 @@ fn check(key: &str, limit: u64, period_ms: i64, algorithm: Algorithm) -> CheckRe
         cost: None,
         algorithm: algorithm as i32,
         on_unavailable: OutagePolicy::Unspecified as i32,
+        calendar: None,
+        wait: None,
     }
 }
 
@@ -260,6 +262,7 @@ fn limit(key: &str, limit: u64, algorithm: Algorithm) -> Limit {
         period: Some(millis(86_400_000)),
         cost: None,
         algorithm: algorithm as i32,
+        calendar: None,
     }
 }
 
@@ -379,6 +382,7 @@ fn reset(key: &str, limit: u64, period_ms: i64, algorithm: Algorithm) -> ResetRe
         algorithm: algorithm as i32,
         limit,
         period: Some(millis(period_ms)),
+        calendar: None,
     }
 }
 

@@ -332,7 +332,7 @@ fn the_readme_examples_of_envoyproxy_ratelimit_load_unchanged_and_match_as_docum
         let rules = Rules::load(&Path::new(README_EXAMPLES).join(file)).unwrap_or_else(|error| panic!("{error}"));
         let found = match rules.find(domain, entries) {
             None => Nothing,
-            Some(found) => match found.rule.limit {
+            Some(found) => match &found.rule.limit {
                 None => Unlimited,
                 Some(limit) => Limit(
                     limit.requests_per_unit,
@@ -952,4 +952,86 @@ async fn envoy_decisions_are_exact_on_every_topology(backend: common::Backend) {
     }
 }
 
-in_every_mode!(envoy_decisions_are_exact_on_every_topology);
+/// Rules with windows of several units, and windows aligned to a calendar.
+const WINDOW_RULES: &str = "\
+domain: windows
+descriptors:
+  - key: pair
+    rate_limit: {unit: second, unit_multiplier: 2, requests_per_unit: 2, calendar: UTC}
+  - key: five
+    rate_limit: {unit: minute, unit_multiplier: 5, requests_per_unit: 1}
+  - key: berlin
+    rate_limit: {unit: day, requests_per_unit: 10, calendar: Europe/Berlin}
+";
+
+fn until_reset(status: &DescriptorStatus) -> std::time::Duration {
+    let reset = status.duration_until_reset.unwrap_or_default();
+    std::time::Duration::new(
+        u64::try_from(reset.seconds).unwrap_or(0),
+        u32::try_from(reset.nanos).unwrap_or(0),
+    )
+}
+
+async fn unit_multipliers_and_calendar_windows_count_in_their_windows(backend: common::Backend) {
+    let dir = rules_dir(&[("windows.yaml", WINDOW_RULES.to_owned())]);
+    let path = dir.path().to_str().expect("a UTF-8 path").to_owned();
+    let service = backend.service(&["--rls-config", &path, "--rls-headers"]).await;
+    let mut client = envoy(&service);
+
+    // 1 per 5 minutes, in windows of 300 s counted from the epoch.
+    let before = common::unix_now();
+    let five = ask_one(&mut client, "windows", &[("five", "a")]).await;
+    let after = common::unix_now();
+    assert_eq!(overall(&five), Code::Ok);
+    let reset = until_reset(&five.statuses[0]);
+    assert!(reset <= std::time::Duration::from_secs(300), "{reset:?}");
+    common::assert_resets_at(before, after, reset, |instant| {
+        instant.subsec_micros() == 0 && instant.as_secs() % 300 == 0
+    });
+    assert_eq!(
+        overall(&ask_one(&mut client, "windows", &[("five", "a")]).await),
+        Code::OverLimit
+    );
+
+    // A day in Berlin ends at midnight, Berlin time, and the header says so.
+    let before = common::unix_now();
+    let berlin = ask_one(&mut client, "windows", &[("berlin", "a")]).await;
+    let after = common::unix_now();
+    let midnight = {
+        let zone = jiff::tz::TimeZone::get("Europe/Berlin").expect("a time zone");
+        let today = jiff::Timestamp::now().to_zoned(zone.clone()).date();
+        let tomorrow = today.tomorrow().expect("a tomorrow");
+        tomorrow
+            .to_zoned(zone)
+            .expect("a midnight")
+            .timestamp()
+            .as_microsecond()
+    };
+    common::assert_resets_at(before, after, until_reset(&berlin.statuses[0]), |instant| {
+        i64::try_from(instant.as_micros()).ok() == Some(midnight)
+    });
+    let header: u64 = berlin
+        .response_headers_to_add
+        .iter()
+        .find(|header| header.key == "RateLimit-Reset")
+        .and_then(|header| header.value.parse().ok())
+        .expect("a RateLimit-Reset header");
+    let reset = until_reset(&berlin.statuses[0]);
+    assert_eq!(header, reset.as_secs() + u64::from(reset.subsec_nanos() > 0));
+    assert_eq!(berlin.statuses[0].limit_remaining, 9);
+
+    // 2 per calendar window of 2 seconds: into the start of one, then spend it.
+    let first = ask_one(&mut client, "windows", &[("pair", "a")]).await;
+    tokio::time::sleep(until_reset(&first.statuses[0])).await;
+    let codes: Vec<Code> = futures_util::future::join_all((0..3).map(|_| {
+        let mut client = envoy(&service);
+        async move { overall(&ask_one(&mut client, "windows", &[("pair", "a")]).await) }
+    }))
+    .await;
+    assert_eq!(codes.iter().filter(|code| **code == Code::Ok).count(), 2, "{codes:?}");
+}
+
+in_every_mode!(
+    envoy_decisions_are_exact_on_every_topology,
+    unit_multipliers_and_calendar_windows_count_in_their_windows,
+);

@@ -374,6 +374,8 @@ async fn tenants_share_no_key_lock_limit_or_session() {
         cost: None,
         algorithm: 0,
         on_unavailable: OutagePolicy::FailClosed as i32,
+        calendar: None,
+        wait: None,
     };
     assert!(
         ratelimit(&service, "shop-token")

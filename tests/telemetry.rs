@@ -339,6 +339,7 @@ async fn ten_thousand_distinct_keys_users_and_locks_add_no_series() {
         period: Some(millis(60_000)),
         cost: None,
         algorithm: 0,
+        calendar: None,
     };
     let check_many = |limits: Vec<Limit>| CheckManyRequest {
         limits,

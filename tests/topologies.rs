@@ -35,6 +35,7 @@ fn limit(key: &str) -> Limit {
         period: Some(millis(60_000)),
         cost: None,
         algorithm: Algorithm::TokenBucket as i32,
+        calendar: None,
     }
 }
 
@@ -150,6 +151,8 @@ async fn cluster_keys_spread_over_every_primary_and_multi_key_requests_split_or_
             cost: Some(0),
             algorithm: Algorithm::TokenBucket as i32,
             on_unavailable: 0,
+            calendar: None,
+            wait: None,
         })
         .await
         .unwrap()

@@ -164,6 +164,7 @@ async fn check_many(clients: &Clients, limits: &Config, slowlog: &mut Slowlog) -
             period: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
             cost: None,
             algorithm: algorithms[i % 3] as i32,
+            calendar: None,
         })
         .collect();
     RateLimitServiceClient::new(clients.channel(0))

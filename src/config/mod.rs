@@ -285,6 +285,15 @@ pub struct Config {
     #[arg(long, env = "CACHELOCK_RATELIMIT_MAX_PERIOD", default_value = "31days", value_parser = duration_in(Duration::from_millis(1), YEAR))]
     pub ratelimit_max_period: Duration,
 
+    /// Longest `wait` a rate-limit Check may ask for.
+    #[arg(long, env = "CACHELOCK_RATELIMIT_MAX_WAIT", default_value = "60s", value_parser = duration_in(Duration::ZERO, HOUR))]
+    pub ratelimit_max_wait: Duration,
+
+    /// Most rate-limit Checks waiting for their turn at once; beyond it a Check
+    /// is answered at once, as if it had not asked to wait.
+    #[arg(long, env = "CACHELOCK_RATELIMIT_MAX_WAITERS", default_value_t = 1024, value_parser = count_in::<usize>(CONCURRENCY_CEILING))]
+    pub ratelimit_max_waiters: usize,
+
     /// Envoy rate-limit rules (envoyproxy/ratelimit's YAML): a file, or a directory of files,
     /// one domain each; re-read when they change. Unset: every Envoy request is OK, no limit.
     #[arg(long, env = "CACHELOCK_RLS_CONFIG")]

@@ -12,10 +12,11 @@ use crate::{
     context::Context,
     error::Error,
     redis::KeySpace,
-    request::{Limits, budget},
+    request::{Limits, budget, caller_budget},
     telemetry::{Meter, Metrics, ThrottledLog},
     time::duration_to_proto,
 };
+use tokio::sync::Semaphore;
 
 /// The largest limit and cost: keeps every count exact in the script's doubles.
 pub const MAX_LIMIT: u64 = 1_000_000_000;
@@ -38,6 +39,10 @@ pub struct RateLimitSettings {
     pub operation_timeout: Duration,
     /// Longest period a check may ask for.
     pub max_period: Duration,
+    /// Longest wait a check may ask for.
+    pub max_wait: Duration,
+    /// Most checks waiting for their turn at once.
+    pub max_waiters: usize,
     /// Most limits in one CheckMany.
     pub max_batch: usize,
     /// What a policy denial tells the caller to wait: the health probe interval,
@@ -52,6 +57,8 @@ impl From<&Config> for RateLimitSettings {
             timeout: config.ratelimit_timeout,
             operation_timeout: config.operation_timeout,
             max_period: config.ratelimit_max_period,
+            max_wait: config.ratelimit_max_wait,
+            max_waiters: config.ratelimit_max_waiters,
             max_batch: config.ratelimit_max_batch,
             outage_retry_after: config.health_interval,
         }
@@ -66,12 +73,27 @@ pub enum Outcome {
     Policy(bool),
 }
 
+/// How a check that may wait was decided.
+pub enum Waiting {
+    /// By Redis: the decision, answered after `waited`.
+    Decided {
+        /// The decision.
+        decision: Decision,
+        /// How long the answer waited for the cost to fit.
+        waited: Duration,
+    },
+    /// By the outage policy: allowed or not.
+    Policy(bool),
+}
+
 /// Decides limits in Redis, or by the outage policy when Redis cannot.
 pub struct Limiter {
     store: RateLimitStore,
     limits: Limits,
     settings: RateLimitSettings,
     meter: Meter,
+    /// A place for each check waiting for its turn.
+    waiters: std::sync::Arc<Semaphore>,
 }
 
 impl Limiter {
@@ -85,6 +107,7 @@ impl Limiter {
         Limiter {
             store: RateLimitStore::new(context.redis.clone(), context.meter.clone()),
             limits: context.limits.clone(),
+            waiters: std::sync::Arc::new(Semaphore::new(settings.max_waiters)),
             settings,
             meter: context.meter.clone(),
         }
@@ -142,6 +165,73 @@ impl Limiter {
         Ok(outcome)
     }
 
+    /// Decides `check` for a caller that may wait up to `wait` for its cost to
+    /// fit (see `CheckRequest.wait`): the cost is counted at once against the
+    /// moment it fits, and the answer held until then. The wait is cut to what
+    /// the caller's deadline leaves after Redis's answer. `None` when every
+    /// waiter's place is taken: the caller is then decided at once.
+    ///
+    /// # Errors
+    /// As [`Limiter::decide`].
+    pub async fn waiting(
+        &self,
+        space: &KeySpace,
+        metadata: &MetadataMap,
+        check: &LimitCheck<'_>,
+        wait: Duration,
+        policy: OutagePolicy,
+    ) -> Result<Option<Waiting>, Status> {
+        let Ok(_place) = self.waiters.clone().try_acquire_owned() else {
+            return Ok(None);
+        };
+        let allowed = policy == OutagePolicy::FailOpen;
+        let budget = match budget(metadata, self.settings.timeout) {
+            Ok(budget) if budget >= MIN_REDIS_BUDGET => budget,
+            Ok(_) | Err(_) => {
+                return Ok(Some(
+                    self.count_waiting(by_policy_waiting(allowed, &Error::DeadlineExceeded)),
+                ));
+            }
+        };
+        let wait = match caller_budget(metadata)? {
+            Some(left) => wait.min(left.saturating_sub(budget)),
+            None => wait,
+        };
+        let deadline = tokio::time::Instant::now() + budget;
+        let turn = match self
+            .store
+            .wait(space, check, wait, deadline, self.settings.operation_timeout)
+            .await
+        {
+            Ok(turn) => turn,
+            Err(error) if error.is_outage() => return Ok(Some(self.count_waiting(by_policy_waiting(allowed, &error)))),
+            Err(error) => return Err(error.into()),
+        };
+        if let Some(give_back) = turn.give_back {
+            // Dropped here, when the caller goes first, it gives the cost back.
+            tokio::time::sleep(turn.delay).await;
+            give_back.disarm();
+        }
+        Ok(Some(self.count_waiting(Waiting::Decided {
+            decision: turn.decision,
+            waited: turn.delay,
+        })))
+    }
+
+    /// Counts how a waiting check was decided.
+    fn count_waiting(&self, waiting: Waiting) -> Waiting {
+        let result = match &waiting {
+            Waiting::Decided { decision, waited } if decision.allowed && !waited.is_zero() => "waited",
+            Waiting::Decided { decision, .. } if decision.allowed => "allowed",
+            Waiting::Decided { .. } => "denied",
+            Waiting::Policy(true) => "policy_allowed",
+            Waiting::Policy(false) => "policy_denied",
+        };
+        self.meter
+            .record(|metrics| Metrics::count(&metrics.ratelimit_decisions, result));
+        waiting
+    }
+
     /// What an answer of the outage policy tells the caller to wait.
     pub fn policy_retry_after(&self, allowed: bool) -> Option<prost_types::Duration> {
         Some(duration_to_proto(if allowed {
@@ -150,6 +240,12 @@ impl Limiter {
             self.settings.outage_retry_after
         }))
     }
+}
+
+/// The policy's answer to a check that may wait, logged as [`by_policy`].
+fn by_policy_waiting(allowed: bool, cause: &Error) -> Waiting {
+    by_policy(allowed, cause);
+    Waiting::Policy(allowed)
 }
 
 /// The policy's answer, logged with what kept Redis from deciding.

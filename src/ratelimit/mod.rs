@@ -1,6 +1,7 @@
 //! `cachelock.ratelimit.v1.RateLimitService`: validates each request and
 //! decides it through the [`Limiter`] it shares with Envoy's API (`rls`).
 
+mod calendar;
 mod limiter;
 mod store;
 
@@ -8,7 +9,8 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
 
-pub use limiter::{Limiter, MAX_LIMIT, Outcome, RateLimitSettings};
+pub use calendar::{Calendar, CalendarError, CalendarUnit};
+pub use limiter::{Limiter, MAX_LIMIT, Outcome, RateLimitSettings, Waiting};
 pub use store::{Algorithm, Budget, BudgetAnswer, Counting, Decision, LimitCheck, Settled, invocation, scripts};
 
 use crate::{
@@ -33,6 +35,8 @@ const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(60);
 const MAX_RESERVATION_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest reservation id a caller can hand back (ours are 22 characters).
 const MAX_RESERVATION_ID_BYTES: usize = 64;
+/// Longest time-zone name (the longest IANA name has 32 bytes).
+const MAX_TIME_ZONE_BYTES: usize = 64;
 
 /// The gRPC handlers of the rate limiter.
 pub struct RateLimitApi {
@@ -46,58 +50,67 @@ impl RateLimitApi {
     }
 
     /// Validates one limit; `field` is the prefix of its fields' names ("" or "limits[2].").
-    fn limit_check<'a>(
-        &self,
-        field: &str,
-        key: &'a str,
-        limit: u64,
-        period: Option<&prost_types::Duration>,
-        cost: Option<u64>,
-        algorithm: i32,
-    ) -> Result<LimitCheck<'a>, Error> {
-        let key = self.limiter.limits().key(&format!("{field}key"), key)?;
+    fn limit_check<'a>(&self, field: &str, asked: Asked<'a>) -> Result<LimitCheck<'a>, Error> {
+        let key = self.limiter.limits().key(&format!("{field}key"), asked.key)?;
         let period_field = format!("{field}period");
-        let period = positive_duration(
-            &period_field,
-            period.ok_or_else(|| Error::invalid(&period_field, "is required"))?,
-        )?;
-        if period < MIN_PERIOD || period > self.limiter.settings().max_period {
-            return Err(Error::invalid(
-                period_field,
-                format!(
-                    "must be between 1ms and {}",
-                    humantime::format_duration(self.limiter.settings().max_period)
-                ),
-            ));
-        }
-        let period_micros = u64::try_from(period.as_micros()).unwrap_or(u64::MAX);
+        let (period_micros, calendar) = match (asked.period, asked.calendar) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    format!("{field}calendar"),
+                    "cannot be given with a period: give one of them",
+                ));
+            }
+            (None, None) => return Err(Error::invalid(&period_field, "is required, unless a calendar is given")),
+            (None, Some(calendar)) => (0, Some(self.calendar(field, calendar)?)),
+            (Some(period), None) => {
+                let period = positive_duration(&period_field, period)?;
+                if period < MIN_PERIOD || period > self.limiter.settings().max_period {
+                    return Err(Error::invalid(
+                        period_field,
+                        format!(
+                            "must be between 1ms and {}",
+                            humantime::format_duration(self.limiter.settings().max_period)
+                        ),
+                    ));
+                }
+                (u64::try_from(period.as_micros()).unwrap_or(u64::MAX), None)
+            }
+        };
+        let limit = asked.limit;
         if limit == 0 || limit > MAX_LIMIT {
             return Err(Error::invalid(
                 format!("{field}limit"),
                 format!("must be between 1 and {MAX_LIMIT}"),
             ));
         }
-        if limit > period_micros {
+        if calendar.is_none() && limit > period_micros {
             return Err(Error::invalid(
                 format!("{field}limit"),
                 "must be at most one per microsecond of the period",
             ));
         }
-        let cost = cost.unwrap_or(1);
+        let cost = asked.cost.unwrap_or(1);
         if cost > MAX_LIMIT {
             return Err(Error::invalid(
                 format!("{field}cost"),
                 format!("must be at most {MAX_LIMIT}"),
             ));
         }
-        let algorithm = match pb::Algorithm::try_from(algorithm) {
-            Ok(pb::Algorithm::Unspecified | pb::Algorithm::TokenBucket) => Algorithm::TokenBucket,
-            Ok(pb::Algorithm::FixedWindow) => Algorithm::FixedWindow,
-            Ok(pb::Algorithm::SlidingWindow) => Algorithm::SlidingWindow,
-            Err(_) => {
+        let algorithm = match (pb::Algorithm::try_from(asked.algorithm), &calendar) {
+            (Ok(pb::Algorithm::Unspecified | pb::Algorithm::FixedWindow), Some(_)) => Algorithm::FixedWindow,
+            (Ok(_), Some(_)) => {
                 return Err(Error::invalid(
                     format!("{field}algorithm"),
-                    format!("{algorithm} is not an Algorithm"),
+                    "a calendar window counts as ALGORITHM_FIXED_WINDOW: leave it unset or give that",
+                ));
+            }
+            (Ok(pb::Algorithm::Unspecified | pb::Algorithm::TokenBucket), None) => Algorithm::TokenBucket,
+            (Ok(pb::Algorithm::FixedWindow), None) => Algorithm::FixedWindow,
+            (Ok(pb::Algorithm::SlidingWindow), None) => Algorithm::SlidingWindow,
+            (Err(_), _) => {
+                return Err(Error::invalid(
+                    format!("{field}algorithm"),
+                    format!("{} is not an Algorithm", asked.algorithm),
                 ));
             }
         };
@@ -108,7 +121,55 @@ impl RateLimitApi {
             period_micros,
             cost,
             counting: Counting::Together,
+            calendar,
         })
+    }
+
+    /// Validates a calendar window; `field` as for [`RateLimitApi::limit_check`].
+    fn calendar(&self, field: &str, asked: &pb::CalendarWindow) -> Result<Calendar, Error> {
+        let unit = match pb::CalendarUnit::try_from(asked.unit) {
+            Ok(pb::CalendarUnit::Unspecified) => {
+                return Err(Error::invalid(format!("{field}calendar.unit"), "is required"));
+            }
+            Ok(pb::CalendarUnit::Second) => CalendarUnit::Second,
+            Ok(pb::CalendarUnit::Minute) => CalendarUnit::Minute,
+            Ok(pb::CalendarUnit::Hour) => CalendarUnit::Hour,
+            Ok(pb::CalendarUnit::Day) => CalendarUnit::Day,
+            Ok(pb::CalendarUnit::Week) => CalendarUnit::Week,
+            Ok(pb::CalendarUnit::Month) => CalendarUnit::Month,
+            Ok(pb::CalendarUnit::Year) => CalendarUnit::Year,
+            Err(_) => {
+                return Err(Error::invalid(
+                    format!("{field}calendar.unit"),
+                    format!("{} is not a CalendarUnit", asked.unit),
+                ));
+            }
+        };
+        if asked.time_zone.len() > MAX_TIME_ZONE_BYTES {
+            return Err(Error::invalid(
+                format!("{field}calendar.time_zone"),
+                format!("must be at most {MAX_TIME_ZONE_BYTES} bytes"),
+            ));
+        }
+        let calendar = Calendar::new(unit, asked.multiplier, &asked.time_zone).map_err(|error| {
+            let part = match error {
+                CalendarError::Multiplier(_) => "multiplier",
+                CalendarError::TimeZone(_) => "time_zone",
+            };
+            Error::invalid(format!("{field}calendar.{part}"), error.to_string())
+        })?;
+        let max_period = self.limiter.settings().max_period;
+        if calendar.longest() > max_period {
+            return Err(Error::invalid(
+                format!("{field}calendar"),
+                format!(
+                    "has windows of up to {}, longer than the longest period this service takes ({}, --ratelimit-max-period)",
+                    humantime::format_duration(calendar.longest()),
+                    humantime::format_duration(max_period)
+                ),
+            ));
+        }
+        Ok(calendar)
     }
 
     /// The limits of a CheckMany, each checked, none repeated.
@@ -126,28 +187,24 @@ impl RateLimitApi {
                 ),
             ));
         }
-        let mut checks = Vec::with_capacity(request.limits.len());
-        let mut seen = HashSet::with_capacity(request.limits.len());
-        for (i, limit) in request.limits.iter().enumerate() {
-            let check = self.limit_check(
-                &format!("limits[{i}]."),
-                &limit.key,
-                limit.limit,
-                limit.period.as_ref(),
-                limit.cost,
-                limit.algorithm,
-            )?;
+        let checks = request
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(i, limit)| self.limit_check(&format!("limits[{i}]."), Asked::from(limit)))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let mut seen = HashSet::with_capacity(checks.len());
+        for (i, check) in checks.iter().enumerate() {
             // The script decides the limits one after the other, so a repeated limit
             // would be charged twice: almost always a caller's mistake, refused
             // rather than guessed at. (Envoy's API means it: there, a counter two
             // descriptors name is charged both costs.)
-            if !seen.insert((check.key, check.algorithm, check.limit, check.period_micros)) {
+            if !seen.insert(check.identity()) {
                 return Err(Error::invalid(
                     format!("limits[{i}]"),
                     "repeats the key, algorithm, limit and period of an earlier limit",
                 ));
             }
-            checks.push(check);
         }
         Ok(checks)
     }
@@ -170,11 +227,10 @@ impl RateLimitApi {
         let limit = limit.ok_or_else(|| Error::invalid("limit", "is required"))?;
         let check = self.limit_check(
             "limit.",
-            &limit.key,
-            limit.limit,
-            limit.period.as_ref(),
-            Some(limit.cost.unwrap_or(default_cost)),
-            limit.algorithm,
+            Asked {
+                cost: Some(limit.cost.unwrap_or(default_cost)),
+                ..Asked::from(limit)
+            },
         )?;
         if check.cost < min_cost {
             return Err(Error::invalid("limit.cost", format!("must be at least {min_cost}")));
@@ -213,6 +269,74 @@ impl RateLimitApi {
         }
     }
 
+    /// A Check's wait, checked: `None` for none.
+    fn wait(&self, wait: Option<&prost_types::Duration>, check: &LimitCheck<'_>) -> Result<Option<Duration>, Error> {
+        let Some(wait) = wait else {
+            return Ok(None);
+        };
+        let wait = positive_duration("wait", wait)?;
+        if wait.is_zero() {
+            return Ok(None);
+        }
+        let max_wait = self.limiter.settings().max_wait;
+        if wait > max_wait {
+            return Err(Error::invalid(
+                "wait",
+                format!(
+                    "must be at most {} (--ratelimit-max-wait)",
+                    humantime::format_duration(max_wait)
+                ),
+            ));
+        }
+        if check.algorithm == Algorithm::SlidingWindow {
+            return Err(Error::invalid(
+                "wait",
+                "is for ALGORITHM_TOKEN_BUCKET and ALGORITHM_FIXED_WINDOW: a sliding window's units come back gradually, with no moment to wait for",
+            ));
+        }
+        Ok(Some(wait))
+    }
+
+    /// Decides a Check that may wait: `None` when no waiter's place is free, so
+    /// that it is decided at once instead.
+    async fn check_waiting(
+        &self,
+        space: &crate::redis::KeySpace,
+        metadata: &tonic::metadata::MetadataMap,
+        check: &LimitCheck<'_>,
+        wait: Duration,
+        policy: OutagePolicy,
+    ) -> Result<Option<CheckResponse>, Status> {
+        let Some(waiting) = self.limiter.waiting(space, metadata, check, wait, policy).await? else {
+            return Ok(None);
+        };
+        Ok(Some(match waiting {
+            Waiting::Decided { decision, waited } => CheckResponse {
+                allowed: decision.allowed,
+                limit: check.limit,
+                remaining: decision.remaining,
+                reset_after: Some(duration_to_proto(decision.reset_after)),
+                retry_after: retry_after(&decision),
+                decided_by_outage_policy: false,
+                waited: Some(duration_to_proto(waited)),
+            },
+            Waiting::Policy(allowed) => self.policy_answer(check, allowed),
+        }))
+    }
+
+    /// The answer of the outage policy.
+    fn policy_answer(&self, check: &LimitCheck<'_>, allowed: bool) -> CheckResponse {
+        CheckResponse {
+            allowed,
+            limit: check.limit,
+            remaining: 0,
+            reset_after: Some(duration_to_proto(Duration::ZERO)),
+            retry_after: self.limiter.policy_retry_after(allowed),
+            decided_by_outage_policy: true,
+            waited: None,
+        }
+    }
+
     fn policy(&self, requested: i32) -> Result<OutagePolicy, Error> {
         match pb::OutagePolicy::try_from(requested) {
             Ok(pb::OutagePolicy::Unspecified) => Ok(self.limiter.settings().on_unavailable),
@@ -222,6 +346,42 @@ impl RateLimitApi {
                 "on_unavailable",
                 format!("{requested} is not an OutagePolicy"),
             )),
+        }
+    }
+}
+
+/// One limit as a request gives it, before it is checked.
+struct Asked<'a> {
+    key: &'a str,
+    limit: u64,
+    period: Option<&'a prost_types::Duration>,
+    cost: Option<u64>,
+    algorithm: i32,
+    calendar: Option<&'a pb::CalendarWindow>,
+}
+
+impl<'a> From<&'a pb::Limit> for Asked<'a> {
+    fn from(limit: &'a pb::Limit) -> Asked<'a> {
+        Asked {
+            key: &limit.key,
+            limit: limit.limit,
+            period: limit.period.as_ref(),
+            cost: limit.cost,
+            algorithm: limit.algorithm,
+            calendar: limit.calendar.as_ref(),
+        }
+    }
+}
+
+impl<'a> From<&'a CheckRequest> for Asked<'a> {
+    fn from(request: &'a CheckRequest) -> Asked<'a> {
+        Asked {
+            key: &request.key,
+            limit: request.limit,
+            period: request.period.as_ref(),
+            cost: request.cost,
+            algorithm: request.algorithm,
+            calendar: request.calendar.as_ref(),
         }
     }
 }
@@ -248,15 +408,14 @@ impl RateLimitService for RateLimitApi {
         // A limiter's state, when the key is new.
         caller.charge(&request, 1)?;
         let space = caller.space.clone();
-        let check = self.limit_check(
-            "",
-            &request.key,
-            request.limit,
-            request.period.as_ref(),
-            request.cost,
-            request.algorithm,
-        )?;
+        let check = self.limit_check("", Asked::from(&request))?;
+        let wait = self.wait(request.wait.as_ref(), &check)?;
         let policy = self.policy(request.on_unavailable)?;
+        if let Some(wait) = wait
+            && let Some(response) = self.check_waiting(&space, &metadata, &check, wait, policy).await?
+        {
+            return Ok(Response::new(response));
+        }
         let response = match self
             .limiter
             .decide(&space, &metadata, std::slice::from_ref(&check), policy)
@@ -274,16 +433,10 @@ impl RateLimitService for RateLimitApi {
                     reset_after: Some(duration_to_proto(decision.reset_after)),
                     retry_after: retry_after(&decision),
                     decided_by_outage_policy: false,
+                    waited: None,
                 }
             }
-            Outcome::Policy(allowed) => CheckResponse {
-                allowed,
-                limit: check.limit,
-                remaining: 0,
-                reset_after: Some(duration_to_proto(Duration::ZERO)),
-                retry_after: self.limiter.policy_retry_after(allowed),
-                decided_by_outage_policy: true,
-            },
+            Outcome::Policy(allowed) => self.policy_answer(&check, allowed),
         };
         Ok(Response::new(response))
     }
@@ -346,13 +499,23 @@ impl RateLimitService for RateLimitApi {
         let request = request.into_inner();
         let check = self.limit_check(
             "",
-            &request.key,
-            request.limit,
-            request.period.as_ref(),
-            None,
-            pb::Algorithm::Unspecified as i32,
+            Asked {
+                key: &request.key,
+                limit: request.limit,
+                period: request.period.as_ref(),
+                cost: None,
+                algorithm: pb::Algorithm::Unspecified as i32,
+                calendar: request.calendar.as_ref(),
+            },
         )?;
         let algorithms: &[Algorithm] = match pb::Algorithm::try_from(request.algorithm) {
+            Ok(pb::Algorithm::Unspecified | pb::Algorithm::FixedWindow) if check.calendar.is_some() => {
+                &[Algorithm::FixedWindow]
+            }
+            Ok(_) if check.calendar.is_some() => {
+                let reason = "a calendar window counts as ALGORITHM_FIXED_WINDOW: leave it unset or give that";
+                return Err(Error::invalid("algorithm", reason).into());
+            }
             Ok(pb::Algorithm::Unspecified) => &Algorithm::ALL,
             Ok(pb::Algorithm::TokenBucket) => &[Algorithm::TokenBucket],
             Ok(pb::Algorithm::FixedWindow) => &[Algorithm::FixedWindow],
@@ -362,18 +525,7 @@ impl RateLimitService for RateLimitApi {
                 return Err(Error::invalid("algorithm", reason).into());
             }
         };
-        let existed = self
-            .limiter
-            .store()
-            .reset(
-                &space,
-                check.key,
-                check.limit,
-                check.period_micros,
-                algorithms,
-                deadline,
-            )
-            .await?;
+        let existed = self.limiter.store().reset(&space, &check, algorithms, deadline).await?;
         Ok(Response::new(ResetResponse { existed }))
     }
 

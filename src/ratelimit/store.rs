@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::calendar::Calendar;
 use crate::{
     error::{Effect, Error},
     redis::{Batcher, Calls, Invocation, KeySpace, LuaScript, Op, Redis},
@@ -71,6 +72,57 @@ pub struct LimitCheck<'a> {
     pub cost: u64,
     /// How it counts beside the request's other limits.
     pub counting: Counting,
+    /// For a fixed window aligned to a calendar (then `period_micros` is 0).
+    pub calendar: Option<Calendar>,
+}
+
+impl LimitCheck<'_> {
+    /// What tells one limiter from another: two checks share state only when
+    /// all of it is equal.
+    pub fn identity(&self) -> (&str, Algorithm, u64, u64, Option<&Calendar>) {
+        (
+            self.key,
+            self.algorithm,
+            self.limit,
+            self.period_micros,
+            self.calendar.as_ref(),
+        )
+    }
+
+    /// The period as the script takes it: microseconds, or a calendar window's
+    /// boundaries around this machine's now (the script picks the window by the
+    /// Redis clock).
+    fn period_argument(&self) -> String {
+        match &self.calendar {
+            None => self.period_micros.to_string(),
+            Some(calendar) => {
+                let [before, start, end, after] = calendar.boundaries(jiff::Timestamp::now());
+                let script_time = |instant: jiff::Timestamp| instant.as_microsecond() - SCRIPT_EPOCH_MICROS;
+                format!(
+                    "{},{},{},{}",
+                    script_time(before),
+                    script_time(start),
+                    script_time(end),
+                    script_time(after)
+                )
+            }
+        }
+    }
+}
+
+/// The scripts' time origin, 2024-01-01 UTC, in microseconds of Unix time.
+const SCRIPT_EPOCH_MICROS: i64 = 1_704_067_200_000_000;
+
+/// What the script answers for a calendar limit whose boundaries, computed
+/// by this machine's clock, do not hold the Redis clock's now.
+const SKEWED: i64 = -3;
+
+/// The error for [`SKEWED`].
+fn clocks_disagree() -> Error {
+    Error::Internal(
+        "this machine's clock and the Redis server's differ by more than a calendar window: synchronise them (NTP)"
+            .to_owned(),
+    )
 }
 
 /// How a limit counts beside the other limits of its request.
@@ -111,7 +163,7 @@ struct Limit {
     redis_key: String,
     algorithm: u8,
     limit: u64,
-    period_micros: u64,
+    period: String,
     cost: u64,
     counting: Counting,
 }
@@ -122,7 +174,7 @@ impl Limit {
             redis_key: redis_key(space, check),
             algorithm: check.algorithm.code(),
             limit: check.limit,
-            period_micros: check.period_micros,
+            period: check.period_argument(),
             cost: check.cost,
             counting: check.counting,
         }
@@ -171,6 +223,9 @@ impl Calls for Scripts {
             .iter()
             .map(|limits| {
                 let replies: Vec<(i64, i64, i64, i64)> = replies.by_ref().take(limits.len()).collect();
+                if replies.iter().any(|(allowed, ..)| *allowed == SKEWED) {
+                    return Err(clocks_disagree());
+                }
                 if replies.iter().any(|(allowed, ..)| *allowed < 0) {
                     return Err(Error::OutOfMemory);
                 }
@@ -262,23 +317,27 @@ impl RateLimitStore {
         self.batches.run(lane, limits, deadline).await?
     }
 
-    /// Clears the state of the limiters of `key` with `limit` per `period_micros`
-    /// under `algorithms`; returns whether any existed.
+    /// Clears the state of `check`'s limiter under each of `algorithms`;
+    /// returns whether any existed.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`].
     pub async fn reset(
         &self,
         space: &KeySpace,
-        key: &str,
-        limit: u64,
-        period_micros: u64,
+        check: &LimitCheck<'_>,
         algorithms: &[Algorithm],
         deadline: Instant,
     ) -> Result<bool, Error> {
         let mut command = redis::cmd("UNLINK");
-        for algorithm in algorithms {
-            command.arg(space.ratelimit(key, algorithm.key_suffix(), limit, period_micros));
+        for &algorithm in algorithms {
+            command.arg(redis_key(
+                space,
+                &LimitCheck {
+                    algorithm,
+                    ..check.clone()
+                },
+            ));
         }
         let removed: u64 = self.redis.run(Op::write("ratelimit_reset"), deadline, &command).await?;
         Ok(removed > 0)
@@ -374,7 +433,7 @@ impl RateLimitStore {
             .arg(name)
             .arg(check.algorithm.code())
             .arg(check.limit)
-            .arg(check.period_micros)
+            .arg(check.period_argument())
             .arg(check.cost);
         match &operation {
             Budget::Reserve { ttl, .. } => {
@@ -386,6 +445,9 @@ impl RateLimitStore {
             Budget::Cancel { .. } | Budget::Report => {}
         }
         let reply: Vec<i64> = self.redis.run(op, deadline, &invocation).await?;
+        if reply.first() == Some(&SKEWED) {
+            return Err(clocks_disagree());
+        }
         let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or(0));
         let count = |value: i64| u64::try_from(value).unwrap_or(0);
         Ok(match (operation, reply.as_slice()) {
@@ -420,6 +482,122 @@ impl RateLimitStore {
     }
 }
 
+/// A waiting check's turn (see [`RateLimitStore::wait`]).
+pub struct Turn {
+    /// The decision: allowed now, allowed after `delay`, or refused.
+    pub decision: Decision,
+    /// How long to wait before answering "allowed".
+    pub delay: Duration,
+    /// What gives the cost back if the caller goes before its moment: armed
+    /// when `delay` is not zero.
+    pub give_back: Option<GiveBack>,
+}
+
+/// Gives a waiting caller's cost back when dropped armed: the caller went
+/// before its moment came. Sent once, never repeated (a refund sent twice
+/// would give back twice).
+pub struct GiveBack {
+    redis: Redis,
+    invocation: Option<Invocation>,
+    timeout: Duration,
+}
+
+impl GiveBack {
+    /// The caller got its answer: nothing to give back.
+    pub fn disarm(mut self) {
+        self.invocation = None;
+    }
+}
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        let Some(invocation) = self.invocation.take() else {
+            return;
+        };
+        let redis = self.redis.clone();
+        let deadline = Instant::now() + self.timeout;
+        tokio::spawn(async move {
+            let given: Result<Vec<i64>, Error> = redis.run(Op::write("ratelimit_unwait"), deadline, &invocation).await;
+            if let Err(error) = given {
+                tracing::debug!(%error, "a waiting rate-limit check's cost was not given back");
+            }
+        });
+    }
+}
+
+impl RateLimitStore {
+    /// Decides `check` for a caller that may wait up to `wait` for its cost to
+    /// fit: when it fits within the wait, the cost is counted now against the
+    /// moment it fits, after every caller counted before, in one script call.
+    ///
+    /// # Errors
+    /// Redis failures and timeouts, as [`Error`] ([`Error::OutOfMemory`] when a
+    /// full Redis could not take new state). Not sent again after a lost
+    /// connection: the cost may have been counted.
+    pub async fn wait(
+        &self,
+        space: &KeySpace,
+        check: &LimitCheck<'_>,
+        wait: Duration,
+        deadline: Instant,
+        give_back_timeout: Duration,
+    ) -> Result<Turn, Error> {
+        let redis_key = redis_key(space, check);
+        let period = check.period_argument();
+        let mut invocation = RATELIMIT.prepare();
+        invocation
+            .key(&redis_key)
+            .arg("wait")
+            .arg(check.algorithm.code())
+            .arg(check.limit)
+            .arg(&period)
+            .arg(check.cost)
+            .arg(u64::try_from(wait.as_micros()).unwrap_or(u64::MAX));
+        let reply: Vec<i64> = self
+            .redis
+            .run(Op::write("ratelimit_wait"), deadline, &invocation)
+            .await?;
+        let &[allowed, remaining, reset, retry, delay, window] = reply.as_slice() else {
+            return Err(match reply.first() {
+                Some(&SKEWED) => clocks_disagree(),
+                _ => Error::Internal(format!("unexpected ratelimit wait answer {reply:?}")),
+            });
+        };
+        match allowed {
+            SKEWED => return Err(clocks_disagree()),
+            -1 => return Err(Error::OutOfMemory),
+            _ => {}
+        }
+        let delay = micros(delay);
+        let give_back = (allowed == 1 && !delay.is_zero()).then(|| {
+            let mut invocation = RATELIMIT.prepare();
+            invocation
+                .key(&redis_key)
+                .arg("unwait")
+                .arg(check.algorithm.code())
+                .arg(check.limit)
+                .arg(&period)
+                .arg(check.cost)
+                .arg(window);
+            GiveBack {
+                redis: self.redis.clone(),
+                invocation: Some(invocation),
+                timeout: give_back_timeout,
+            }
+        });
+        Ok(Turn {
+            decision: Decision {
+                allowed: allowed == 1,
+                remaining: u64::try_from(remaining).unwrap_or(0),
+                reset_after: micros(reset),
+                retry_after: (retry >= 0).then(|| micros(retry)),
+            },
+            delay,
+            give_back,
+        })
+    }
+}
+
 /// The script call deciding one request's `checks` alone, as
 /// [`RateLimitStore::check`] sends it when nothing else is queued.
 pub fn invocation(space: &KeySpace, checks: &[LimitCheck<'_>]) -> Invocation {
@@ -437,7 +615,7 @@ fn batch_invocation<'l>(requests: impl IntoIterator<Item = &'l [Limit]>) -> Invo
                 .key(&limit.redis_key)
                 .arg(limit.algorithm)
                 .arg(limit.limit)
-                .arg(limit.period_micros)
+                .arg(&limit.period)
                 .arg(limit.cost)
                 .arg(match limit.counting {
                     Counting::Together => group.to_string(),
@@ -456,10 +634,18 @@ fn micros(micros: i64) -> Duration {
 
 /// The key holding one limiter's state.
 fn redis_key(space: &KeySpace, check: &LimitCheck<'_>) -> String {
-    space.ratelimit(
-        check.key,
-        check.algorithm.key_suffix(),
-        check.limit,
-        check.period_micros,
-    )
+    match &check.calendar {
+        None => space.ratelimit(
+            check.key,
+            check.algorithm.key_suffix(),
+            check.limit,
+            check.period_micros,
+        ),
+        Some(calendar) => space.ratelimit(
+            check.key,
+            &format!("{}.{}", check.algorithm.key_suffix(), calendar.identity()),
+            check.limit,
+            0,
+        ),
+    }
 }

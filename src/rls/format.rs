@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use serde::Deserialize;
 
 use super::limit::{Limit, Unit};
-use crate::ratelimit::Algorithm;
+use crate::ratelimit::{Algorithm, Calendar};
 
 /// Parses and validates one file's text.
 pub fn parse(text: &str) -> Result<Root, String> {
@@ -175,6 +175,11 @@ struct RawRateLimit {
     replaces: Option<Vec<Replaces>>,
     /// cachelock's own field: envoyproxy/ratelimit always counts fixed windows.
     algorithm: Option<String>,
+    /// How many units one window holds, as envoyproxy/ratelimit reads it.
+    unit_multiplier: Option<u32>,
+    /// cachelock's own field: fixed windows aligned to the calendar of this IANA
+    /// time zone ("UTC", "Europe/Berlin").
+    calendar: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -194,6 +199,9 @@ impl TryFrom<RawRateLimit> for RateLimitBlock {
             if unit.is_some() {
                 return Err("should not specify rate limit unit when unlimited".to_owned());
             }
+            if raw.unit_multiplier.is_some() || raw.calendar.is_some() {
+                return Err("should not specify unit_multiplier or calendar when unlimited".to_owned());
+            }
             None
         } else {
             let unit = unit.ok_or_else(|| {
@@ -210,19 +218,36 @@ impl TryFrom<RawRateLimit> for RateLimitBlock {
                 }
             };
             let requests_per_unit = raw.requests_per_unit.unwrap_or(0);
-            let limit = Limit {
-                requests_per_unit,
-                unit,
-                algorithm,
+            let unit_multiplier = raw.unit_multiplier.unwrap_or(1);
+            if unit_multiplier == 0 {
+                return Err("unit_multiplier must be at least 1".to_owned());
+            }
+            let calendar = match raw.calendar {
+                None => None,
+                Some(_) if algorithm != Algorithm::FixedWindow => {
+                    return Err(
+                        "a calendar window counts as fixed_window: leave algorithm unset or give that".to_owned(),
+                    );
+                }
+                Some(zone) => Some(
+                    Calendar::new(unit.calendar_unit(), unit_multiplier, &zone)
+                        .map_err(|error| format!("calendar {zone} with {unit_multiplier} {unit}: {error}"))?,
+                ),
             };
-            let cap = Limit::max_requests_per_unit(unit);
+            let cap = Limit::max_requests_per_unit(unit, unit_multiplier);
             if u64::from(requests_per_unit) > cap {
                 return Err(format!(
-                    "requests_per_unit {requests_per_unit} is above {cap}, the most a {} can count",
+                    "requests_per_unit {requests_per_unit} is above {cap}, the most {unit_multiplier} {} can count",
                     unit.name()
                 ));
             }
-            Some(limit)
+            Some(Limit {
+                requests_per_unit,
+                unit,
+                unit_multiplier,
+                algorithm,
+                calendar,
+            })
         };
         let mut replaces = Vec::new();
         for entry in raw.replaces.unwrap_or_default() {
@@ -256,5 +281,58 @@ mod tests {
             message.contains("descriptors[0]") && message.contains("line 3"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn windows_of_several_units_and_calendars_are_checked() {
+        let rule = |fields: &str| format!("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {{{fields}}}\n");
+        let Ok(root) = parse(&rule(
+            "unit: minute, unit_multiplier: 15, requests_per_unit: 5, calendar: Europe/Berlin",
+        )) else {
+            panic!("a quarter hour in Berlin is a window");
+        };
+        let limit = root.descriptors.0[0]
+            .rate_limit
+            .as_ref()
+            .and_then(|block| block.limit.clone())
+            .expect("a limit");
+        assert_eq!(
+            limit.describe(),
+            "5 per 15 minute (fixed_window, calendar Europe/Berlin)"
+        );
+        assert_eq!(limit.period_micros(), 0);
+        let Ok(root) = parse(&rule("unit: hour, unit_multiplier: 3, requests_per_unit: 5")) else {
+            panic!("three hours is a window");
+        };
+        let limit = root.descriptors.0[0]
+            .rate_limit
+            .as_ref()
+            .and_then(|block| block.limit.clone())
+            .expect("a limit");
+        assert_eq!(limit.period_micros(), 3 * 3600 * 1_000_000);
+        for (fields, problem) in [
+            (
+                "unit: minute, unit_multiplier: 0, requests_per_unit: 5",
+                "unit_multiplier must be at least 1",
+            ),
+            (
+                "unit: minute, unit_multiplier: 7, requests_per_unit: 5, calendar: UTC",
+                "must divide 60",
+            ),
+            (
+                "unit: day, requests_per_unit: 5, calendar: Mars/Olympus",
+                "Mars/Olympus",
+            ),
+            (
+                "unit: day, requests_per_unit: 5, calendar: UTC, algorithm: token_bucket",
+                "counts as fixed_window",
+            ),
+            ("unlimited: true, calendar: UTC", "when unlimited"),
+        ] {
+            let Err(message) = parse(&rule(fields)) else {
+                panic!("{fields} is refused");
+            };
+            assert!(message.contains(problem), "{fields}: {message}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{fmt, time::Duration};
 
-use crate::ratelimit::{Algorithm, MAX_LIMIT};
+use crate::ratelimit::{Algorithm, Calendar, CalendarUnit, MAX_LIMIT};
 
 /// A rule's unit of time, with Envoy's numbering (`RateLimitResponse.RateLimit.Unit`
 /// and `envoy.type.v3.RateLimitUnit` agree).
@@ -80,6 +80,19 @@ impl Unit {
         }
     }
 
+    /// The calendar unit of the same name.
+    pub fn calendar_unit(self) -> CalendarUnit {
+        match self {
+            Unit::Second => CalendarUnit::Second,
+            Unit::Minute => CalendarUnit::Minute,
+            Unit::Hour => CalendarUnit::Hour,
+            Unit::Day => CalendarUnit::Day,
+            Unit::Week => CalendarUnit::Week,
+            Unit::Month => CalendarUnit::Month,
+            Unit::Year => CalendarUnit::Year,
+        }
+    }
+
     /// The unit named `name`, in any case, as envoyproxy/ratelimit reads it.
     pub fn from_name(name: &str) -> Option<Unit> {
         Unit::ALL
@@ -88,25 +101,66 @@ impl Unit {
     }
 }
 
-/// How many requests a rule lets through per unit, counted how.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How many requests a rule lets through per window, counted how.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
     /// 0 refuses every request that costs anything.
     pub requests_per_unit: u32,
+    /// The unit of time.
     pub unit: Unit,
+    /// How many units one window holds (at least 1).
+    pub unit_multiplier: u32,
     pub algorithm: Algorithm,
+    /// Fixed windows aligned to this calendar, instead of `unit_multiplier`
+    /// units counted from 2024-01-01 UTC.
+    pub calendar: Option<Calendar>,
 }
 
 impl Limit {
-    /// The period in microseconds.
-    pub fn period_micros(self) -> u64 {
-        u64::try_from(self.unit.period().as_micros()).unwrap_or(u64::MAX)
+    /// The period in microseconds; 0 for a calendar window.
+    pub fn period_micros(&self) -> u64 {
+        if self.calendar.is_some() {
+            return 0;
+        }
+        u64::try_from(self.window().as_micros()).unwrap_or(u64::MAX)
     }
 
-    /// The most requests per unit the rate limiter can count exactly in `unit`.
-    pub fn max_requests_per_unit(unit: Unit) -> u64 {
-        let period = u64::try_from(unit.period().as_micros()).unwrap_or(u64::MAX);
-        MAX_LIMIT.min(period)
+    /// A window's length (a calendar's windows vary: its longest).
+    pub fn window(&self) -> Duration {
+        match &self.calendar {
+            Some(calendar) => calendar.longest(),
+            None => self.unit.period().saturating_mul(self.unit_multiplier.max(1)),
+        }
+    }
+
+    /// The most requests per window the rate limiter can count exactly in
+    /// `unit_multiplier` `unit`s.
+    pub fn max_requests_per_unit(unit: Unit, unit_multiplier: u32) -> u64 {
+        let period = unit.period().saturating_mul(unit_multiplier.max(1));
+        MAX_LIMIT.min(u64::try_from(period.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// How the limit reads in a description of the rules: "100 per 15 minute
+    /// (fixed_window, calendar Europe/Berlin)".
+    pub fn describe(&self) -> String {
+        let per = if self.unit_multiplier > 1 {
+            format!("{} {}", self.unit_multiplier, self.unit.name())
+        } else {
+            self.unit.name().to_owned()
+        };
+        match &self.calendar {
+            Some(calendar) => format!(
+                "{} per {per} ({}, calendar {})",
+                self.requests_per_unit,
+                algorithm_name(self.algorithm),
+                calendar.zone_name()
+            ),
+            None => format!(
+                "{} per {per} ({})",
+                self.requests_per_unit,
+                algorithm_name(self.algorithm)
+            ),
+        }
     }
 }
 

@@ -93,7 +93,7 @@ enum Applied<'a> {
     /// (0 per unit) is decided without it.
     Limited {
         name: &'a str,
-        limit: Limit,
+        limit: &'a Limit,
         shadow: bool,
         quota: bool,
         cost: u64,
@@ -174,6 +174,7 @@ impl RlsApi {
                     algorithm: limit.algorithm,
                     limit: u64::from(limit.requests_per_unit),
                     period_micros: limit.period_micros(),
+                    calendar: limit.calendar.clone(),
                     cost: *cost,
                     counting: match (shadow, quota) {
                         (true, _) => Counting::Alone,
@@ -185,7 +186,7 @@ impl RlsApi {
             };
             applied.push(Applied::Limited {
                 name,
-                limit: *limit,
+                limit,
                 shadow,
                 quota,
                 cost: *cost,
@@ -284,7 +285,7 @@ fn match_descriptor<'r>(
     let Some(limit) = &descriptor.limit else {
         return Ok(rules.find(domain, &entries).map(|found| Matched {
             rule: Some(found.rule),
-            limit: found.rule.limit,
+            limit: found.rule.limit.clone(),
             key: key(&found.shared),
             cost,
         }));
@@ -296,7 +297,7 @@ fn match_descriptor<'r>(
             format!("{} is not a RateLimitUnit", limit.unit),
         )
     })?;
-    let cap = Limit::max_requests_per_unit(unit);
+    let cap = Limit::max_requests_per_unit(unit, 1);
     if u64::from(limit.requests_per_unit) > cap {
         return Err(Error::invalid(
             format!("descriptors[{i}].limit.requests_per_unit"),
@@ -308,7 +309,9 @@ fn match_descriptor<'r>(
         limit: Some(Limit {
             requests_per_unit: limit.requests_per_unit,
             unit,
+            unit_multiplier: 1,
             algorithm: Algorithm::FixedWindow,
+            calendar: None,
         }),
         key: key(&[]),
         cost,
@@ -318,15 +321,17 @@ fn match_descriptor<'r>(
 /// A shadow limit on a counter an enforced one also counts follows the
 /// enforced ones: a refused request consumes nothing from that counter.
 fn follow_enforced(checks: &mut [LimitCheck<'_>]) {
-    let enforced: Vec<(&str, Algorithm, u64, u64)> = checks
+    let follows: Vec<bool> = checks
         .iter()
-        .filter(|check| check.counting != Counting::Alone)
-        .map(|check| (check.key, check.algorithm, check.limit, check.period_micros))
+        .map(|check| {
+            check.counting == Counting::Alone
+                && checks
+                    .iter()
+                    .any(|other| other.counting != Counting::Alone && other.identity() == check.identity())
+        })
         .collect();
-    for check in checks {
-        if check.counting == Counting::Alone
-            && enforced.contains(&(check.key, check.algorithm, check.limit, check.period_micros))
-        {
+    for (check, follows) in checks.iter_mut().zip(follows) {
+        if follows {
             check.counting = Counting::Follows;
         }
     }
@@ -374,7 +379,7 @@ fn descriptor_status(applied: &Applied<'_>, outcome: &Outcome) -> (&'static str,
         return (result, status);
     };
     let (allowed, remaining, reset, by_policy) = match (check, outcome) {
-        (None, _) => (cost == 0, 0, until_window_end(limit.unit), false),
+        (None, _) => (cost == 0, 0, until_window_end(limit), false),
         (Some(index), Outcome::Decided(decisions)) => {
             let Decision {
                 allowed,
@@ -415,10 +420,15 @@ fn descriptor_status(applied: &Applied<'_>, outcome: &Outcome) -> (&'static str,
     (result, status)
 }
 
-/// How long until the current window of `unit` ends, by this machine's clock: for
-/// limits decided without Redis.
-fn until_window_end(unit: Unit) -> Duration {
-    let period = unit.period().as_secs();
+/// How long until the current window of `limit` ends, by this machine's clock:
+/// for limits decided without Redis.
+fn until_window_end(limit: &Limit) -> Duration {
+    if let Some(calendar) = &limit.calendar {
+        let now = jiff::Timestamp::now();
+        let end = calendar.window_at(now).end;
+        return end.duration_since(now).unsigned_abs();
+    }
+    let period = limit.window().as_secs().max(1);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -426,7 +436,7 @@ fn until_window_end(unit: Unit) -> Duration {
     Duration::from_secs(period - now % period)
 }
 
-fn current_limit(name: &str, limit: Limit) -> RateLimit {
+fn current_limit(name: &str, limit: &Limit) -> RateLimit {
     RateLimit {
         name: name.to_owned(),
         requests_per_unit: limit.requests_per_unit,

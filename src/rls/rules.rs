@@ -16,7 +16,7 @@ use std::{
 
 use super::{
     format::{self, Descriptor},
-    limit::{Limit, algorithm_name},
+    limit::Limit,
 };
 
 /// One `rate_limit` block and the flags of its descriptor.
@@ -242,16 +242,8 @@ impl Level {
         for node in self.nodes() {
             if let Some(rule) = &node.rule {
                 let mut line = format!("{}: ", rule.path);
-                match rule.limit {
-                    Some(limit) => {
-                        let _ = write!(
-                            line,
-                            "{} per {} ({})",
-                            limit.requests_per_unit,
-                            limit.unit.name(),
-                            algorithm_name(limit.algorithm)
-                        );
-                    }
+                match &rule.limit {
+                    Some(limit) => line.push_str(&limit.describe()),
                     None => line.push_str("unlimited"),
                 }
                 if !rule.name.is_empty() {

@@ -5,7 +5,10 @@
 -- KEYS[i]       the i-th limit's state key (one key per user key and algorithm)
 -- ARGV[5i - 4]  the i-th algorithm: 1 token bucket (GCRA), 2 fixed window, 3 sliding window
 -- ARGV[5i - 3]  the i-th limit: units per period, 1 <= limit <= period in microseconds
--- ARGV[5i - 2]  the i-th period in microseconds (>= 1000)
+-- ARGV[5i - 2]  the i-th period in microseconds (>= 1000), or for a fixed window
+--               aligned to a calendar, the four boundaries the service computed
+--               around its own now, 'b0,b1,b2,b3' in microseconds since the EPOCH
+--               below: the window before, the window, and the window after it
 -- ARGV[5i - 1]  the i-th cost: units to consume; 0 decides as for 1 but consumes nothing
 -- ARGV[5i]      the i-th limit's group: 'g' (a positive number) shared by limits decided
 --               all or nothing together (one request's); '0' for a limit that stands alone
@@ -17,7 +20,8 @@
 -- Returns       one {allowed, remaining, reset_after_us, retry_after_us} per limit.
 --               allowed is 1 or 0, or -1 when the limit would have created new state
 --               in a Redis 5% past its maxmemory (not decided; nothing of its group was
---               written). retry_after_us is 0 when allowed and -1 when the cost
+--               written), or -3 when the Redis clock is outside a calendar limit's
+--               boundaries (the two clocks differ by more than a window). retry_after_us is 0 when allowed and -1 when the cost
 --               exceeds the limit (no wait lets it pass). A group's limits are written
 --               only if it is allowed; otherwise their remaining and reset_after
 --               describe the state as it is. A limit that stands alone is written
@@ -28,11 +32,12 @@
 --          a hash of k (the state key it was counted in), e (the estimate), w (the
 --          window it was counted in), t (a token bucket's TAT after it), s (open,
 --          commit or cancel) and, once settled, charged and refunded
--- ARGV[1]  'reserve', 'commit', 'cancel' or 'report'
--- ARGV[2..4] the algorithm, the limit and the period in microseconds, as above
--- ARGV[5]  reserve: the estimate; commit: the actual cost; report: the cost
+-- ARGV[1]  'reserve', 'commit', 'cancel', 'report', 'wait' or 'unwait'
+-- ARGV[2..4] the algorithm, the limit and the period (or boundaries), as above
+-- ARGV[5]  reserve: the estimate; commit: the actual cost; report, wait, unwait: the cost
 -- ARGV[6]  reserve: how long the reservation lasts, in ms; commit: '1' to charge an
---          excess beyond the limit (a debt)
+--          excess beyond the limit (a debt); wait: how long the caller may wait, in
+--          microseconds; unwait: the window the cost was counted in
 -- Returns  reserve: a decision as above, the estimate counted and the record made
 --          when allowed (a Reserve sent again finds its record and counts nothing);
 --          commit, cancel: {1, charged, refunded, remaining, reset_after_us, 1 when
@@ -40,7 +45,14 @@
 --          when the reservation is unknown (it expired: settled at its estimate),
 --          {-2} when it was counted under another limit; report: {remaining,
 --          reset_after_us, retry_after_us for one unit}, or a refusal as not
---          decided when a full Redis would have to take new state
+--          decided when a full Redis would have to take new state; wait: a decision
+--          as above and {delay_us, window}: when allowed later than now, the cost is
+--          counted now against the moment it fits (a token bucket's TAT moves past
+--          the bucket; a fixed window counts it in the next window, field x), after
+--          every caller counted before, and the caller is to be answered after
+--          delay_us; unwait: gives back the cost of a waiting caller gone before its
+--          moment. Any of them: {-3} when a calendar limit's boundaries do not hold
+--          the Redis clock.
 --
 -- Groups are decided one after the other, in the order of their first limit, each
 -- seeing what the ones before it consumed: a batch of requests (see the service's
@@ -119,6 +131,45 @@ end
 
 -- The answer for a limit whose new state a full Redis cannot take.
 local NOT_DECIDED = {-1, 0, 0, -1}
+-- The answer for a calendar limit whose boundaries do not hold the Redis clock.
+local SKEWED = {-3, 0, 0, -1}
+
+-- The fixed window `now` falls in, from a period in microseconds or a calendar's
+-- boundaries: its id, where it ends, the id of the window before, where the window
+-- after ends, and that window's id. A calendar window's id is its start; an
+-- unknown neighbour is nil. Nothing when the boundaries do not hold `now`.
+local function window_of(period)
+  local length = tonumber(period)
+  if length then
+    local window = math.floor(now / length)
+    return window, (window + 1) * length, window - 1, (window + 2) * length, window + 1
+  end
+  local b = {}
+  for boundary in string.gmatch(period, '%-?%d+') do
+    b[#b + 1] = tonumber(boundary)
+  end
+  if #b ~= 4 or now < b[1] or now >= b[4] then
+    return nil
+  end
+  if now < b[2] then
+    return b[1], b[2], nil, b[3], b[2]
+  elseif now < b[3] then
+    return b[2], b[3], b[1], b[4], b[3]
+  end
+  return b[3], b[4], b[2], nil, b[4]
+end
+
+-- A fixed window's counts from its state {w, n, x}: this window's, and what waiting
+-- callers took of the next one (which becomes the count once that window begins).
+local function window_counts(state, window, previous)
+  local stored = tonumber(state[1])
+  if stored == window then
+    return tonumber(state[2]) or 0, tonumber(state[3]) or 0
+  elseif previous and stored == previous then
+    return tonumber(state[3]) or 0, 0
+  end
+  return 0, 0
+end
 
 local function keep(key, state, created)
   if created and redis.call('EXISTS', key) == 0 and too_full() then
@@ -148,7 +199,10 @@ end
 -- Token bucket as GCRA. The state is the theoretical arrival time (tat) of the
 -- next unit: the bucket is full when tat <= now and empty when tat >= now + period.
 -- Each unit moves tat on by period / limit, so the bucket refills smoothly.
-local function token_bucket(key, limit, period, cost)
+-- With `wait` (microseconds), a cost that fits within it is counted now, against the
+-- moment it fits: the TAT moves past the bucket's end, so everyone after waits longer.
+local function token_bucket(key, limit, period, cost, wait)
+  period = tonumber(period)
   local interval = period / limit
   local stored = load_value(key)
   local tat = tonumber(stored) or now
@@ -165,6 +219,12 @@ local function token_bucket(key, limit, period, cost)
   end
   local allow_at = tat + wanted * interval - period
   if allow_at - now > SLACK then
+    if wait and cost > 0 and allow_at - now <= wait then
+      local new_tat = tat + cost * interval
+      return {1, remaining_at(new_tat), up(new_tat - now), 0}, as_is, function()
+        return keep(key, {value = string.format('%.17g', new_tat), px = expire_ms(new_tat - now)}, not stored)
+      end, {up(allow_at - now), 0}
+    end
     return {0, as_is[1], as_is[2], up(allow_at - now)}, as_is
   end
   if cost == 0 then
@@ -176,33 +236,57 @@ local function token_bucket(key, limit, period, cost)
   end
 end
 
--- Fixed window: a count per window of `period`; the state is {w = window, n = count}.
-local function fixed_window(key, limit, period, cost)
-  local window = math.floor(now / period)
-  local ends = (window + 1) * period
-  local state = load_fields(key, 'w', 'n')
-  local count = 0
-  if tonumber(state[1]) == window then
-    count = tonumber(state[2]) or 0
+-- Fixed window: a count per window of `period` (or of a calendar); the state is
+-- {w = window, n = count, x = what waiting callers took of the next window}. With
+-- `wait` (microseconds), a cost that does not fit now but fits in the next window,
+-- which begins within the wait, is counted there.
+local function fixed_window(key, limit, period, cost, wait)
+  local window, ends, previous, next_ends, next_window = window_of(period)
+  if not window then
+    return SKEWED, SKEWED
   end
-  local reset = 0
-  if count > 0 then
-    reset = up(ends - now)
+  local state = load_fields(key, 'w', 'n', 'x')
+  local count, ahead = window_counts(state, window, previous)
+  -- Until the limit is whole: past the next window when waiting callers took of it.
+  local function reset_for(c, x)
+    if x > 0 then
+      return up((next_ends or ends) - now)
+    elseif c > 0 then
+      return up(ends - now)
+    end
+    return 0
   end
-  local as_is = {math.max(0, limit - count), reset}
+  local function write(c, x)
+    local last = ends
+    if x > 0 and next_ends then
+      last = next_ends
+    end
+    return keep(key, {fields = {w = window, n = c, x = x}, px = expire_ms(last - now)}, not state[1])
+  end
+  local as_is = {math.max(0, limit - count), reset_for(count, ahead)}
   local wanted = math.max(cost, 1)
   if wanted > limit then
     return {0, as_is[1], as_is[2], -1}, as_is
   end
   if count + wanted > limit then
+    if ahead + wanted > limit then
+      -- Not before the window after the next: the waiting callers took the next.
+      return {0, as_is[1], as_is[2], up((next_ends or ends) - now)}, as_is
+    end
+    if wait and cost > 0 and ends - now <= wait then
+      local new_ahead = ahead + cost
+      return {1, as_is[1], reset_for(count, new_ahead), 0}, as_is, function()
+        return write(count, new_ahead)
+      end, {up(ends - now), next_window}
+    end
     return {0, as_is[1], as_is[2], up(ends - now)}, as_is
   end
   if cost == 0 then
     return {1, as_is[1], as_is[2], 0}, as_is
   end
   local new_count = count + cost
-  return {1, limit - new_count, up(ends - now), 0}, as_is, function()
-    return keep(key, {fields = {w = window, n = new_count}, px = expire_ms(ends - now)}, not state[1])
+  return {1, limit - new_count, reset_for(new_count, ahead), 0}, as_is, function()
+    return write(new_count, ahead)
   end
 end
 
@@ -210,6 +294,7 @@ end
 -- window's count weighted by the part of it the sliding period still covers, plus
 -- the current window's count. The state is {w = window, c = current, p = previous}.
 local function sliding_window(key, limit, period, cost)
+  period = tonumber(period)
   local window = math.floor(now / period)
   local weight = 1 - (now - window * period) / period
   local state = load_fields(key, 'w', 'c', 'p')
@@ -276,6 +361,31 @@ local DEBT_PERIODS = 100
 -- and sliding windows): a window that is over gives nothing back. Charges go to
 -- the current window.
 local function adjust(algorithm, key, limit, period, delta, window)
+  if algorithm == 2 then
+    local current, ends, previous, next_ends, next_window = window_of(period)
+    if not current then
+      return
+    end
+    local state = redis.call('HMGET', key, 'w', 'n', 'x')
+    local count, ahead = window_counts(state, current, previous)
+    local target = window or current
+    if target == current then
+      count = math.min(math.max(0, count + delta), DEBT_PERIODS * limit)
+    elseif target == next_window then
+      ahead = math.max(0, ahead + delta)
+    else
+      -- An ended window gives nothing back.
+      return
+    end
+    local last = ends
+    if ahead > 0 and next_ends then
+      last = next_ends
+    end
+    redis.call('HSET', key, 'w', current, 'n', count, 'x', ahead)
+    redis.call('PEXPIRE', key, expire_ms(last - now))
+    return
+  end
+  period = tonumber(period)
   if algorithm == 1 then
     local interval = period / limit
     local tat = tonumber(redis.call('GET', key)) or now
@@ -294,19 +404,6 @@ local function adjust(algorithm, key, limit, period, delta, window)
   end
   local current = math.floor(now / period)
   local target = window or current
-  if algorithm == 2 then
-    if target ~= current then
-      return
-    end
-    local state = redis.call('HMGET', key, 'w', 'n')
-    local count = 0
-    if tonumber(state[1]) == current then
-      count = tonumber(state[2]) or 0
-    end
-    redis.call('HSET', key, 'w', current, 'n', math.min(math.max(0, count + delta), DEBT_PERIODS * limit))
-    redis.call('PEXPIRE', key, expire_ms((current + 1) * period - now))
-    return
-  end
   local state = redis.call('HMGET', key, 'w', 'c', 'p')
   local stored = tonumber(state[1])
   local counted, previous = 0, 0
@@ -327,10 +424,29 @@ local function adjust(algorithm, key, limit, period, delta, window)
 end
 
 local operation = ARGV[1]
-if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or operation == 'report' then
-  local algorithm, limit, period = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or operation == 'report'
+    or operation == 'wait' or operation == 'unwait' then
+  local algorithm, limit, period = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
   local cost = tonumber(ARGV[5])
   local decide = algorithms[algorithm]
+  if algorithm == 2 and not window_of(period) then
+    return {SKEWED[1]}
+  end
+  if operation == 'wait' then
+    local decision, _, commit, slot = decide(KEYS[1], limit, period, cost, tonumber(ARGV[6]))
+    if decision[1] == 1 and commit then
+      if not commit() then
+        return NOT_DECIDED
+      end
+      write_pending()
+    end
+    slot = slot or {0, 0}
+    return {decision[1], decision[2], decision[3], decision[4], slot[1], slot[2]}
+  end
+  if operation == 'unwait' then
+    adjust(algorithm, KEYS[1], limit, period, -cost, tonumber(ARGV[6]))
+    return {1}
+  end
   -- Where the limit stands: remaining, reset_after, and when one unit fits (a cost
   -- of 0 decides as for 1 and consumes nothing).
   local function as_is()
@@ -363,7 +479,13 @@ if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or o
       if algorithm == 1 then
         ends = redis.call('GET', KEYS[1])
       end
-      redis.call('HSET', KEYS[2], 'k', KEYS[1], 'e', cost, 'w', math.floor(now / period), 't', ends, 's', 'open')
+      local window = 0
+      if algorithm == 2 then
+        window = window_of(period)
+      elseif algorithm == 3 then
+        window = math.floor(now / tonumber(period))
+      end
+      redis.call('HSET', KEYS[2], 'k', KEYS[1], 'e', cost, 'w', window, 't', ends, 's', 'open')
       redis.call('PEXPIRE', KEYS[2], ARGV[6])
     end
     return decision
@@ -390,7 +512,7 @@ if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or o
       if algorithm == 1 then
         -- The time of the reservation's units that the bucket refilled since is
         -- back already: only what is left of it is given back.
-        local interval = period / limit
+        local interval = tonumber(period) / limit
         local ends = tonumber(record[7]) or now
         local time_back = math.min(back * interval, math.max(0, ends - now))
         back = time_back / interval
@@ -423,7 +545,7 @@ if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or o
 end
 
 if #KEYS == 1 then
-  local decision, _, commit = algorithms[tonumber(ARGV[1])](KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+  local decision, _, commit = algorithms[tonumber(ARGV[1])](KEYS[1], tonumber(ARGV[2]), ARGV[3],
     tonumber(ARGV[4]))
   if decision[1] == 1 and commit then
     if not commit() then
@@ -455,7 +577,7 @@ end
 
 local function decide(i, cost)
   local base = 5 * (i - 1)
-  return algorithms[tonumber(ARGV[base + 1])](KEYS[i], tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3]), cost)
+  return algorithms[tonumber(ARGV[base + 1])](KEYS[i], tonumber(ARGV[base + 2]), ARGV[base + 3], cost)
 end
 
 local decisions = {}
@@ -482,7 +604,7 @@ for _, group in ipairs(order) do
     -- Nothing of the group is written, so each limit reports its state as it stands.
     pending = {}
     for _, i in ipairs(members[group]) do
-      if decisions[i][1] ~= -1 then
+      if decisions[i][1] >= 0 then
         local as_is = decide(i, 0)
         decisions[i][2] = as_is[2]
         decisions[i][3] = as_is[3]

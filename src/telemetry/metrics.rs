@@ -173,7 +173,7 @@ pub struct Metrics {
     pub fenced_writes: Family<Outcome, Counter>,
     /// Terms of leadership begun by campaigns on this instance.
     pub election_terms: Counter,
-    /// Rate-limit decisions by result (allowed, denied, policy_allowed, policy_denied).
+    /// Rate-limit decisions by result (allowed, denied, waited, policy_allowed, policy_denied).
     pub ratelimit_decisions: Family<Outcome, Counter>,
     /// Token-budget operations by result (reserved, reserve_denied, committed,
     /// cancelled, unknown, reported).
@@ -347,7 +347,7 @@ impl Metrics {
             ),
             ratelimit_decisions: add.metric(
                 "cachelock_ratelimit_decisions",
-                "Rate-limit decisions by result: allowed, denied, policy_allowed, policy_denied (the outage policy)",
+                "Rate-limit decisions by result: allowed, denied, waited (allowed after waiting its turn), policy_allowed, policy_denied (the outage policy)",
                 Family::default(),
             ),
             ratelimit_batches: add.metric(

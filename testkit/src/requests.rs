@@ -51,6 +51,8 @@ pub fn check(key: &str, limit: u64, period_ms: i64) -> CheckRequest {
         cost: None,
         algorithm: 0,
         on_unavailable: 0,
+        wait: None,
+        calendar: None,
     }
 }
 

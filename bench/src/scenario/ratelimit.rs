@@ -35,6 +35,8 @@ pub(crate) async fn check(channel: Conn, scenario: Scenario, key: String) -> Res
             cost: None,
             algorithm: algorithm as i32,
             on_unavailable: rl::OutagePolicy::FailClosed as i32,
+            calendar: None,
+            wait: None,
         })
         .await
         .map_err(|status| status.to_string())?
@@ -56,6 +58,7 @@ pub(crate) async fn reserve_commit(channel: Conn, key: String) -> Result<(), Str
         period: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
         cost: Some(cost),
         algorithm: rl::Algorithm::TokenBucket as i32,
+        calendar: None,
     };
     let reserved = client
         .reserve(ReserveRequest {
@@ -90,6 +93,7 @@ pub(crate) async fn check_direct(clients: &Clients, scenario: Scenario, key: &st
         period_micros: RATE_PERIOD_MICROS,
         cost: 1,
         counting: Counting::Together,
+        calendar: None,
     };
     let invocation = invocation(&clients.keys, std::slice::from_ref(&check));
     // The service loaded the script into this Redis when it connected.

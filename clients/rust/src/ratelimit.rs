@@ -183,6 +183,7 @@ fn limit_to_proto(key: &str, limit: &Limit, cost: u64) -> pb::Limit {
         period: Some(to_proto(limit.period)),
         cost: Some(cost),
         algorithm: limit.algorithm.to_proto(),
+        calendar: None,
     }
 }
 
@@ -222,6 +223,8 @@ impl RateLimits {
             cost: limit.cost,
             algorithm: limit.algorithm.to_proto(),
             on_unavailable: outage_to_proto(on_unavailable),
+            wait: None,
+            calendar: None,
         };
         let answer = self
             .client
@@ -261,6 +264,7 @@ impl RateLimits {
                     period: Some(to_proto(limit.period)),
                     cost: limit.cost,
                     algorithm: limit.algorithm.to_proto(),
+                    calendar: None,
                 })
                 .collect(),
             on_unavailable: outage_to_proto(on_unavailable),
@@ -406,6 +410,7 @@ impl RateLimits {
             algorithm: limit.algorithm.to_proto(),
             limit: limit.limit,
             period: Some(to_proto(limit.period)),
+            calendar: None,
         };
         let answer = self
             .client
