@@ -46,7 +46,9 @@ pub use election::{CampaignOptions, Change, Elections, Leader, Leadership, Obser
 pub use error::{Error, Reason};
 pub use lock::{Grant, Holder, Lease, LockOptions, Locks};
 pub use pubsub::{Event, PubSub, Subscription};
-pub use ratelimit::{Algorithm, Decision, Limit, OutagePolicy, RateLimits, Reported, Reservation, Settlement};
+pub use ratelimit::{
+    Algorithm, Calendar, CalendarUnit, Decision, Limit, OutagePolicy, RateLimits, Reported, Reservation, Settlement,
+};
 pub use session::{NewSession, Session, Sessions, Update};
 
 /// A write's condition on a lock: applied only while no grant of `lock` is

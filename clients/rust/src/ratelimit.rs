@@ -50,17 +50,92 @@ fn outage_to_proto(policy: Option<OutagePolicy>) -> i32 {
     .into()
 }
 
-/// A limit: `limit` units a `period`.
+/// The unit of a [`Calendar`] window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CalendarUnit {
+    /// Seconds; a multiple divides 60.
+    Second,
+    /// Minutes; a multiple divides 60.
+    Minute,
+    /// Hours; a multiple divides 24.
+    Hour,
+    /// Days, counted from the 1st of each month.
+    Day,
+    /// Weeks from Monday.
+    Week,
+    /// Months; a multiple divides 12.
+    Month,
+    /// Years.
+    Year,
+}
+
+/// Fixed windows aligned to the calendar of an IANA time zone: "a month in
+/// Berlin" resets at midnight on the 1st, Berlin time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Calendar {
+    /// The unit.
+    pub unit: CalendarUnit,
+    /// How many units a window holds (0 or 1: one).
+    pub multiplier: u32,
+    /// The IANA time zone; empty: UTC.
+    pub time_zone: String,
+}
+
+impl Calendar {
+    /// Windows of one `unit` in UTC.
+    pub fn new(unit: CalendarUnit) -> Calendar {
+        Calendar {
+            unit,
+            multiplier: 1,
+            time_zone: String::new(),
+        }
+    }
+
+    /// Windows of `multiplier` units.
+    #[must_use]
+    pub fn times(mut self, multiplier: u32) -> Calendar {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// In the IANA time zone `time_zone` ("Europe/Berlin").
+    #[must_use]
+    pub fn in_zone(mut self, time_zone: &str) -> Calendar {
+        time_zone.clone_into(&mut self.time_zone);
+        self
+    }
+
+    fn to_proto(&self) -> pb::CalendarWindow {
+        pb::CalendarWindow {
+            unit: match self.unit {
+                CalendarUnit::Second => pb::CalendarUnit::Second,
+                CalendarUnit::Minute => pb::CalendarUnit::Minute,
+                CalendarUnit::Hour => pb::CalendarUnit::Hour,
+                CalendarUnit::Day => pb::CalendarUnit::Day,
+                CalendarUnit::Week => pb::CalendarUnit::Week,
+                CalendarUnit::Month => pb::CalendarUnit::Month,
+                CalendarUnit::Year => pb::CalendarUnit::Year,
+            }
+            .into(),
+            multiplier: self.multiplier,
+            time_zone: self.time_zone.clone(),
+        }
+    }
+}
+
+/// A limit: `limit` units a `period`, or a calendar window.
 #[derive(Clone, Debug)]
 pub struct Limit {
     /// How many units a period.
     pub limit: u64,
-    /// The period.
+    /// The period (unused with a calendar).
     pub period: Duration,
     /// What this call costs; `None`: 1.
     pub cost: Option<u64>,
     /// How it counts.
     pub algorithm: Algorithm,
+    /// Fixed windows on this calendar instead of a period.
+    pub calendar: Option<Calendar>,
 }
 
 impl Limit {
@@ -71,7 +146,28 @@ impl Limit {
             period,
             cost: None,
             algorithm: Algorithm::TokenBucket,
+            calendar: None,
         }
+    }
+
+    /// `limit` units a window of `calendar`, each call costing 1.
+    pub fn per_calendar(limit: u64, calendar: Calendar) -> Limit {
+        Limit {
+            limit,
+            period: Duration::ZERO,
+            cost: None,
+            algorithm: Algorithm::FixedWindow,
+            calendar: Some(calendar),
+        }
+    }
+
+    /// The period as the protocol takes it: none with a calendar.
+    fn period_proto(&self) -> Option<prost_types::Duration> {
+        self.calendar.is_none().then(|| to_proto(self.period))
+    }
+
+    fn calendar_proto(&self) -> Option<pb::CalendarWindow> {
+        self.calendar.as_ref().map(Calendar::to_proto)
     }
 
     /// Each call costs `cost` units.
@@ -104,6 +200,8 @@ pub struct Decision {
     pub retry_after: Duration,
     /// Decided by the outage policy, Redis being unreachable.
     pub decided_by_outage_policy: bool,
+    /// How long the answer waited for the cost to fit ([`RateLimits::check_waiting`]).
+    pub waited: Duration,
 }
 
 /// A reservation of [`RateLimits::reserve`]: the estimate counted against the
@@ -180,10 +278,10 @@ fn limit_to_proto(key: &str, limit: &Limit, cost: u64) -> pb::Limit {
     pb::Limit {
         key: key.to_owned(),
         limit: limit.limit,
-        period: Some(to_proto(limit.period)),
+        period: limit.period_proto(),
         cost: Some(cost),
         algorithm: limit.algorithm.to_proto(),
-        calendar: None,
+        calendar: limit.calendar_proto(),
     }
 }
 
@@ -216,19 +314,46 @@ impl RateLimits {
         limit: &Limit,
         on_unavailable: Option<OutagePolicy>,
     ) -> Result<Decision, Error> {
+        self.check_within(key, limit, Duration::ZERO, on_unavailable).await
+    }
+
+    /// As [`RateLimits::check`], but waits up to `wait` for the cost to fit:
+    /// answered allowed at the moment it fits, in the order callers arrived
+    /// across every instance, or at once refused when it cannot fit within the
+    /// wait. For token buckets and fixed (and calendar) windows.
+    ///
+    /// # Errors
+    /// As [`RateLimits::check`].
+    pub async fn check_waiting(
+        &self,
+        key: &str,
+        limit: &Limit,
+        wait: Duration,
+        on_unavailable: Option<OutagePolicy>,
+    ) -> Result<Decision, Error> {
+        self.check_within(key, limit, wait, on_unavailable).await
+    }
+
+    async fn check_within(
+        &self,
+        key: &str,
+        limit: &Limit,
+        wait: Duration,
+        on_unavailable: Option<OutagePolicy>,
+    ) -> Result<Decision, Error> {
         let request = pb::CheckRequest {
             key: key.to_owned(),
             limit: limit.limit,
-            period: Some(to_proto(limit.period)),
+            period: limit.period_proto(),
             cost: limit.cost,
             algorithm: limit.algorithm.to_proto(),
             on_unavailable: outage_to_proto(on_unavailable),
-            wait: None,
-            calendar: None,
+            wait: (!wait.is_zero()).then(|| to_proto(wait)),
+            calendar: limit.calendar_proto(),
         };
         let answer = self
             .client
-            .unary("ratelimit.Check", Idempotent::No, Duration::ZERO, request, |r| {
+            .unary("ratelimit.Check", Idempotent::No, wait, request, |r| {
                 let mut stub = self.stub();
                 async move { stub.check(r).await }
             })
@@ -240,6 +365,7 @@ impl RateLimits {
             reset_after: duration_from(answer.reset_after),
             retry_after: duration_from(answer.retry_after),
             decided_by_outage_policy: answer.decided_by_outage_policy,
+            waited: duration_from(answer.waited),
         })
     }
 
@@ -261,10 +387,10 @@ impl RateLimits {
                 .map(|(key, limit)| pb::Limit {
                     key: (*key).to_owned(),
                     limit: limit.limit,
-                    period: Some(to_proto(limit.period)),
+                    period: limit.period_proto(),
                     cost: limit.cost,
                     algorithm: limit.algorithm.to_proto(),
-                    calendar: None,
+                    calendar: limit.calendar_proto(),
                 })
                 .collect(),
             on_unavailable: outage_to_proto(on_unavailable),
@@ -286,6 +412,7 @@ impl RateLimits {
                 reset_after: duration_from(decision.reset_after),
                 retry_after: duration_from(decision.retry_after),
                 decided_by_outage_policy: answer.decided_by_outage_policy,
+                waited: Duration::ZERO,
             })
             .collect();
         Ok((answer.allowed, decisions))
@@ -409,8 +536,8 @@ impl RateLimits {
             key: key.to_owned(),
             algorithm: limit.algorithm.to_proto(),
             limit: limit.limit,
-            period: Some(to_proto(limit.period)),
-            calendar: None,
+            period: limit.period_proto(),
+            calendar: limit.calendar_proto(),
         };
         let answer = self
             .client

@@ -13,7 +13,8 @@ use std::{
 
 use bytes::Bytes;
 use cachelock_client::{
-    CampaignOptions, Change, Client, Event, FillOptions, Limit, LockOptions, NewSession, Options, Reason, Tls, Update,
+    Calendar, CalendarUnit, CampaignOptions, Change, Client, Event, FillOptions, Limit, LockOptions, NewSession,
+    Options, Reason, Tls, Update,
 };
 use cachelock_testkit::{PATIENCE, TestAuthFile, TestCa, TestRedis, TestService, auth_client};
 use tokio_stream::StreamExt;
@@ -516,4 +517,26 @@ async fn a_token_budget_reserves_settles_once_and_reports_into_debt() {
     assert!(reported.retry_after > Duration::from_secs(1800), "{reported:?}");
     let decision = limits.check("llm:other", &per_hour(1), None).await.expect("decided");
     assert!(!decision.allowed, "the debt is seen");
+}
+
+#[tokio::test]
+async fn calendar_windows_and_waiting_for_a_turn() {
+    let fixture = Fixture::start(&[]).await;
+    let limits = fixture.client(Some(APP)).rate_limits();
+    let month = Limit::per_calendar(1000, Calendar::new(CalendarUnit::Month).in_zone("Europe/Berlin"));
+    let decision = limits.check("quota:team", &month, None).await.expect("decided");
+    assert!(decision.allowed && decision.remaining == 999, "{decision:?}");
+    assert!(decision.reset_after > Duration::ZERO && decision.reset_after <= Duration::from_secs(31 * 86_400));
+    assert!(limits.reset("quota:team", &month).await.expect("reset"));
+    let odd = Limit::per_calendar(1, Calendar::new(CalendarUnit::Minute).times(7));
+    let refused = limits.check("quota:odd", &odd, None).await.unwrap_err();
+    assert_eq!(refused.reason(), &Reason::InvalidField);
+
+    let steady = Limit::per(1, Duration::from_millis(300));
+    assert!(limits.check("turns", &steady, None).await.expect("decided").allowed);
+    let waited = limits
+        .check_waiting("turns", &steady, Duration::from_secs(5), None)
+        .await
+        .expect("decided");
+    assert!(waited.allowed && waited.waited > Duration::ZERO, "{waited:?}");
 }
