@@ -25,6 +25,7 @@ fn budget(key: &str, algorithm: Algorithm, cost: u64) -> Limit {
         cost: Some(cost),
         algorithm: algorithm as i32,
         calendar: None,
+        leased: false,
     }
 }
 
@@ -66,6 +67,7 @@ async fn clear_of_a_window_edge(limits: &mut Limits, limit: &Limit) {
         on_unavailable: 0,
         calendar: None,
         wait: None,
+        leased: false,
     };
     let reset = limits.check(probe).await.unwrap().into_inner().reset_after.unwrap();
     let reset = Duration::from_secs(u64::try_from(reset.seconds).unwrap_or(0));
@@ -144,6 +146,7 @@ async fn commits_refund_or_charge_the_difference(backend: Backend) {
             on_unavailable: 0,
             calendar: None,
             wait: None,
+            leased: false,
         };
         assert!(!limits.check(check(1)).await.unwrap().into_inner().allowed, "spent");
         let cancelled = limits
@@ -240,6 +243,7 @@ async fn a_report_runs_into_debt_and_the_next_check_sees_it(backend: Backend) {
         on_unavailable: 0,
         calendar: None,
         wait: None,
+        leased: false,
     };
     assert!(!limits.check(check).await.unwrap().into_inner().allowed);
     // An excess committed with debt allowed is charged whole.
@@ -311,6 +315,7 @@ async fn refunds_give_back_only_what_has_not_refilled_and_debts_are_bounded(back
         cost: Some(cost),
         algorithm: Algorithm::TokenBucket as i32,
         calendar: None,
+        leased: false,
     };
     let (_, id, _) = reserve(&mut limits, fast(10)).await;
     // Synchronised on the bucket itself: wait until it is full again.
@@ -323,6 +328,7 @@ async fn refunds_give_back_only_what_has_not_refilled_and_debts_are_bounded(back
         on_unavailable: 0,
         calendar: None,
         wait: None,
+        leased: false,
     };
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while limits.check(look.clone()).await.unwrap().into_inner().remaining < 10 {

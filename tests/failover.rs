@@ -234,6 +234,7 @@ impl Load {
                         on_unavailable: 0,
                         calendar: None,
                         wait: None,
+                        leased: false,
                     })
                     .await
                     .and_then(|reply| {

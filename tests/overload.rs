@@ -318,6 +318,7 @@ async fn a_get_many_too_big_for_the_response_is_refused_before_redis_reads_it() 
                     on_unavailable: OutagePolicy::FailClosed as i32,
                     calendar: None,
                     wait: None,
+                    leased: false,
                 })
                 .await
                 .unwrap()

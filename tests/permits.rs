@@ -342,7 +342,99 @@ async fn a_fixed_window_waiter_takes_its_place_in_the_next_window(backend: Backe
     }
 }
 
+async fn a_waiter_leaving_from_the_middle_of_the_line_moves_nobody(backend: Backend) {
+    let service = backend.service(&[]).await;
+    let mut look: Limits = service.ratelimit();
+    const PERIOD_MS: i64 = 1_000;
+    let key = "wait:middle";
+    let one = |wait: Option<prost_types::Duration>| CheckRequest {
+        key: key.to_owned(),
+        limit: 1,
+        period: Some(millis(PERIOD_MS)),
+        wait,
+        ..CheckRequest::default()
+    };
+    assert!(check(&mut look, one(None)).await.allowed);
+    let queue = |taken_before: Duration| {
+        let mut limits: Limits = service.ratelimit();
+        let request = one(Some(millis(30_000)));
+        let waiter = tokio::spawn(async move {
+            let answer = check(&mut limits, request).await;
+            (answer, tokio::time::Instant::now())
+        });
+        (waiter, taken_before + Duration::from_millis(900))
+    };
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        let before = taken(&mut look, key, PERIOD_MS).await;
+        let (waiter, wanted) = queue(before);
+        let started = std::time::Instant::now();
+        while taken(&mut look, key, PERIOD_MS).await < wanted {
+            assert!(started.elapsed() < PATIENCE, "a waiter never took its place");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        queued.push(waiter);
+    }
+    let with_both = taken(&mut look, key, PERIOD_MS).await;
+    // The first waiter goes; the second keeps its moment, so nothing comes back.
+    queued.remove(0).abort();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now_taken = taken(&mut look, key, PERIOD_MS).await;
+        assert!(
+            now_taken + Duration::from_millis(500) > with_both,
+            "a unit came back while a waiter behind it holds its moment: {now_taken:?} < {with_both:?}"
+        );
+    }
+    let (late, _) = queue(Duration::ZERO);
+    let (second, second_at) = queued.remove(0).await.unwrap();
+    let (late, late_at) = late.await.unwrap();
+    assert!(second.allowed && late.allowed);
+    assert!(
+        late_at >= second_at + Duration::from_millis(500),
+        "a later caller was given the moment of one still waiting"
+    );
+}
+
+async fn a_fixed_window_serves_its_line_first(backend: Backend) {
+    let service = backend.service(&["--ratelimit-max-wait", "1h"]).await;
+    let mut limits: Limits = service.ratelimit();
+    let key = "wait:line";
+    let request = |cost: u64, wait: Option<prost_types::Duration>| CheckRequest {
+        key: key.to_owned(),
+        limit: 10,
+        period: Some(millis(3_600_000)),
+        algorithm: Algorithm::FixedWindow as i32,
+        cost: Some(cost),
+        wait,
+        ..CheckRequest::default()
+    };
+    let first = check(&mut limits, request(9, None)).await;
+    assert!(first.allowed);
+    if duration(first.reset_after) < Duration::from_secs(60) {
+        // Too near the end of the hour: start in the next one.
+        tokio::time::sleep(duration(first.reset_after)).await;
+        assert!(check(&mut limits, request(9, None)).await.allowed);
+    }
+    let mut waiting: Limits = service.ratelimit();
+    let waiter = tokio::spawn(async move { check(&mut waiting, request(2, Some(millis(3_600_000)))).await });
+    // Once it holds its place, the limit is whole only after the next window.
+    let started = std::time::Instant::now();
+    while duration(check(&mut limits, request(0, None)).await.reset_after) < Duration::from_secs(3_600) {
+        assert!(started.elapsed() < PATIENCE, "the waiter never took its place");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let later = check(&mut limits, request(1, None)).await;
+    assert!(
+        !later.allowed,
+        "a later caller took this window's last unit ahead of the line"
+    );
+    waiter.abort();
+}
+
 in_every_mode!(
+    a_waiter_leaving_from_the_middle_of_the_line_moves_nobody,
+    a_fixed_window_serves_its_line_first,
     a_calendar_window_resets_at_its_boundary,
     bad_calendar_and_wait_requests_name_their_field,
     waiting_callers_are_served_in_arrival_order_across_instances,

@@ -28,6 +28,7 @@ fn check(key: &str, limit: u64, period_ms: i64, algorithm: Algorithm) -> CheckRe
         on_unavailable: OutagePolicy::Unspecified as i32,
         calendar: None,
         wait: None,
+        leased: false,
     }
 }
 
@@ -263,6 +264,7 @@ fn limit(key: &str, limit: u64, algorithm: Algorithm) -> Limit {
         cost: None,
         algorithm: algorithm as i32,
         calendar: None,
+        leased: false,
     }
 }
 

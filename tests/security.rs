@@ -376,6 +376,7 @@ async fn tenants_share_no_key_lock_limit_or_session() {
         on_unavailable: OutagePolicy::FailClosed as i32,
         calendar: None,
         wait: None,
+        leased: false,
     };
     assert!(
         ratelimit(&service, "shop-token")

@@ -340,6 +340,7 @@ async fn ten_thousand_distinct_keys_users_and_locks_add_no_series() {
         cost: None,
         algorithm: 0,
         calendar: None,
+        leased: false,
     };
     let check_many = |limits: Vec<Limit>| CheckManyRequest {
         limits,

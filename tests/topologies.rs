@@ -36,6 +36,7 @@ fn limit(key: &str) -> Limit {
         cost: None,
         algorithm: Algorithm::TokenBucket as i32,
         calendar: None,
+        leased: false,
     }
 }
 
@@ -153,6 +154,7 @@ async fn cluster_keys_spread_over_every_primary_and_multi_key_requests_split_or_
             on_unavailable: 0,
             calendar: None,
             wait: None,
+            leased: false,
         })
         .await
         .unwrap()

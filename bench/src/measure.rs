@@ -34,6 +34,7 @@ impl Measured {
             redis_busy: Some(RedisBusy {
                 cpu: Duration::ZERO,
                 scripts: Duration::ZERO,
+                calls: 0,
             }),
         }
     }
@@ -48,7 +49,16 @@ impl Measured {
         self.redis_busy = self.redis_busy.zip(other.redis_busy).map(|(a, b)| RedisBusy {
             cpu: a.cpu + b.cpu,
             scripts: a.scripts + b.scripts,
+            calls: a.calls + b.calls,
         });
+    }
+
+    /// Script calls Redis ran per request, under load.
+    pub(crate) fn calls_per_request(&self) -> Option<f64> {
+        #[allow(clippy::cast_precision_loss)]
+        self.redis_busy
+            .filter(|_| self.requests > 0)
+            .map(|busy| busy.calls as f64 / self.requests as f64)
     }
 
     /// Microseconds of `time` per request.
@@ -175,12 +185,15 @@ pub(crate) async fn redis_busy(redis: &MultiplexedConnection) -> Option<RedisBus
     let field = |prefix: &str| info.lines().find_map(|line| line.strip_prefix(prefix)).map(str::trim);
     let seconds = |name: &str| field(name).and_then(|value| value.parse::<f64>().ok());
     let cpu = seconds("used_cpu_user:")? + seconds("used_cpu_sys:")?;
-    let scripts = field("cmdstat_evalsha:")
-        .and_then(|stats| stats.split("usec=").nth(1)?.split(',').next()?.parse::<u64>().ok())
-        .unwrap_or(0);
+    let evalsha = |name: &str| {
+        field("cmdstat_evalsha:")
+            .and_then(|stats| stats.split(name).nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     Some(RedisBusy {
         cpu: Duration::from_secs_f64(cpu),
-        scripts: Duration::from_micros(scripts),
+        scripts: Duration::from_micros(evalsha("usec=")),
+        calls: evalsha("calls="),
     })
 }
 
@@ -189,6 +202,8 @@ pub(crate) async fn redis_busy(redis: &MultiplexedConnection) -> Option<RedisBus
 pub(crate) struct RedisBusy {
     pub(crate) cpu: Duration,
     pub(crate) scripts: Duration,
+    /// Script calls (EVALSHA) made.
+    pub(crate) calls: u64,
 }
 
 impl RedisBusy {
@@ -196,6 +211,7 @@ impl RedisBusy {
         RedisBusy {
             cpu: self.cpu.saturating_sub(before.cpu),
             scripts: self.scripts.saturating_sub(before.scripts),
+            calls: self.calls.saturating_sub(before.calls),
         }
     }
 }
@@ -278,6 +294,7 @@ pub(crate) fn print_row(
             "server_cpu_us_per_request": measured.per_request(measured.server_cpu),
             "redis_cpu_us_per_request": measured.per_request(measured.redis_busy.map(|busy| busy.cpu)),
             "redis_script_us_per_request": measured.per_request(measured.redis_busy.map(|busy| busy.scripts)),
+            "redis_script_calls_per_request": measured.calls_per_request(),
         });
         println!("{line}");
     } else {
@@ -289,7 +306,7 @@ pub(crate) fn print_row(
         };
         let micros = |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
         println!(
-            "{:<26} {:<8} {:>5} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8}",
+            "{:<26} {:<8} {:>5} {:>10.0} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
             scenario.name(),
             target_name,
             concurrency,
@@ -305,13 +322,16 @@ pub(crate) fn print_row(
             micros(measured.per_request(measured.server_cpu)),
             micros(measured.per_request(measured.redis_busy.map(|busy| busy.cpu))),
             micros(measured.per_request(measured.redis_busy.map(|busy| busy.scripts))),
+            measured
+                .calls_per_request()
+                .map_or_else(|| "-".to_owned(), |calls| format!("{calls:.3}")),
         );
     }
 }
 
 pub(crate) fn print_header() {
     println!(
-        "{:<26} {:<8} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "{:<26} {:<8} {:>5} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8}",
         "scenario",
         "target",
         "conc",
@@ -326,6 +346,7 @@ pub(crate) fn print_header() {
         "p50/dir",
         "srv µs",
         "rds µs",
-        "lua µs"
+        "lua µs",
+        "lua/req"
     );
 }

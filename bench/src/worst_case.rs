@@ -165,6 +165,7 @@ async fn check_many(clients: &Clients, limits: &Config, slowlog: &mut Slowlog) -
             cost: None,
             algorithm: algorithms[i % 3] as i32,
             calendar: None,
+            leased: false,
         })
         .collect();
     RateLimitServiceClient::new(clients.channel(0))

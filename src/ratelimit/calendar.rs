@@ -270,7 +270,9 @@ impl Calendar {
         {
             let civil = self.zone.to_datetime(change);
             let aligned = self.align(civil);
-            let restart = if aligned == civil {
+            // Only a boundary reached at the change itself: one a long window counts
+            // at its first instant only (Havana's 01:00 back to midnight) is not.
+            let restart = if aligned == civil && self.instants(aligned).contains(&change) {
                 Some(change)
             } else {
                 self.instants(self.next(aligned))
@@ -285,14 +287,24 @@ impl Calendar {
         Window { start, end }
     }
 
-    /// The boundaries of the windows around `instant`: where the window before
-    /// its window starts, where its own starts and ends, and where the window
-    /// after it ends.
-    pub fn boundaries(&self, instant: Timestamp) -> [Timestamp; 4] {
+    /// The boundaries of the windows around `instant`: the starts of the two
+    /// windows before its window, that window's start and end, and the ends of
+    /// the two after it.
+    pub fn boundaries(&self, instant: Timestamp) -> [Timestamp; 6] {
         let window = self.window_at(instant);
-        let before = self.window_at(window.start - jiff::SignedDuration::from_micros(1));
-        let after = self.window_at(window.end);
-        [before.start, window.start, window.end, after.end]
+        let before = |window: Window| self.window_at(window.start - jiff::SignedDuration::from_micros(1));
+        let previous = before(window);
+        let first = before(previous);
+        let next = self.window_at(window.end);
+        let last = self.window_at(next.end);
+        [
+            first.start,
+            previous.start,
+            window.start,
+            window.end,
+            next.end,
+            last.end,
+        ]
     }
 
     /// The aligned civil time at or before `civil`.
@@ -621,6 +633,14 @@ mod tests {
             (CalendarUnit::Hour, 1, "America/New_York"),
             (CalendarUnit::Minute, 15, "Europe/Berlin"),
             (CalendarUnit::Hour, 4, "Europe/Berlin"),
+            // Clocks go back from 01:00 to midnight.
+            (CalendarUnit::Day, 1, "America/Havana"),
+            (CalendarUnit::Month, 1, "America/Havana"),
+            (CalendarUnit::Day, 1, "Atlantic/Azores"),
+            (CalendarUnit::Hour, 1, "Atlantic/Azores"),
+            // Half-hour changes.
+            (CalendarUnit::Hour, 1, "Australia/Lord_Howe"),
+            (CalendarUnit::Day, 1, "Australia/Lord_Howe"),
         ] {
             let calendar = calendar(unit, multiplier, zone);
             let mut window = calendar.window_at(at("2026-03-01T00:00:00Z"));

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use tonic::{Status, metadata::MetadataMap};
 
-use super::store::{Decision, LimitCheck, RateLimitStore};
+use super::{
+    lease::Leases,
+    store::{Decision, LimitCheck, RateLimitStore},
+};
 use crate::{
     config::{Config, OutagePolicy},
     context::Context,
@@ -94,6 +97,10 @@ pub struct Limiter {
     meter: Meter,
     /// A place for each check waiting for its turn.
     waiters: std::sync::Arc<Semaphore>,
+    /// The slices of limits this instance decides in memory.
+    leases: Leases,
+    /// Turns true when the server drains: waiting callers are answered then.
+    draining: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Limiter {
@@ -108,6 +115,8 @@ impl Limiter {
             store: RateLimitStore::new(context.redis.clone(), context.meter.clone()),
             limits: context.limits.clone(),
             waiters: std::sync::Arc::new(Semaphore::new(settings.max_waiters)),
+            leases: Leases::default(),
+            draining: context.draining.clone(),
             settings,
             meter: context.meter.clone(),
         }
@@ -154,6 +163,64 @@ impl Limiter {
             }
             Ok(_) | Err(_) => by_policy(allowed, &Error::DeadlineExceeded),
         };
+        Ok(self.count(outcome))
+    }
+
+    /// Decides `checks` as [`Limiter::decide`] does, from slices of their limits
+    /// this instance leases from Redis (see [`Leases`]): in memory while a slice
+    /// lasts. A request refused by one limit puts back what the others took.
+    /// Token buckets and fixed windows; a request that looks without consuming
+    /// (a cost of 0) is decided exactly.
+    ///
+    /// # Errors
+    /// As [`Limiter::decide`].
+    pub async fn decide_leased(
+        &self,
+        space: &KeySpace,
+        metadata: &MetadataMap,
+        checks: &[LimitCheck<'_>],
+        policy: OutagePolicy,
+    ) -> Result<Outcome, Status> {
+        if checks.iter().any(|check| check.cost == 0) {
+            return self.decide(space, metadata, checks, policy).await;
+        }
+        let allowed = policy == OutagePolicy::FailOpen;
+        let deadline = match budget(metadata, self.settings.timeout) {
+            Ok(budget) if budget >= MIN_REDIS_BUDGET => tokio::time::Instant::now() + budget,
+            Ok(_) | Err(_) => return Ok(self.count(by_policy(allowed, &Error::DeadlineExceeded))),
+        };
+        let mut taken = Vec::with_capacity(checks.len());
+        for check in checks {
+            let answer = self.leases.decide(&self.store, space, check, deadline).await;
+            let failure = match answer {
+                Ok(Some(one)) => {
+                    taken.push(one);
+                    continue;
+                }
+                Ok(None) => None,
+                Err(error) => Some(error),
+            };
+            for one in taken {
+                self.leases.give_back(one);
+            }
+            return match failure {
+                // No room for more slices: decided exactly instead.
+                None => self.decide(space, metadata, checks, policy).await,
+                Some(error) if error.is_outage() => Ok(self.count(by_policy(allowed, &error))),
+                Some(error) => Err(error.into()),
+            };
+        }
+        let decisions: Vec<Decision> = taken.iter().map(|one| one.decision.clone()).collect();
+        if !decisions.iter().all(|decision| decision.allowed) {
+            for one in taken {
+                self.leases.give_back(one);
+            }
+        }
+        Ok(self.count(Outcome::Decided(decisions)))
+    }
+
+    /// Counts how a request was decided.
+    fn count(&self, outcome: Outcome) -> Outcome {
         let result = match &outcome {
             Outcome::Decided(decisions) if decisions.iter().all(|decision| decision.allowed) => "allowed",
             Outcome::Decided(_) => "denied",
@@ -162,7 +229,7 @@ impl Limiter {
         };
         self.meter
             .record(|metrics| Metrics::count(&metrics.ratelimit_decisions, result));
-        Ok(outcome)
+        outcome
     }
 
     /// Decides `check` for a caller that may wait up to `wait` for its cost to
@@ -209,8 +276,29 @@ impl Limiter {
         };
         if let Some(give_back) = turn.give_back {
             // Dropped here, when the caller goes first, it gives the cost back.
-            tokio::time::sleep(turn.delay).await;
-            give_back.disarm();
+            let moment = tokio::time::Instant::now() + turn.delay;
+            let mut draining = self.draining.clone();
+            tokio::select! {
+                () = tokio::time::sleep_until(moment) => give_back.disarm(),
+                () = async {
+                    if draining.wait_for(|draining| *draining).await.is_err() {
+                        // No drain will ever come.
+                        std::future::pending::<()>().await;
+                    }
+                } => {
+                    // The server stops: the cost goes back before it does, and the
+                    // caller is told when to ask again (another instance, then).
+                    give_back.send().await;
+                    return Ok(Some(self.count_waiting(Waiting::Decided {
+                        decision: Decision {
+                            allowed: false,
+                            retry_after: Some(moment.saturating_duration_since(tokio::time::Instant::now())),
+                            ..turn.decision
+                        },
+                        waited: Duration::ZERO,
+                    })));
+                }
+            }
         }
         Ok(Some(self.count_waiting(Waiting::Decided {
             decision: turn.decision,

@@ -2,6 +2,7 @@
 //! decides it through the [`Limiter`] it shares with Envoy's API (`rls`).
 
 mod calendar;
+mod lease;
 mod limiter;
 mod store;
 
@@ -386,6 +387,17 @@ impl<'a> From<&'a CheckRequest> for Asked<'a> {
     }
 }
 
+/// Checks that a leased limit is one leases serve.
+fn leased(field: &str, leased: bool, check: &LimitCheck<'_>) -> Result<(), Error> {
+    if leased && check.algorithm == Algorithm::SlidingWindow {
+        return Err(Error::invalid(
+            format!("{field}leased"),
+            "is for ALGORITHM_TOKEN_BUCKET and ALGORITHM_FIXED_WINDOW",
+        ));
+    }
+    Ok(())
+}
+
 fn reservation_id(id: &str) -> Result<&str, Error> {
     if id.is_empty() || id.len() > MAX_RESERVATION_ID_BYTES {
         return Err(Error::invalid(
@@ -410,17 +422,23 @@ impl RateLimitService for RateLimitApi {
         let space = caller.space.clone();
         let check = self.limit_check("", Asked::from(&request))?;
         let wait = self.wait(request.wait.as_ref(), &check)?;
+        leased("", request.leased, &check)?;
+        if request.leased && wait.is_some() {
+            return Err(Error::invalid("wait", "cannot be given with leased: a leased check answers at once").into());
+        }
         let policy = self.policy(request.on_unavailable)?;
         if let Some(wait) = wait
             && let Some(response) = self.check_waiting(&space, &metadata, &check, wait, policy).await?
         {
             return Ok(Response::new(response));
         }
-        let response = match self
-            .limiter
-            .decide(&space, &metadata, std::slice::from_ref(&check), policy)
-            .await?
-        {
+        let checks = std::slice::from_ref(&check);
+        let outcome = if request.leased {
+            self.limiter.decide_leased(&space, &metadata, checks, policy).await?
+        } else {
+            self.limiter.decide(&space, &metadata, checks, policy).await?
+        };
+        let response = match outcome {
             Outcome::Decided(decisions) => {
                 let decision = decisions
                     .into_iter()
@@ -452,7 +470,27 @@ impl RateLimitService for RateLimitApi {
             return Err(cross_slot("limits", "CheckMany", &keys, first, other).into());
         }
         let policy = self.policy(request.on_unavailable)?;
-        let response = match self.limiter.decide(&space, &metadata, &checks, policy).await? {
+        let leased_limits = request.limits.iter().filter(|limit| limit.leased).count();
+        if leased_limits != 0 && leased_limits != request.limits.len() {
+            let first = request
+                .limits
+                .iter()
+                .position(|limit| limit.leased != request.limits[0].leased);
+            return Err(Error::invalid(
+                format!("limits[{}].leased", first.unwrap_or(0)),
+                "every limit of a CheckMany is leased or none is",
+            )
+            .into());
+        }
+        for (i, (limit, check)) in request.limits.iter().zip(&checks).enumerate() {
+            leased(&format!("limits[{i}]."), limit.leased, check)?;
+        }
+        let outcome = if leased_limits > 0 {
+            self.limiter.decide_leased(&space, &metadata, &checks, policy).await?
+        } else {
+            self.limiter.decide(&space, &metadata, &checks, policy).await?
+        };
+        let response = match outcome {
             Outcome::Decided(decisions) => {
                 let allowed = decisions.iter().all(|decision| decision.allowed);
                 let retry = if allowed {

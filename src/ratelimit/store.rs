@@ -95,17 +95,12 @@ impl LimitCheck<'_> {
     fn period_argument(&self) -> String {
         match &self.calendar {
             None => self.period_micros.to_string(),
-            Some(calendar) => {
-                let [before, start, end, after] = calendar.boundaries(jiff::Timestamp::now());
-                let script_time = |instant: jiff::Timestamp| instant.as_microsecond() - SCRIPT_EPOCH_MICROS;
-                format!(
-                    "{},{},{},{}",
-                    script_time(before),
-                    script_time(start),
-                    script_time(end),
-                    script_time(after)
-                )
-            }
+            Some(calendar) => calendar
+                .boundaries(jiff::Timestamp::now())
+                .iter()
+                .map(|instant| (instant.as_microsecond() - SCRIPT_EPOCH_MICROS).to_string())
+                .collect::<Vec<_>>()
+                .join(","),
         }
     }
 }
@@ -495,33 +490,76 @@ pub struct Turn {
 
 /// Gives a waiting caller's cost back when dropped armed: the caller went
 /// before its moment came. Sent once, never repeated (a refund sent twice
-/// would give back twice).
+/// would give back twice), with the boundaries of the time it is sent.
 pub struct GiveBack {
     redis: Redis,
-    invocation: Option<Invocation>,
+    check: Option<OwnedCheck>,
     timeout: Duration,
+}
+
+/// What an unwait call names, owned: the call outlives the request.
+struct OwnedCheck {
+    redis_key: String,
+    algorithm: Algorithm,
+    limit: u64,
+    period_micros: u64,
+    calendar: Option<Calendar>,
+    cost: u64,
+    mark: i64,
+    stamp: i64,
 }
 
 impl GiveBack {
     /// The caller got its answer: nothing to give back.
     pub fn disarm(mut self) {
-        self.invocation = None;
+        self.check = None;
+    }
+
+    /// Gives the cost back now, and waits for Redis to answer.
+    pub async fn send(mut self) {
+        if let Some(check) = self.check.take() {
+            give_back(&self.redis, check, Instant::now() + self.timeout).await;
+        }
     }
 }
 
 impl Drop for GiveBack {
     fn drop(&mut self) {
-        let Some(invocation) = self.invocation.take() else {
+        let Some(check) = self.check.take() else {
             return;
         };
         let redis = self.redis.clone();
         let deadline = Instant::now() + self.timeout;
-        tokio::spawn(async move {
-            let given: Result<Vec<i64>, Error> = redis.run(Op::write("ratelimit_unwait"), deadline, &invocation).await;
-            if let Err(error) = given {
-                tracing::debug!(%error, "a waiting rate-limit check's cost was not given back");
-            }
-        });
+        tokio::spawn(give_back(redis, check, deadline));
+    }
+}
+
+async fn give_back(redis: impl std::borrow::Borrow<Redis>, check: OwnedCheck, deadline: Instant) {
+    let limit = LimitCheck {
+        key: "",
+        algorithm: check.algorithm,
+        limit: check.limit,
+        period_micros: check.period_micros,
+        cost: check.cost,
+        counting: Counting::Together,
+        calendar: check.calendar,
+    };
+    let mut invocation = RATELIMIT.prepare();
+    invocation
+        .key(&check.redis_key)
+        .arg("unwait")
+        .arg(check.algorithm.code())
+        .arg(check.limit)
+        .arg(limit.period_argument())
+        .arg(check.cost)
+        .arg(check.mark)
+        .arg(check.stamp);
+    let given: Result<Vec<i64>, Error> = redis
+        .borrow()
+        .run(Op::write("ratelimit_unwait"), deadline, &invocation)
+        .await;
+    if let Err(error) = given {
+        tracing::debug!(%error, "a waiting rate-limit check's cost was not given back");
     }
 }
 
@@ -557,9 +595,10 @@ impl RateLimitStore {
             .redis
             .run(Op::write("ratelimit_wait"), deadline, &invocation)
             .await?;
-        let &[allowed, remaining, reset, retry, delay, window] = reply.as_slice() else {
+        let &[allowed, remaining, reset, retry, delay, mark, stamp] = reply.as_slice() else {
             return Err(match reply.first() {
                 Some(&SKEWED) => clocks_disagree(),
+                Some(-1) => Error::OutOfMemory,
                 _ => Error::Internal(format!("unexpected ratelimit wait answer {reply:?}")),
             });
         };
@@ -569,21 +608,19 @@ impl RateLimitStore {
             _ => {}
         }
         let delay = micros(delay);
-        let give_back = (allowed == 1 && !delay.is_zero()).then(|| {
-            let mut invocation = RATELIMIT.prepare();
-            invocation
-                .key(&redis_key)
-                .arg("unwait")
-                .arg(check.algorithm.code())
-                .arg(check.limit)
-                .arg(&period)
-                .arg(check.cost)
-                .arg(window);
-            GiveBack {
-                redis: self.redis.clone(),
-                invocation: Some(invocation),
-                timeout: give_back_timeout,
-            }
+        let give_back = (allowed == 1 && !delay.is_zero()).then(|| GiveBack {
+            redis: self.redis.clone(),
+            check: Some(OwnedCheck {
+                redis_key,
+                algorithm: check.algorithm,
+                limit: check.limit,
+                period_micros: check.period_micros,
+                calendar: check.calendar.clone(),
+                cost: check.cost,
+                mark,
+                stamp,
+            }),
+            timeout: give_back_timeout,
         });
         Ok(Turn {
             decision: Decision {
@@ -595,6 +632,83 @@ impl RateLimitStore {
             delay,
             give_back,
         })
+    }
+}
+
+/// What a lease call answered (see [`RateLimitStore::lease`]).
+pub struct Leased {
+    /// The decision on the request's cost; `remaining` is what is left
+    /// outside every slice.
+    pub decision: Decision,
+    /// The units counted for this instance: the cost and the slice beyond it
+    /// (0 when refused).
+    pub granted: u64,
+    /// How long the slice may be used.
+    pub life: Duration,
+    /// The window the units were counted in (a fixed window's; 0 for a bucket).
+    pub window: i64,
+}
+
+impl RateLimitStore {
+    /// Gives `back` units of this instance's last slice back (counted in
+    /// `back_window`), then decides `check`'s cost and, when it fits, counts it
+    /// and up to `more` units beyond it that fit too, to be used within `life`:
+    /// one script call.
+    ///
+    /// # Errors
+    /// Redis failures and timeouts, as [`Error`] ([`Error::OutOfMemory`] when a
+    /// full Redis could not take new state). Not sent again after a lost
+    /// connection: the units may have been counted.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn lease(
+        &self,
+        space: &KeySpace,
+        check: &LimitCheck<'_>,
+        more: u64,
+        life: Duration,
+        back: u64,
+        back_window: i64,
+        deadline: Instant,
+    ) -> Result<Leased, Error> {
+        let mut invocation = RATELIMIT.prepare();
+        invocation
+            .key(redis_key(space, check))
+            .arg("lease")
+            .arg(check.algorithm.code())
+            .arg(check.limit)
+            .arg(check.period_argument())
+            .arg(check.cost)
+            .arg(more)
+            .arg(u64::try_from(life.as_micros()).unwrap_or(u64::MAX))
+            .arg(back)
+            .arg(back_window);
+        let reply: Vec<i64> = self
+            .redis
+            .run(Op::write("ratelimit_lease"), deadline, &invocation)
+            .await?;
+        let &[allowed, granted, remaining, reset, retry, life, window] = reply.as_slice() else {
+            return Err(match reply.first() {
+                Some(&SKEWED) => clocks_disagree(),
+                Some(-1) => Error::OutOfMemory,
+                _ => Error::Internal(format!("unexpected ratelimit lease answer {reply:?}")),
+            });
+        };
+        Ok(Leased {
+            decision: Decision {
+                allowed: allowed == 1,
+                remaining: u64::try_from(remaining).unwrap_or(0),
+                reset_after: micros(reset),
+                retry_after: (retry >= 0).then(|| micros(retry)),
+            },
+            granted: u64::try_from(granted).unwrap_or(0),
+            life: micros(life),
+            window,
+        })
+    }
+
+    /// The key of `check`'s state: what identifies its limiter.
+    pub fn state_key(space: &KeySpace, check: &LimitCheck<'_>) -> String {
+        redis_key(space, check)
     }
 }
 

@@ -6,9 +6,11 @@
 -- ARGV[5i - 4]  the i-th algorithm: 1 token bucket (GCRA), 2 fixed window, 3 sliding window
 -- ARGV[5i - 3]  the i-th limit: units per period, 1 <= limit <= period in microseconds
 -- ARGV[5i - 2]  the i-th period in microseconds (>= 1000), or for a fixed window
---               aligned to a calendar, the four boundaries the service computed
---               around its own now, 'b0,b1,b2,b3' in microseconds since the EPOCH
---               below: the window before, the window, and the window after it
+--               aligned to a calendar, six boundaries the service computed around
+--               its own now, 'b1,...,b6' in microseconds since the EPOCH below:
+--               the starts of the two windows before its window, that window's
+--               start and end, and the ends of the two after it. The window the
+--               Redis clock falls in must be one of the middle three.
 -- ARGV[5i - 1]  the i-th cost: units to consume; 0 decides as for 1 but consumes nothing
 -- ARGV[5i]      the i-th limit's group: 'g' (a positive number) shared by limits decided
 --               all or nothing together (one request's); '0' for a limit that stands alone
@@ -37,7 +39,9 @@
 -- ARGV[5]  reserve: the estimate; commit: the actual cost; report, wait, unwait: the cost
 -- ARGV[6]  reserve: how long the reservation lasts, in ms; commit: '1' to charge an
 --          excess beyond the limit (a debt); wait: how long the caller may wait, in
---          microseconds; unwait: the window the cost was counted in
+--          microseconds; unwait: the mark its wait answered (a token bucket: where
+--          the caller's units end; a fixed window: the window they were counted in)
+-- ARGV[7]  unwait: a fixed window's state stamp (g) its wait answered
 -- Returns  reserve: a decision as above, the estimate counted and the record made
 --          when allowed (a Reserve sent again finds its record and counts nothing);
 --          commit, cancel: {1, charged, refunded, remaining, reset_after_us, 1 when
@@ -46,13 +50,26 @@
 --          {-2} when it was counted under another limit; report: {remaining,
 --          reset_after_us, retry_after_us for one unit}, or a refusal as not
 --          decided when a full Redis would have to take new state; wait: a decision
---          as above and {delay_us, window}: when allowed later than now, the cost is
---          counted now against the moment it fits (a token bucket's TAT moves past
---          the bucket; a fixed window counts it in the next window, field x), after
---          every caller counted before, and the caller is to be answered after
---          delay_us; unwait: gives back the cost of a waiting caller gone before its
---          moment. Any of them: {-3} when a calendar limit's boundaries do not hold
+--          as above and {delay_us, mark, stamp}: when allowed later than now, the
+--          cost is counted now against the moment it fits (a token bucket's TAT
+--          moves past the bucket; a fixed window counts it in the next window, field
+--          x), after every caller counted before, and the caller is to be answered
+--          after delay_us; unwait: gives back the cost of a waiting caller gone
+--          before its moment, when that cannot move anyone else's moment and the
+--          state is the one it was counted in (not after a Reset). Any of them: {-3} when a calendar limit's boundaries do not hold
 --          the Redis clock.
+-- Leases ('lease'): ARGV[5] the request's cost, ARGV[6] how many units more the
+--          instance would like, ARGV[7] how long its slice may live (microseconds,
+--          below the period), ARGV[8] units it gives back from its last slice and
+--          ARGV[9] the window they were counted in. Gives those back first, then
+--          decides the cost and, when it fits, counts it and up to the units more
+--          that fit as well: the slice. A token bucket's slice is decided as if the
+--          bucket were smaller by what refills while the slice lives, so units used
+--          up to that much later still never exceed the bucket (a cost that
+--          leaves less headroom is leased for that headroom only); a fixed
+--          window's slice lives at most until the window ends. Returns {allowed, granted,
+--          remaining, reset_after_us, retry_after_us, life_us, window}: remaining
+--          is what is left outside every slice.
 --
 -- Groups are decided one after the other, in the order of their first limit, each
 -- seeing what the ones before it consumed: a batch of requests (see the service's
@@ -136,8 +153,8 @@ local SKEWED = {-3, 0, 0, -1}
 
 -- The fixed window `now` falls in, from a period in microseconds or a calendar's
 -- boundaries: its id, where it ends, the id of the window before, where the window
--- after ends, and that window's id. A calendar window's id is its start; an
--- unknown neighbour is nil. Nothing when the boundaries do not hold `now`.
+-- after ends, and that window's id. A calendar window's id is its start. Nothing
+-- when the boundaries do not hold `now` with a known window on each side.
 local function window_of(period)
   local length = tonumber(period)
   if length then
@@ -148,15 +165,36 @@ local function window_of(period)
   for boundary in string.gmatch(period, '%-?%d+') do
     b[#b + 1] = tonumber(boundary)
   end
-  if #b ~= 4 or now < b[1] or now >= b[4] then
+  if #b ~= 6 then
     return nil
   end
-  if now < b[2] then
-    return b[1], b[2], nil, b[3], b[2]
-  elseif now < b[3] then
-    return b[2], b[3], b[1], b[4], b[3]
+  for k = 2, 4 do
+    if b[k] <= now and now < b[k + 1] then
+      return b[k], b[k + 1], b[k - 1], b[k + 2], b[k + 1]
+    end
   end
-  return b[3], b[4], b[2], nil, b[4]
+  return nil
+end
+
+-- A token bucket's state: its TAT and, after a space, the end of the latest moment
+-- a waiting caller holds, kept while that moment is ahead. No refund lowers the TAT
+-- below it: a later caller would be given a moment a waiter still holds.
+local function bucket(stored)
+  if not stored or stored == '' then
+    return nil, nil
+  end
+  local tat, held = string.match(stored, '^(%S+) (%S+)$')
+  if tat then
+    return tonumber(tat), tonumber(held)
+  end
+  return tonumber(stored), nil
+end
+
+local function bucket_value(tat, held, period)
+  if held and held - period > now then
+    return string.format('%.17g %.17g', tat, held)
+  end
+  return string.format('%.17g', tat)
 end
 
 -- A fixed window's counts from its state {w, n, x}: this window's, and what waiting
@@ -205,7 +243,8 @@ local function token_bucket(key, limit, period, cost, wait)
   period = tonumber(period)
   local interval = period / limit
   local stored = load_value(key)
-  local tat = tonumber(stored) or now
+  local tat, held = bucket(stored)
+  tat = tat or now
   if tat < now then
     tat = now
   end
@@ -222,8 +261,8 @@ local function token_bucket(key, limit, period, cost, wait)
     if wait and cost > 0 and allow_at - now <= wait then
       local new_tat = tat + cost * interval
       return {1, remaining_at(new_tat), up(new_tat - now), 0}, as_is, function()
-        return keep(key, {value = string.format('%.17g', new_tat), px = expire_ms(new_tat - now)}, not stored)
-      end, {up(allow_at - now), 0}
+        return keep(key, {value = bucket_value(new_tat, new_tat, period), px = expire_ms(new_tat - now)}, not stored)
+      end, {up(allow_at - now), math.floor(new_tat), 0}
     end
     return {0, as_is[1], as_is[2], up(allow_at - now)}, as_is
   end
@@ -232,21 +271,24 @@ local function token_bucket(key, limit, period, cost, wait)
   end
   local new_tat = tat + cost * interval
   return {1, remaining_at(new_tat), up(new_tat - now), 0}, as_is, function()
-    return keep(key, {value = string.format('%.17g', new_tat), px = expire_ms(new_tat - now)}, not stored)
+    return keep(key, {value = bucket_value(new_tat, held, period), px = expire_ms(new_tat - now)}, not stored)
   end
 end
 
 -- Fixed window: a count per window of `period` (or of a calendar); the state is
--- {w = window, n = count, x = what waiting callers took of the next window}. With
--- `wait` (microseconds), a cost that does not fit now but fits in the next window,
--- which begins within the wait, is counted there.
+-- {w = window, n = count, x = what waiting callers took of the next window, g = when
+-- the state was made}. With `wait` (microseconds), a cost that does not fit now but
+-- fits in the next window, which begins within the wait, is counted there. While
+-- callers wait for the next window, no later caller takes what is left of this
+-- one: they are served in the order they came.
 local function fixed_window(key, limit, period, cost, wait)
   local window, ends, previous, next_ends, next_window = window_of(period)
   if not window then
     return SKEWED, SKEWED
   end
-  local state = load_fields(key, 'w', 'n', 'x')
+  local state = load_fields(key, 'w', 'n', 'x', 'g')
   local count, ahead = window_counts(state, window, previous)
+  local made = tonumber(state[4]) or now
   -- Until the limit is whole: past the next window when waiting callers took of it.
   local function reset_for(c, x)
     if x > 0 then
@@ -261,14 +303,14 @@ local function fixed_window(key, limit, period, cost, wait)
     if x > 0 and next_ends then
       last = next_ends
     end
-    return keep(key, {fields = {w = window, n = c, x = x}, px = expire_ms(last - now)}, not state[1])
+    return keep(key, {fields = {w = window, n = c, x = x, g = made}, px = expire_ms(last - now)}, not state[1])
   end
   local as_is = {math.max(0, limit - count), reset_for(count, ahead)}
   local wanted = math.max(cost, 1)
   if wanted > limit then
     return {0, as_is[1], as_is[2], -1}, as_is
   end
-  if count + wanted > limit then
+  if count + wanted > limit or (ahead > 0 and cost > 0) then
     if ahead + wanted > limit then
       -- Not before the window after the next: the waiting callers took the next.
       return {0, as_is[1], as_is[2], up((next_ends or ends) - now)}, as_is
@@ -277,7 +319,7 @@ local function fixed_window(key, limit, period, cost, wait)
       local new_ahead = ahead + cost
       return {1, as_is[1], reset_for(count, new_ahead), 0}, as_is, function()
         return write(count, new_ahead)
-      end, {up(ends - now), next_window}
+      end, {up(ends - now), next_window, made}
     end
     return {0, as_is[1], as_is[2], up(ends - now)}, as_is
   end
@@ -388,17 +430,22 @@ local function adjust(algorithm, key, limit, period, delta, window)
   period = tonumber(period)
   if algorithm == 1 then
     local interval = period / limit
-    local tat = tonumber(redis.call('GET', key)) or now
+    local tat, held = bucket(redis.call('GET', key))
+    tat = tat or now
     if tat < now then
       tat = now
     end
     -- A debt is kept to DEBT_PERIODS periods: far enough to refuse for that long,
     -- near enough for exact microseconds and an expiry Redis takes.
     local new_tat = math.min(tat + delta * interval, now + DEBT_PERIODS * period)
+    if held and held - period > now then
+      -- A waiting caller's moment stands.
+      new_tat = math.max(new_tat, math.min(tat, held))
+    end
     if new_tat <= now then
       redis.call('DEL', key)
     else
-      redis.call('SET', key, string.format('%.17g', new_tat), 'PX', string.format('%d', expire_ms(new_tat - now)))
+      redis.call('SET', key, bucket_value(new_tat, held, period), 'PX', string.format('%d', expire_ms(new_tat - now)))
     end
     return
   end
@@ -425,7 +472,7 @@ end
 
 local operation = ARGV[1]
 if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or operation == 'report'
-    or operation == 'wait' or operation == 'unwait' then
+    or operation == 'wait' or operation == 'unwait' or operation == 'lease' then
   local algorithm, limit, period = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
   local cost = tonumber(ARGV[5])
   local decide = algorithms[algorithm]
@@ -440,12 +487,97 @@ if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or o
       end
       write_pending()
     end
-    slot = slot or {0, 0}
-    return {decision[1], decision[2], decision[3], decision[4], slot[1], slot[2]}
+    if decision[1] < 0 then
+      return {decision[1], 0, 0, -1, 0, 0, 0}
+    end
+    slot = slot or {0, 0, 0}
+    return {decision[1], decision[2], decision[3], decision[4], slot[1], slot[2], slot[3]}
   end
   if operation == 'unwait' then
-    adjust(algorithm, KEYS[1], limit, period, -cost, tonumber(ARGV[6]))
+    local mark, made = tonumber(ARGV[6]), tonumber(ARGV[7])
+    if algorithm == 1 then
+      -- Given back only when nobody was counted after it (its units end the
+      -- bucket): otherwise the moments after it stand and its units stay counted.
+      -- Nor after a Reset (the bucket no longer holds them).
+      local length = tonumber(period)
+      local tat = bucket(redis.call('GET', KEYS[1]))
+      if tat and tat >= mark and tat < mark + 1 then
+        local new_tat = tat - cost * length / limit
+        if new_tat <= now then
+          redis.call('DEL', KEYS[1])
+        else
+          redis.call('SET', KEYS[1], bucket_value(new_tat, new_tat, length), 'PX',
+            string.format('%d', expire_ms(new_tat - now)))
+        end
+      end
+      return {1}
+    end
+    -- Into the state it was counted in only: not one a Reset or an expiry made anew.
+    if tonumber(redis.call('HGET', KEYS[1], 'g')) == made then
+      adjust(algorithm, KEYS[1], limit, period, -cost, mark)
+    end
     return {1}
+  end
+  if operation == 'lease' then
+    local more, life, back = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+    if back > 0 then
+      adjust(algorithm, KEYS[1], limit, period, -back, tonumber(ARGV[9]))
+    end
+    if algorithm == 1 then
+      local length = tonumber(period)
+      local interval = length / limit
+      local tat, held = bucket(redis.call('GET', KEYS[1]))
+      tat = tat or now
+      if tat < now then
+        tat = now
+      end
+      -- The bucket as the slice sees it: smaller by what refills while it lives.
+      -- A cost that leaves less headroom than that is leased for no longer than
+      -- the headroom (down to being used at once).
+      life = math.max(0, math.min(life, (limit - math.min(cost, limit)) * interval))
+      local room = now + length - life
+      local allow_at = tat + cost * interval - (length - life)
+      if cost > limit or allow_at - now > SLACK then
+        local state = decide(KEYS[1], limit, period, 0)
+        local retry = -1
+        if cost <= limit then
+          retry = up(allow_at - now)
+        end
+        return {0, 0, state[2], state[3], retry, 0, 0}
+      end
+      local extra = math.max(0, math.min(more, math.floor((room - tat - cost * interval + SLACK) / interval)))
+      local granted = cost + extra
+      local new_tat = tat + granted * interval
+      if redis.call('EXISTS', KEYS[1]) == 0 and too_full() then
+        return {-1}
+      end
+      redis.call('SET', KEYS[1], bucket_value(new_tat, held, length), 'PX', string.format('%d', expire_ms(new_tat - now)))
+      local state = decide(KEYS[1], limit, period, 0)
+      return {1, granted, state[2], state[3], 0, math.floor(life), 0}
+    end
+    local window, ends, previous, next_ends = window_of(period)
+    local state = redis.call('HMGET', KEYS[1], 'w', 'n', 'x')
+    local count, ahead = window_counts(state, window, previous)
+    if cost > limit or count + cost > limit or ahead > 0 then
+      local now_state = decide(KEYS[1], limit, period, 0)
+      local retry = -1
+      if cost <= limit then
+        retry = up(ends - now)
+      end
+      return {0, 0, now_state[2], now_state[3], retry, 0, window}
+    end
+    local granted = cost + math.max(0, math.min(more, limit - count - cost))
+    if redis.call('EXISTS', KEYS[1]) == 0 and too_full() then
+      return {-1}
+    end
+    redis.call('HSET', KEYS[1], 'w', window, 'n', count + granted, 'x', ahead)
+    local last = ends
+    if ahead > 0 and next_ends then
+      last = next_ends
+    end
+    redis.call('PEXPIRE', KEYS[1], expire_ms(last - now))
+    local now_state = decide(KEYS[1], limit, period, 0)
+    return {1, granted, now_state[2], now_state[3], 0, math.min(life, up(ends - now)), window}
   end
   -- Where the limit stands: remaining, reset_after, and when one unit fits (a cost
   -- of 0 decides as for 1 and consumes nothing).
@@ -513,7 +645,7 @@ if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or o
         -- The time of the reservation's units that the bucket refilled since is
         -- back already: only what is left of it is given back.
         local interval = tonumber(period) / limit
-        local ends = tonumber(record[7]) or now
+        local ends = bucket(record[7]) or now
         local time_back = math.min(back * interval, math.max(0, ends - now))
         back = time_back / interval
         refunded = math.floor(back + 0.5)
@@ -589,6 +721,9 @@ for _, group in ipairs(order) do
     decisions[i], _, commit = decide(i, tonumber(ARGV[5 * (i - 1) + 4]))
     if decisions[i][1] == 1 and commit and not commit() then
       decisions[i] = {NOT_DECIDED[1], NOT_DECIDED[2], NOT_DECIDED[3], NOT_DECIDED[4]}
+    end
+    if decisions[i][1] < 0 then
+      -- Not decided (a full Redis, or clocks apart): nothing of the group is written.
       not_decided = true
     end
     if role[i] == 'quota' then

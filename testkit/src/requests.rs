@@ -53,6 +53,7 @@ pub fn check(key: &str, limit: u64, period_ms: i64) -> CheckRequest {
         on_unavailable: 0,
         wait: None,
         calendar: None,
+        leased: false,
     }
 }
 

@@ -47,10 +47,15 @@ pub(crate) enum Scenario {
     /// Envoy's ShouldRateLimit on one descriptor whose rule is the fixed window of
     /// ratelimit-fixed-window: the cost of the Envoy path over RateLimit.Check.
     EnvoyShouldRateLimit,
+    /// RateLimit Check, token bucket, every caller on a few hot keys, each decided
+    /// in Redis.
+    RatelimitHot,
+    /// The same hot keys, decided from slices the service leases from Redis.
+    RatelimitHotLeased,
 }
 
 impl Scenario {
-    pub(crate) const ALL: [Scenario; 11] = [
+    pub(crate) const ALL: [Scenario; 13] = [
         Scenario::BareFloor,
         Scenario::GrpcFloor,
         Scenario::CacheGet,
@@ -62,6 +67,8 @@ impl Scenario {
         Scenario::SessionGet,
         Scenario::LockAcquireRelease,
         Scenario::EnvoyShouldRateLimit,
+        Scenario::RatelimitHot,
+        Scenario::RatelimitHotLeased,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -77,6 +84,8 @@ impl Scenario {
             Scenario::SessionGet => "session-get",
             Scenario::LockAcquireRelease => "lock-acquire-release",
             Scenario::EnvoyShouldRateLimit => "envoy-should-rate-limit",
+            Scenario::RatelimitHot => "ratelimit-hot",
+            Scenario::RatelimitHotLeased => "ratelimit-hot-leased",
         }
     }
 
@@ -150,6 +159,9 @@ pub(crate) const VALUE: [u8; 100] = [b'x'; 100];
 /// High enough that no key is ever denied during a run (and at most one per microsecond of the period).
 pub(crate) const RATE_LIMIT: u64 = 10_000_000;
 
+/// How many keys the hot-key scenarios spread their callers over.
+pub(crate) const HOT_KEYS: usize = 4;
+
 /// The Envoy domain of envoy-should-rate-limit.
 pub(crate) const BENCH_DOMAIN: &str = "cachelock_bench";
 
@@ -203,6 +215,10 @@ impl Clients {
             Scenario::RatelimitReserveCommit => ratelimit::reserve_commit(channel, key).await,
             Scenario::RatelimitTokenBucket | Scenario::RatelimitFixedWindow | Scenario::RatelimitSlidingWindow => {
                 ratelimit::check(channel, scenario, key).await
+            }
+            Scenario::RatelimitHot | Scenario::RatelimitHotLeased => {
+                let hot = format!("hot:{}", k % HOT_KEYS);
+                ratelimit::check_hot(channel, hot, scenario == Scenario::RatelimitHotLeased).await
             }
         }
     }

@@ -37,12 +37,37 @@ pub(crate) async fn check(channel: Conn, scenario: Scenario, key: String) -> Res
             on_unavailable: rl::OutagePolicy::FailClosed as i32,
             calendar: None,
             wait: None,
+            leased: false,
         })
         .await
         .map_err(|status| status.to_string())?
         .into_inner();
     if response.decided_by_outage_policy {
         Err("decided by the outage policy".to_owned())
+    } else {
+        Ok(())
+    }
+}
+
+/// A Check of one of the hot keys, token bucket, exact or leased; never refused
+/// (the limit is far above any rate this machine reaches).
+pub(crate) async fn check_hot(channel: Conn, key: String, leased: bool) -> Result<(), String> {
+    let response = RateLimitServiceClient::new(channel)
+        .check(CheckRequest {
+            key,
+            limit: RATE_LIMIT,
+            period: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+            on_unavailable: rl::OutagePolicy::FailClosed as i32,
+            leased,
+            ..CheckRequest::default()
+        })
+        .await
+        .map_err(|status| status.to_string())?
+        .into_inner();
+    if response.decided_by_outage_policy {
+        Err("decided by the outage policy".to_owned())
+    } else if !response.allowed {
+        Err("refused: the bench limit is spent".to_owned())
     } else {
         Ok(())
     }
@@ -59,6 +84,7 @@ pub(crate) async fn reserve_commit(channel: Conn, key: String) -> Result<(), Str
         cost: Some(cost),
         algorithm: rl::Algorithm::TokenBucket as i32,
         calendar: None,
+        leased: false,
     };
     let reserved = client
         .reserve(ReserveRequest {

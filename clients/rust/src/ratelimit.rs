@@ -136,6 +136,9 @@ pub struct Limit {
     pub algorithm: Algorithm,
     /// Fixed windows on this calendar instead of a period.
     pub calendar: Option<Calendar>,
+    /// Decided from a slice the service leases from Redis, in memory while it
+    /// lasts: for hot keys ([`Limit::leased`]).
+    pub leased: bool,
 }
 
 impl Limit {
@@ -147,6 +150,7 @@ impl Limit {
             cost: None,
             algorithm: Algorithm::TokenBucket,
             calendar: None,
+            leased: false,
         }
     }
 
@@ -158,6 +162,7 @@ impl Limit {
             cost: None,
             algorithm: Algorithm::FixedWindow,
             calendar: Some(calendar),
+            leased: false,
         }
     }
 
@@ -174,6 +179,15 @@ impl Limit {
     #[must_use]
     pub fn cost(mut self, cost: u64) -> Limit {
         self.cost = Some(cost);
+        self
+    }
+
+    /// Decided by the service from a slice of the limit it leases from Redis:
+    /// one Redis round trip per slice instead of per call, never admitting more
+    /// than the limit (token buckets and fixed windows; checks only).
+    #[must_use]
+    pub fn leased(mut self) -> Limit {
+        self.leased = true;
         self
     }
 
@@ -282,6 +296,7 @@ fn limit_to_proto(key: &str, limit: &Limit, cost: u64) -> pb::Limit {
         cost: Some(cost),
         algorithm: limit.algorithm.to_proto(),
         calendar: limit.calendar_proto(),
+        leased: false,
     }
 }
 
@@ -350,6 +365,7 @@ impl RateLimits {
             on_unavailable: outage_to_proto(on_unavailable),
             wait: (!wait.is_zero()).then(|| to_proto(wait)),
             calendar: limit.calendar_proto(),
+            leased: limit.leased,
         };
         let answer = self
             .client
@@ -391,6 +407,7 @@ impl RateLimits {
                     cost: limit.cost,
                     algorithm: limit.algorithm.to_proto(),
                     calendar: limit.calendar_proto(),
+                    leased: limit.leased,
                 })
                 .collect(),
             on_unavailable: outage_to_proto(on_unavailable),
