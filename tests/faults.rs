@@ -843,6 +843,12 @@ async fn a_full_redis_takes_no_new_limiter_or_lease_past_its_headroom() {
     };
     assert!(ratelimit.check(kept()).await.unwrap().into_inner().allowed);
     let _: () = redis.command(&["CONFIG", "SET", "maxmemory", &used.to_string()]).await;
+    // Once the prober has seen the maxmemory, the scripts read INFO themselves.
+    let started = std::time::Instant::now();
+    while service.metric("cachelock_redis_max_memory_bytes").await <= 0.0 {
+        assert!(started.elapsed() < PATIENCE, "the prober never saw the maxmemory");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Checks on ever new keys: once Redis is 5% past maxmemory, a new limiter is
     // not created; the outage policy answers instead.
     let mut by_policy = None;

@@ -69,6 +69,8 @@ struct Shape {
 struct Observed {
     policy: String,
     full: bool,
+    /// A maxmemory is set and 90% of it is used (on any primary).
+    near_full: bool,
     /// A maxmemory is set and the policy is not `noeviction` (on any primary).
     evicts: bool,
 }
@@ -136,6 +138,7 @@ impl Prober {
             Assessment::Connecting => {}
             Assessment::Ready(facts) => self.ready(facts).await,
             Assessment::NotReady(reason) => {
+                self.redis.set_roomy(false);
                 // Once per change of cause, not once per probe.
                 if self.last_reason.as_ref() != Some(&reason) {
                     warn!(redis = %self.redis.describe(), %reason, "Redis cannot serve; health is NOT_SERVING");
@@ -179,6 +182,7 @@ impl Prober {
 
     /// Redis can serve: every name but those unsafe with an evicting Redis is SERVING.
     async fn ready(&mut self, facts: Facts) {
+        self.redis.set_roomy(!facts.observed.near_full);
         self.meter.record(|metrics| {
             metrics.redis_used_memory.set(facts.used_memory);
             metrics.redis_max_memory.set(facts.max_memory);
@@ -320,6 +324,7 @@ async fn assess_cluster(redis: &Redis, settings: &ProbeSettings) -> Result<Facts
         total.version = facts.version;
         total.observed.policy = facts.observed.policy;
         total.observed.full |= facts.observed.full;
+        total.observed.near_full |= facts.observed.near_full;
         total.observed.evicts |= facts.observed.evicts;
         total.used_memory = total.used_memory.saturating_add(facts.used_memory);
         total.max_memory = total.max_memory.saturating_add(facts.max_memory);
@@ -345,6 +350,8 @@ fn judge(info: &HashMap<&str, &str>, settings: &ProbeSettings) -> Result<Facts, 
     let observed = Observed {
         policy: field("maxmemory_policy").to_owned(),
         full: number("maxmemory") > 0 && number("used_memory") >= number("maxmemory"),
+        near_full: number("maxmemory") > 0
+            && number("used_memory").saturating_mul(10) >= number("maxmemory").saturating_mul(9),
         evicts: number("maxmemory") > 0 && !matches!(field("maxmemory_policy"), "noeviction" | ""),
     };
     if field("role") != "master" {

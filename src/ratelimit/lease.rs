@@ -35,7 +35,7 @@ use super::store::{Algorithm, Decision, LimitCheck, RateLimitStore};
 use crate::{error::Error, redis::KeySpace};
 
 /// How often a hot key goes to Redis: its slice is sized to last this long.
-const REFILL_EVERY: Duration = Duration::from_millis(5);
+const REFILL_EVERY: Duration = Duration::from_millis(10);
 /// The longest a slice lives.
 const MAX_LIFE: Duration = Duration::from_millis(100);
 /// A token bucket's slice lives at most this part of the period: what its burst shrinks by.

@@ -198,7 +198,7 @@ impl Calls for Scripts {
 
     /// One script call deciding `requests` in order; the decisions of each.
     async fn call(&self, requests: &[&Vec<Limit>], deadline: Instant) -> Result<Vec<Self::Answer>, Error> {
-        let invocation = batch_invocation(requests.iter().map(|limits| limits.as_slice()));
+        let invocation = batch_invocation(requests.iter().map(|limits| limits.as_slice()), self.redis.roomy());
         let replies: Vec<(i64, i64, i64, i64)> = self
             .redis
             .run(Op::write(RATELIMIT.name()), deadline, &invocation)
@@ -716,11 +716,12 @@ impl RateLimitStore {
 /// [`RateLimitStore::check`] sends it when nothing else is queued.
 pub fn invocation(space: &KeySpace, checks: &[LimitCheck<'_>]) -> Invocation {
     let limits: Vec<Limit> = checks.iter().map(|check| Limit::of(space, check)).collect();
-    batch_invocation([limits.as_slice()])
+    batch_invocation([limits.as_slice()], false)
 }
 
-/// The script call deciding `requests` one after the other, each its own group.
-fn batch_invocation<'l>(requests: impl IntoIterator<Item = &'l [Limit]>) -> Invocation {
+/// The script call deciding `requests` one after the other, each its own group;
+/// `roomy` when the last probe found Redis well below its maxmemory.
+fn batch_invocation<'l>(requests: impl IntoIterator<Item = &'l [Limit]>, roomy: bool) -> Invocation {
     let mut invocation = RATELIMIT.prepare();
     for (index, limits) in requests.into_iter().enumerate() {
         let group = index + 1;
@@ -738,6 +739,9 @@ fn batch_invocation<'l>(requests: impl IntoIterator<Item = &'l [Limit]>) -> Invo
                     Counting::Quota => format!("q{group}"),
                 });
         }
+    }
+    if roomy {
+        invocation.arg("roomy");
     }
     invocation
 }

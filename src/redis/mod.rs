@@ -149,6 +149,10 @@ struct Inner {
     failovers: watch::Sender<u64>,
     backoff: Backoff,
     meter: Meter,
+    /// Whether the last probe found every primary well below its maxmemory (or
+    /// without one): scripts that guard against growing a full Redis may then
+    /// skip reading INFO memory themselves.
+    roomy: std::sync::atomic::AtomicBool,
 }
 
 /// Which of the connections.
@@ -204,8 +208,20 @@ impl Redis {
                 failovers,
                 backoff,
                 meter,
+                roomy: std::sync::atomic::AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Whether the last probe found every primary under 90% of its maxmemory,
+    /// or without one; false until a probe says so.
+    pub fn roomy(&self) -> bool {
+        self.inner.roomy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records what the health prober found of Redis's memory.
+    pub fn set_roomy(&self, roomy: bool) {
+        self.inner.roomy.store(roomy, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Where it connects, fit for a log line.
