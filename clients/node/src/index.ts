@@ -36,6 +36,8 @@ export {
 export {
   RateLimits,
   type Algorithm,
+  type CalendarUnit,
+  type CalendarWindow,
   type Decision,
   type Limit,
   type ManyDecision,

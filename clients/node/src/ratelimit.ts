@@ -7,6 +7,22 @@ import type { CallOptions, Transport } from './transport.js';
 export type Algorithm = 'tokenBucket' | 'fixedWindow' | 'slidingWindow';
 /** What to answer when Redis cannot decide in time. */
 export type OutagePolicy = 'failOpen' | 'failClosed';
+/** The unit of a calendar window. */
+export type CalendarUnit = 'second' | 'minute' | 'hour' | 'day' | 'week' | 'month' | 'year';
+
+/**
+ * A fixed window aligned to the calendar of an IANA time zone, given instead of a period:
+ * `{ unit: 'month', timeZone: 'Europe/Berlin' }` resets on the 1st at midnight, Berlin time.
+ * It counts as a fixed window: leave `algorithm` unset (or `'fixedWindow'`).
+ */
+export interface CalendarWindow {
+  /** The unit; checked before any call. */
+  unit: CalendarUnit;
+  /** How many units one window holds (15 minutes; 3 months, quarters); 1 by default. */
+  multiplier?: number;
+  /** The IANA time zone whose calendar the windows follow, such as 'Europe/Berlin'; UTC by default. */
+  timeZone?: string;
+}
 
 const ALGORITHMS: Readonly<Record<Algorithm, string>> = {
   tokenBucket: 'ALGORITHM_TOKEN_BUCKET',
@@ -19,17 +35,32 @@ const OUTAGE_POLICIES: Readonly<Record<OutagePolicy, string>> = {
   failClosed: 'OUTAGE_POLICY_FAIL_CLOSED',
 };
 
-/** One limit: `limit` units per `periodMs`. Key, limit, period and algorithm identify a limiter. */
+const CALENDAR_UNITS: Readonly<Record<CalendarUnit, string>> = {
+  second: 'CALENDAR_UNIT_SECOND',
+  minute: 'CALENDAR_UNIT_MINUTE',
+  hour: 'CALENDAR_UNIT_HOUR',
+  day: 'CALENDAR_UNIT_DAY',
+  week: 'CALENDAR_UNIT_WEEK',
+  month: 'CALENDAR_UNIT_MONTH',
+  year: 'CALENDAR_UNIT_YEAR',
+};
+
+/**
+ * One limit: `limit` units per `periodMs`, or per window of `calendar` given instead (exactly
+ * one of them). Key, limit, period (or calendar) and algorithm identify a limiter.
+ */
 export interface Limit {
   /** What is limited, such as "login:user:42". */
   key: string;
   /** How many units the period allows. */
   limit: bigint | number;
-  /** The period, in milliseconds. */
-  periodMs: number;
+  /** The period, in milliseconds; or give `calendar`. */
+  periodMs?: number;
+  /** Fixed windows aligned to a time zone's calendar, instead of `periodMs`. */
+  calendar?: CalendarWindow;
   /** Units this request consumes; 1 by default, 0 reports without consuming. */
   cost?: bigint | number;
-  /** How to count; the token bucket by default. */
+  /** How to count; the token bucket by default (a calendar window is a fixed window). */
   algorithm?: Algorithm;
 }
 
@@ -47,14 +78,19 @@ export interface Decision {
   retryAfterMs: number | null;
   /** True when Redis could not decide in time and the outage policy answered. */
   decidedByOutagePolicy: boolean;
+  /** How long the answer waited for the cost to fit (`check`'s `waitMs`); 0 when it did not. */
+  waitedMs: number;
 }
+
+/** One limit's part of a decision. */
+type Part = Omit<Decision, 'decidedByOutagePolicy' | 'waitedMs'>;
 
 /** The combined decision of `checkMany`, and each limit's part. */
 export interface ManyDecision {
   /** True only if every limit allows; nothing was consumed otherwise. */
   allowed: boolean;
   /** One decision per limit, in the order given. */
-  decisions: (Omit<Decision, 'decidedByOutagePolicy'> & { key: string })[];
+  decisions: (Part & { key: string })[];
   /** When denied: the longest wait of the denying limits; null when one of them never can. */
   retryAfterMs: number | null;
   /** True when Redis could not decide in time and the outage policy answered. */
@@ -75,9 +111,10 @@ export interface Reservation {
   resetAfterMs: number;
   /** When refused: time until the estimate would fit; 0 when allowed; null when it never can. */
   retryAfterMs: number | null;
-  /** The limiter as reserved (key, period, algorithm), so that settling names it exactly. */
+  /** The limiter as reserved (key, period or calendar, algorithm), so that settling names it exactly. */
   key: string;
-  periodMs: number;
+  periodMs: number | undefined;
+  calendar: CalendarWindow | undefined;
   algorithm: Algorithm | undefined;
 }
 
@@ -146,17 +183,47 @@ interface LimitDecision {
   retryAfter: Duration | null;
 }
 
+/** The `period` or `calendar` of a limit: exactly one of them, checked before any call. */
+function window(limit: Pick<Limit, 'periodMs' | 'calendar'>): { period?: object; calendar?: object } {
+  const { periodMs, calendar } = limit;
+  if (periodMs !== undefined && calendar !== undefined) {
+    throw new TypeError('give periodMs or calendar, not both');
+  }
+  if (calendar === undefined) {
+    if (periodMs === undefined) throw new TypeError('a limit needs periodMs or calendar');
+    return { period: duration(periodMs, 'periodMs') };
+  }
+  if (typeof calendar !== 'object' || calendar === null) {
+    throw new TypeError(`calendar must be an object such as { unit: 'month' }, not ${String(calendar)}`);
+  }
+  if (calendar.unit === undefined) throw new TypeError('calendar.unit is required');
+  const { multiplier } = calendar;
+  if (multiplier !== undefined && !(Number.isInteger(multiplier) && multiplier >= 1 && multiplier <= 0xffffffff)) {
+    throw new RangeError(`calendar.multiplier must be a whole number from 1, got ${String(multiplier)}`);
+  }
+  if (calendar.timeZone !== undefined && typeof calendar.timeZone !== 'string') {
+    throw new TypeError(`calendar.timeZone must be a string, not ${typeof calendar.timeZone}`);
+  }
+  return {
+    calendar: {
+      unit: enumValue(CALENDAR_UNITS, calendar.unit, 'calendar.unit'),
+      multiplier: multiplier ?? 1,
+      timeZone: calendar.timeZone ?? '',
+    },
+  };
+}
+
 function limitRequest(limit: Limit): object {
   return {
     key: limit.key,
     limit: int64(limit.limit, 'limit', true),
-    period: duration(limit.periodMs, 'periodMs'),
+    ...window(limit),
     cost: limit.cost === undefined ? undefined : int64(limit.cost, 'cost', true),
     algorithm: enumValue(ALGORITHMS, limit.algorithm, 'algorithm'),
   };
 }
 
-function decision(response: Omit<LimitDecision, 'key'>): Omit<Decision, 'decidedByOutagePolicy'> {
+function decision(response: Omit<LimitDecision, 'key'>): Part {
   return {
     allowed: response.allowed,
     limit: BigInt(response.limit),
@@ -176,25 +243,32 @@ export class RateLimits {
   }
 
   /**
-   * Counts a request against a limit. Never retried: a repeat would count twice.
+   * Counts a request against a limit. With `waitMs`, the answer waits in the server until the
+   * cost fits (first come, first served across the fleet), or comes at once, refused, when it
+   * cannot fit within the wait; `waitedMs` says how long it waited. The call's deadline is its
+   * `timeoutMs` plus `waitMs`. Never retried: a repeat would count twice.
    *
    * @example const d = await client.rateLimit.check(`login:${user}`, { limit: 5, periodMs: 15 * 60_000 });
+   * @example const d = await client.rateLimit.check(`llm:${team}`, { limit: 100_000, cost: 2712, calendar: { unit: 'month', timeZone: 'Europe/Berlin' } });
+   * @example const d = await client.rateLimit.check('export', { limit: 10, periodMs: 1000, waitMs: 5000 });
    */
   async check(
     key: string,
-    options: Omit<Limit, 'key'> & CallOptions & { onUnavailable?: OutagePolicy },
+    options: Omit<Limit, 'key'> & CallOptions & { onUnavailable?: OutagePolicy; waitMs?: number },
   ): Promise<Decision> {
     const request = {
       ...limitRequest({ ...options, key }),
       onUnavailable: enumValue(OUTAGE_POLICIES, options.onUnavailable, 'onUnavailable'),
+      wait: duration(options.waitMs, 'waitMs'),
     };
-    const response = await this.#transport.unary<Omit<LimitDecision, 'key'> & { decidedByOutagePolicy: boolean }>(
-      'ratelimit',
-      'Check',
-      request,
-      options,
-    );
-    return { ...decision(response), decidedByOutagePolicy: response.decidedByOutagePolicy };
+    const response = await this.#transport.unary<
+      Omit<LimitDecision, 'key'> & { decidedByOutagePolicy: boolean; waited: Duration | null }
+    >('ratelimit', 'Check', request, { timeoutMs: options.timeoutMs, waitMs: options.waitMs });
+    return {
+      ...decision(response),
+      decidedByOutagePolicy: response.decidedByOutagePolicy,
+      waitedMs: millis(response.waited) ?? 0,
+    };
   }
 
   /** Counts a request against several limits at once: consumed from all, or from none. */
@@ -222,13 +296,13 @@ export class RateLimits {
 
   /**
    * Clears a limiter's state; answers whether there was any. Without `algorithm`, the
-   * state of all three algorithms for this key, limit and period.
+   * state of all three algorithms for this key, limit and period (or calendar).
    */
   async reset(key: string, options: Omit<Limit, 'key' | 'cost'> & CallOptions): Promise<boolean> {
     const request = {
       key,
       limit: int64(options.limit, 'limit', true),
-      period: duration(options.periodMs, 'periodMs'),
+      ...window(options),
       algorithm: enumValue(ALGORITHMS, options.algorithm, 'algorithm'),
     };
     const response = await this.#transport.unary<{ existed: boolean }>('ratelimit', 'Reset', request, options);
@@ -261,6 +335,7 @@ export class RateLimits {
       reservationId: response.reservationId,
       key,
       periodMs: options.periodMs,
+      calendar: options.calendar === undefined ? undefined : { ...options.calendar },
       algorithm: options.algorithm,
     };
   }

@@ -68,6 +68,26 @@ async def test_rate_limit_and_sessions(client: cachelock.aio.Client) -> None:
     assert (await client.rate_limit.report(fresh, 100, 3600, cost=150)).remaining == 0
     assert not (await client.rate_limit.check(fresh, 100, 3600)).allowed
 
+    week = cachelock.Calendar("week", time_zone="Asia/Tokyo")
+    spent = await client.rate_limit.check(budget, 10, calendar=week, cost=4)
+    assert spent.allowed and spent.remaining == 6
+    assert spent.reset_after is not None and 0 < spent.reset_after <= 7 * 86400
+    many = await client.rate_limit.check_many([cachelock.Limit(budget, 10, calendar=week)])
+    assert many.allowed and many.decisions[0].remaining == 5
+    assert await client.rate_limit.reset(budget, 10, calendar=week)
+    async with client.rate_limit.reserved(budget, 10, calendar=week, cost=3) as held:
+        assert held.allowed and held.remaining == 7 and held.calendar == week
+    assert (await client.rate_limit.check(budget, 10, calendar=week, cost=0)).remaining == 10
+    with pytest.raises(ValueError):
+        await client.rate_limit.check(budget, 10, calendar=cachelock.Calendar("decade"))
+    with pytest.raises(ValueError):
+        await client.rate_limit.check(budget, 10, 60, calendar=week)
+
+    turn = unique("wait")
+    assert (await client.rate_limit.check(turn, 1, 0.3)).allowed
+    waited = await client.rate_limit.check(turn, 1, 0.3, wait=5)
+    assert waited.allowed and 0 < waited.waited <= 1
+
     user = unique("user")
     session = await client.sessions.create(user, {"a": "1"})
     assert session.id not in repr(session)

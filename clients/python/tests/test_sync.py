@@ -6,6 +6,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any, List, Tuple
 
 import pytest
@@ -54,6 +55,83 @@ def test_rate_limit_round_trip(client: Client) -> None:
         on_unavailable="fail_closed",
     )
     assert both.allowed and [d.remaining for d in both.decisions] == [1, 4]
+
+
+def _fresh_window(client: Client, calendar: cachelock.Calendar) -> None:
+    """Returns once the current window of `calendar` has at least 0.5 s left, so that the
+    checks that follow fall in one window. A unit spent on a key of its own tells when the
+    window ends: every key's windows share the calendar's boundaries."""
+    left = client.rate_limit.check(unique("probe"), 1, calendar=calendar).reset_after
+    assert left is not None and left > 0
+    if left < 0.5:
+        time.sleep(left + 0.05)
+
+
+def test_calendar_window(client: Client) -> None:
+    key = unique("cal")
+    every_2s = cachelock.Calendar("second", 2)
+    _fresh_window(client, every_2s)
+    assert client.rate_limit.check(key, 2, calendar=every_2s).allowed
+    second = client.rate_limit.check(key, 2, calendar=every_2s)
+    assert second.allowed and second.remaining == 0
+    denied = client.rate_limit.check(key, 2, calendar=every_2s)
+    assert not denied.allowed and denied.reset_after is not None and 0 < denied.reset_after <= 2
+    assert denied.retry_after is not None and 0 < denied.retry_after <= 2
+    assert denied.waited == 0
+    time.sleep(denied.reset_after + 0.05)
+    fresh = client.rate_limit.check(key, 2, calendar=every_2s)
+    assert fresh.allowed and fresh.remaining == 1
+
+    # A month of Berlin: resets on the 1st at midnight, Berlin time.
+    month = cachelock.Calendar("month", time_zone="Europe/Berlin")
+    used = client.rate_limit.check(key, 100, calendar=month, cost=40)
+    assert used.allowed and used.remaining == 60
+    assert used.reset_after is not None and 0 < used.reset_after <= 31 * 86400
+    assert client.rate_limit.reset(key, 100, calendar=month)
+    assert client.rate_limit.check(key, 100, calendar=month, cost=0).remaining == 100
+
+    # Wherever a period goes: check_many, and a budget settled on the window it was counted in.
+    both = client.rate_limit.check_many(
+        [cachelock.Limit(key, 100, calendar=month), cachelock.Limit(key, 5, 60, algorithm="fixed_window")]
+    )
+    assert both.allowed and [d.remaining for d in both.decisions] == [99, 4]
+    day = cachelock.Calendar("day", time_zone="America/New_York")
+    reservation = client.rate_limit.reserve(key, 1000, calendar=day, cost=300)
+    assert reservation.allowed and reservation.calendar == day and reservation.period is None
+    settled = client.rate_limit.commit(reservation, 100)
+    assert (settled.charged, settled.refunded, settled.remaining) == (100, 200, 900)
+    assert client.rate_limit.report(key, 1000, calendar=day, cost=50).remaining == 850
+
+    with pytest.raises(cachelock.InvalidField) as invalid:
+        client.rate_limit.check(key, 1, calendar=cachelock.Calendar("day", time_zone="Mars/Olympus_Mons"))
+    assert invalid.value.field == "calendar.time_zone"
+
+
+def test_check_waits_for_a_permit(client: Client) -> None:
+    key = unique("wait")
+    # One every 300 ms: the second caller waits its turn in the server instead of polling.
+    assert client.rate_limit.check(key, 1, 0.3).allowed
+    assert not client.rate_limit.check(key, 1, 0.3).allowed
+    started = time.monotonic()
+    waited = client.rate_limit.check(key, 1, 0.3, wait=5)
+    assert waited.allowed and 0 < waited.waited <= 1
+    assert time.monotonic() - started >= waited.waited - 0.05
+
+    # A wait shorter than the turn is answered at once, refused.
+    slow = unique("wait")
+    assert client.rate_limit.check(slow, 1, 60).allowed
+    started = time.monotonic()
+    refused = client.rate_limit.check(slow, 1, 60, wait=timedelta(milliseconds=200))
+    assert not refused.allowed and refused.retry_after is not None and refused.retry_after > 50
+    assert time.monotonic() - started < 1
+
+    # The call's deadline is the client's timeout plus the wait: a wait longer than the
+    # timeout is answered, not cut off.
+    with Client(ADDR, token=TOKEN, timeout=0.5) as hasty:
+        turn = unique("wait")
+        assert hasty.rate_limit.check(turn, 1, 1.2).allowed
+        late = hasty.rate_limit.check(turn, 1, 1.2, wait=3)
+        assert late.allowed and late.waited > 0.5
 
 
 def test_token_budget_reserve_commit_cancel_report(client: Client) -> None:
@@ -510,6 +588,20 @@ def test_unknown_enum_names_fail_before_the_call() -> None:
             nowhere.rate_limit.check("k", 1, 1, algorithm="leaky_bucket")
         with pytest.raises(ValueError):
             nowhere.rate_limit.check("k", 1, 1, on_unavailable="fail_sideways")
+        with pytest.raises(ValueError, match="fortnight"):
+            nowhere.rate_limit.check("k", 1, calendar=cachelock.Calendar("fortnight"))
+        with pytest.raises(ValueError, match="fortnight"):
+            nowhere.rate_limit.check_many([cachelock.Limit("k", 1, calendar=cachelock.Calendar("fortnight"))])
+        with pytest.raises(ValueError, match="fortnight"):
+            nowhere.rate_limit.reset("k", 1, calendar=cachelock.Calendar("fortnight"))
+        with pytest.raises(ValueError, match="unspecified"):
+            nowhere.rate_limit.reserve("k", 1, calendar=cachelock.Calendar("unspecified"), cost=1)
+        with pytest.raises(ValueError, match="not both"):
+            nowhere.rate_limit.check("k", 1, 60, calendar=cachelock.Calendar("month"))
+        with pytest.raises(ValueError, match="not both"):
+            nowhere.rate_limit.report("k", 1, 60, calendar=cachelock.Calendar("day"), cost=1)
+        with pytest.raises(ValueError, match="period or a calendar"):
+            nowhere.rate_limit.check("k", 1)
         with pytest.raises(ValueError):
             nowhere.cache.set("k", "v", condition="sometimes")
         with pytest.raises(cachelock.Unavailable):

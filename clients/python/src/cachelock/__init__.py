@@ -26,7 +26,7 @@ from ._errors import (
 from ._fence import Fence
 from ._lock import NOT_RENEWED, STREAM_BROKEN, Extended, Grant, Lease, LockInfo, Locks
 from ._pubsub import Discontinuity, Message, PubSub, Subscription
-from ._ratelimit import Decision, Decisions, Limit, RateLimit, Report, Reservation, Settlement
+from ._ratelimit import Calendar, Decision, Decisions, Limit, RateLimit, Report, Reservation, Settlement
 from ._retry import IDEMPOTENT, OnRetry
 from ._sessions import Session, Sessions
 from ._transport import TLS
@@ -35,7 +35,7 @@ __version__ = "1.0.0"
 
 __all__ = [
     "NOT_RENEWED", "IDEMPOTENT", "STREAM_BROKEN", "TLS",
-    "Cache", "CachelockError", "Cancelled", "Client", "ClientRateLimited", "DeadlineExceeded",
+    "Cache", "CachelockError", "Calendar", "Cancelled", "Client", "ClientRateLimited", "DeadlineExceeded",
     "DeadlinePassed", "Decision", "Decisions", "Discontinuity", "ElectionEvent", "Elections", "EvictionPolicy", "Extended", "Fence",
     "FencedOut", "Grant",
     "IntegerOverflow", "Internal", "InvalidField", "Leader", "Leadership", "Lease", "LeaseLost", "LeaseResult",

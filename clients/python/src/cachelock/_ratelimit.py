@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterator, List, Optional, Sequence
+from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Sequence
 
-from ._convert import Seconds, duration, enum_value, seconds_of
+from ._convert import Seconds, duration, enum_value, seconds_of, to_seconds
 from ._transport import AsyncTransport, Transport
 from .ratelimit.v1 import ratelimit_pb2 as pb
 
@@ -20,6 +20,7 @@ class Decision:
     retry_after: when denied, the wait until a request of this cost could pass; 0 when
     allowed; None when no wait ever lets it pass (the cost exceeds the limit).
     decided_by_outage_policy: Redis could not decide and the outage policy did.
+    waited: how long the answer waited for the cost to fit (a check's `wait`); 0 when it did not.
     """
 
     allowed: bool
@@ -28,18 +29,38 @@ class Decision:
     reset_after: Optional[float]
     retry_after: Optional[float]
     decided_by_outage_policy: bool = False
+    waited: float = 0.0
+
+
+@dataclass(frozen=True)
+class Calendar:
+    """A fixed window aligned to the calendar of an IANA time zone, given instead of a
+    period: `Calendar("month", time_zone="Europe/Berlin")` resets on the 1st at midnight,
+    Berlin time.
+
+    unit: "second", "minute", "hour", "day", "week", "month" or "year" (checked before any
+    call). multiplier: how many units one window holds (15 minutes; 3 months, quarters),
+    within what the unit takes (docs/ratelimit.md). time_zone: an IANA name; empty is UTC.
+    A calendar window counts as a fixed window: leave `algorithm` unset (or "fixed_window").
+    """
+
+    unit: str
+    multiplier: int = 1
+    time_zone: str = ""
 
 
 @dataclass(frozen=True)
 class Limit:
-    """One limit of a check_many: `limit` units per `period`, this request costing `cost`
-    (None: 1; 0 reports without consuming), counted by `algorithm`."""
+    """One limit of a check_many: `limit` units per `period` (or per window of `calendar`,
+    given instead), this request costing `cost` (None: 1; 0 reports without consuming),
+    counted by `algorithm` (None: the token bucket; a calendar window is a fixed window)."""
 
     key: str
     limit: int
-    period: Seconds
+    period: Optional[Seconds] = None
     cost: Optional[int] = None
-    algorithm: str = "token_bucket"
+    algorithm: Optional[str] = None
+    calendar: Optional[Calendar] = None
 
 
 @dataclass(frozen=True)
@@ -52,8 +73,30 @@ class Decisions:
     decided_by_outage_policy: bool
 
 
-def _algorithm(name: str) -> int:
-    return enum_value(pb.Algorithm, "ALGORITHM_", name)
+def _algorithm(name: Optional[str]) -> int:
+    # None: unset, which the server reads as the token bucket, or a calendar's fixed window.
+    return pb.ALGORITHM_UNSPECIFIED if name is None else enum_value(pb.Algorithm, "ALGORITHM_", name)
+
+
+def _window(period: Optional[Seconds], calendar: Optional[Calendar]) -> Dict[str, Any]:
+    """The `period` or `calendar` field of a limit, exactly one of them: checked before any call."""
+    if period is not None and calendar is not None:
+        raise ValueError("give a period or a calendar, not both")
+    if calendar is not None:
+        if not isinstance(calendar, Calendar):
+            raise TypeError(f"calendar must be a cachelock.Calendar, not {type(calendar).__name__}")
+        unit = enum_value(pb.CalendarUnit, "CALENDAR_UNIT_", calendar.unit)
+        return {
+            "calendar": pb.CalendarWindow(unit=unit, multiplier=calendar.multiplier, time_zone=calendar.time_zone)
+        }
+    if period is None:
+        raise ValueError("a limit needs a period or a calendar")
+    return {"period": duration(period)}
+
+
+def _wait(wait: Optional[Seconds]) -> float:
+    """The seconds a call may wait in the server, added to its deadline."""
+    return 0.0 if wait is None else max(to_seconds(wait), 0.0)
 
 
 def _policy(name: Optional[str]) -> int:
@@ -61,14 +104,17 @@ def _policy(name: Optional[str]) -> int:
 
 
 def _check_request(
-    key: str, limit: int, period: Seconds, cost: Optional[int], algorithm: str, on_unavailable: Optional[str]
+    key: str, limit: int, period: Optional[Seconds], calendar: Optional[Calendar], cost: Optional[int],
+    algorithm: Optional[str], on_unavailable: Optional[str], wait: Optional[Seconds],
 ) -> pb.CheckRequest:
     request = pb.CheckRequest(
-        key=key, limit=limit, period=duration(period), algorithm=_algorithm(algorithm),
-        on_unavailable=_policy(on_unavailable),
+        key=key, limit=limit, algorithm=_algorithm(algorithm), on_unavailable=_policy(on_unavailable),
+        **_window(period, calendar),
     )
     if cost is not None:  # `optional`: an explicit 0 means "report without consuming"
         request.cost = cost
+    if wait is not None:
+        request.wait.CopyFrom(duration(wait))
     return request
 
 
@@ -77,17 +123,14 @@ def _decision(response: pb.CheckResponse) -> Decision:
         allowed=response.allowed, limit=response.limit, remaining=response.remaining,
         reset_after=seconds_of(response, "reset_after"), retry_after=seconds_of(response, "retry_after"),
         decided_by_outage_policy=response.decided_by_outage_policy,
+        waited=seconds_of(response, "waited") or 0.0,
     )
 
 
 def _many_request(limits: Sequence[Limit], on_unavailable: Optional[str]) -> pb.CheckManyRequest:
     request = pb.CheckManyRequest(on_unavailable=_policy(on_unavailable))
     for item in limits:
-        entry = request.limits.add(
-            key=item.key, limit=item.limit, period=duration(item.period), algorithm=_algorithm(item.algorithm)
-        )
-        if item.cost is not None:
-            entry.cost = item.cost
+        request.limits.append(_limit(item.key, item.limit, item.period, item.calendar, item.cost, item.algorithm))
     return request
 
 
@@ -109,8 +152,8 @@ def _decisions(response: pb.CheckManyResponse) -> Decisions:
 class Reservation:
     """A reserve's answer: the estimate counted (allowed) or refused, and what settling needs.
 
-    reservation_id is empty when refused. key, limit, period and algorithm are the limiter
-    as reserved, so that commit and cancel name it exactly as the server requires.
+    reservation_id is empty when refused. key, limit, period (or calendar) and algorithm are
+    the limiter as reserved, so that commit and cancel name it exactly as the server requires.
     retry_after: when refused, the wait until the estimate would fit; None when it never can.
     """
 
@@ -121,8 +164,9 @@ class Reservation:
     reset_after: Optional[float]
     retry_after: Optional[float]
     key: str
-    period: Seconds
-    algorithm: str
+    period: Optional[Seconds]
+    algorithm: Optional[str]
+    calendar: Optional[Calendar] = None
 
 
 @dataclass(frozen=True)
@@ -149,29 +193,35 @@ class Report:
     retry_after: Optional[float]
 
 
-def _limit(key: str, limit: int, period: Seconds, cost: Optional[int], algorithm: str) -> pb.Limit:
-    message = pb.Limit(key=key, limit=limit, period=duration(period), algorithm=_algorithm(algorithm))
+def _limit(
+    key: str, limit: int, period: Optional[Seconds], calendar: Optional[Calendar], cost: Optional[int],
+    algorithm: Optional[str],
+) -> pb.Limit:
+    message = pb.Limit(key=key, limit=limit, algorithm=_algorithm(algorithm), **_window(period, calendar))
     if cost is not None:
         message.cost = cost
     return message
 
 
 def _reserve_request(
-    key: str, limit: int, period: Seconds, cost: int, algorithm: str, reservation_ttl: Optional[Seconds]
+    key: str, limit: int, period: Optional[Seconds], calendar: Optional[Calendar], cost: int,
+    algorithm: Optional[str], reservation_ttl: Optional[Seconds],
 ) -> pb.ReserveRequest:
-    request = pb.ReserveRequest(limit=_limit(key, limit, period, cost, algorithm))
+    request = pb.ReserveRequest(limit=_limit(key, limit, period, calendar, cost, algorithm))
     if reservation_ttl is not None:
         request.reservation_ttl.CopyFrom(duration(reservation_ttl))
     return request
 
 
 def _reservation(
-    response: pb.ReserveResponse, key: str, period: Seconds, algorithm: str
+    response: pb.ReserveResponse, key: str, period: Optional[Seconds], calendar: Optional[Calendar],
+    algorithm: Optional[str],
 ) -> Reservation:
     return Reservation(
         allowed=response.allowed, reservation_id=response.reservation_id, limit=response.limit,
         remaining=response.remaining, reset_after=seconds_of(response, "reset_after"),
         retry_after=seconds_of(response, "retry_after"), key=key, period=period, algorithm=algorithm,
+        calendar=calendar,
     )
 
 
@@ -184,7 +234,7 @@ def _commit_request(reservation: Reservation, cost: int, allow_debt: bool) -> pb
     _settled(reservation)
     r = reservation
     return pb.CommitRequest(
-        limit=_limit(r.key, r.limit, r.period, cost, r.algorithm), reservation_id=r.reservation_id,
+        limit=_limit(r.key, r.limit, r.period, r.calendar, cost, r.algorithm), reservation_id=r.reservation_id,
         allow_debt=allow_debt,
     )
 
@@ -192,7 +242,9 @@ def _commit_request(reservation: Reservation, cost: int, allow_debt: bool) -> pb
 def _cancel_request(reservation: Reservation) -> pb.CancelRequest:
     _settled(reservation)
     r = reservation
-    return pb.CancelRequest(limit=_limit(r.key, r.limit, r.period, None, r.algorithm), reservation_id=r.reservation_id)
+    return pb.CancelRequest(
+        limit=_limit(r.key, r.limit, r.period, r.calendar, None, r.algorithm), reservation_id=r.reservation_id
+    )
 
 
 def _settlement(response: "pb.CommitResponse | pb.CancelResponse") -> Settlement:
@@ -209,16 +261,21 @@ def _report(response: pb.ReportResponse) -> Report:
     )
 
 
-def _reset_request(key: str, limit: int, period: Seconds, algorithm: Optional[str]) -> pb.ResetRequest:
-    # No algorithm: the state of all three algorithms of this limiter is cleared.
-    number = pb.ALGORITHM_UNSPECIFIED if algorithm is None else _algorithm(algorithm)
-    return pb.ResetRequest(key=key, limit=limit, period=duration(period), algorithm=number)
+def _reset_request(
+    key: str, limit: int, period: Optional[Seconds], calendar: Optional[Calendar], algorithm: Optional[str]
+) -> pb.ResetRequest:
+    # No algorithm: the state of all three algorithms of this limiter is cleared (a
+    # calendar window's, which is a fixed window).
+    return pb.ResetRequest(key=key, limit=limit, algorithm=_algorithm(algorithm), **_window(period, calendar))
 
 
 class RateLimit:
     """Rate limits, sync. A denial is not an error: `Decision.allowed` is False.
 
-    algorithm: "token_bucket" (default), "fixed_window" or "sliding_window".
+    A limit is `limit` units per `period` (seconds or a timedelta), or per window of a
+    `calendar` (a cachelock.Calendar) given instead: exactly one of them.
+    algorithm: None (the token bucket; a calendar window is a fixed window), "token_bucket",
+    "fixed_window" or "sliding_window".
     on_unavailable: None (the server's policy), "fail_open" or "fail_closed".
     """
 
@@ -226,32 +283,43 @@ class RateLimit:
         self._t = transport
 
     def check(
-        self, key: str, limit: int, period: Seconds, *, cost: Optional[int] = None,
-        algorithm: str = "token_bucket", on_unavailable: Optional[str] = None,
+        self, key: str, limit: int, period: Optional[Seconds] = None, *, calendar: Optional[Calendar] = None,
+        cost: Optional[int] = None, algorithm: Optional[str] = None, on_unavailable: Optional[str] = None,
+        wait: Optional[Seconds] = None,
     ) -> Decision:
-        """Decides one limit and consumes `cost` if allowed. Never retried: it would count twice."""
-        request = _check_request(key, limit, period, cost, algorithm, on_unavailable)
-        return _decision(self._t.unary(_SERVICE + "Check", request, pb.CheckResponse))
+        """Decides one limit and consumes `cost` if allowed. With `wait`, the answer waits in
+        the server until the cost fits (first come, first served across the fleet), or comes at
+        once, refused, when it cannot fit within the wait; `Decision.waited` says how long it
+        waited. The call's deadline is the client's timeout plus the wait. Never retried: it
+        would count twice."""
+        request = _check_request(key, limit, period, calendar, cost, algorithm, on_unavailable, wait)
+        return _decision(self._t.unary(_SERVICE + "Check", request, pb.CheckResponse, extra=_wait(wait)))
 
     def check_many(self, limits: Sequence[Limit], *, on_unavailable: Optional[str] = None) -> Decisions:
         """Decides several limits together; nothing is consumed unless all allow."""
         request = _many_request(limits, on_unavailable)
         return _decisions(self._t.unary(_SERVICE + "CheckMany", request, pb.CheckManyResponse))
 
-    def reset(self, key: str, limit: int, period: Seconds, *, algorithm: Optional[str] = None) -> bool:
-        """Clears one limiter (key, limit, period, algorithm; None: every algorithm); whether state existed."""
-        request = _reset_request(key, limit, period, algorithm)
+    def reset(
+        self, key: str, limit: int, period: Optional[Seconds] = None, *, calendar: Optional[Calendar] = None,
+        algorithm: Optional[str] = None,
+    ) -> bool:
+        """Clears one limiter (key, limit, period or calendar, algorithm; None: every
+        algorithm); whether state existed."""
+        request = _reset_request(key, limit, period, calendar, algorithm)
         return self._t.unary(_SERVICE + "Reset", request, pb.ResetResponse).existed
 
     def reserve(
-        self, key: str, limit: int, period: Seconds, *, cost: int, algorithm: str = "token_bucket",
+        self, key: str, limit: int, period: Optional[Seconds] = None, *, cost: int,
+        calendar: Optional[Calendar] = None, algorithm: Optional[str] = None,
         reservation_ttl: Optional[Seconds] = None,
     ) -> Reservation:
         """Counts an estimated `cost` now, to settle with commit or cancel once the actual cost
         is known; unsettled, it settles at its estimate after `reservation_ttl` (None: 1 minute).
         A refusal is not an error: `Reservation.allowed` is False. Never retried: it would count twice."""
-        request = _reserve_request(key, limit, period, cost, algorithm, reservation_ttl)
-        return _reservation(self._t.unary(_SERVICE + "Reserve", request, pb.ReserveResponse), key, period, algorithm)
+        request = _reserve_request(key, limit, period, calendar, cost, algorithm, reservation_ttl)
+        response = self._t.unary(_SERVICE + "Reserve", request, pb.ReserveResponse)
+        return _reservation(response, key, period, calendar, algorithm)
 
     def commit(self, reservation: Reservation, cost: int, *, allow_debt: bool = False) -> Settlement:
         """Settles a reservation at its actual `cost`: the rest of the estimate is refunded, an
@@ -266,23 +334,27 @@ class RateLimit:
         return _settlement(self._t.unary(_SERVICE + "Cancel", request, pb.CancelResponse))
 
     def report(
-        self, key: str, limit: int, period: Seconds, *, cost: int, algorithm: str = "token_bucket"
+        self, key: str, limit: int, period: Optional[Seconds] = None, *, cost: int,
+        calendar: Optional[Calendar] = None, algorithm: Optional[str] = None,
     ) -> Report:
         """Counts `cost` after the fact, without deciding: even past the limit (a debt the next
         check waits off). Never retried: it would count twice."""
-        request = pb.ReportRequest(limit=_limit(key, limit, period, cost, algorithm))
+        request = pb.ReportRequest(limit=_limit(key, limit, period, calendar, cost, algorithm))
         return _report(self._t.unary(_SERVICE + "Report", request, pb.ReportResponse))
 
     @contextmanager
     def reserved(
-        self, key: str, limit: int, period: Seconds, *, cost: int, algorithm: str = "token_bucket",
+        self, key: str, limit: int, period: Optional[Seconds] = None, *, cost: int,
+        calendar: Optional[Calendar] = None, algorithm: Optional[str] = None,
         reservation_ttl: Optional[Seconds] = None,
     ) -> Iterator[Reservation]:
         """Reserves for a block, which commits the actual cost with commit(reservation, cost).
         On the way out (an exception too) the reservation is cancelled: a no-op answered
         settled_before when the block committed it. A refused reservation is yielded as is
         (check `allowed`) and nothing is settled."""
-        reservation = self.reserve(key, limit, period, cost=cost, algorithm=algorithm, reservation_ttl=reservation_ttl)
+        reservation = self.reserve(
+            key, limit, period, cost=cost, calendar=calendar, algorithm=algorithm, reservation_ttl=reservation_ttl
+        )
         try:
             yield reservation
         finally:
@@ -297,31 +369,36 @@ class AsyncRateLimit:
         self._t = transport
 
     async def check(
-        self, key: str, limit: int, period: Seconds, *, cost: Optional[int] = None,
-        algorithm: str = "token_bucket", on_unavailable: Optional[str] = None,
+        self, key: str, limit: int, period: Optional[Seconds] = None, *, calendar: Optional[Calendar] = None,
+        cost: Optional[int] = None, algorithm: Optional[str] = None, on_unavailable: Optional[str] = None,
+        wait: Optional[Seconds] = None,
     ) -> Decision:
         """As RateLimit.check."""
-        request = _check_request(key, limit, period, cost, algorithm, on_unavailable)
-        return _decision(await self._t.unary(_SERVICE + "Check", request, pb.CheckResponse))
+        request = _check_request(key, limit, period, calendar, cost, algorithm, on_unavailable, wait)
+        return _decision(await self._t.unary(_SERVICE + "Check", request, pb.CheckResponse, extra=_wait(wait)))
 
     async def check_many(self, limits: Sequence[Limit], *, on_unavailable: Optional[str] = None) -> Decisions:
         """As RateLimit.check_many."""
         request = _many_request(limits, on_unavailable)
         return _decisions(await self._t.unary(_SERVICE + "CheckMany", request, pb.CheckManyResponse))
 
-    async def reset(self, key: str, limit: int, period: Seconds, *, algorithm: Optional[str] = None) -> bool:
+    async def reset(
+        self, key: str, limit: int, period: Optional[Seconds] = None, *, calendar: Optional[Calendar] = None,
+        algorithm: Optional[str] = None,
+    ) -> bool:
         """As RateLimit.reset."""
-        request = _reset_request(key, limit, period, algorithm)
+        request = _reset_request(key, limit, period, calendar, algorithm)
         return (await self._t.unary(_SERVICE + "Reset", request, pb.ResetResponse)).existed
 
     async def reserve(
-        self, key: str, limit: int, period: Seconds, *, cost: int, algorithm: str = "token_bucket",
+        self, key: str, limit: int, period: Optional[Seconds] = None, *, cost: int,
+        calendar: Optional[Calendar] = None, algorithm: Optional[str] = None,
         reservation_ttl: Optional[Seconds] = None,
     ) -> Reservation:
         """As RateLimit.reserve."""
-        request = _reserve_request(key, limit, period, cost, algorithm, reservation_ttl)
+        request = _reserve_request(key, limit, period, calendar, cost, algorithm, reservation_ttl)
         response = await self._t.unary(_SERVICE + "Reserve", request, pb.ReserveResponse)
-        return _reservation(response, key, period, algorithm)
+        return _reservation(response, key, period, calendar, algorithm)
 
     async def commit(self, reservation: Reservation, cost: int, *, allow_debt: bool = False) -> Settlement:
         """As RateLimit.commit."""
@@ -334,20 +411,22 @@ class AsyncRateLimit:
         return _settlement(await self._t.unary(_SERVICE + "Cancel", request, pb.CancelResponse))
 
     async def report(
-        self, key: str, limit: int, period: Seconds, *, cost: int, algorithm: str = "token_bucket"
+        self, key: str, limit: int, period: Optional[Seconds] = None, *, cost: int,
+        calendar: Optional[Calendar] = None, algorithm: Optional[str] = None,
     ) -> Report:
         """As RateLimit.report."""
-        request = pb.ReportRequest(limit=_limit(key, limit, period, cost, algorithm))
+        request = pb.ReportRequest(limit=_limit(key, limit, period, calendar, cost, algorithm))
         return _report(await self._t.unary(_SERVICE + "Report", request, pb.ReportResponse))
 
     @asynccontextmanager
     async def reserved(
-        self, key: str, limit: int, period: Seconds, *, cost: int, algorithm: str = "token_bucket",
+        self, key: str, limit: int, period: Optional[Seconds] = None, *, cost: int,
+        calendar: Optional[Calendar] = None, algorithm: Optional[str] = None,
         reservation_ttl: Optional[Seconds] = None,
     ) -> AsyncIterator[Reservation]:
         """As RateLimit.reserved."""
         reservation = await self.reserve(
-            key, limit, period, cost=cost, algorithm=algorithm, reservation_ttl=reservation_ttl
+            key, limit, period, cost=cost, calendar=calendar, algorithm=algorithm, reservation_ttl=reservation_ttl
         )
         try:
             yield reservation
