@@ -1031,7 +1031,36 @@ async fn unit_multipliers_and_calendar_windows_count_in_their_windows(backend: c
     assert_eq!(codes.iter().filter(|code| **code == Code::Ok).count(), 2, "{codes:?}");
 }
 
+/// A leased rule: decided from slices the instances lease from Redis.
+const LEASED_RULES: &str = "\
+domain: leased
+descriptors:
+  - key: hot
+    rate_limit: {unit: hour, requests_per_unit: 100, algorithm: token_bucket, leased: true}
+";
+
+async fn leased_rules_never_admit_more_than_the_limit_across_instances(backend: common::Backend) {
+    let dir = rules_dir(&[("leased.yaml", LEASED_RULES.to_owned())]);
+    let path = dir.path().to_str().expect("a UTF-8 path").to_owned();
+    let first = backend.service(&["--rls-config", &path]).await;
+    let second = backend.service(&["--rls-config", &path]).await;
+    let channels = [first.channel(), second.channel()];
+    let calls = (0..300).map(|i| {
+        let mut client = RateLimitServiceClient::new(channels[i % 2].clone());
+        async move { ask_one(&mut client, "leased", &[("hot", "key")]).await }
+    });
+    let responses = futures_util::future::join_all(calls).await;
+    let passed = responses
+        .iter()
+        .filter(|response| overall(response) == Code::Ok)
+        .count();
+    println!("{passed} of 300 leased Envoy decisions allowed on a limit of 100");
+    assert!(passed <= 100, "{passed} allowed on a limit of 100");
+    assert!(passed >= 50, "only {passed} allowed: slices left too much unused");
+}
+
 in_every_mode!(
     envoy_decisions_are_exact_on_every_topology,
     unit_multipliers_and_calendar_windows_count_in_their_windows,
+    leased_rules_never_admit_more_than_the_limit_across_instances,
 );

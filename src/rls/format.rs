@@ -180,6 +180,8 @@ struct RawRateLimit {
     /// cachelock's own field: fixed windows aligned to the calendar of this IANA
     /// time zone ("UTC", "Europe/Berlin").
     calendar: Option<String>,
+    /// cachelock's own field: decided from slices leased from Redis.
+    leased: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -199,8 +201,8 @@ impl TryFrom<RawRateLimit> for RateLimitBlock {
             if unit.is_some() {
                 return Err("should not specify rate limit unit when unlimited".to_owned());
             }
-            if raw.unit_multiplier.is_some() || raw.calendar.is_some() {
-                return Err("should not specify unit_multiplier or calendar when unlimited".to_owned());
+            if raw.unit_multiplier.is_some() || raw.calendar.is_some() || raw.leased.is_some() {
+                return Err("should not specify unit_multiplier, calendar or leased when unlimited".to_owned());
             }
             None
         } else {
@@ -234,6 +236,10 @@ impl TryFrom<RawRateLimit> for RateLimitBlock {
                         .map_err(|error| format!("calendar {zone} with {unit_multiplier} {unit}: {error}"))?,
                 ),
             };
+            let leased = raw.leased.unwrap_or(false);
+            if leased && algorithm == Algorithm::SlidingWindow {
+                return Err("leased is for token_bucket and fixed_window".to_owned());
+            }
             let cap = Limit::max_requests_per_unit(unit, unit_multiplier);
             if u64::from(requests_per_unit) > cap {
                 return Err(format!(
@@ -247,6 +253,7 @@ impl TryFrom<RawRateLimit> for RateLimitBlock {
                 unit_multiplier,
                 algorithm,
                 calendar,
+                leased,
             })
         };
         let mut replaces = Vec::new();
@@ -328,6 +335,10 @@ mod tests {
                 "counts as fixed_window",
             ),
             ("unlimited: true, calendar: UTC", "when unlimited"),
+            (
+                "unit: second, requests_per_unit: 5, algorithm: sliding_window, leased: true",
+                "leased is for",
+            ),
         ] {
             let Err(message) = parse(&rule(fields)) else {
                 panic!("{fields} is refused");

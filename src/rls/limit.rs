@@ -114,6 +114,8 @@ pub struct Limit {
     /// Fixed windows aligned to this calendar, instead of `unit_multiplier`
     /// units counted from 2024-01-01 UTC.
     pub calendar: Option<Calendar>,
+    /// Decided from slices leased from Redis (see `CheckRequest.leased`).
+    pub leased: bool,
 }
 
 impl Limit {
@@ -143,6 +145,7 @@ impl Limit {
     /// How the limit reads in a description of the rules: "100 per 15 minute
     /// (fixed_window, calendar Europe/Berlin)".
     pub fn describe(&self) -> String {
+        let leased = if self.leased { ", leased" } else { "" };
         let per = if self.unit_multiplier > 1 {
             format!("{} {}", self.unit_multiplier, self.unit.name())
         } else {
@@ -150,13 +153,13 @@ impl Limit {
         };
         match &self.calendar {
             Some(calendar) => format!(
-                "{} per {per} ({}, calendar {})",
+                "{} per {per} ({}, calendar {}{leased})",
                 self.requests_per_unit,
                 algorithm_name(self.algorithm),
                 calendar.zone_name()
             ),
             None => format!(
-                "{} per {per} ({})",
+                "{} per {per} ({}{leased})",
                 self.requests_per_unit,
                 algorithm_name(self.algorithm)
             ),

@@ -312,6 +312,7 @@ fn match_descriptor<'r>(
             unit_multiplier: 1,
             algorithm: Algorithm::FixedWindow,
             calendar: None,
+            leased: false,
         }),
         key: key(&[]),
         cost,
@@ -466,14 +467,31 @@ impl RateLimitService for RlsApi {
             .map(|(i, descriptor)| match_descriptor(&rules, &request.domain, i, descriptor, request_cost))
             .collect::<Result<Vec<_>, Error>>()?;
         let (applied, checks) = self.apply(&matched)?;
+        let policy = self.limiter.settings().on_unavailable;
         let outcome = if checks.is_empty() {
             Outcome::Decided(Vec::new())
+        } else if leased(&applied, &checks) {
+            self.limiter
+                .decide_leased(&caller.space, &metadata, &checks, policy)
+                .await?
         } else {
-            let policy = self.limiter.settings().on_unavailable;
             self.limiter.decide(&caller.space, &metadata, &checks, policy).await?
         };
         Ok(Response::new(self.respond(&applied, &outcome)))
     }
+}
+
+/// Whether a request is decided from leased slices: when every limit it sends
+/// to Redis is a leased rule's and all of them count together (no shadow or
+/// quota mode); otherwise it is decided exactly.
+fn leased(applied: &[Applied<'_>], checks: &[LimitCheck<'_>]) -> bool {
+    checks.iter().all(|check| check.counting == Counting::Together)
+        && applied.iter().all(|applied| match applied {
+            Applied::Limited {
+                limit, check: Some(_), ..
+            } => limit.leased,
+            _ => true,
+        })
 }
 
 /// The RateLimit-* headers describing `status`.
