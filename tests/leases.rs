@@ -170,6 +170,60 @@ async fn bad_leased_requests_name_their_field(backend: Backend) {
     assert_invalid(limits.check_many(mixed).await.unwrap_err(), "limits[1].leased");
 }
 
+/// The rate-limit script, as the service loads it.
+fn script() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/ratelimit.lua")).unwrap()
+}
+
+#[tokio::test]
+async fn a_slice_given_back_after_it_refilled_gives_nothing() {
+    let redis = common::TestRedis::start().await;
+    let script = script();
+    // 100 a second: a unit every 10 ms.
+    let lease = |back: &str, mark: &str| {
+        [
+            "EVAL", &script, "1", "bucket", "lease", "1", "100", "1000000", "1", "24", "10000", back, mark, "0",
+        ]
+        .map(str::to_owned)
+    };
+    let run = |args: [String; 14]| {
+        let redis = &redis;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            redis.command::<Vec<i64>>(&args).await
+        }
+    };
+    let first = run(lease("0", "0")).await;
+    assert_eq!((first[0], first[1]), (1, 25), "a quarter of what is free: {first:?}");
+    let mark = first[6].to_string();
+    // The slice's units end 250 ms from now; past that the bucket is whole again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let check = |cost: &str| {
+        [
+            "EVAL", &script, "1", "bucket", "1", "100", "1000000", cost, "1", "roomy",
+        ]
+        .map(str::to_owned)
+    };
+    let checked = |args: [String; 10]| {
+        let redis = &redis;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            redis.command::<Vec<Vec<i64>>>(&args).await
+        }
+    };
+    assert_eq!(checked(check("100")).await[0][0], 1, "a whole bucket again");
+    let before = std::time::Instant::now();
+    let full = checked(check("0")).await[0][2];
+    // The quiet slice's 24 unused units come back now: they refilled long ago.
+    let _ = run(lease("24", &mark)).await;
+    let after = checked(check("0")).await[0][2];
+    let elapsed = i64::try_from(before.elapsed().as_micros()).unwrap();
+    assert!(
+        after + elapsed + 15_000 >= full,
+        "units given back after they refilled made room: {full} µs to whole, then {after} µs {elapsed} µs later"
+    );
+}
+
 in_every_mode!(
     leased_checks_across_two_instances_never_admit_more_than_the_limit,
     a_quiet_key_is_exact_to_the_unit,

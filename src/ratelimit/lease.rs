@@ -31,7 +31,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::store::{Algorithm, Decision, LimitCheck, RateLimitStore};
+use super::store::{Algorithm, Back, Decision, Leased, LimitCheck, RateLimitStore};
 use crate::{error::Error, redis::KeySpace};
 
 /// How often a hot key goes to Redis: its slice is sized to last this long.
@@ -63,8 +63,8 @@ struct Slice {
     left: u64,
     /// Until when they may be admitted; `None`: no slice.
     expires: Option<Instant>,
-    /// The window they were counted in.
-    window: i64,
+    /// What goes back with them (where they were counted).
+    back: Back,
     /// Which lease they came from: one more with each.
     generation: u64,
     /// What Redis had left outside every slice at the last lease.
@@ -86,6 +86,17 @@ pub struct Taken {
     /// The decision.
     pub decision: Decision,
     lease: Option<(Arc<KeyLease>, u64, u64)>,
+    /// Until when the units taken may be admitted.
+    usable_until: Option<Instant>,
+}
+
+impl Taken {
+    /// Whether what it took may still be admitted now: a request deciding
+    /// several limits admits only if every slice it took from is still alive
+    /// at its end.
+    pub fn usable(&self) -> bool {
+        self.usable_until.is_none_or(|until| Instant::now() < until)
+    }
 }
 
 impl Slice {
@@ -131,10 +142,13 @@ impl Slice {
     }
 
     /// The units beyond `cost` to ask for: a slice for [`REFILL_EVERY`] at the
-    /// rate seen, at most a quarter of what was left outside the slices.
+    /// rate seen, at most a quarter of what was left outside the slices (the
+    /// script holds every lease to a quarter of what is free, too).
     fn more_wanted(&mut self, cost: u64, now: Instant) -> u64 {
         if let Some(leased_at) = self.leased_at {
-            let elapsed = now.saturating_duration_since(leased_at).as_secs_f64().max(1e-6);
+            // Over at least a millisecond: callers queued behind a lease use its
+            // slice at once, which is no rate.
+            let elapsed = now.saturating_duration_since(leased_at).as_secs_f64().max(1e-3);
             #[allow(clippy::cast_precision_loss)]
             let seen = self.used as f64 / elapsed;
             self.rate = if self.rate == 0.0 {
@@ -163,67 +177,83 @@ impl Leases {
         check: &LimitCheck<'_>,
         deadline: Instant,
     ) -> Result<Option<Taken>, Error> {
+        let cost = check.cost;
+        if cost > check.limit {
+            // No wait lets it pass: answered without Redis or the slice.
+            return Ok(Some(Taken {
+                decision: Decision {
+                    allowed: false,
+                    remaining: 0,
+                    reset_after: Duration::ZERO,
+                    retry_after: None,
+                },
+                lease: None,
+                usable_until: None,
+            }));
+        }
         let Some(lease) = self.key(RateLimitStore::state_key(space, check)) else {
             return Ok(None);
         };
-        let cost = check.cost;
         let local = {
             let mut slice = lock(&lease.slice);
             slice
                 .decide(cost, Instant::now())
-                .map(|decision| (decision, slice.generation))
+                .map(|decision| (decision, slice.generation, slice.expires))
         };
-        if let Some((decision, generation)) = local {
-            return Ok(Some(taken(decision, &lease, cost, generation)));
+        if let Some((decision, generation, expires)) = local {
+            return Ok(Some(taken(decision, &lease, cost, generation, expires)));
         }
-        // One lease call at a time per key; the others wait for it and decide
-        // from what it brought.
-        let _refill = lease.refill.lock().await;
+        // One lease call at a time per key; the others wait for it (within their
+        // deadline) and decide from what it brought.
+        let Ok(_refill) = tokio::time::timeout_at(deadline, lease.refill.lock()).await else {
+            return Err(Error::DeadlineExceeded);
+        };
         let now = Instant::now();
-        let (back, back_window, more) = {
+        let (back, more) = {
             let mut slice = lock(&lease.slice);
             if let Some(decision) = slice.decide(cost, now) {
-                let generation = slice.generation;
+                let (generation, expires) = (slice.generation, slice.expires);
                 drop(slice);
-                return Ok(Some(taken(decision, &lease, cost, generation)));
+                return Ok(Some(taken(decision, &lease, cost, generation, expires)));
             }
-            let back = std::mem::take(&mut slice.left);
-            let more = slice.more_wanted(cost, now);
-            (back, slice.window, more)
+            let back = Back {
+                units: std::mem::take(&mut slice.left),
+                ..slice.back
+            };
+            // What is given back is gone from here whatever the call's fate.
+            slice.expires = None;
+            (back, slice.more_wanted(cost, now))
         };
         let life = life(check);
-        let leased = store
-            .lease(space, check, more, life, back, back_window, deadline)
-            .await?;
-        let now = Instant::now();
-        let mut slice = lock(&lease.slice);
-        slice.outside = leased.decision.remaining;
-        slice.whole_at = Some(now + leased.decision.reset_after);
-        slice.used = 0;
-        slice.leased_at = Some(now);
-        slice.generation += 1;
-        let generation = slice.generation;
-        if leased.decision.allowed {
-            slice.left = leased.granted.saturating_sub(cost);
-            slice.expires = Some(now + leased.life);
-            slice.window = leased.window;
-            slice.denied = None;
-            slice.used = cost;
+        let call = store.lease(space, check, more, life, back);
+        // The call runs to its end and its slice is kept even if this request
+        // goes first (a cancelled caller, a timeout): its units are counted in
+        // Redis either way. Its life counts from before it was sent.
+        let sent = Instant::now();
+        let installer = lease.clone();
+        let leased = tokio::spawn(async move {
+            let leased = call.run(deadline).await?;
+            install(&installer, &leased, cost, sent);
+            Ok::<Leased, Error>(leased)
+        })
+        .await
+        .map_err(|error| Error::Internal(format!("a lease call ended abnormally: {error}")))??;
+        let slice = lock(&lease.slice);
+        let outcome = if leased.decision.allowed {
             let decision = Decision {
-                remaining: slice.remaining(now),
+                remaining: slice.remaining(Instant::now()),
                 ..leased.decision
             };
-            drop(slice);
-            Ok(Some(taken(decision, &lease, cost, generation)))
+            taken(decision, &lease, cost, slice.generation, slice.expires)
         } else {
-            slice.expires = None;
-            slice.denied = leased.decision.retry_after.map(|retry| (cost, now + retry.min(life)));
-            drop(slice);
-            Ok(Some(Taken {
+            Taken {
                 decision: leased.decision,
                 lease: None,
-            }))
-        }
+                usable_until: None,
+            }
+        };
+        drop(slice);
+        Ok(Some(outcome))
     }
 
     /// Puts back what `taken` admitted, when the request it was for is refused
@@ -263,6 +293,32 @@ impl Leases {
     }
 }
 
+/// Keeps what a lease call brought: the slice (less the cost of the request
+/// that asked for it, admitted by the call itself), or the denial.
+fn install(lease: &KeyLease, leased: &Leased, cost: u64, sent: Instant) {
+    let now = Instant::now();
+    let mut slice = lock(&lease.slice);
+    slice.outside = leased.decision.remaining;
+    slice.whole_at = Some(sent + leased.decision.reset_after);
+    slice.used = 0;
+    slice.leased_at = Some(now);
+    slice.generation += 1;
+    slice.back = leased.back;
+    if leased.decision.allowed {
+        slice.left = leased.granted.saturating_sub(cost);
+        slice.expires = Some(sent + leased.life);
+        slice.denied = None;
+        slice.used = cost;
+    } else {
+        slice.left = 0;
+        slice.expires = None;
+        slice.denied = leased
+            .decision
+            .retry_after
+            .map(|retry| (cost, sent + retry.min(MAX_LIFE)));
+    }
+}
+
 /// How long a slice of `check` may live.
 fn life(check: &LimitCheck<'_>) -> Duration {
     match check.algorithm {
@@ -271,9 +327,10 @@ fn life(check: &LimitCheck<'_>) -> Duration {
     }
 }
 
-fn taken(decision: Decision, lease: &Arc<KeyLease>, cost: u64, generation: u64) -> Taken {
+fn taken(decision: Decision, lease: &Arc<KeyLease>, cost: u64, generation: u64, expires: Option<Instant>) -> Taken {
     Taken {
         lease: decision.allowed.then(|| (lease.clone(), cost, generation)),
+        usable_until: decision.allowed.then_some(expires).flatten(),
         decision,
     }
 }

@@ -210,6 +210,14 @@ impl Limiter {
                 Some(error) => Err(error.into()),
             };
         }
+        if !taken.iter().all(super::lease::Taken::usable) {
+            // A slice taken from ended while a later limit was leased: its units
+            // may no longer be admitted, so the request is decided exactly.
+            for one in taken {
+                self.leases.give_back(one);
+            }
+            return self.decide(space, metadata, checks, policy).await;
+        }
         let decisions: Vec<Decision> = taken.iter().map(|one| one.decision.clone()).collect();
         if !decisions.iter().all(|decision| decision.allowed) {
             for one in taken {

@@ -643,50 +643,45 @@ pub struct Leased {
     /// The units counted for this instance: the cost and the slice beyond it
     /// (0 when refused).
     pub granted: u64,
-    /// How long the slice may be used.
+    /// How long the slice may be used, from when the call was sent.
     pub life: Duration,
-    /// The window the units were counted in (a fixed window's; 0 for a bucket).
-    pub window: i64,
+    /// What to send back with the slice's unused units.
+    pub back: Back,
 }
 
-impl RateLimitStore {
-    /// Gives `back` units of this instance's last slice back (counted in
-    /// `back_window`), then decides `check`'s cost and, when it fits, counts it
-    /// and up to `more` units beyond it that fit too, to be used within `life`:
-    /// one script call.
+/// Units of a slice given back, and what its lease answered to place them: a
+/// token bucket's TAT after the slice (mark), a fixed window's window (mark)
+/// and state stamp.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Back {
+    /// How many.
+    pub units: u64,
+    /// Where they were counted.
+    pub mark: i64,
+    /// In which state (fixed windows).
+    pub stamp: i64,
+}
+
+/// One lease call, owning all it sends, so that it can run to its end after
+/// the request that asked for it has gone (its units are counted either way).
+pub struct LeaseCall {
+    redis: Redis,
+    invocation: Invocation,
+}
+
+impl LeaseCall {
+    /// Sends the call.
     ///
     /// # Errors
     /// Redis failures and timeouts, as [`Error`] ([`Error::OutOfMemory`] when a
     /// full Redis could not take new state). Not sent again after a lost
     /// connection: the units may have been counted.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn lease(
-        &self,
-        space: &KeySpace,
-        check: &LimitCheck<'_>,
-        more: u64,
-        life: Duration,
-        back: u64,
-        back_window: i64,
-        deadline: Instant,
-    ) -> Result<Leased, Error> {
-        let mut invocation = RATELIMIT.prepare();
-        invocation
-            .key(redis_key(space, check))
-            .arg("lease")
-            .arg(check.algorithm.code())
-            .arg(check.limit)
-            .arg(check.period_argument())
-            .arg(check.cost)
-            .arg(more)
-            .arg(u64::try_from(life.as_micros()).unwrap_or(u64::MAX))
-            .arg(back)
-            .arg(back_window);
+    pub async fn run(self, deadline: Instant) -> Result<Leased, Error> {
         let reply: Vec<i64> = self
             .redis
-            .run(Op::write("ratelimit_lease"), deadline, &invocation)
+            .run(Op::write("ratelimit_lease"), deadline, &self.invocation)
             .await?;
-        let &[allowed, granted, remaining, reset, retry, life, window] = reply.as_slice() else {
+        let &[allowed, granted, remaining, reset, retry, life, mark, stamp] = reply.as_slice() else {
             return Err(match reply.first() {
                 Some(&SKEWED) => clocks_disagree(),
                 Some(-1) => Error::OutOfMemory,
@@ -702,8 +697,34 @@ impl RateLimitStore {
             },
             granted: u64::try_from(granted).unwrap_or(0),
             life: micros(life),
-            window,
+            back: Back { units: 0, mark, stamp },
         })
+    }
+}
+
+impl RateLimitStore {
+    /// The call that gives `back` units of this instance's last slice back,
+    /// then decides `check`'s cost and, when it fits, counts it and up to
+    /// `more` units beyond it that fit too (at most a quarter of what is free),
+    /// to be used within `life`: one script call.
+    pub fn lease(&self, space: &KeySpace, check: &LimitCheck<'_>, more: u64, life: Duration, back: Back) -> LeaseCall {
+        let mut invocation = RATELIMIT.prepare();
+        invocation
+            .key(redis_key(space, check))
+            .arg("lease")
+            .arg(check.algorithm.code())
+            .arg(check.limit)
+            .arg(check.period_argument())
+            .arg(check.cost)
+            .arg(more)
+            .arg(u64::try_from(life.as_micros()).unwrap_or(u64::MAX))
+            .arg(back.units)
+            .arg(back.mark)
+            .arg(back.stamp);
+        LeaseCall {
+            redis: self.redis.clone(),
+            invocation,
+        }
     }
 
     /// The key of `check`'s state: what identifies its limiter.

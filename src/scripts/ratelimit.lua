@@ -62,16 +62,21 @@
 --          the Redis clock.
 -- Leases ('lease'): ARGV[5] the request's cost, ARGV[6] how many units more the
 --          instance would like, ARGV[7] how long its slice may live (microseconds,
---          below the period), ARGV[8] units it gives back from its last slice and
---          ARGV[9] the window they were counted in. Gives those back first, then
+--          below the period), ARGV[8] units it gives back from its last slice,
+--          ARGV[9] and ARGV[10] the mark and stamp that slice's lease answered. Gives those back first, then
 --          decides the cost and, when it fits, counts it and up to the units more
---          that fit as well: the slice. A token bucket's slice is decided as if the
+--          that fit as well, at most a quarter of what is free beyond the cost:
+--          the slice. Units given back count only where they were counted: a
+--          token bucket's only for the time they have not refilled by themselves
+--          (the bucket ended at mark), a fixed window's only into the window and
+--          state (stamp g) that counted them. A token bucket's slice is decided as if the
 --          bucket were smaller by what refills while the slice lives, so units used
 --          up to that much later still never exceed the bucket (a cost that
 --          leaves less headroom is leased for that headroom only); a fixed
---          window's slice lives at most until the window ends. Returns {allowed, granted,
---          remaining, reset_after_us, retry_after_us, life_us, window}: remaining
---          is what is left outside every slice.
+--          window's slice lives at most until the window ends. Returns {allowed,
+--          granted, remaining, reset_after_us, retry_after_us, life_us, mark,
+--          stamp}: remaining is what is left outside every slice; mark and stamp
+--          go back with the slice's unused units.
 --
 -- Groups are decided one after the other, in the order of their first limit, each
 -- seeing what the ones before it consumed: a batch of requests (see the service's
@@ -527,12 +532,21 @@ if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or o
   end
   if operation == 'lease' then
     local more, life, back = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-    if back > 0 then
-      adjust(algorithm, KEYS[1], limit, period, -back, tonumber(ARGV[9]))
-    end
+    local back_mark, back_stamp = tonumber(ARGV[9]), tonumber(ARGV[10])
     if algorithm == 1 then
       local length = tonumber(period)
       local interval = length / limit
+      if back > 0 then
+        -- Only what has not come back by itself since (the slice's units ended
+        -- the bucket at back_mark), and only into the bucket that counted them.
+        local stored = bucket(redis.call('GET', KEYS[1]))
+        if stored and stored >= back_mark then
+          local time_back = math.min(back * interval, math.max(0, back_mark - now))
+          if time_back > 0 then
+            adjust(1, KEYS[1], limit, period, -time_back / interval, nil)
+          end
+        end
+      end
       local tat, held = bucket(redis.call('GET', KEYS[1]))
       tat = tat or now
       if tat < now then
@@ -550,9 +564,12 @@ if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or o
         if cost <= limit then
           retry = up(allow_at - now)
         end
-        return {0, 0, state[2], state[3], retry, 0, 0}
+        return {0, 0, state[2], state[3], retry, 0, 0, 0}
       end
-      local extra = math.max(0, math.min(more, math.floor((room - tat - cost * interval + SLACK) / interval)))
+      -- At most a quarter of what is free beyond the cost, so instances share it.
+      local free = math.floor((now + length - tat + SLACK) / interval) - cost
+      local fits = math.floor((room - tat - cost * interval + SLACK) / interval)
+      local extra = math.max(0, math.min(more, fits, math.floor(math.max(0, free) / 4)))
       local granted = cost + extra
       local new_tat = tat + granted * interval
       if redis.call('EXISTS', KEYS[1]) == 0 and too_full() then
@@ -560,31 +577,37 @@ if operation == 'reserve' or operation == 'commit' or operation == 'cancel' or o
       end
       redis.call('SET', KEYS[1], bucket_value(new_tat, held, length), 'PX', string.format('%d', expire_ms(new_tat - now)))
       local state = decide(KEYS[1], limit, period, 0)
-      return {1, granted, state[2], state[3], 0, math.floor(life), 0}
+      return {1, granted, state[2], state[3], 0, math.floor(life), math.floor(new_tat), 0}
     end
     local window, ends, previous, next_ends = window_of(period)
-    local state = redis.call('HMGET', KEYS[1], 'w', 'n', 'x')
+    local state = redis.call('HMGET', KEYS[1], 'w', 'n', 'x', 'g')
+    if back > 0 and back_mark == window and tonumber(state[4]) == back_stamp then
+      -- Into the window and the state (not one a Reset made anew) that counted them.
+      adjust(algorithm, KEYS[1], limit, period, -back, window)
+      state = redis.call('HMGET', KEYS[1], 'w', 'n', 'x', 'g')
+    end
     local count, ahead = window_counts(state, window, previous)
+    local made = tonumber(state[4]) or now
     if cost > limit or count + cost > limit or ahead > 0 then
       local now_state = decide(KEYS[1], limit, period, 0)
       local retry = -1
       if cost <= limit then
-        retry = up(ends - now)
+        retry = up(((count + cost > limit or ahead + cost > limit) and next_ends or ends) - now)
       end
-      return {0, 0, now_state[2], now_state[3], retry, 0, window}
+      return {0, 0, now_state[2], now_state[3], retry, 0, window, made}
     end
-    local granted = cost + math.max(0, math.min(more, limit - count - cost))
+    local granted = cost + math.max(0, math.min(more, math.floor((limit - count - cost) / 4)))
     if redis.call('EXISTS', KEYS[1]) == 0 and too_full() then
       return {-1}
     end
-    redis.call('HSET', KEYS[1], 'w', window, 'n', count + granted, 'x', ahead)
+    redis.call('HSET', KEYS[1], 'w', window, 'n', count + granted, 'x', ahead, 'g', made)
     local last = ends
     if ahead > 0 and next_ends then
       last = next_ends
     end
     redis.call('PEXPIRE', KEYS[1], expire_ms(last - now))
     local now_state = decide(KEYS[1], limit, period, 0)
-    return {1, granted, now_state[2], now_state[3], 0, math.min(life, up(ends - now)), window}
+    return {1, granted, now_state[2], now_state[3], 0, math.floor(math.min(life, ends - now)), window, made}
   end
   -- Where the limit stands: remaining, reset_after, and when one unit fits (a cost
   -- of 0 decides as for 1 and consumes nothing).
