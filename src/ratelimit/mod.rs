@@ -312,15 +312,7 @@ impl RateLimitApi {
             return Ok(None);
         };
         Ok(Some(match waiting {
-            Waiting::Decided { decision, waited } => CheckResponse {
-                allowed: decision.allowed,
-                limit: check.limit,
-                remaining: decision.remaining,
-                reset_after: Some(duration_to_proto(decision.reset_after)),
-                retry_after: retry_after(&decision),
-                decided_by_outage_policy: false,
-                waited: Some(duration_to_proto(waited)),
-            },
+            Waiting::Decided { decision, waited } => decided(check, &decision, Some(waited)),
             Waiting::Policy(allowed) => self.policy_answer(check, allowed),
         }))
     }
@@ -408,6 +400,19 @@ fn reservation_id(id: &str) -> Result<&str, Error> {
     Ok(id)
 }
 
+/// The answer to a Check that Redis decided; `waited` when it asked to wait.
+fn decided(check: &LimitCheck<'_>, decision: &Decision, waited: Option<Duration>) -> CheckResponse {
+    CheckResponse {
+        allowed: decision.allowed,
+        limit: check.limit,
+        remaining: decision.remaining,
+        reset_after: Some(duration_to_proto(decision.reset_after)),
+        retry_after: retry_after(decision),
+        decided_by_outage_policy: false,
+        waited: waited.map(duration_to_proto),
+    }
+}
+
 fn retry_after(decision: &Decision) -> Option<prost_types::Duration> {
     decision.retry_after.map(duration_to_proto)
 }
@@ -444,15 +449,7 @@ impl RateLimitService for RateLimitApi {
                     .into_iter()
                     .next()
                     .ok_or_else(|| Error::Internal("a rate-limit check answered no decision".to_owned()))?;
-                CheckResponse {
-                    allowed: decision.allowed,
-                    limit: check.limit,
-                    remaining: decision.remaining,
-                    reset_after: Some(duration_to_proto(decision.reset_after)),
-                    retry_after: retry_after(&decision),
-                    decided_by_outage_policy: false,
-                    waited: None,
-                }
+                decided(&check, &decision, None)
             }
             Outcome::Policy(allowed) => self.policy_answer(&check, allowed),
         };
