@@ -62,6 +62,12 @@ export interface Limit {
   cost?: bigint | number;
   /** How to count; the token bucket by default (a calendar window is a fixed window). */
   algorithm?: Algorithm;
+  /**
+   * Decide from a slice of the limit that the server instance leases from Redis (one round trip
+   * per slice instead of per check, for hot keys). Token buckets and fixed (and calendar) windows
+   * only; not with `waitMs`; in a `checkMany` every limit is leased or none is. Checks only.
+   */
+  leased?: boolean;
 }
 
 /** A decision: whether the request may go ahead, and what HTTP rate-limit headers need. */
@@ -251,6 +257,7 @@ export class RateLimits {
    * @example const d = await client.rateLimit.check(`login:${user}`, { limit: 5, periodMs: 15 * 60_000 });
    * @example const d = await client.rateLimit.check(`llm:${team}`, { limit: 100_000, cost: 2712, calendar: { unit: 'month', timeZone: 'Europe/Berlin' } });
    * @example const d = await client.rateLimit.check('export', { limit: 10, periodMs: 1000, waitMs: 5000 });
+   * @example const d = await client.rateLimit.check(`api:${tenant}`, { limit: 10_000, periodMs: 1000, leased: true });
    */
   async check(
     key: string,
@@ -260,6 +267,7 @@ export class RateLimits {
       ...limitRequest({ ...options, key }),
       onUnavailable: enumValue(OUTAGE_POLICIES, options.onUnavailable, 'onUnavailable'),
       wait: duration(options.waitMs, 'waitMs'),
+      leased: options.leased ?? false,
     };
     const response = await this.#transport.unary<
       Omit<LimitDecision, 'key'> & { decidedByOutagePolicy: boolean; waited: Duration | null }
@@ -277,7 +285,7 @@ export class RateLimits {
     options: CallOptions & { onUnavailable?: OutagePolicy } = {},
   ): Promise<ManyDecision> {
     const request = {
-      limits: limits.map(limitRequest),
+      limits: limits.map((limit) => ({ ...limitRequest(limit), leased: limit.leased ?? false })),
       onUnavailable: enumValue(OUTAGE_POLICIES, options.onUnavailable, 'onUnavailable'),
     };
     const response = await this.#transport.unary<{
@@ -298,7 +306,7 @@ export class RateLimits {
    * Clears a limiter's state; answers whether there was any. Without `algorithm`, the
    * state of all three algorithms for this key, limit and period (or calendar).
    */
-  async reset(key: string, options: Omit<Limit, 'key' | 'cost'> & CallOptions): Promise<boolean> {
+  async reset(key: string, options: Omit<Limit, 'key' | 'cost' | 'leased'> & CallOptions): Promise<boolean> {
     const request = {
       key,
       limit: int64(options.limit, 'limit', true),
@@ -318,7 +326,10 @@ export class RateLimits {
    */
   async reserve(
     key: string,
-    options: Omit<Limit, 'key' | 'cost'> & { cost: bigint | number; reservationTtlMs?: number } & CallOptions,
+    options: Omit<Limit, 'key' | 'cost' | 'leased'> & {
+      cost: bigint | number;
+      reservationTtlMs?: number;
+    } & CallOptions,
   ): Promise<Reservation> {
     const request = {
       limit: limitRequest({ ...options, key }),
@@ -366,7 +377,7 @@ export class RateLimits {
    */
   async report(
     key: string,
-    options: Omit<Limit, 'key' | 'cost'> & { cost: bigint | number } & CallOptions,
+    options: Omit<Limit, 'key' | 'cost' | 'leased'> & { cost: bigint | number } & CallOptions,
   ): Promise<Report> {
     const request = { limit: limitRequest({ ...options, key }) };
     const response = await this.#transport.unary<{

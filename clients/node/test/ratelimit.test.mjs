@@ -201,6 +201,20 @@ test('a check with waitMs is answered when its cost fits', async () => {
   assert.ok(Date.now() - before < 1000);
 });
 
+test('leased checks never allow more than the limit; sliding windows are refused', async () => {
+  const key = unique('leased');
+  const limit = { limit: 5, periodMs: 3_600_000, algorithm: 'fixedWindow', leased: true };
+  let allowed = 0;
+  for (let i = 0; i < 8; i++) if ((await client.rateLimit.check(key, limit)).allowed) allowed++;
+  assert.equal(allowed, 5);
+
+  const error = await client.rateLimit
+    .check(unique('leased'), { ...limit, algorithm: 'slidingWindow' })
+    .catch((error) => error);
+  assert.ok(error instanceof InvalidField, String(error));
+  assert.equal(error.field, 'leased');
+});
+
 test("a check's deadline is its timeout plus its wait", async () => {
   const hasty = connect({ timeoutMs: 500 });
   try {

@@ -134,6 +134,18 @@ def test_check_waits_for_a_permit(client: Client) -> None:
         assert late.allowed and late.waited > 0.5
 
 
+def test_leased_check(client: Client) -> None:
+    key = unique("leased")
+    # Decided from slices this instance leases: still never more than the limit.
+    decisions = [client.rate_limit.check(key, 5, 3600, algorithm="fixed_window", leased=True) for _ in range(8)]
+    assert sum(d.allowed for d in decisions) == 5
+
+    # Leased is for token buckets and fixed windows only: the server names the field.
+    with pytest.raises(cachelock.InvalidField) as invalid:
+        client.rate_limit.check(unique("leased"), 5, 3600, algorithm="sliding_window", leased=True)
+    assert invalid.value.field == "leased"
+
+
 def test_token_budget_reserve_commit_cancel_report(client: Client) -> None:
     key = unique("budget")
     first, second, third = (client.rate_limit.reserve(key, 100, 3600, cost=40) for _ in range(3))

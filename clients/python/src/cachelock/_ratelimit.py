@@ -53,7 +53,9 @@ class Calendar:
 class Limit:
     """One limit of a check_many: `limit` units per `period` (or per window of `calendar`,
     given instead), this request costing `cost` (None: 1; 0 reports without consuming),
-    counted by `algorithm` (None: the token bucket; a calendar window is a fixed window)."""
+    counted by `algorithm` (None: the token bucket; a calendar window is a fixed window).
+    leased: decided from a slice this server instance leases (as check's `leased`); in a
+    check_many every limit is leased or none is."""
 
     key: str
     limit: int
@@ -61,6 +63,7 @@ class Limit:
     cost: Optional[int] = None
     algorithm: Optional[str] = None
     calendar: Optional[Calendar] = None
+    leased: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,11 +108,11 @@ def _policy(name: Optional[str]) -> int:
 
 def _check_request(
     key: str, limit: int, period: Optional[Seconds], calendar: Optional[Calendar], cost: Optional[int],
-    algorithm: Optional[str], on_unavailable: Optional[str], wait: Optional[Seconds],
+    algorithm: Optional[str], on_unavailable: Optional[str], wait: Optional[Seconds], leased: bool,
 ) -> pb.CheckRequest:
     request = pb.CheckRequest(
         key=key, limit=limit, algorithm=_algorithm(algorithm), on_unavailable=_policy(on_unavailable),
-        **_window(period, calendar),
+        leased=leased, **_window(period, calendar),
     )
     if cost is not None:  # `optional`: an explicit 0 means "report without consuming"
         request.cost = cost
@@ -130,7 +133,9 @@ def _decision(response: pb.CheckResponse) -> Decision:
 def _many_request(limits: Sequence[Limit], on_unavailable: Optional[str]) -> pb.CheckManyRequest:
     request = pb.CheckManyRequest(on_unavailable=_policy(on_unavailable))
     for item in limits:
-        request.limits.append(_limit(item.key, item.limit, item.period, item.calendar, item.cost, item.algorithm))
+        message = _limit(item.key, item.limit, item.period, item.calendar, item.cost, item.algorithm)
+        message.leased = item.leased
+        request.limits.append(message)
     return request
 
 
@@ -285,14 +290,19 @@ class RateLimit:
     def check(
         self, key: str, limit: int, period: Optional[Seconds] = None, *, calendar: Optional[Calendar] = None,
         cost: Optional[int] = None, algorithm: Optional[str] = None, on_unavailable: Optional[str] = None,
-        wait: Optional[Seconds] = None,
+        wait: Optional[Seconds] = None, leased: bool = False,
     ) -> Decision:
         """Decides one limit and consumes `cost` if allowed. With `wait`, the answer waits in
         the server until the cost fits (first come, first served across the fleet), or comes at
         once, refused, when it cannot fit within the wait; `Decision.waited` says how long it
         waited. The call's deadline is the client's timeout plus the wait. Never retried: it
-        would count twice."""
-        request = _check_request(key, limit, period, calendar, cost, algorithm, on_unavailable, wait)
+        would count twice.
+
+        With `leased`, the decision comes from a slice of the limit that the server instance
+        leases from Redis: one Redis round trip per slice instead of per call, for hot keys,
+        and still never more than the limit fleet-wide (docs/ratelimit.md). Token buckets and
+        fixed (and calendar) windows only; not with `wait`."""
+        request = _check_request(key, limit, period, calendar, cost, algorithm, on_unavailable, wait, leased)
         return _decision(self._t.unary(_SERVICE + "Check", request, pb.CheckResponse, extra=_wait(wait)))
 
     def check_many(self, limits: Sequence[Limit], *, on_unavailable: Optional[str] = None) -> Decisions:
@@ -371,10 +381,10 @@ class AsyncRateLimit:
     async def check(
         self, key: str, limit: int, period: Optional[Seconds] = None, *, calendar: Optional[Calendar] = None,
         cost: Optional[int] = None, algorithm: Optional[str] = None, on_unavailable: Optional[str] = None,
-        wait: Optional[Seconds] = None,
+        wait: Optional[Seconds] = None, leased: bool = False,
     ) -> Decision:
         """As RateLimit.check."""
-        request = _check_request(key, limit, period, calendar, cost, algorithm, on_unavailable, wait)
+        request = _check_request(key, limit, period, calendar, cost, algorithm, on_unavailable, wait, leased)
         return _decision(await self._t.unary(_SERVICE + "Check", request, pb.CheckResponse, extra=_wait(wait)))
 
     async def check_many(self, limits: Sequence[Limit], *, on_unavailable: Optional[str] = None) -> Decisions:
